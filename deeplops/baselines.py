@@ -1,0 +1,270 @@
+"""Baseline policies (DESIGN §7): what a learned order agent must beat, and simple chaos.
+
+All act on a whole batch with array operations and keep any memory they need (probe counters,
+back-off timers) as ``(n_envs, MAX_SLOTS)`` arrays, reset at each episode. One action per env
+per tick, as for every policy; when several services need one, the deepest goes first (slots
+are in dependency order, so the lowest slot is never a dependent of a higher one).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deeplops.faults import PROPER_REPAIR_TABLE, REPAIRS, Repair
+from deeplops.observation import MAX_SLOTS, SINCE_REPAIR_SCALE, Feature
+from deeplops.policies import Observation, Role
+
+_NR = len(REPAIRS)
+
+
+def _repair_actions(candidates: np.ndarray, repair: Repair) -> tuple[np.ndarray, np.ndarray]:
+    """For each env, the action applying ``repair`` to its lowest candidate slot, and whether any."""
+    found = candidates.any(axis=1)
+    slot = candidates.argmax(axis=1)
+    return 1 + slot * _NR + int(repair) - 1, found
+
+
+def _first_rule(rules: list[tuple[np.ndarray, Repair]], n_envs: int) -> np.ndarray:
+    """Actions from the first rule with a candidate, in priority order; noop where none fires."""
+    actions = np.zeros(n_envs, np.int64)
+    done = np.zeros(n_envs, np.bool_)
+    for candidates, repair in rules:
+        act, found = _repair_actions(candidates, repair)
+        take = found & ~done
+        actions[take] = act[take]
+        done |= take
+    return actions
+
+
+class _Symptoms:
+    """Boolean readings of a batched order observation, as the rule-based baselines use them."""
+
+    def __init__(self, obs: Observation) -> None:
+        s = obs["services"]
+        self.present = s[..., Feature.PRESENT] > 0.5
+        self.healthy = s[..., Feature.HEALTHY] > 0.5
+        self.running = s[..., Feature.RUNNING] > 0.5
+        self.disk = s[..., Feature.DISK_USED]
+        self.cpu = s[..., Feature.CPU]
+        self.net = s[..., Feature.NET_RX]
+        self.since_repair = np.rint(s[..., Feature.SINCE_REPAIR] * SINCE_REPAIR_SCALE)
+
+
+class NoopPolicy:
+    """Never acts: the floor."""
+
+    privileged = False
+
+    def __init__(self, role: Role = Role.ORDER) -> None:
+        self.role = role
+
+    def reset(self, n_envs: int, seed: int | None = None) -> None:
+        """Nothing to forget."""
+
+    def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
+        """Noop everywhere."""
+        return np.zeros(mask.shape[0], np.int64)
+
+
+class _RandomActor:
+    """Each tick, with probability ``rate``, a uniformly random valid non-noop action."""
+
+    privileged = False
+    role: Role
+
+    def __init__(self, rate: float, seed: int | None = None) -> None:
+        self.rate = rate
+        self._rng = np.random.default_rng(seed)
+
+    def reset(self, n_envs: int, seed: int | None = None) -> None:
+        """Restart the random stream from ``seed``."""
+        self._rng = np.random.default_rng(seed)
+
+    def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
+        """Mostly noops; sometimes a random valid action."""
+        n = mask.shape[0]
+        actions = np.zeros(n, np.int64)
+        u = self._rng.random(n)
+        if n == 1 and u[0] >= self.rate:  # the common single-env case, without array calls
+            return actions
+        pick = np.flatnonzero(u < self.rate)
+        if pick.size:
+            valid = mask[pick, 1:]
+            scores = self._rng.random(valid.shape) + valid  # valid actions score >= 1
+            choice = scores.argmax(axis=1) + 1
+            choice[~valid.any(axis=1)] = 0
+            actions[pick] = choice
+        return actions
+
+
+class RandomOrder(_RandomActor):
+    """A random repair on a random service about once every ten ticks."""
+
+    role = Role.ORDER
+
+    def __init__(self, rate: float = 0.1, seed: int | None = None) -> None:
+        super().__init__(rate, seed)
+
+
+class RandomChaos(_RandomActor):
+    """A random fault on a random service about once every twenty ticks, within the budget."""
+
+    role = Role.CHAOS
+
+    def __init__(self, rate: float = 0.05, seed: int | None = None) -> None:
+        super().__init__(rate, seed)
+
+
+class AutohealPolicy:
+    """docker-autoheal with the restart policy it is deployed with.
+
+    Docker marks a container unhealthy after ``retries`` consecutive failed health checks
+    (one per tick here) and resets the count when it restarts. autoheal polls every
+    ``interval`` ticks and restarts every container then unhealthy. Exited containers are
+    restarted at once by the container's restart policy (``unless-stopped``), since autoheal
+    itself only looks at running ones. It never cleans a disk or stops a flood.
+    """
+
+    role = Role.ORDER
+    privileged = False
+
+    def __init__(self, retries: int = 3, interval: int = 5, grace: int = 2) -> None:
+        self.retries, self.interval, self.grace = retries, interval, grace
+        self.reset(1)
+
+    def reset(self, n_envs: int, seed: int | None = None) -> None:
+        """Clear health counters and the restart queue."""
+        self._fails = np.zeros((n_envs, MAX_SLOTS), np.int64)
+        self._queue = np.zeros((n_envs, MAX_SLOTS), np.bool_)
+        self._tick = 0
+
+    def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
+        """Restart exited containers first, then those autoheal found unhealthy."""
+        s = _Symptoms(obs)
+        restarting = s.since_repair < self.grace
+        self._fails = np.where(s.healthy | ~s.running | restarting, 0, self._fails + 1)
+        if self._tick % self.interval == 0:
+            self._queue |= s.present & s.running & (self._fails >= self.retries)
+        self._tick += 1
+        exited = s.present & ~s.running & ~restarting
+        actions = _first_rule([(exited, Repair.RESTART), (self._queue, Repair.RESTART)], mask.shape[0])
+        acted = actions > 0
+        slots = (actions[acted] - 1) // _NR
+        self._queue[np.flatnonzero(acted), slots] = False
+        return actions
+
+
+class KubernetesPolicy:
+    """Kubernetes liveness restarts with kubelet's crash-loop back-off.
+
+    The liveness probe (the dependency-aware /health) runs every ``period`` ticks; after
+    ``threshold`` consecutive failures the container is restarted. Exited containers are
+    restarted too (``restartPolicy: Always``). Restarts of a container are spaced by the
+    back-off: the first at once, then 10 s, doubling up to 5 min; the count resets after
+    10 minutes of healthy running. A restart waiting out its back-off is not re-counted.
+    """
+
+    role = Role.ORDER
+    privileged = False
+
+    def __init__(
+        self, period: int = 10, threshold: int = 3, backoff: int = 10, cap: int = 300, reset_after: int = 600
+    ) -> None:
+        self.period, self.threshold, self.backoff, self.cap, self.reset_after = (
+            period, threshold, backoff, cap, reset_after,
+        )  # fmt: skip
+        self.reset(1)
+
+    def reset(self, n_envs: int, seed: int | None = None) -> None:
+        """Clear probe counters, restart counts and back-off timers."""
+        shape = (n_envs, MAX_SLOTS)
+        self._fails = np.zeros(shape, np.int64)
+        self._restarts = np.zeros(shape, np.int64)
+        self._wait = np.full(shape, -1, np.int64)  # ticks left before a scheduled restart; -1: none
+        self._good = np.zeros(shape, np.int64)
+        self._tick = 0
+
+    def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
+        """Schedule restarts on exit or liveness failure; take the first one due."""
+        s = _Symptoms(obs)
+        restarting = s.since_repair < 2
+        pending = self._wait >= 0
+        if self._tick % self.period == 0:
+            probed = s.present & s.running & ~pending & ~restarting
+            self._fails = np.where(probed, np.where(s.healthy, 0, self._fails + 1), self._fails)
+        self._tick += 1
+        self._good = np.where(s.healthy & s.running, self._good + 1, 0)
+        self._restarts[self._good >= self.reset_after] = 0
+        need = s.present & ~pending & ~restarting & (~s.running | (self._fails >= self.threshold))
+        delay = np.where(self._restarts == 0, 0, np.minimum(self.backoff * 2 ** np.maximum(self._restarts - 1, 0), self.cap))
+        self._wait = np.where(need, delay, self._wait)
+        due = self._wait == 0
+        actions = _first_rule([(due, Repair.RESTART)], mask.shape[0])
+        self._wait = np.where(self._wait > 0, self._wait - 1, self._wait)
+        acted = np.flatnonzero(actions > 0)
+        slots = (actions[acted] - 1) // _NR
+        self._wait[acted, slots] = -1
+        self._fails[acted, slots] = 0
+        self._restarts[acted, slots] += 1
+        return actions
+
+
+class RunbookPolicy:
+    """An expert's symptom rules, in priority order, one repair per tick.
+
+    1. a service that exited: restart it;
+    2. a disk at least 95% full: clean_disk;
+    3. a receive rate at least 80% of the link (a flood): rate_limit;
+    4. a service burning a full core: restart it;
+    5. otherwise restart only the deepest unhealthy service: one unhealthy for ``streak``
+       ticks running while each of its direct dependencies has been healthy for ``settle``
+       ticks, so a cascade is fixed at its root and dependents get time to recover.
+    A service repaired in the last ``grace`` ticks is left alone.
+    """
+
+    role = Role.ORDER
+    privileged = False
+
+    def __init__(self, streak: int = 2, settle: int = 3, grace: int = 3) -> None:
+        self.streak, self.settle, self.grace = streak, settle, grace
+        self.reset(1)
+
+    def reset(self, n_envs: int, seed: int | None = None) -> None:
+        """Clear health streaks."""
+        self._bad = np.zeros((n_envs, MAX_SLOTS), np.int64)
+        self._good = np.zeros((n_envs, MAX_SLOTS), np.int64)
+
+    def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
+        """The first rule that fires, on the deepest service it fires for."""
+        s = _Symptoms(obs)
+        self._bad = np.where(s.healthy, 0, self._bad + 1)
+        self._good = np.where(s.healthy, self._good + 1, 0)
+        settled = s.since_repair >= self.grace
+        unsettled = (self._good < self.settle).astype(np.float32)
+        dep_unsettled = np.einsum("bsd,bd->bs", obs["adjacency"], unsettled) > 0
+        rules = [
+            (s.present & ~s.running & (s.since_repair >= 2), Repair.RESTART),
+            (s.present & (s.disk >= 0.95), Repair.CLEAN_DISK),
+            (s.present & (s.net >= 0.8), Repair.RATE_LIMIT),
+            (s.present & s.running & (s.cpu >= 0.9) & settled, Repair.RESTART),
+            (s.present & s.running & (self._bad >= self.streak) & ~dep_unsettled & settled, Repair.RESTART),
+        ]
+        return _first_rule(rules, mask.shape[0])
+
+
+class OraclePolicy:
+    """Sees the injected faults and applies the proper repair at once: the upper bound."""
+
+    role = Role.ORDER
+    privileged = True
+
+    def reset(self, n_envs: int, seed: int | None = None) -> None:
+        """Nothing to forget."""
+
+    def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
+        """The proper repair for the deepest faulted service."""
+        faults = obs["faults"]
+        faulted = faults > 0
+        slot = faulted.argmax(axis=1)
+        repair = PROPER_REPAIR_TABLE[faults[np.arange(faults.shape[0]), slot]]
+        return np.where(faulted.any(axis=1), 1 + slot * _NR + repair - 1, 0).astype(np.int64)

@@ -1,0 +1,51 @@
+"""How things look to a person: plain-text snapshots of a system, and rich tables of metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from rich.table import Table
+
+from deeplops.observation import Feature
+from deeplops.topology import Topology
+
+
+def snapshot(topology: Topology, services: np.ndarray, tick: int, slo: bool) -> str:
+    """One env's symptoms as a fixed-width text table (the envs' ``ansi`` render)."""
+    lines = [f"tick {tick}  SLO {'ok' if slo else 'FAILING'}",
+             f"{'service':<12} {'health':<7} {'run':<4} {'lat_s':>6} {'err':>5} {'disk':>5} {'cpu':>5} {'net':>5}"]  # fmt: skip
+    for slot, name in enumerate(topology.names):
+        f = services[slot]
+        lines.append(
+            f"{name:<12} {'ok' if f[Feature.HEALTHY] > 0.5 else 'FAIL':<7} {'yes' if f[Feature.RUNNING] > 0.5 else 'no':<4} "
+            f"{f[Feature.LATENCY]:6.3f} {f[Feature.ERROR_RATE]:5.2f} {f[Feature.DISK_USED]:5.2f} "
+            f"{f[Feature.CPU]:5.2f} {f[Feature.NET_RX]:5.2f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def metrics_table(rows: Mapping[str, Mapping[str, object]], title: str) -> Table:
+    """A table with one row per policy (or scenario) and the headline metrics as columns."""
+    table = Table(title=title)
+    for column, justify in [("", "left"), ("availability", "right"), ("MTTR mean", "right"),
+                            ("MTTR p95", "right"), ("faults", "right"), ("recovered", "right"),
+                            ("unrecovered", "right"), ("repairs", "right"), ("wasted", "right")]:  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for name, m in rows.items():
+        table.add_row(
+            name,
+            f"{m['availability']:.3f}",
+            _ticks(m["mttr_mean"]),
+            _ticks(m["mttr_p95"]),
+            str(m["faults_injected"]),
+            str(m["faults_recovered"]),
+            str(m["unrecovered"]),
+            str(m["repairs"]),
+            str(m["wasted_repairs"]),
+        )
+    return table
+
+
+def _ticks(value: object) -> str:
+    return "-" if value is None else f"{float(value):.1f}"  # type: ignore[arg-type]

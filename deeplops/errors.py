@@ -1,0 +1,32 @@
+"""The exception tree every deeplops failure a user can cause is raised as.
+
+    DeeplopsError            anything the CLI turns into exit status 2 and one line
+     ├── ConfigError         a topology, env or parameter file or value is wrong
+     ├── ScenarioError       a scenario or trace is wrong
+     ├── PolicyError         a policy name or saved agent cannot be used
+     └── SandboxError        a backend cannot do what was asked
+
+Messages say what was expected and what was given, on one line.
+"""
+
+from __future__ import annotations
+
+
+class DeeplopsError(Exception):
+    """Root of every error deeplops raises on bad input or an unusable environment."""
+
+
+class ConfigError(DeeplopsError):
+    """A topology, env or parameter file or value is malformed or inconsistent."""
+
+
+class ScenarioError(DeeplopsError):
+    """A scenario or trace file is malformed or names something that does not exist."""
+
+
+class PolicyError(DeeplopsError):
+    """A policy name is unknown, or a file is not a saved agent."""
+
+
+class SandboxError(DeeplopsError):
+    """A sandbox backend is unknown or cannot carry out an operation."""

@@ -1,0 +1,74 @@
+"""Play episodes of a chaos policy against an order policy and measure them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deeplops.game import Game, GameConfig
+from deeplops.metrics import EpisodeStats
+from deeplops.policies import Observation, Policy
+from deeplops.sandbox import make_sandbox
+from deeplops.sim import SimParams
+from deeplops.topology import Topology
+
+
+@dataclass(frozen=True)
+class Match:
+    """Who plays whom, where, under which rules."""
+
+    topology: Topology
+    """The system under test."""
+    order: Policy
+    """The order (repair) policy."""
+    chaos: Policy
+    """The chaos (fault) policy."""
+    backend: str = "sim"
+    """Sandbox backend."""
+    game: GameConfig = field(default_factory=GameConfig)
+    """Episode length, budget, reward weights."""
+    params: SimParams | None = None
+    """Simulator parameters (sim backend only); None for the calibrated defaults."""
+
+
+def policy_view(policy: Policy, obs: Observation, game: Game) -> Observation:
+    """``obs`` as ``policy`` may see it: with the true faults added for privileged policies."""
+    return {**obs, "faults": game.truth()} if policy.privileged else obs
+
+
+def play(
+    match: Match,
+    episodes: int,
+    seed: int = 0,
+    batch: int = 32,
+    on_tick: Callable[[int], None] | None = None,
+) -> list[EpisodeStats]:
+    """Play ``episodes`` episodes, ``batch`` at a time; episode k uses seed ``seed + k``.
+
+    ``on_tick(n)`` is called after every batched tick with the number of env-ticks played.
+    Results depend only on ``seed``, ``episodes`` and ``batch``.
+    """
+    results: list[EpisodeStats] = []
+    options = {"params": match.params} if match.backend == "sim" and match.params else {}
+    for first in range(0, episodes, batch):
+        n = min(batch, episodes - first)
+        sandbox = make_sandbox(match.backend, match.topology, n, **options)
+        try:
+            game = Game(sandbox, match.game)
+            game.reset([seed + first + k for k in range(n)])
+            policy_seeds = np.random.SeedSequence([seed, first]).generate_state(2)
+            match.order.reset(n, seed=int(policy_seeds[0]))
+            match.chaos.reset(n, seed=int(policy_seeds[1]))
+            done = False
+            while not done:
+                chaos_actions = match.chaos.act(policy_view(match.chaos, game.chaos_obs(), game), game.chaos_mask())
+                order_actions = match.order.act(policy_view(match.order, game.order_obs(), game), game.order_mask())
+                done = game.step(chaos_actions, order_actions)
+                if on_tick is not None:
+                    on_tick(n)
+            results.extend(game.episode_stats())
+        finally:
+            sandbox.close()
+    return results

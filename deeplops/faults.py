@@ -1,0 +1,114 @@
+"""The closed sets of faults (chaos) and repairs (order), and their effect tables (DESIGN §4).
+
+Everything that needs to know what a repair does to a fault reads these tables; backends
+implement the mechanisms, not the rules.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+from deeplops.errors import DeeplopsError
+
+
+class Fault(IntEnum):
+    """A fault the chaos agent can inject. 0 is reserved for "no fault" in state arrays."""
+
+    KILL = 1
+    PAUSE = 2
+    CPU_HOG = 3
+    DISK_FULL = 4
+    NET_SATURATION = 5
+
+    @property
+    def label(self) -> str:
+        """The name used in files and on the command line, e.g. ``disk_full``."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: object, error: type[DeeplopsError] = DeeplopsError) -> Fault:
+        """The fault named ``text``; raises ``error`` naming the valid choices otherwise."""
+        return _parse(cls, text, error, "fault")
+
+
+class Repair(IntEnum):
+    """A repair the order agent can take on one service. NOOP does nothing."""
+
+    NOOP = 0
+    RESTART = 1
+    CLEAN_DISK = 2
+    RATE_LIMIT = 3
+    RECREATE = 4
+
+    @property
+    def label(self) -> str:
+        """The name used in files and on the command line, e.g. ``clean_disk``."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: object, error: type[DeeplopsError] = DeeplopsError) -> Repair:
+        """The repair named ``text``; raises ``error`` naming the valid choices otherwise."""
+        return _parse(cls, text, error, "repair")
+
+
+def _parse(enum: type, text: object, error: type[DeeplopsError], what: str):  # noqa: ANN202
+    names = [m.label for m in enum]
+    if isinstance(text, str) and text.lower() in names:
+        return enum[text.upper()]
+    raise error(f"unknown {what} {text!r}: expected one of {', '.join(names)}")
+
+
+FAULTS: tuple[Fault, ...] = tuple(Fault)
+REPAIRS: tuple[Repair, ...] = tuple(r for r in Repair if r is not Repair.NOOP)
+"""The repairs that act on a service (NOOP excluded): the per-slot choices of the order agent."""
+
+CLEARS: dict[Repair, frozenset[Fault]] = {
+    Repair.NOOP: frozenset(),
+    Repair.RESTART: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG}),
+    Repair.CLEAN_DISK: frozenset({Fault.DISK_FULL}),
+    Repair.RATE_LIMIT: frozenset({Fault.NET_SATURATION}),
+    # A fresh container and volume end everything but a flood, which comes from outside.
+    Repair.RECREATE: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.DISK_FULL}),
+}
+"""Which faults each repair ends on the service it is applied to."""
+
+PROPER_REPAIR: dict[Fault, Repair] = {
+    Fault.KILL: Repair.RESTART,
+    Fault.PAUSE: Repair.RESTART,
+    Fault.CPU_HOG: Repair.RESTART,
+    Fault.DISK_FULL: Repair.CLEAN_DISK,
+    Fault.NET_SATURATION: Repair.RATE_LIMIT,
+}
+"""The cheapest repair that ends each fault: what the oracle does."""
+
+FAULT_COST: dict[Fault, float] = {
+    Fault.KILL: 1.0,
+    Fault.PAUSE: 1.0,
+    Fault.CPU_HOG: 1.0,
+    Fault.DISK_FULL: 2.0,
+    Fault.NET_SATURATION: 2.0,
+}
+"""Budget points a fault costs the chaos agent."""
+
+REPAIR_COST: dict[Repair, float] = {
+    Repair.NOOP: 0.0,
+    Repair.RESTART: 0.02,
+    Repair.CLEAN_DISK: 0.01,
+    Repair.RATE_LIMIT: 0.01,
+    Repair.RECREATE: 0.2,  # data loss
+}
+"""Reward the order agent pays per repair, on the scale of one tick of full availability."""
+
+NEEDS_DISK: frozenset[Fault | Repair] = frozenset({Fault.DISK_FULL, Repair.CLEAN_DISK})
+"""Faults and repairs that only make sense on a service with a data volume."""
+
+# Dense forms of the tables for array code: index [repair, fault code] (code 0 = no fault).
+CLEARS_TABLE = np.zeros((len(Repair), len(Fault) + 1), dtype=np.bool_)
+for _repair, _faults in CLEARS.items():
+    for _fault in _faults:
+        CLEARS_TABLE[_repair, _fault] = True
+FAULT_COST_TABLE = np.array([0.0] + [FAULT_COST[f] for f in Fault], dtype=np.float64)
+REPAIR_COST_TABLE = np.array([REPAIR_COST[r] for r in Repair], dtype=np.float64)
+PROPER_REPAIR_TABLE = np.array([0] + [PROPER_REPAIR[f] for f in Fault], dtype=np.int64)

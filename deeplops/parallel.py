@@ -1,0 +1,110 @@
+"""The game as a PettingZoo ``ParallelEnv``: agents ``chaos`` and ``order`` act simultaneously."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+from deeplops.display import snapshot
+from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, GameConfig
+from deeplops.gym_env import SEED_SPACE, build_game
+from deeplops.observation import chaos_observation_space, order_observation_space
+from deeplops.sim import SimParams
+from deeplops.topology import Topology
+
+CHAOS, ORDER = "chaos", "order"
+
+
+class DeeplopsParallelEnv(ParallelEnv[str, dict[str, np.ndarray], np.int64]):
+    """Chaos injects faults, order repairs them, both in the same tick.
+
+    Observations, actions and rewards are as in ``deeplops/Chaos-v0`` and ``deeplops/Order-v0``.
+    Each agent's ``infos[agent]["action_mask"]`` lists its valid actions; an invalid action is
+    played as noop. Every episode is truncated after ``GameConfig.max_ticks`` ticks, when
+    ``agents`` becomes empty.
+    """
+
+    metadata = {"name": "deeplops_v0", "render_modes": ["ansi"], "is_parallelizable": True}
+
+    def __init__(
+        self,
+        env: str | Path | Topology = "shop",
+        backend: str = "sim",
+        game: GameConfig | None = None,
+        params: SimParams | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        self.possible_agents = [CHAOS, ORDER]
+        self.agents: list[str] = []
+        self.render_mode = render_mode
+        self.game = build_game(env, backend, 1, game, params)
+        self.topology = self.game.topology
+        self._rng = np.random.default_rng()
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - one space object per agent, as PettingZoo expects
+    def observation_space(self, agent: str) -> spaces.Space:
+        """Chaos or order observation space."""
+        return chaos_observation_space() if agent == CHAOS else order_observation_space()
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019
+    def action_space(self, agent: str) -> spaces.Space:
+        """``Discrete(81)`` for chaos, ``Discrete(65)`` for order."""
+        return spaces.Discrete(N_CHAOS_ACTIONS if agent == CHAOS else N_ORDER_ACTIONS)
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):  # type: ignore[override]
+        """Start a new episode; the same seed gives the same episode."""
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self.game.reset([int(self._rng.integers(SEED_SPACE))])
+        self.agents = self.possible_agents[:]
+        return self._observations(), self._infos()
+
+    def step(self, actions: dict[str, Any]):  # type: ignore[override]
+        """Both agents act; one tick passes."""
+        game = self.game
+        chaos = np.array([actions.get(CHAOS, 0)], np.int64)
+        order = np.array([actions.get(ORDER, 0)], np.int64)
+        done = game.step(chaos, order)
+        observations, infos = self._observations(), self._infos()
+        rewards = {CHAOS: float(game.chaos_reward[0]), ORDER: float(game.order_reward[0])}
+        terminations = {a: False for a in self.agents}
+        truncations = {a: done for a in self.agents}
+        if done:
+            self.agents = []
+        return observations, rewards, terminations, truncations, infos
+
+    def render(self) -> str | None:
+        """A text table of every service's symptoms (``render_mode="ansi"``)."""
+        if self.render_mode != "ansi":
+            return None
+        return snapshot(self.topology, self.game.sandbox.observe()[0], self.game.tick, bool(self.game.sandbox.slo[0]))
+
+    def state(self) -> np.ndarray:
+        """The global state: every slot's symptoms, flattened."""
+        return self.game.sandbox.observe()[0].ravel().copy()
+
+    def close(self) -> None:
+        """Release the sandbox."""
+        self.game.sandbox.close()
+
+    def _observations(self) -> dict[str, dict[str, np.ndarray]]:
+        c = self.game.chaos_obs()
+        chaos = {k: np.array(v[0]) for k, v in c.items()}
+        order = {"services": chaos["services"], "adjacency": chaos["adjacency"]}
+        return {CHAOS: chaos, ORDER: order}
+
+    def _infos(self) -> dict[str, dict[str, Any]]:
+        return {
+            CHAOS: {"action_mask": self.game.chaos_mask()[0].copy()},
+            ORDER: {"action_mask": self.game.order_mask()[0].copy()},
+        }
+
+
+def parallel_env(**kwargs: Any) -> DeeplopsParallelEnv:
+    """The PettingZoo ParallelEnv of the game (keywords as :class:`DeeplopsParallelEnv`)."""
+    return DeeplopsParallelEnv(**kwargs)

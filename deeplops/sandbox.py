@@ -1,0 +1,86 @@
+"""The Sandbox protocol every backend implements, and the registry of backends.
+
+A sandbox holds ``n_envs`` copies of one topology and moves them in lock step. It knows
+mechanisms (what a SIGKILL or a full disk does), not rules: budgets, rewards and metrics are
+the game's (``deeplops.game``). Arrays are shaped ``(n_envs, n_services)``; actions name one
+service slot per env, with fault or repair code 0 meaning "nothing".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from deeplops.errors import SandboxError
+from deeplops.topology import Topology
+
+
+class Sandbox(Protocol):
+    """A batch of running systems that faults and repairs act on, one tick at a time."""
+
+    topology: Topology
+    n_envs: int
+
+    def reset(self, seeds: Sequence[int]) -> None:
+        """Bring every env to a fresh, healthy system; ``seeds`` has one entry per env."""
+        ...
+
+    def inject(self, slots: np.ndarray, faults: np.ndarray) -> None:
+        """Start fault ``faults[e]`` (a :class:`Fault` code, 0 for none) on service ``slots[e]``."""
+        ...
+
+    def repair(self, slots: np.ndarray, repairs: np.ndarray) -> np.ndarray:
+        """Apply repair ``repairs[e]`` to ``slots[e]``; return ``(n_envs,)`` bool: a fault was ended."""
+        ...
+
+    def advance(self) -> None:
+        """Let one tick pass (one second on a real backend) and measure the system."""
+        ...
+
+    def observe(self) -> np.ndarray:
+        """``(n_envs, MAX_SLOTS, N_FEATURES)`` float32 symptoms of the last tick (see observation.py)."""
+        ...
+
+    @property
+    def faults(self) -> np.ndarray:
+        """``(n_envs, n_services)`` int8: the fault active on each service (0 = none). Ground truth."""
+        ...
+
+    @property
+    def health(self) -> np.ndarray:
+        """``(n_envs, n_services)`` bool: the true result of each /health probe this tick."""
+        ...
+
+    @property
+    def slo(self) -> np.ndarray:
+        """``(n_envs,)`` bool: whether user traffic through every entry service succeeded this tick."""
+        ...
+
+    def close(self) -> None:
+        """Release everything the sandbox holds. Safe to call twice."""
+        ...
+
+
+BACKENDS = ("sim", "docker")
+
+
+def make_sandbox(backend: str, topology: Topology, n_envs: int = 1, **options: object) -> Sandbox:
+    """Create a sandbox of ``backend`` for ``topology`` with ``n_envs`` copies."""
+    factories: dict[str, Callable[[], Sandbox]] = {"sim": lambda: _sim(topology, n_envs, options)}
+    if backend not in BACKENDS:
+        raise SandboxError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend not in factories:
+        raise SandboxError(f"backend {backend!r} is not available in this version: expected 'sim'")
+    return factories[backend]()
+
+
+def _sim(topology: Topology, n_envs: int, options: dict[str, object]) -> Sandbox:
+    from deeplops.sim import SimParams, SimSandbox
+
+    params = options.pop("params", None) or SimParams()
+    if options:
+        raise SandboxError(f"unknown sim option(s) {sorted(options)}: expected params")
+    assert isinstance(params, SimParams)
+    return SimSandbox(topology, n_envs=n_envs, params=params)

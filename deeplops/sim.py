@@ -1,0 +1,183 @@
+"""SimSandbox: the default backend, a batched simulation of the system in numpy arrays.
+
+State is ``(n_envs, n_services)`` arrays stepped by the compiled kernels in ``simkernel``.
+Its parameters (:class:`SimParams`) are set from timings measured on real containers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from deeplops import simkernel
+from deeplops.errors import ConfigError
+from deeplops.faults import CLEARS_TABLE
+from deeplops.observation import MAX_SLOTS, N_FEATURES, Feature
+from deeplops.topology import Topology
+
+
+@dataclass(frozen=True)
+class SimParams:
+    """How the simulated system behaves. Times are in ticks (one tick = one second)."""
+
+    restart_ticks: int = 1
+    """Ticks a restarted service is down (its process handles SIGTERM, so this is short)."""
+    recreate_ticks: int = 3
+    """Ticks a recreated service is down: new container, new volume."""
+    probe_timeout_s: float = 0.5
+    """Timeout of the /health probe and of the pings it makes to dependencies."""
+    slo_latency_s: float = 0.5
+    """A user request slower than this counts as failed for the SLO."""
+    base_latency_s: float = 0.01
+    """Typical /ping latency of a healthy service (jittered ±50%)."""
+    hog_latency_s: tuple[float, float] = (0.2, 1.0)
+    """Range of /ping latency while a CPU hog runs: sometimes under the timeout, mostly not."""
+    flood_latency_s: float = 0.6
+    """Lowest /ping latency while the link is flooded (up to 1 s)."""
+    disk_fill_per_tick: float = 0.5
+    """Fraction of the volume a disk_full fault writes per tick until the disk is full."""
+    disk_full_at: float = 0.98
+    """Disk usage at and above which writes fail (ENOSPC)."""
+    data_fraction: tuple[float, float] = (0.2, 0.5)
+    """Range of the volume's initial usage by real data, drawn per service at reset."""
+    probe_noise: float = 0.01
+    """Chance that a reported health result is flipped (flaky probes)."""
+    probe_delay: int = 0
+    """Ticks between a health result and its report (monitoring lag)."""
+    base_cpu: float = 0.15
+    """Typical CPU use of a healthy service, in cores (jittered ±50%)."""
+    base_net: float = 0.05
+    """Typical receive rate of a healthy service, as a fraction of its link (jittered ±50%)."""
+    restart_half_life: float = 30.0
+    """Half-life in ticks of the recent-restarts count."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(not isinstance(v, int | float) or isinstance(v, bool) or v < 0 for v in values):
+                raise ConfigError(f"sim parameter {f.name} must be >= 0, got {value!r}")
+        if not 0.0 <= self.probe_noise <= 0.5:
+            raise ConfigError(f"sim parameter probe_noise must be in [0, 0.5], got {self.probe_noise!r}")
+        if self.restart_ticks < 1 or self.recreate_ticks < 1:
+            raise ConfigError("sim parameters restart_ticks and recreate_ticks must be >= 1")
+
+    def vector(self) -> np.ndarray:
+        """The parameters as the float vector the kernels read (layout in ``simkernel``)."""
+        p = np.zeros(simkernel.N_PARAMS)
+        p[simkernel.P_PROBE_TIMEOUT] = self.probe_timeout_s
+        p[simkernel.P_SLO_LATENCY] = self.slo_latency_s
+        p[simkernel.P_BASE_LATENCY] = self.base_latency_s
+        p[simkernel.P_HOG_LATENCY_LO], p[simkernel.P_HOG_LATENCY_HI] = self.hog_latency_s
+        p[simkernel.P_FLOOD_LATENCY_LO] = self.flood_latency_s
+        p[simkernel.P_DISK_FILL] = self.disk_fill_per_tick
+        p[simkernel.P_DISK_FULL_AT] = self.disk_full_at
+        p[simkernel.P_PROBE_NOISE] = self.probe_noise
+        p[simkernel.P_BASE_CPU] = self.base_cpu
+        p[simkernel.P_BASE_NET] = self.base_net
+        p[simkernel.P_RESTART_DECAY] = 0.5 ** (1.0 / self.restart_half_life) if self.restart_half_life else 0.0
+        p[simkernel.P_RESTART_TICKS] = self.restart_ticks
+        p[simkernel.P_RECREATE_TICKS] = self.recreate_ticks
+        return p
+
+
+class SimSandbox:
+    """A batch of ``n_envs`` simulated copies of ``topology``, stepped together."""
+
+    def __init__(self, topology: Topology, n_envs: int = 1, params: SimParams | None = None) -> None:
+        if n_envs < 1:
+            raise ConfigError(f"n_envs must be >= 1, got {n_envs}")
+        self.topology = topology
+        self.n_envs = n_envs
+        self.params = params or SimParams()
+        self._p = self.params.vector()
+        e, n = n_envs, topology.n_services
+        self._has_disk = topology.has_disk.copy()
+        self._entries = topology.entries.copy()
+        self._adjacency = topology.adjacency.copy()
+        self._fault = np.zeros((e, n), np.int8)
+        self._down = np.zeros((e, n), np.int32)
+        self._since = np.zeros((e, n), np.int32)
+        self._junk = np.zeros((e, n), np.float64)
+        self._data = np.zeros((e, n), np.float64)
+        self._restarts = np.zeros((e, n), np.float64)
+        self._health = np.ones((e, n), np.bool_)
+        self._history = np.ones((e, self.params.probe_delay + 1, n), np.bool_)
+        self._rng = np.zeros(e, np.uint64)
+        self._slo = np.ones(e, np.bool_)
+        self._cleared = np.zeros(e, np.bool_)
+        self._tick = 0
+        self._feats = np.zeros((e, MAX_SLOTS, N_FEATURES), np.float32)
+        self._feats[:, :n, Feature.PRESENT] = 1.0
+        self._feats[:, :n, Feature.HAS_DISK] = topology.has_disk
+        self._feats[:, :n, Feature.ENTRY] = topology.entries
+
+    def reset(self, seeds: Sequence[int]) -> None:
+        """Fresh, healthy systems; env e's randomness comes from ``seeds[e]`` alone."""
+        seeds_arr = np.asarray(seeds, dtype=np.int64)
+        if seeds_arr.shape != (self.n_envs,) or (seeds_arr < 0).any():
+            raise ConfigError(f"reset needs {self.n_envs} seeds >= 0, got {list(seeds)!r}")
+        lo, hi = self.params.data_fraction
+        simkernel.seed_streams(self._rng, seeds_arr, self._has_disk, lo, hi, self._data)
+        self._fault[:] = 0
+        self._down[:] = 0
+        self._since[:] = 10 * int(simkernel.SINCE_REPAIR_SCALE)  # "never repaired"
+        self._junk[:] = 0.0
+        self._restarts[:] = 0.0
+        self._health[:] = True
+        self._history[:] = True
+        self._slo[:] = True
+        self._tick = 0
+        self.advance()
+        self._tick = 0
+
+    def inject(self, slots: np.ndarray, faults: np.ndarray) -> None:
+        """Start ``faults[e]`` on ``slots[e]``; it shows from the next ``advance``."""
+        simkernel.inject(self._fault, slots, faults)
+
+    def repair(self, slots: np.ndarray, repairs: np.ndarray) -> np.ndarray:
+        """Apply ``repairs[e]`` to ``slots[e]``; return whether each ended a fault."""
+        simkernel.repair(
+            self._fault, self._down, self._since, self._junk, self._data, self._restarts,
+            slots, repairs, CLEARS_TABLE, self._p, self._cleared,
+        )  # fmt: skip
+        return self._cleared
+
+    def advance(self) -> None:
+        """One tick for every env."""
+        simkernel.advance(
+            self._fault, self._down, self._since, self._junk, self._data, self._restarts,
+            self._health, self._history, self._rng, self._has_disk, self._entries,
+            self._adjacency, self._p, self._tick, self._feats, self._slo,
+        )  # fmt: skip
+        self._tick += 1
+
+    def observe(self) -> np.ndarray:
+        """Symptoms of the last tick, ``(n_envs, MAX_SLOTS, N_FEATURES)``; overwritten by ``advance``."""
+        return self._feats
+
+    @property
+    def faults(self) -> np.ndarray:
+        """Active fault per service (0 = none)."""
+        return self._fault
+
+    @property
+    def health(self) -> np.ndarray:
+        """True /health result per service this tick."""
+        return self._health
+
+    @property
+    def slo(self) -> np.ndarray:
+        """Whether the SLO held this tick, per env."""
+        return self._slo
+
+    @property
+    def data_fraction(self) -> np.ndarray:
+        """Fraction of each service's volume holding real data (0 after a recreate)."""
+        return self._data
+
+    def close(self) -> None:
+        """Nothing to release for the simulator."""
+

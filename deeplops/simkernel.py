@@ -1,0 +1,231 @@
+"""Compiled kernels of the simulator's tick: the hot path of everything.
+
+The state is arrays shaped ``(n_envs, n_services)``. One call handles the whole batch, so a
+single env costs one call (about a microsecond) instead of dozens of small numpy operations,
+and a batch of thousands runs at compiled speed. Randomness comes from a splitmix64 stream per
+env, so an env's trajectory depends only on its own seed, never on the batch it runs in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from deeplops.faults import Fault, Repair
+from deeplops.observation import RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
+
+KILL, PAUSE, CPU_HOG = int(Fault.KILL), int(Fault.PAUSE), int(Fault.CPU_HOG)
+DISK_FULL, NET_SATURATION = int(Fault.DISK_FULL), int(Fault.NET_SATURATION)
+RESTART, CLEAN_DISK, RECREATE = int(Repair.RESTART), int(Repair.CLEAN_DISK), int(Repair.RECREATE)
+
+F_HEALTHY, F_RUNNING, F_LATENCY = int(Feature.HEALTHY), int(Feature.RUNNING), int(Feature.LATENCY)
+F_ERROR, F_DISK, F_CPU, F_NET = int(Feature.ERROR_RATE), int(Feature.DISK_USED), int(Feature.CPU), int(Feature.NET_RX)
+F_RESTARTS, F_SINCE = int(Feature.RESTARTS), int(Feature.SINCE_REPAIR)
+
+# Layout of the float parameter vector handed to the kernel (built by SimParams.vector()).
+P_PROBE_TIMEOUT = 0
+P_SLO_LATENCY = 1
+P_BASE_LATENCY = 2
+P_HOG_LATENCY_LO = 3
+P_HOG_LATENCY_HI = 4
+P_FLOOD_LATENCY_LO = 5
+P_DISK_FILL = 6
+P_DISK_FULL_AT = 7
+P_PROBE_NOISE = 8
+P_BASE_CPU = 9
+P_BASE_NET = 10
+P_RESTART_DECAY = 11
+P_RESTART_TICKS = 12
+P_RECREATE_TICKS = 13
+N_PARAMS = 14
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+
+
+@njit(cache=True, inline="always")
+def uniform(rng: np.ndarray, e: int) -> float:
+    """Next float in [0, 1) of env e's splitmix64 stream."""
+    z = rng[e] + _GOLDEN
+    rng[e] = z
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    z = z ^ (z >> _S31)
+    return float(z >> _S11) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True)
+def inject(fault: np.ndarray, slots: np.ndarray, codes: np.ndarray) -> None:
+    """Start fault ``codes[e]`` on ``slots[e]`` (code 0: nothing). Effects unfold in ``advance``."""
+    for e in range(fault.shape[0]):
+        if codes[e] > 0:
+            fault[e, slots[e]] = codes[e]
+
+
+@njit(cache=True)
+def repair(
+    fault: np.ndarray,
+    down: np.ndarray,
+    since: np.ndarray,
+    junk: np.ndarray,
+    data: np.ndarray,
+    restarts: np.ndarray,
+    slots: np.ndarray,
+    codes: np.ndarray,
+    clears: np.ndarray,
+    p: np.ndarray,
+    cleared: np.ndarray,
+) -> None:
+    """Apply repair ``codes[e]`` to ``slots[e]``; ``cleared[e]`` says whether it ended a fault."""
+    for e in range(fault.shape[0]):
+        code = codes[e]
+        cleared[e] = False
+        if code == 0:
+            continue
+        s = slots[e]
+        if clears[code, fault[e, s]]:
+            fault[e, s] = 0
+            cleared[e] = True
+        if code == RESTART:
+            down[e, s] = max(down[e, s], int(p[P_RESTART_TICKS]))
+            restarts[e, s] += 1.0
+        elif code == CLEAN_DISK:
+            junk[e, s] = 0.0
+        elif code == RECREATE:
+            down[e, s] = max(down[e, s], int(p[P_RECREATE_TICKS]))
+            data[e, s] = 0.0  # a fresh volume: the data is gone
+            junk[e, s] = 0.0
+            restarts[e, s] += 1.0
+        since[e, s] = 0
+
+
+@njit(cache=True)
+def advance(
+    fault: np.ndarray,
+    down: np.ndarray,
+    since: np.ndarray,
+    junk: np.ndarray,
+    data: np.ndarray,
+    restarts: np.ndarray,
+    health: np.ndarray,
+    history: np.ndarray,
+    rng: np.ndarray,
+    has_disk: np.ndarray,
+    entries: np.ndarray,
+    adjacency: np.ndarray,
+    p: np.ndarray,
+    tick: int,
+    feats: np.ndarray,
+    slo: np.ndarray,
+) -> None:
+    """One tick of every env: faults act, health and the SLO are measured, symptoms written.
+
+    Health is dependency-aware as a real service's /health is: its own process answers, its
+    disk takes a write, and every direct dependency answers a shallow ping. A ping returns the
+    dependency's last health result, so a failure climbs the graph one hop per tick, and so
+    does recovery. User requests (the SLO) are deep: they fail at once if any service on the
+    path cannot serve.
+    """
+    n_envs, n = fault.shape
+    depth = history.shape[1]
+    write = tick % depth
+    read = (tick + 1) % depth  # the oldest row: health as it was (depth - 1) ticks ago
+    probe_timeout = p[P_PROBE_TIMEOUT]
+    latency = np.empty(n)
+    responsive = np.empty(n, dtype=np.bool_)
+    path_ok = np.empty(n, dtype=np.bool_)
+    previous = np.empty(n, dtype=np.bool_)
+    for e in range(n_envs):
+        for s in range(n):
+            previous[s] = health[e, s]
+        slo_ok = True
+        for s in range(n):
+            f = fault[e, s]
+            running = f != KILL and down[e, s] == 0
+            awake = running and f != PAUSE
+            u = uniform(rng, e)
+            if not running:
+                lat = 0.0
+            elif f == PAUSE:
+                lat = 1.0
+            elif f == NET_SATURATION:
+                lat = p[P_FLOOD_LATENCY_LO] + (1.0 - p[P_FLOOD_LATENCY_LO]) * u
+            elif f == CPU_HOG:
+                lat = p[P_HOG_LATENCY_LO] + (p[P_HOG_LATENCY_HI] - p[P_HOG_LATENCY_LO]) * u
+            else:
+                lat = p[P_BASE_LATENCY] * (0.5 + u)
+            used = 0.0
+            if has_disk[s]:
+                if f == DISK_FULL:
+                    junk[e, s] += p[P_DISK_FILL]
+                used = min(1.0, data[e, s] + junk[e, s])
+            disk_ok = used < p[P_DISK_FULL_AT]
+            ok = awake and disk_ok and lat < probe_timeout
+            serves = awake and disk_ok and lat < p[P_SLO_LATENCY] and f != NET_SATURATION
+            for d in range(s):  # dependencies occupy lower slots
+                if adjacency[s, d]:
+                    if not (responsive[d] and latency[d] < probe_timeout and previous[d]):
+                        ok = False
+                    if not path_ok[d]:
+                        serves = False
+            latency[s] = lat
+            responsive[s] = awake
+            path_ok[s] = serves
+            health[e, s] = ok
+            history[e, write, s] = ok
+            if entries[s] and not serves:
+                slo_ok = False
+
+            u = uniform(rng, e)
+            if not awake:
+                err = 1.0
+            elif not serves:
+                err = 0.6 + 0.4 * u
+            else:
+                err = 0.02 * u
+            u = uniform(rng, e)
+            if not awake:
+                cpu = 0.0
+            elif f == CPU_HOG:
+                cpu = 0.95 + 0.05 * u
+            elif f == NET_SATURATION:
+                cpu = 0.4 + 0.2 * u
+            else:
+                cpu = p[P_BASE_CPU] * (0.5 + u)
+            u = uniform(rng, e)
+            if not running:
+                net = 0.0
+            elif f == NET_SATURATION:
+                net = 0.9 + 0.1 * u
+            else:
+                net = p[P_BASE_NET] * (0.5 + u)
+            feats[e, s, F_RUNNING] = 1.0 if running else 0.0
+            feats[e, s, F_LATENCY] = lat
+            feats[e, s, F_ERROR] = err
+            feats[e, s, F_DISK] = used
+            feats[e, s, F_CPU] = cpu
+            feats[e, s, F_NET] = net
+            restarts[e, s] *= p[P_RESTART_DECAY]
+            feats[e, s, F_RESTARTS] = min(1.0, restarts[e, s] / RESTARTS_SCALE)
+            feats[e, s, F_SINCE] = min(1.0, since[e, s] / SINCE_REPAIR_SCALE)
+            since[e, s] += 1
+            if down[e, s] > 0:
+                down[e, s] -= 1
+        slo[e] = slo_ok
+        for s in range(n):
+            seen = history[e, read, s]
+            if p[P_PROBE_NOISE] > 0.0 and uniform(rng, e) < p[P_PROBE_NOISE]:
+                seen = not seen
+            feats[e, s, F_HEALTHY] = 1.0 if seen else 0.0
+
+
+@njit(cache=True)
+def seed_streams(rng: np.ndarray, seeds: np.ndarray, has_disk: np.ndarray, lo: float, hi: float, data: np.ndarray) -> None:
+    """Start env e's random stream from ``seeds[e]`` and draw its initial data usage from it."""
+    for e in range(rng.shape[0]):
+        rng[e] = np.uint64(seeds[e]) * _MIX1 + _GOLDEN
+        uniform(rng, e)
+        for s in range(data.shape[1]):
+            data[e, s] = lo + (hi - lo) * uniform(rng, e) if has_disk[s] else 0.0
