@@ -19,8 +19,8 @@ _NR = len(REPAIRS)
 
 def _repair_actions(candidates: np.ndarray, repair: Repair) -> tuple[np.ndarray, np.ndarray]:
     """For each env, the action applying ``repair`` to its lowest candidate slot, and whether any."""
-    found = candidates.any(axis=1)
-    slot = candidates.argmax(axis=1)
+    found = np.asarray(candidates.any(axis=1))
+    slot = np.asarray(candidates.argmax(axis=1))
     return 1 + slot * _NR + int(repair) - 1, found
 
 
@@ -53,6 +53,7 @@ class _Symptoms:
 class NoopPolicy:
     """Never acts: the floor."""
 
+    name = "noop"
     privileged = False
 
     def __init__(self, role: Role = Role.ORDER) -> None:
@@ -84,7 +85,7 @@ class _RandomActor:
         """Mostly noops; sometimes a random valid action."""
         n = mask.shape[0]
         actions = np.zeros(n, np.int64)
-        u = self._rng.random(n)
+        u = np.asarray(self._rng.random(n))
         if n == 1 and u[0] >= self.rate:  # the common single-env case, without array calls
             return actions
         pick = np.flatnonzero(u < self.rate)
@@ -101,6 +102,7 @@ class RandomOrder(_RandomActor):
     """A random repair on a random service about once every ten ticks."""
 
     role = Role.ORDER
+    name = "random"
 
     def __init__(self, rate: float = 0.1, seed: int | None = None) -> None:
         super().__init__(rate, seed)
@@ -110,6 +112,7 @@ class RandomChaos(_RandomActor):
     """A random fault on a random service about once every twenty ticks, within the budget."""
 
     role = Role.CHAOS
+    name = "random"
 
     def __init__(self, rate: float = 0.05, seed: int | None = None) -> None:
         super().__init__(rate, seed)
@@ -125,6 +128,7 @@ class AutohealPolicy:
     itself only looks at running ones. It never cleans a disk or stops a flood.
     """
 
+    name = "autoheal"
     role = Role.ORDER
     privileged = False
 
@@ -164,6 +168,7 @@ class KubernetesPolicy:
     10 minutes of healthy running. A restart waiting out its back-off is not re-counted.
     """
 
+    name = "k8s"
     role = Role.ORDER
     privileged = False
 
@@ -196,7 +201,9 @@ class KubernetesPolicy:
         self._good = np.where(s.healthy & s.running, self._good + 1, 0)
         self._restarts[self._good >= self.reset_after] = 0
         need = s.present & ~pending & ~restarting & (~s.running | (self._fails >= self.threshold))
-        delay = np.where(self._restarts == 0, 0, np.minimum(self.backoff * 2 ** np.maximum(self._restarts - 1, 0), self.cap))
+        delay = np.where(
+            self._restarts == 0, 0, np.minimum(self.backoff * 2 ** np.maximum(self._restarts - 1, 0), self.cap)
+        )
         self._wait = np.where(need, delay, self._wait)
         due = self._wait == 0
         actions = _first_rule([(due, Repair.RESTART)], mask.shape[0])
@@ -222,6 +229,7 @@ class RunbookPolicy:
     A service repaired in the last ``grace`` ticks is left alone.
     """
 
+    name = "runbook"
     role = Role.ORDER
     privileged = False
 
@@ -255,6 +263,7 @@ class RunbookPolicy:
 class OraclePolicy:
     """Sees the injected faults and applies the proper repair at once: the upper bound."""
 
+    name = "oracle"
     role = Role.ORDER
     privileged = True
 

@@ -45,9 +45,7 @@ def resolve_env(ref: str | Path, relative_to: Path | None = None) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise ConfigError(
-        f"topology {text!r} not found: expected a file path or one of {', '.join(shipped_envs())}"
-    )
+    raise ConfigError(f"topology {text!r} not found: expected a file path or one of {', '.join(shipped_envs())}")
 
 
 def read_yaml(path: Path, error: type[DeeplopsError]) -> Any:

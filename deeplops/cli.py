@@ -1,2 +1,248 @@
-def main():
-    pass
+"""The ``deeplops`` command line: parse, call the library, report. Behaviour lives in the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from deeplops.errors import ConfigError, DeeplopsError, ScenarioError
+from deeplops.sandbox import BACKENDS
+
+app = typer.Typer(
+    name="deeplops",
+    help="Chaos-engineering reinforcement learning: a chaos agent breaks microservices, an order agent heals them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+if not out.is_terminal:  # files and pipes get whole tables, not 80-column ones
+    out.width = 120
+
+OrderOpt = Annotated[
+    str,
+    typer.Option(
+        "--order", help="Order policy: noop, random, autoheal, k8s, runbook, oracle, or a saved agent's path."
+    ),
+]
+BackendOpt = Annotated[str, typer.Option("--backend", help=f"Sandbox backend: {', '.join(BACKENDS)}.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the first episode; episode k uses seed + k.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object to this file.")]
+
+
+@app.command()
+def evaluate(
+    order: OrderOpt,
+    chaos: Annotated[
+        str, typer.Option("--chaos", help="Chaos policy: noop, random, or a saved agent's path.")
+    ] = "random",
+    scenario: Annotated[
+        list[Path] | None, typer.Option("--scenario", help="Play this scenario file instead of chaos (repeatable).")
+    ] = None,
+    env: Annotated[str, typer.Option("--env", help="Topology: a name under envs/ or a YAML path.")] = "shop",
+    episodes: Annotated[
+        int | None, typer.Option("--episodes", help="Episodes to play [default: 30, or 1 per scenario].")
+    ] = None,
+    backend: BackendOpt = "sim",
+    seed: SeedOpt = 0,
+    json_path: JsonOpt = None,
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Write one JSON Lines trace per episode here.")
+    ] = None,
+) -> None:
+    """Play an order policy against chaos (or scripted scenarios) and report availability and MTTR."""
+    from deeplops import evaluate as ev
+    from deeplops.display import metrics_table
+    from deeplops.metrics import summarize
+    from deeplops.policies import Role, load_policy
+    from deeplops.scenario import ScriptedChaos, load_scenario
+    from deeplops.topology import load_topology
+
+    _check_backend(backend)
+    _check_count("--episodes", episodes)
+    _check_count("--seed", seed, minimum=0)
+    order_policy = load_policy(order, Role.ORDER)
+    traces: list | None = [] if record else None
+    if scenario:
+        scenarios = [load_scenario(p) for p in scenario]
+        plays = [
+            (
+                s.name,
+                ev.Match(s.topology, order_policy, ScriptedChaos(s), backend, s.game_config()),
+                episodes or 1,
+                s.seed,
+            )
+            for s in scenarios
+        ]
+    else:
+        match = ev.Match(load_topology(env), order_policy, load_policy(chaos, Role.CHAOS), backend)
+        plays = [(order, match, episodes or 30, seed)]
+    rows: dict[str, dict[str, Any]] = {}
+    all_stats = []
+    with _Progress(sum(n * m.game.max_ticks for _, m, n, _ in plays), "playing") as advance:
+        for label, match, n, first_seed in plays:
+            stats = ev.play(match, n, seed=first_seed, on_tick=advance, traces=traces)
+            rows[label] = summarize(stats)
+            all_stats += stats
+    result: dict[str, Any] = {**summarize(all_stats), "order": order, "backend": backend}
+    if scenario:
+        result["scenarios"] = rows
+    else:
+        result.update(chaos=chaos, env=plays[0][1].topology.name, seed=seed)
+    against = "scenarios" if scenario else f"chaos={chaos} on {plays[0][1].topology.name}"
+    out.print(metrics_table(rows, title=f"order={order} vs {against}, {len(all_stats)} episode(s), {backend}"))
+    if traces is not None and record is not None:
+        for i, trace in enumerate(traces):
+            trace.write(record / f"episode-{i:04d}.jsonl")
+        out.print(f"wrote {len(traces)} traces to {record}/")
+    _write_json(json_path, result)
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="A scenario YAML file.", show_default=False)],
+    order: OrderOpt,
+    backend: BackendOpt = "sim",
+    json_path: JsonOpt = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Draw the timeline to this PNG file.")] = None,
+) -> None:
+    """Play a scenario's fault timeline against an order policy and check its steady-state hypothesis.
+
+    Exits 1 when the scenario's expected availability is not met.
+    """
+    from deeplops import evaluate as ev
+    from deeplops.display import metrics_table
+    from deeplops.metrics import summarize
+    from deeplops.policies import Role, load_policy
+    from deeplops.scenario import ScriptedChaos, load_scenario
+    from deeplops.trace import TraceRecorder
+
+    _check_backend(backend)
+    if file.suffix not in (".yaml", ".yml"):
+        raise ScenarioError(f"{file}: expected a scenario .yaml file, got {file.suffix or 'no extension'}")
+    scenario = load_scenario(file)
+    order_policy = load_policy(order, Role.ORDER)
+    match = ev.Match(scenario.topology, order_policy, ScriptedChaos(scenario), backend, scenario.game_config())
+    traces: list[TraceRecorder] = []
+    with _Progress(scenario.ticks, f"replaying {scenario.name}") as advance:
+        stats = ev.play(match, 1, seed=scenario.seed, on_tick=advance, traces=traces)
+    metrics = summarize(stats)
+    injected = metrics["faults_injected"]
+    result: dict[str, Any] = {**metrics, "scenario": scenario.name, "order": order, "backend": backend}
+    out.print(metrics_table({scenario.name: metrics}, title=f"replay: order={order}"))
+    if injected != len(scenario.faults):
+        out.print(f"note: {len(scenario.faults) - int(injected or 0)} scheduled fault(s) were not injected: "  # type: ignore[arg-type]
+                  "their target still had an open fault")  # fmt: skip
+    passed = None
+    if scenario.expect_availability is not None:
+        passed = float(metrics["availability"] or 0.0) >= scenario.expect_availability  # type: ignore[arg-type]
+        result["expect"] = {"availability": scenario.expect_availability, "met": passed}
+        verdict = "[green]met[/]" if passed else "[red]NOT met[/]"
+        out.print(f"steady-state hypothesis availability >= {scenario.expect_availability}: {verdict}")
+    if plot is not None:
+        from deeplops.plot import plot_timeline
+
+        plot_timeline([(order, traces[0])], plot, title=f"{scenario.name} ({scenario.topology.name}, {backend})")
+        out.print(f"wrote {plot}")
+    _write_json(json_path, result)
+    if passed is False:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    json_path: JsonOpt = None,
+    seconds: Annotated[float, typer.Option("--seconds", help="Measuring time per configuration.")] = 2.0,
+) -> None:
+    """Measure env steps/s, single and batched, beside Gymnasium's CartPole in the same process."""
+    from rich.table import Table
+
+    from deeplops import bench as b
+
+    if seconds <= 0:
+        raise ConfigError(f"--seconds must be > 0, got {seconds}")
+    with err.status("measuring..."):
+        result = b.run(seconds=seconds)
+    table = Table(title=f"deeplops bench (CartPole-v1: {result['cartpole_steps_per_s']:,.0f} steps/s)")
+    for column in ("env", "n_envs", "env-steps/s", "× CartPole"):
+        table.add_column(column, justify="left" if column == "env" else "right")
+    for r in result["results"]:  # type: ignore[attr-defined]
+        table.add_row(r["env"], str(r["n_envs"]), f"{r['steps_per_s']:,.0f}", f"{r['ratio_to_cartpole']:.2f}")
+    out.print(table)
+    _write_json(json_path, result)
+
+
+def _check_backend(backend: str) -> None:
+    from deeplops.sandbox import make_sandbox
+    from deeplops.topology import load_topology
+
+    if backend != "sim":  # fail before any work: make_sandbox names the problem
+        make_sandbox(backend, load_topology("chain"), 1)
+
+
+def _check_count(option: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise ConfigError(f"{option} must be >= {minimum}, got {value}")
+
+
+def _write_json(path: Path | None, result: dict[str, Any]) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(path)  # whole or nothing
+    except OSError as exc:
+        raise ConfigError(f"--json {path}: cannot write ({exc.strerror})") from None
+    out.print(f"wrote {path}")
+
+
+class _Progress:
+    """A progress bar over env-ticks on the terminal; silent when output is not a terminal."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err, transient=True, disable=not err.is_terminal,
+        )  # fmt: skip
+        self._task = self._bar.add_task(label, total=total)
+
+    def __enter__(self) -> Any:
+        self._bar.__enter__()
+        return lambda n: self._bar.advance(self._task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def main() -> None:
+    """Entry point: bad input exits 2 with one line on stderr, never a traceback."""
+    try:
+        code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
+    except typer.TyperException as exc:  # bad usage: unknown option, missing argument, wrong type
+        ctx = getattr(exc, "ctx", None)
+        command = f"deeplops {ctx.info_name}" if ctx is not None and ctx.parent is not None else "deeplops"
+        print(f"deeplops: error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
+        sys.exit(2)
+    except DeeplopsError as exc:
+        print(f"deeplops: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        print("deeplops: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,25 +13,31 @@ from deeplops.topology import Topology
 
 def snapshot(topology: Topology, services: np.ndarray, tick: int, slo: bool) -> str:
     """One env's symptoms as a fixed-width text table (the envs' ``ansi`` render)."""
-    lines = [f"tick {tick}  SLO {'ok' if slo else 'FAILING'}",
-             f"{'service':<12} {'health':<7} {'run':<4} {'lat_s':>6} {'err':>5} {'disk':>5} {'cpu':>5} {'net':>5}"]  # fmt: skip
+    columns = [("service", "<12"), ("health", "<7"), ("run", "<4"), ("lat_s", ">6"), ("err", ">5"),
+               ("disk", ">5"), ("cpu", ">5"), ("net", ">5")]  # fmt: skip
+    header = " ".join(f"{name:{spec}}" for name, spec in columns)
+    lines = [f"tick {tick}  SLO {'ok' if slo else 'FAILING'}", header]
     for slot, name in enumerate(topology.names):
         f = services[slot]
+        health = "ok" if f[Feature.HEALTHY] > 0.5 else "FAIL"
+        running = "yes" if f[Feature.RUNNING] > 0.5 else "no"
         lines.append(
-            f"{name:<12} {'ok' if f[Feature.HEALTHY] > 0.5 else 'FAIL':<7} {'yes' if f[Feature.RUNNING] > 0.5 else 'no':<4} "
-            f"{f[Feature.LATENCY]:6.3f} {f[Feature.ERROR_RATE]:5.2f} {f[Feature.DISK_USED]:5.2f} "
-            f"{f[Feature.CPU]:5.2f} {f[Feature.NET_RX]:5.2f}"
+            f"{name:<12} {health:<7} {running:<4} {f[Feature.LATENCY]:6.3f} {f[Feature.ERROR_RATE]:5.2f} "
+            f"{f[Feature.DISK_USED]:5.2f} {f[Feature.CPU]:5.2f} {f[Feature.NET_RX]:5.2f}"
         )
     return "\n".join(lines) + "\n"
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, object]], title: str) -> Table:
-    """A table with one row per policy (or scenario) and the headline metrics as columns."""
+    """A table with one row per policy (or scenario) and the headline metrics as columns.
+
+    avail: availability; MTTR and p95: mean and 95th percentile ticks to recovery; faults,
+    recov, unrec: faults injected, recovered and unrecovered; wasted: repairs that ended no fault.
+    """
     table = Table(title=title)
-    for column, justify in [("", "left"), ("availability", "right"), ("MTTR mean", "right"),
-                            ("MTTR p95", "right"), ("faults", "right"), ("recovered", "right"),
-                            ("unrecovered", "right"), ("repairs", "right"), ("wasted", "right")]:  # fmt: skip
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table.add_column("", justify="left", no_wrap=True)
+    for column in ("avail", "MTTR", "p95", "faults", "recov", "unrec", "repairs", "wasted"):
+        table.add_column(column, justify="right")
     for name, m in rows.items():
         table.add_row(
             name,

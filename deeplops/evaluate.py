@@ -13,6 +13,7 @@ from deeplops.policies import Observation, Policy
 from deeplops.sandbox import make_sandbox
 from deeplops.sim import SimParams
 from deeplops.topology import Topology
+from deeplops.trace import TraceRecorder
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,12 @@ def play(
     seed: int = 0,
     batch: int = 32,
     on_tick: Callable[[int], None] | None = None,
+    traces: list[TraceRecorder] | None = None,
 ) -> list[EpisodeStats]:
     """Play ``episodes`` episodes, ``batch`` at a time; episode k uses seed ``seed + k``.
 
     ``on_tick(n)`` is called after every batched tick with the number of env-ticks played.
+    If ``traces`` is a list, one TraceRecorder per episode is appended to it.
     Results depend only on ``seed``, ``episodes`` and ``batch``.
     """
     results: list[EpisodeStats] = []
@@ -61,14 +64,33 @@ def play(
             policy_seeds = np.random.SeedSequence([seed, first]).generate_state(2)
             match.order.reset(n, seed=int(policy_seeds[0]))
             match.chaos.reset(n, seed=int(policy_seeds[1]))
+            recorders = [] if traces is None else [_recorder(match, k, first + k, seed + first + k) for k in range(n)]
+            if traces is not None:
+                traces.extend(recorders)
             done = False
             while not done:
                 chaos_actions = match.chaos.act(policy_view(match.chaos, game.chaos_obs(), game), game.chaos_mask())
                 order_actions = match.order.act(policy_view(match.order, game.order_obs(), game), game.order_mask())
                 done = game.step(chaos_actions, order_actions)
+                for recorder in recorders:
+                    recorder(game)
                 if on_tick is not None:
                     on_tick(n)
             results.extend(game.episode_stats())
         finally:
             sandbox.close()
     return results
+
+
+def _recorder(match: Match, env: int, episode: int, seed: int) -> TraceRecorder:
+    header = {
+        "topology": match.topology.name,
+        "services": list(match.topology.names),
+        "episode": episode,
+        "seed": seed,
+        "backend": match.backend,
+        "order": match.order.name,
+        "chaos": match.chaos.name,
+        "ticks": match.game.max_ticks,
+    }
+    return TraceRecorder(env=env, header=header)

@@ -7,6 +7,7 @@ implement the mechanisms, not the rules.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TypeVar
 
 import numpy as np
 
@@ -53,7 +54,10 @@ class Repair(IntEnum):
         return _parse(cls, text, error, "repair")
 
 
-def _parse(enum: type, text: object, error: type[DeeplopsError], what: str):  # noqa: ANN202
+_E = TypeVar("_E", Fault, Repair)
+
+
+def _parse(enum: type[_E], text: object, error: type[DeeplopsError], what: str) -> _E:
     names = [m.label for m in enum]
     if isinstance(text, str) and text.lower() in names:
         return enum[text.upper()]

@@ -151,7 +151,7 @@ class OrderEnv(_GameEnv):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.observation_space = order_observation_space()
+        self.observation_space = order_observation_space()  # type: ignore[assignment]
         self.action_space = spaces.Discrete(N_ORDER_ACTIONS)
 
     def _get_obs(self) -> dict[str, np.ndarray]:
@@ -194,7 +194,7 @@ class ChaosEnv(_GameEnv):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.observation_space = chaos_observation_space()
+        self.observation_space = chaos_observation_space()  # type: ignore[assignment]
         self.action_space = spaces.Discrete(N_CHAOS_ACTIONS)
 
     def _get_obs(self) -> dict[str, np.ndarray]:

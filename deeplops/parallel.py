@@ -46,12 +46,12 @@ class DeeplopsParallelEnv(ParallelEnv[str, dict[str, np.ndarray], np.int64]):
         self.topology = self.game.topology
         self._rng = np.random.default_rng()
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - one space object per agent, as PettingZoo expects
+    @functools.cache  # noqa: B019 - one space object per agent, as PettingZoo expects
     def observation_space(self, agent: str) -> spaces.Space:
         """Chaos or order observation space."""
         return chaos_observation_space() if agent == CHAOS else order_observation_space()
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019
+    @functools.cache  # noqa: B019
     def action_space(self, agent: str) -> spaces.Space:
         """``Discrete(81)`` for chaos, ``Discrete(65)`` for order."""
         return spaces.Discrete(N_CHAOS_ACTIONS if agent == CHAOS else N_ORDER_ACTIONS)

@@ -29,6 +29,8 @@ class Role(str, Enum):
 class Policy(Protocol):
     """Chooses one action per env, for a batch of envs."""
 
+    name: str
+    """Short name for reports, e.g. ``runbook``."""
     role: Role
     """The side it plays."""
     privileged: bool
@@ -56,9 +58,7 @@ def load_policy(ref: str, role: Role | str) -> Policy:
         return factories[ref]()
     names = ", ".join(factories)
     if not Path(ref).exists():
-        raise PolicyError(
-            f"unknown {role.value} policy {ref!r}: expected one of {names}, or the path of a saved agent"
-        )
+        raise PolicyError(f"unknown {role.value} policy {ref!r}: expected one of {names}, or the path of a saved agent")
     raise PolicyError(f"{ref}: saved agents cannot be loaded by this version: expected one of {names}")
 
 

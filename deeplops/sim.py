@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from deeplops import simkernel
-from deeplops.errors import ConfigError
+from deeplops.errors import ConfigError, SandboxError
 from deeplops.faults import CLEARS_TABLE
 from deeplops.observation import MAX_SLOTS, N_FEATURES, Feature
 from deeplops.topology import Topology
@@ -135,14 +135,24 @@ class SimSandbox:
 
     def inject(self, slots: np.ndarray, faults: np.ndarray) -> None:
         """Start ``faults[e]`` on ``slots[e]``; it shows from the next ``advance``."""
-        simkernel.inject(self._fault, slots, faults)
+        bad = simkernel.inject(self._fault, slots, faults)
+        if bad >= 0:
+            raise SandboxError(
+                f"inject in env {bad}: expected a slot in [0, {self.topology.n_services}) and a fault code in 1..5, "
+                f"got slot {slots[bad]} and code {faults[bad]}"
+            )
 
     def repair(self, slots: np.ndarray, repairs: np.ndarray) -> np.ndarray:
         """Apply ``repairs[e]`` to ``slots[e]``; return whether each ended a fault."""
-        simkernel.repair(
+        bad = simkernel.repair(
             self._fault, self._down, self._since, self._junk, self._data, self._restarts,
             slots, repairs, CLEARS_TABLE, self._p, self._cleared,
         )  # fmt: skip
+        if bad >= 0:
+            raise SandboxError(
+                f"repair in env {bad}: expected a slot in [0, {self.topology.n_services}) and a repair code in 0..4, "
+                f"got slot {slots[bad]} and code {repairs[bad]}"
+            )
         return self._cleared
 
     def advance(self) -> None:
@@ -180,4 +190,3 @@ class SimSandbox:
 
     def close(self) -> None:
         """Nothing to release for the simulator."""
-

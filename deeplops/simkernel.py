@@ -57,11 +57,19 @@ def uniform(rng: np.ndarray, e: int) -> float:
 
 
 @njit(cache=True)
-def inject(fault: np.ndarray, slots: np.ndarray, codes: np.ndarray) -> None:
-    """Start fault ``codes[e]`` on ``slots[e]`` (code 0: nothing). Effects unfold in ``advance``."""
-    for e in range(fault.shape[0]):
+def inject(fault: np.ndarray, slots: np.ndarray, codes: np.ndarray) -> int:
+    """Start fault ``codes[e]`` on ``slots[e]`` (code 0: nothing). Effects unfold in ``advance``.
+
+    Returns the first env whose slot or code is out of range (nothing is applied), or -1.
+    """
+    n_envs, n = fault.shape
+    for e in range(n_envs):
+        if codes[e] != 0 and not (0 <= slots[e] < n and 0 < codes[e] <= NET_SATURATION):
+            return e
+    for e in range(n_envs):
         if codes[e] > 0:
             fault[e, slots[e]] = codes[e]
+    return -1
 
 
 @njit(cache=True)
@@ -78,8 +86,15 @@ def repair(
     p: np.ndarray,
     cleared: np.ndarray,
 ) -> None:
-    """Apply repair ``codes[e]`` to ``slots[e]``; ``cleared[e]`` says whether it ended a fault."""
-    for e in range(fault.shape[0]):
+    """Apply repair ``codes[e]`` to ``slots[e]``; ``cleared[e]`` says whether it ended a fault.
+
+    Returns the first env whose slot or code is out of range (nothing is applied), or -1.
+    """
+    n_envs, n = fault.shape
+    for e in range(n_envs):
+        if codes[e] != 0 and not (0 <= slots[e] < n and 0 < codes[e] < clears.shape[0]):
+            return e
+    for e in range(n_envs):
         code = codes[e]
         cleared[e] = False
         if code == 0:
@@ -99,6 +114,7 @@ def repair(
             junk[e, s] = 0.0
             restarts[e, s] += 1.0
         since[e, s] = 0
+    return -1
 
 
 @njit(cache=True)
@@ -222,7 +238,9 @@ def advance(
 
 
 @njit(cache=True)
-def seed_streams(rng: np.ndarray, seeds: np.ndarray, has_disk: np.ndarray, lo: float, hi: float, data: np.ndarray) -> None:
+def seed_streams(
+    rng: np.ndarray, seeds: np.ndarray, has_disk: np.ndarray, lo: float, hi: float, data: np.ndarray
+) -> None:
     """Start env e's random stream from ``seeds[e]`` and draw its initial data usage from it."""
     for e in range(rng.shape[0]):
         rng[e] = np.uint64(seeds[e]) * _MIX1 + _GOLDEN

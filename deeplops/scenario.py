@@ -1,0 +1,175 @@
+"""Scripted failure drills: load and validate ``scenarios/*.yaml``, and play them as a chaos policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deeplops.catalog import data_dir, read_yaml, resolve_env
+from deeplops.errors import ConfigError, ScenarioError
+from deeplops.faults import Fault
+from deeplops.game import GameConfig, chaos_action
+from deeplops.observation import MAX_SLOTS
+from deeplops.policies import Observation, Role
+from deeplops.topology import Topology, load_topology
+
+_KEYS = {"name", "description", "env", "ticks", "seed", "faults", "expect"}
+_FAULT_KEYS = {"at", "fault", "target"}
+_EXPECT_KEYS = {"availability"}
+
+
+@dataclass(frozen=True)
+class ScheduledFault:
+    """One fault of a drill."""
+
+    at: int
+    """Tick at which the chaos side injects it (0-based)."""
+    fault: Fault
+    """What to inject."""
+    target: str
+    """Service it hits."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named failure drill: a topology, a fault timeline, and what must hold."""
+
+    name: str
+    """Name of the drill."""
+    topology: Topology
+    """The system it runs on."""
+    ticks: int
+    """Length of the drill in ticks."""
+    seed: int
+    """Seed of the system's randomness (probe noise, jitter)."""
+    faults: tuple[ScheduledFault, ...]
+    """The faults, in tick order."""
+    expect_availability: float | None = None
+    """Steady-state hypothesis: availability at least this, checked on replay."""
+    description: str = ""
+    """The real incident pattern the drill models."""
+
+    def game_config(self) -> GameConfig:
+        """Rules for playing the drill: its length, and no budget in the way of the script."""
+        return GameConfig(max_ticks=self.ticks, budget=float("inf"), max_concurrent=MAX_SLOTS)
+
+
+def shipped_scenarios() -> list[Path]:
+    """The scenario files shipped under ``scenarios/``."""
+    return sorted(data_dir("scenarios").glob("*.yaml"))
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load and validate a scenario file; every problem found is named in one ScenarioError."""
+    path = Path(path)
+    doc = read_yaml(path, ScenarioError)
+    if not isinstance(doc, dict):
+        raise ScenarioError(f"{path}: expected a mapping with name, env, ticks and faults, got {type(doc).__name__}")
+    problems: list[str] = []
+    unknown = set(doc) - _KEYS
+    if unknown:
+        problems.append(f"unknown key(s) {sorted(unknown)}: expected {', '.join(sorted(_KEYS))}")
+    name = doc.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        problems.append(f"'name' must be a non-empty string, got {name!r}")
+    ticks = doc.get("ticks")
+    if isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 1:
+        problems.append(f"'ticks' must be a whole number >= 1, got {ticks!r}")
+        ticks = None
+    seed = doc.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        problems.append(f"'seed' must be a whole number >= 0, got {seed!r}")
+    topology = None
+    try:
+        topology = load_topology(resolve_env(doc.get("env", "shop"), relative_to=path.parent))
+    except ConfigError as exc:
+        problems.append(f"env: {exc}")
+    faults = _faults(doc.get("faults", []), topology, ticks, problems)
+    expect = _expect(doc.get("expect"), problems)
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        problems.append(f"'description' must be a string, got {description!r}")
+    if problems:
+        raise ScenarioError(f"{path}: " + "; ".join(problems))
+    assert topology is not None and ticks is not None
+    return Scenario(name, topology, ticks, seed, faults, expect, description)
+
+
+def _faults(raw: Any, topology: Topology | None, ticks: int | None, problems: list[str]) -> tuple[ScheduledFault, ...]:
+    if not isinstance(raw, list):
+        problems.append(f"'faults' must be a list of {{at, fault, target}}, got {raw!r:.60}")
+        return ()
+    out: list[ScheduledFault] = []
+    seen_ticks: set[int] = set()
+    for i, item in enumerate(raw):
+        where = f"faults[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected a mapping {{at, fault, target}}, got {item!r:.60}")
+            continue
+        unknown = set(item) - _FAULT_KEYS
+        if unknown:
+            problems.append(f"{where}: unknown key(s) {sorted(unknown)}: expected at, fault, target")
+        at = item.get("at")
+        if isinstance(at, bool) or not isinstance(at, int) or at < 0 or (ticks is not None and at >= ticks):
+            problems.append(
+                f"{where}: 'at' must be a tick in [0, {ticks if ticks is not None else 'ticks'}), got {at!r}"
+            )
+            continue
+        if at in seen_ticks:
+            problems.append(f"{where}: a second fault at tick {at}: the chaos side acts once per tick")
+        seen_ticks.add(at)
+        try:
+            fault = Fault.parse(item.get("fault"), ScenarioError)
+        except ScenarioError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        target = item.get("target")
+        if topology is not None:
+            if target not in topology.index:
+                problems.append(f"{where}: unknown service {target!r}: expected one of {', '.join(topology.names)}")
+                continue
+            if fault is Fault.DISK_FULL and not topology.has_disk[topology.index[target]]:
+                problems.append(f"{where}: disk_full needs a service with a data volume (disk_mb), {target!r} has none")
+                continue
+        out.append(ScheduledFault(at=at, fault=fault, target=str(target)))
+    return tuple(sorted(out, key=lambda f: f.at))
+
+
+def _expect(raw: Any, problems: list[str]) -> float | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - _EXPECT_KEYS:
+        problems.append(f"'expect' must be a mapping with 'availability', got {raw!r:.60}")
+        return None
+    value = raw.get("availability")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        problems.append(f"'expect.availability' must be a number in [0, 1], got {value!r}")
+        return None
+    return float(value)
+
+
+class ScriptedChaos:
+    """The chaos side of a drill: injects each scheduled fault at its tick, in every env."""
+
+    role = Role.CHAOS
+    privileged = False
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.name = f"scenario:{scenario.name}"
+        index = scenario.topology.index
+        self._script = {f.at: chaos_action(index[f.target], f.fault) for f in scenario.faults}
+        self._tick = 0
+
+    def reset(self, n_envs: int, seed: int | None = None) -> None:
+        """Back to tick 0."""
+        self._tick = 0
+
+    def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
+        """The fault scheduled for this tick, or noop."""
+        action = self._script.get(self._tick, 0)
+        self._tick += 1
+        return np.full(mask.shape[0], action, np.int64)

@@ -1,0 +1,84 @@
+"""Scenario files: validation names every problem, and the script injects on schedule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deeplops.errors import ScenarioError
+from deeplops.faults import Fault
+from deeplops.game import chaos_action
+from deeplops.scenario import ScriptedChaos, load_scenario, shipped_scenarios
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_scenario_loads_with_a_description():
+    scenarios = [load_scenario(p) for p in shipped_scenarios()]
+    assert len(scenarios) >= 3
+    assert all(s.description and s.faults for s in scenarios)
+
+
+def test_env_may_be_a_path_relative_to_the_scenario(tmp_path):
+    (tmp_path / "mini.yaml").write_text("name: mini\nservices:\n  web: {entry: true}\n")
+    scenario = load_scenario(
+        write(tmp_path, "name: s\nenv: mini.yaml\nticks: 5\nfaults: [{at: 1, fault: kill, target: web}]\n")
+    )
+    assert scenario.topology.names == ("web",)
+
+
+def test_all_problems_are_reported_together(tmp_path):
+    text = (
+        "name: s\nenv: shop\nticks: 10\nfaults:\n"
+        "  - {at: 1, fault: meteor, target: db}\n  - {at: 2, fault: kill, target: ghost}\n"
+    )
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(write(tmp_path, text))
+    assert "meteor" in str(err.value) and "ghost" in str(err.value)
+
+
+def test_fault_after_the_end_is_rejected(tmp_path):
+    with pytest.raises(ScenarioError, match=r"\[0, 10\)"):
+        load_scenario(write(tmp_path, "name: s\nticks: 10\nfaults: [{at: 10, fault: kill, target: db}]\n"))
+
+
+def test_two_faults_in_one_tick_are_rejected(tmp_path):
+    text = "name: s\nticks: 10\nfaults:\n  - {at: 3, fault: kill, target: db}\n  - {at: 3, fault: pause, target: api}\n"
+    with pytest.raises(ScenarioError, match="once per tick"):
+        load_scenario(write(tmp_path, text))
+
+
+def test_disk_full_on_a_service_without_a_volume_is_rejected(tmp_path):
+    with pytest.raises(ScenarioError, match="cache"):
+        load_scenario(write(tmp_path, "name: s\nticks: 10\nfaults: [{at: 1, fault: disk_full, target: cache}]\n"))
+
+
+def test_expected_availability_must_be_a_fraction(tmp_path):
+    with pytest.raises(ScenarioError, match="availability"):
+        load_scenario(write(tmp_path, "name: s\nticks: 10\nfaults: []\nexpect: {availability: 90}\n"))
+
+
+def test_unknown_top_level_key_is_rejected(tmp_path):
+    with pytest.raises(ScenarioError, match="duration"):
+        load_scenario(write(tmp_path, "name: s\nticks: 10\nduration: 5\nfaults: []\n"))
+
+
+def test_scripted_chaos_injects_each_fault_at_its_tick(tmp_path):
+    text = (
+        "name: s\nticks: 10\nfaults:\n"
+        "  - {at: 2, fault: kill, target: db}\n  - {at: 5, fault: disk_full, target: queue}\n"
+    )
+    scenario = load_scenario(write(tmp_path, text))
+    script = ScriptedChaos(scenario)
+    script.reset(1)
+    mask = np.ones((1, 81), bool)
+    actions = [int(script.act({}, mask)[0]) for _ in range(8)]
+    index = scenario.topology.index
+    expected = [0] * 8
+    expected[2] = chaos_action(index["db"], Fault.KILL)
+    expected[5] = chaos_action(index["queue"], Fault.DISK_FULL)
+    assert actions == expected
