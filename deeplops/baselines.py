@@ -17,23 +17,17 @@ from deeplops.policies import Observation, Role
 _NR = len(REPAIRS)
 
 
-def _repair_actions(candidates: np.ndarray, repair: Repair) -> tuple[np.ndarray, np.ndarray]:
-    """For each env, the action applying ``repair`` to its lowest candidate slot, and whether any."""
-    found = np.asarray(candidates.any(axis=1))
-    slot = np.asarray(candidates.argmax(axis=1))
-    return 1 + slot * _NR + int(repair) - 1, found
-
-
 def _first_rule(rules: list[tuple[np.ndarray, Repair]], n_envs: int) -> np.ndarray:
-    """Actions from the first rule with a candidate, in priority order; noop where none fires."""
-    actions = np.zeros(n_envs, np.int64)
-    done = np.zeros(n_envs, np.bool_)
-    for candidates, repair in rules:
-        act, found = _repair_actions(candidates, repair)
-        take = found & ~done
-        actions[take] = act[take]
-        done |= take
-    return actions
+    """Actions from the first rule with a candidate, in priority order; noop where none fires.
+
+    Each rule is ``(candidates, repair)`` with candidates ``(n_envs, MAX_SLOTS)`` bool; within a
+    rule the lowest (deepest) slot wins.
+    """
+    stacked = np.stack([candidates for candidates, _ in rules], axis=1).reshape(n_envs, -1)
+    first = stacked.argmax(axis=1)
+    rule, slot = np.divmod(first, MAX_SLOTS)
+    repair = np.array([int(r) for _, r in rules])[rule]
+    return np.where(stacked.any(axis=1), 1 + slot * _NR + repair - 1, 0).astype(np.int64)
 
 
 class _Symptoms:

@@ -85,7 +85,7 @@ def repair(
     clears: np.ndarray,
     p: np.ndarray,
     cleared: np.ndarray,
-) -> None:
+) -> int:
     """Apply repair ``codes[e]`` to ``slots[e]``; ``cleared[e]`` says whether it ended a fault.
 
     Returns the first env whose slot or code is out of range (nothing is applied), or -1.

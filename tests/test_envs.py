@@ -137,6 +137,52 @@ def test_parallel_env_has_agents_chaos_and_order() -> None:
     assert sorted(env.agents) == ["chaos", "order"]
 
 
+# --- episodes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_env_truncates_exactly_at_max_ticks_and_never_terminates(env_id: str) -> None:
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    for tick in range(1, MAX_TICKS + 1):
+        _, _, terminated, truncated, info = env.step(0)
+        assert not terminated
+        assert truncated == (tick == MAX_TICKS), f"truncated={truncated} at step {tick}"
+    assert info["episode_stats"].ticks == MAX_TICKS
+
+
+def test_parallel_env_truncates_both_agents_at_max_ticks_and_empties_agents() -> None:
+    env = deeplops.parallel_env()
+    env.reset(seed=0)
+    for tick in range(1, MAX_TICKS + 1):
+        _, _, terminations, truncations, _ = env.step({"chaos": 0, "order": 0})
+        assert not any(terminations.values())
+        assert truncations == {"chaos": tick == MAX_TICKS, "order": tick == MAX_TICKS}
+    assert env.agents == []
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_returned_observations_are_not_overwritten_by_later_steps(env_id: str) -> None:
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=0)
+    kept = {key: value.copy() for key, value in obs.items()}
+    for _ in range(5):
+        env.step(1)
+    assert all(np.array_equal(obs[key], kept[key]) for key in kept)
+
+
+def test_order_env_plays_a_masked_action_as_a_free_noop() -> None:
+    env = gym.make(ORDER_ID, opponent="noop")  # shop: slots 6..15 are padding
+    env.reset(seed=0)
+    padded_restart = 1 + 10 * 4
+    assert not env.unwrapped.action_masks()[padded_restart]
+    rewards = [env.step(padded_restart)[1] for _ in range(MAX_TICKS)]
+    stats = env.unwrapped.game.episode_stats()[0]
+    assert rewards == pytest.approx([1.0] * MAX_TICKS)
+    assert stats.repairs == 0
+    assert stats.invalid_actions == MAX_TICKS
+
+
 # --- seeding -----------------------------------------------------------------------------------
 
 
@@ -240,6 +286,17 @@ def test_order_mask_allows_clean_disk_only_on_services_with_a_volume() -> None:
     mask = env.unwrapped.action_masks()
     clean_disk = [mask[1 + slot * 4 + 1] for slot in range(3)]
     assert clean_disk == [True, False, False]
+
+
+def test_chaos_mask_forbids_a_second_fault_on_a_faulted_service() -> None:
+    env = gym.make(CHAOS_ID, opponent="noop")  # shop: slot 0 is cache, slot 1 is db (with a volume)
+    env.reset(seed=0)
+    db_faults = slice(1 + 1 * 5, 1 + 2 * 5)
+    assert env.unwrapped.action_masks()[db_faults].all()
+    env.step(1 + 1 * 5 + 2)  # cpu_hog on db
+    mask = env.unwrapped.action_masks()
+    assert not mask[db_faults].any()
+    assert mask[1 : 1 + 5].any()
 
 
 def test_sb3_contrib_reads_the_masks_through_a_dummy_vec_env() -> None:
