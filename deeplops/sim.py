@@ -13,7 +13,7 @@ import numpy as np
 
 from deeplops import simkernel
 from deeplops.errors import ConfigError, SandboxError
-from deeplops.faults import CLEARS_TABLE
+from deeplops.faults import CLEARS_TABLE, Fault, Repair
 from deeplops.observation import MAX_SLOTS, N_FEATURES, Feature
 from deeplops.topology import Topology
 
@@ -65,22 +65,47 @@ class SimParams:
             raise ConfigError("sim parameters restart_ticks and recreate_ticks must be >= 1")
 
     def vector(self) -> np.ndarray:
-        """The parameters as the float vector the kernels read (layout in ``simkernel``)."""
+        """The scalar parameters as the float vector the kernels read (layout in ``simkernel``)."""
         p = np.zeros(simkernel.N_PARAMS)
         p[simkernel.P_PROBE_TIMEOUT] = self.probe_timeout_s
         p[simkernel.P_SLO_LATENCY] = self.slo_latency_s
-        p[simkernel.P_BASE_LATENCY] = self.base_latency_s
-        p[simkernel.P_HOG_LATENCY_LO], p[simkernel.P_HOG_LATENCY_HI] = self.hog_latency_s
-        p[simkernel.P_FLOOD_LATENCY_LO] = self.flood_latency_s
         p[simkernel.P_DISK_FILL] = self.disk_fill_per_tick
         p[simkernel.P_DISK_FULL_AT] = self.disk_full_at
         p[simkernel.P_PROBE_NOISE] = self.probe_noise
-        p[simkernel.P_BASE_CPU] = self.base_cpu
-        p[simkernel.P_BASE_NET] = self.base_net
         p[simkernel.P_RESTART_DECAY] = 0.5 ** (1.0 / self.restart_half_life) if self.restart_half_life else 0.0
-        p[simkernel.P_RESTART_TICKS] = self.restart_ticks
-        p[simkernel.P_RECREATE_TICKS] = self.recreate_ticks
         return p
+
+    def symptoms(self) -> np.ndarray:
+        """Ranges of latency (s), CPU (cores) and receive rate (link fraction) per fault (DESIGN §4)."""
+        lat, cpu, net = self.base_latency_s, self.base_cpu, self.base_net
+        healthy = (0.5 * lat, 1.5 * lat, 0.5 * cpu, 1.5 * cpu, 0.5 * net, 1.5 * net)
+        rows = {
+            0: healthy,
+            Fault.KILL: (0.0,) * 6,  # connection refused at once, nothing running
+            Fault.PAUSE: (1.0, 1.0, 0.0, 0.0, 0.5 * net, 1.5 * net),  # frozen: every probe times out
+            Fault.CPU_HOG: (*self.hog_latency_s, 0.95, 1.0, 0.5 * net, 1.5 * net),
+            Fault.DISK_FULL: healthy,  # fast failures: writes get ENOSPC at once
+            Fault.NET_SATURATION: (self.flood_latency_s, 1.0, 0.4, 0.6, 0.9, 1.0),
+            simkernel.DOWN_ROW: (0.0,) * 6,  # restarting: not running yet
+        }
+        table = np.zeros((len(rows), simkernel.N_SYMPTOMS))
+        for code, row in rows.items():
+            table[code] = row
+        return table
+
+    def repairs(self) -> np.ndarray:
+        """What each repair's mechanism does to a service, one row per Repair code (DESIGN §4)."""
+        rows = {  # downtime ticks, wipes junk, wipes data, counts as a restart
+            Repair.NOOP: (0, 0, 0, 0),
+            Repair.RESTART: (self.restart_ticks, 0, 0, 1),
+            Repair.CLEAN_DISK: (0, 1, 0, 0),
+            Repair.RATE_LIMIT: (0, 0, 0, 0),
+            Repair.RECREATE: (self.recreate_ticks, 1, 1, 1),  # new container, new (empty) volume
+        }
+        table = np.zeros((len(Repair), simkernel.N_REPAIR_EFFECTS))
+        for repair, row in rows.items():
+            table[repair] = row
+        return table
 
 
 class SimSandbox:
@@ -93,6 +118,8 @@ class SimSandbox:
         self.n_envs = n_envs
         self.params = params or SimParams()
         self._p = self.params.vector()
+        self._symptoms = self.params.symptoms()
+        self._repair_effects = self.params.repairs()
         e, n = n_envs, topology.n_services
         self._has_disk = topology.has_disk.copy()
         self._entries = topology.entries.copy()
@@ -146,7 +173,7 @@ class SimSandbox:
         """Apply ``repairs[e]`` to ``slots[e]``; return whether each ended a fault."""
         bad = simkernel.repair(
             self._fault, self._down, self._since, self._junk, self._data, self._restarts,
-            slots, repairs, CLEARS_TABLE, self._p, self._cleared,
+            slots, repairs, CLEARS_TABLE, self._repair_effects, self._cleared,
         )  # fmt: skip
         if bad >= 0:
             raise SandboxError(
@@ -160,7 +187,7 @@ class SimSandbox:
         simkernel.advance(
             self._fault, self._down, self._since, self._junk, self._data, self._restarts,
             self._health, self._history, self._rng, self._has_disk, self._entries,
-            self._adjacency, self._p, self._tick, self._feats, self._slo,
+            self._adjacency, self._p, self._symptoms, self._tick, self._feats, self._slo,
         )  # fmt: skip
         self._tick += 1
 

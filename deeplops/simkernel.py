@@ -11,33 +11,36 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from deeplops.faults import Fault, Repair
+from deeplops.faults import Fault
 from deeplops.observation import RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
 
-KILL, PAUSE, CPU_HOG = int(Fault.KILL), int(Fault.PAUSE), int(Fault.CPU_HOG)
+KILL, PAUSE = int(Fault.KILL), int(Fault.PAUSE)
 DISK_FULL, NET_SATURATION = int(Fault.DISK_FULL), int(Fault.NET_SATURATION)
-RESTART, CLEAN_DISK, RECREATE = int(Repair.RESTART), int(Repair.CLEAN_DISK), int(Repair.RECREATE)
 
 F_HEALTHY, F_RUNNING, F_LATENCY = int(Feature.HEALTHY), int(Feature.RUNNING), int(Feature.LATENCY)
 F_ERROR, F_DISK, F_CPU, F_NET = int(Feature.ERROR_RATE), int(Feature.DISK_USED), int(Feature.CPU), int(Feature.NET_RX)
 F_RESTARTS, F_SINCE = int(Feature.RESTARTS), int(Feature.SINCE_REPAIR)
 
-# Layout of the float parameter vector handed to the kernel (built by SimParams.vector()).
+# Layout of the float parameter vector handed to the kernels (built by SimParams.vector()).
 P_PROBE_TIMEOUT = 0
 P_SLO_LATENCY = 1
-P_BASE_LATENCY = 2
-P_HOG_LATENCY_LO = 3
-P_HOG_LATENCY_HI = 4
-P_FLOOD_LATENCY_LO = 5
-P_DISK_FILL = 6
-P_DISK_FULL_AT = 7
-P_PROBE_NOISE = 8
-P_BASE_CPU = 9
-P_BASE_NET = 10
-P_RESTART_DECAY = 11
-P_RESTART_TICKS = 12
-P_RECREATE_TICKS = 13
-N_PARAMS = 14
+P_DISK_FILL = 2
+P_DISK_FULL_AT = 3
+P_PROBE_NOISE = 4
+P_RESTART_DECAY = 5
+N_PARAMS = 6
+
+# Columns of the symptom table: one row per fault code (0 = none), plus a row for a process
+# that is not running (killed, or down while restarting). Each symptom is drawn uniformly
+# from [LO, HI] every tick. Built by SimParams.symptoms().
+LAT_LO, LAT_HI, CPU_LO, CPU_HI, NET_LO, NET_HI = range(6)
+DOWN_ROW = int(Fault.NET_SATURATION) + 1
+N_SYMPTOMS = 6
+
+# Columns of the repair table: what each repair's mechanism does to a service (one row per
+# Repair code). Built by SimParams.repairs().
+R_DOWN_TICKS, R_WIPES_JUNK, R_WIPES_DATA, R_COUNTS_RESTART = range(4)
+N_REPAIR_EFFECTS = 4
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -56,17 +59,25 @@ def uniform(rng: np.ndarray, e: int) -> float:
     return float(z >> _S11) * (1.0 / 9007199254740992.0)
 
 
+@njit(cache=True, inline="always")
+def _first_invalid(slots: np.ndarray, codes: np.ndarray, n_services: int, n_codes: int) -> int:
+    """The first env whose slot or code is out of range (code 0 always passes), or -1."""
+    for e in range(codes.shape[0]):
+        if codes[e] != 0 and not (0 <= slots[e] < n_services and 0 < codes[e] < n_codes):
+            return e
+    return -1
+
+
 @njit(cache=True)
 def inject(fault: np.ndarray, slots: np.ndarray, codes: np.ndarray) -> int:
     """Start fault ``codes[e]`` on ``slots[e]`` (code 0: nothing). Effects unfold in ``advance``.
 
     Returns the first env whose slot or code is out of range (nothing is applied), or -1.
     """
-    n_envs, n = fault.shape
-    for e in range(n_envs):
-        if codes[e] != 0 and not (0 <= slots[e] < n and 0 < codes[e] <= NET_SATURATION):
-            return e
-    for e in range(n_envs):
+    bad = _first_invalid(slots, codes, fault.shape[1], NET_SATURATION + 1)
+    if bad >= 0:
+        return bad
+    for e in range(fault.shape[0]):
         if codes[e] > 0:
             fault[e, slots[e]] = codes[e]
     return -1
@@ -83,18 +94,17 @@ def repair(
     slots: np.ndarray,
     codes: np.ndarray,
     clears: np.ndarray,
-    p: np.ndarray,
+    effects: np.ndarray,
     cleared: np.ndarray,
 ) -> int:
     """Apply repair ``codes[e]`` to ``slots[e]``; ``cleared[e]`` says whether it ended a fault.
 
     Returns the first env whose slot or code is out of range (nothing is applied), or -1.
     """
-    n_envs, n = fault.shape
-    for e in range(n_envs):
-        if codes[e] != 0 and not (0 <= slots[e] < n and 0 < codes[e] < clears.shape[0]):
-            return e
-    for e in range(n_envs):
+    bad = _first_invalid(slots, codes, fault.shape[1], clears.shape[0])
+    if bad >= 0:
+        return bad
+    for e in range(fault.shape[0]):
         code = codes[e]
         cleared[e] = False
         if code == 0:
@@ -103,16 +113,13 @@ def repair(
         if clears[code, fault[e, s]]:
             fault[e, s] = 0
             cleared[e] = True
-        if code == RESTART:
-            down[e, s] = max(down[e, s], int(p[P_RESTART_TICKS]))
-            restarts[e, s] += 1.0
-        elif code == CLEAN_DISK:
+        effect = effects[code]
+        down[e, s] = max(down[e, s], int(effect[R_DOWN_TICKS]))
+        if effect[R_WIPES_JUNK]:
             junk[e, s] = 0.0
-        elif code == RECREATE:
-            down[e, s] = max(down[e, s], int(p[P_RECREATE_TICKS]))
+        if effect[R_WIPES_DATA]:
             data[e, s] = 0.0  # a fresh volume: the data is gone
-            junk[e, s] = 0.0
-            restarts[e, s] += 1.0
+        restarts[e, s] += effect[R_COUNTS_RESTART]
         since[e, s] = 0
     return -1
 
@@ -132,6 +139,7 @@ def advance(
     entries: np.ndarray,
     adjacency: np.ndarray,
     p: np.ndarray,
+    symptoms: np.ndarray,
     tick: int,
     feats: np.ndarray,
     slo: np.ndarray,
@@ -161,17 +169,8 @@ def advance(
             f = fault[e, s]
             running = f != KILL and down[e, s] == 0
             awake = running and f != PAUSE
-            u = uniform(rng, e)
-            if not running:
-                lat = 0.0
-            elif f == PAUSE:
-                lat = 1.0
-            elif f == NET_SATURATION:
-                lat = p[P_FLOOD_LATENCY_LO] + (1.0 - p[P_FLOOD_LATENCY_LO]) * u
-            elif f == CPU_HOG:
-                lat = p[P_HOG_LATENCY_LO] + (p[P_HOG_LATENCY_HI] - p[P_HOG_LATENCY_LO]) * u
-            else:
-                lat = p[P_BASE_LATENCY] * (0.5 + u)
+            row = symptoms[f if running else DOWN_ROW]
+            lat = row[LAT_LO] + (row[LAT_HI] - row[LAT_LO]) * uniform(rng, e)
             used = 0.0
             if has_disk[s]:
                 if f == DISK_FULL:
@@ -201,22 +200,8 @@ def advance(
                 err = 0.6 + 0.4 * u
             else:
                 err = 0.02 * u
-            u = uniform(rng, e)
-            if not awake:
-                cpu = 0.0
-            elif f == CPU_HOG:
-                cpu = 0.95 + 0.05 * u
-            elif f == NET_SATURATION:
-                cpu = 0.4 + 0.2 * u
-            else:
-                cpu = p[P_BASE_CPU] * (0.5 + u)
-            u = uniform(rng, e)
-            if not running:
-                net = 0.0
-            elif f == NET_SATURATION:
-                net = 0.9 + 0.1 * u
-            else:
-                net = p[P_BASE_NET] * (0.5 + u)
+            cpu = row[CPU_LO] + (row[CPU_HI] - row[CPU_LO]) * uniform(rng, e)
+            net = row[NET_LO] + (row[NET_HI] - row[NET_LO]) * uniform(rng, e)
             feats[e, s, F_RUNNING] = 1.0 if running else 0.0
             feats[e, s, F_LATENCY] = lat
             feats[e, s, F_ERROR] = err
