@@ -26,6 +26,24 @@ err = Console(stderr=True)
 if not out.is_terminal:  # files and pipes get whole tables, not 80-column ones
     out.width = 120
 
+
+def _version(value: bool) -> None:
+    if value:
+        from deeplops import __version__
+
+        out.print(f"deeplops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Chaos-engineering reinforcement learning: a chaos agent breaks microservices, an order agent heals them."""
+
+
 OrderOpt = Annotated[
     str,
     typer.Option(

@@ -164,3 +164,11 @@ def test_every_command_explains_itself(cli, command):
     result = cli(command, "--help")
     assert result.code == 0
     assert "Usage" in result.out
+
+
+def test_version_is_printed(cli):
+    from deeplops import __version__
+
+    result = cli("--version")
+    assert result.code == 0
+    assert result.out.strip() == f"deeplops {__version__}"
