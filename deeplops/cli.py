@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from deeplops.errors import ConfigError, DeeplopsError, ScenarioError
+from deeplops.errors import ConfigError, DeeplopsError, SandboxError, ScenarioError
 from deeplops.sandbox import BACKENDS
 
 app = typer.Typer(
@@ -197,12 +197,106 @@ def bench(
     _write_json(json_path, result)
 
 
-def _check_backend(backend: str) -> None:
-    from deeplops.sandbox import make_sandbox
+sandbox_app = typer.Typer(
+    help="Real containers: build the service image, bring a topology up or down, see its state.",
+    no_args_is_help=True,
+)
+app.add_typer(sandbox_app, name="sandbox")
+NameOpt = Annotated[str, typer.Option("--name", help="Sandbox name: its network, and the prefix of its containers.")]
+
+
+@sandbox_app.command("build")
+def sandbox_build(
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the image is up to date.")] = False,
+) -> None:
+    """Build the service image with no registry (debootstrap + import); skipped when up to date."""
+    from deeplops.dockerbox import image, stack
+
+    client = stack.connect()
+    tag = image.ensure_image(client, log=lambda line: err.print(line), force=force)
+    out.print(f"image {tag} ready")
+
+
+@sandbox_app.command("up")
+def sandbox_up(
+    env: Annotated[str, typer.Option("--env", help="Topology: a name under envs/ or a YAML path.")] = "shop",
+    name: NameOpt = "deeplops",
+    seed: SeedOpt = 0,
+) -> None:
+    """Start a topology as containers, each labelled deeplops.sandbox=NAME and deeplops.service=SERVICE."""
+    import time
+
+    import numpy as np
+
+    from deeplops.dockerbox import image, stack
+    from deeplops.sim import SimParams
     from deeplops.topology import load_topology
 
-    if backend != "sim":  # fail before any work: make_sandbox names the problem
-        make_sandbox(backend, load_topology("chain"), 1)
+    topology = load_topology(env)
+    client = stack.connect()
+    tag = image.ensure_image(client, log=lambda line: err.print(line))
+    rng = np.random.default_rng(seed)
+    lo, hi = SimParams().data_fraction
+    data = {s.name: float(rng.uniform(lo, hi)) for s in topology.services if s.disk_mb}
+    start = time.monotonic()
+    try:
+        stack.up(client, topology, name, tag, data)
+    except BaseException:
+        stack.down(name, client)  # nothing half-made stays behind
+        raise
+    took = time.monotonic() - start
+    out.print(f"sandbox {name}: {topology.n_services} services of {topology.name} up in {took:.1f} s")
+
+
+@sandbox_app.command("down")
+def sandbox_down(
+    name: NameOpt = "deeplops",
+    all_: Annotated[bool, typer.Option("--all", help="Remove every deeplops sandbox on this engine.")] = False,
+) -> None:
+    """Remove a sandbox's containers, network, volumes and blocks, including what a crashed run left."""
+    from deeplops.dockerbox import stack
+
+    client = stack.connect()
+    names = sorted(stack.sandboxes(client)) if all_ else [name]
+    for sandbox in names:
+        removed = stack.down(sandbox, client)
+        out.print(f"sandbox {sandbox}: " + (f"removed {len(removed)} item(s)" if removed else "nothing to remove"))
+
+
+@sandbox_app.command("status")
+def sandbox_status(
+    name: NameOpt = "deeplops",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Each service's container state and health."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from deeplops.dockerbox import stack
+
+    client = stack.connect()
+    rows = stack.status(client, name)
+    if as_json:
+        print(json.dumps({"sandbox": name, "services": [asdict(r) for r in rows]}, indent=2))
+        return
+    if not rows:
+        out.print(f"sandbox {name}: not running")
+        return
+    table = Table(title=f"sandbox {name}")
+    for column in ("service", "state", "health", "address"):
+        table.add_column(column)
+    for r in rows:
+        health = "[green]healthy[/]" if r.healthy else "[red]unhealthy[/]"
+        table.add_row(r.service, r.state, health, r.ip or "-")
+    out.print(table)
+
+
+def _check_backend(backend: str) -> None:
+    from deeplops.sandbox import BACKENDS
+
+    if backend not in BACKENDS:  # fail before any work
+        raise SandboxError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
 
 
 def _check_count(option: str, value: int | None, minimum: int = 1) -> None:

@@ -68,12 +68,22 @@ BACKENDS = ("sim", "docker")
 
 def make_sandbox(backend: str, topology: Topology, n_envs: int = 1, **options: object) -> Sandbox:
     """Create a sandbox of ``backend`` for ``topology`` with ``n_envs`` copies."""
-    factories: dict[str, Callable[[], Sandbox]] = {"sim": lambda: _sim(topology, n_envs, options)}
-    if backend not in BACKENDS:
-        raise SandboxError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    factories: dict[str, Callable[[], Sandbox]] = {
+        "sim": lambda: _sim(topology, n_envs, options),
+        "docker": lambda: _docker(topology, n_envs, options),
+    }
     if backend not in factories:
-        raise SandboxError(f"backend {backend!r} is not available in this version: expected 'sim'")
+        raise SandboxError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     return factories[backend]()
+
+
+def _docker(topology: Topology, n_envs: int, options: dict[str, object]) -> Sandbox:
+    from deeplops.dockerbox.sandbox import DockerSandbox
+
+    name = options.pop("name", None)
+    if options:
+        raise SandboxError(f"unknown docker option(s) {sorted(options)}: expected name")
+    return DockerSandbox(topology, n_envs=n_envs, name=None if name is None else str(name))
 
 
 def _sim(topology: Topology, n_envs: int, options: dict[str, object]) -> Sandbox:

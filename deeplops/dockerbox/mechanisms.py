@@ -1,0 +1,183 @@
+"""Every fault and repair of DESIGN §4 by its real mechanism, each checked to have taken effect.
+
+Dispatch goes through the tables at the bottom (``INJECT[fault]``, ``REPAIR[repair]``). Each
+function acts on one service of a running DockerSandbox and raises SandboxError when the
+mechanism did not take.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from docker.errors import APIError
+
+from deeplops.dockerbox import host, stack
+from deeplops.errors import SandboxError
+from deeplops.faults import Fault, Repair
+
+if TYPE_CHECKING:
+    from deeplops.dockerbox.sandbox import DockerSandbox
+
+HOG_PROCESSES = 8
+"""Busy processes a cpu_hog starts: many, so the service gets a small share of its CPU allowance."""
+_HOG = f"import os\nfor _ in range({HOG_PROCESSES.bit_length() - 1}): os.fork()\nwhile True: pass\n"
+FLOOD_FACTOR = 4.0
+"""A flood sends this many times the link's capacity."""
+_VERIFY_S = 0.5
+
+
+def _until(check: Callable[[], bool], what: str, timeout_s: float = _VERIFY_S) -> None:
+    """Poll ``check`` until true; a SandboxError naming ``what`` if it never is."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise SandboxError(f"{what} did not take effect within {timeout_s:.1f} s")
+        time.sleep(0.01)
+
+
+def kill(box: DockerSandbox, service: str) -> None:
+    """SIGKILL the container."""
+    container = box.containers[service]
+    container.kill(signal="SIGKILL")
+    _until(lambda: (container.reload() or container.status) == "exited", f"kill of {service}")
+
+
+def pause(box: DockerSandbox, service: str) -> None:
+    """Freeze every process of the container (cgroup freezer)."""
+    container = box.containers[service]
+    container.pause()
+    _until(lambda: (container.reload() or container.status) == "paused", f"pause of {service}")
+
+
+def cpu_hog(box: DockerSandbox, service: str) -> None:
+    """Start busy processes inside the container, competing with the service for its CPU allowance."""
+    container = box.containers[service]
+    before = host.cgroup_processes(container.id) or 0
+    try:
+        container.exec_run(["python3", "-c", _HOG], detach=True)
+    except APIError as exc:
+        raise SandboxError(f"cpu_hog on {service}: {exc.explanation or exc}") from None
+    _until(lambda: (host.cgroup_processes(container.id) or 0) >= before + HOG_PROCESSES, f"cpu_hog on {service}")
+
+
+def disk_full(box: DockerSandbox, service: str) -> None:
+    """Write junk into the data volume until the file system says ENOSPC."""
+    path = host.volume_dir(box.name, service)
+    n = 0
+    chunk = b"\xff" * 2**20
+    while True:
+        try:
+            with (path / f"junk-{n}.fill").open("wb") as f:
+                while True:
+                    f.write(chunk)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise SandboxError(f"disk_full on {service}: {exc}") from None
+            break
+        n += 1
+    if host.disk_usage(path) < 0.99:
+        raise SandboxError(f"disk_full on {service} did not fill the volume ({host.disk_usage(path):.0%} used)")
+
+
+def net_saturation(box: DockerSandbox, service: str) -> None:
+    """Flood the service with traffic far above its link's capacity, through the tc cap."""
+    host.unblock(stack.block_tag(box.name, service))  # a new flood is not stopped by an old block
+    start_flood(box, service)
+
+
+def start_flood(box: DockerSandbox, service: str) -> None:
+    """(Re)start the flood process at the service's current address."""
+    stop_flood(box, service)
+    ip = box.ips[service]
+    rate = str(FLOOD_FACTOR * host.LINK_BYTES_PER_S)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deeplops.dockerbox.flood", ip, rate],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    box.floods[service] = proc
+    time.sleep(0.05)
+    if proc.poll() is not None or not host.link_capped(box.veths[service]):
+        raise SandboxError(f"net_saturation on {service}: the flood did not start")
+
+
+def pause_flood(box: DockerSandbox, service: str) -> bool:
+    """Hold a flood while its target's veth is replaced; whether there was one to resume.
+
+    While a container restarts, the bridge no longer knows where its address lives and sends
+    the flood out of every port: every service would suffer for a tick, which is an artefact
+    of one host, not of a flood.
+    """
+    flooded = service in box.floods
+    stop_flood(box, service)
+    return flooded
+
+
+def stop_flood(box: DockerSandbox, service: str) -> None:
+    """Stop the service's flood, if any."""
+    proc = box.floods.pop(service, None)
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+
+
+def restart(box: DockerSandbox, service: str) -> None:
+    """Restart the container (SIGTERM, then SIGKILL after 1 s); a frozen one is thawed first."""
+    container = box.containers[service]
+    container.reload()
+    flooded = pause_flood(box, service)
+    try:
+        if container.status == "paused":
+            container.unpause()
+        container.restart(timeout=1)
+    except APIError as exc:
+        raise SandboxError(f"restart of {service}: {exc.explanation or exc}") from None
+    box.rewire(service, resume_flood=flooded)
+
+
+def clean_disk(box: DockerSandbox, service: str) -> None:
+    """Delete the junk from the data volume (the data stays)."""
+    for junk in host.volume_dir(box.name, service).glob("junk-*.fill"):
+        junk.unlink()
+
+
+def rate_limit(box: DockerSandbox, service: str) -> None:
+    """Block the flood at the service's ingress; a flood that no longer arrives is over."""
+    host.block(box.ips[service], stack.block_tag(box.name, service))
+    if box.faults[0, box.topology.index[service]] == Fault.NET_SATURATION:
+        stop_flood(box, service)
+
+
+def recreate(box: DockerSandbox, service: str) -> None:
+    """A new container with a fresh, empty volume: everything but a flood ends, and the data is lost."""
+    spec = box.topology.services[box.topology.index[service]]
+    flooded = pause_flood(box, service)
+    box.containers[service].remove(force=True)
+    if spec.disk_mb:
+        stack.prepare_volume(box.name, spec, 0.0)
+    box.containers[service] = stack.start_service(box.client, box.name, spec, box.image)
+    box.rewire(service, resume_flood=flooded)
+
+
+def noop(box: DockerSandbox, service: str) -> None:
+    """Nothing."""
+
+
+INJECT: dict[Fault, Callable[[DockerSandbox, str], None]] = {
+    Fault.KILL: kill,
+    Fault.PAUSE: pause,
+    Fault.CPU_HOG: cpu_hog,
+    Fault.DISK_FULL: disk_full,
+    Fault.NET_SATURATION: net_saturation,
+}
+REPAIR: dict[Repair, Callable[[DockerSandbox, str], None]] = {
+    Repair.NOOP: noop,
+    Repair.RESTART: restart,
+    Repair.CLEAN_DISK: clean_disk,
+    Repair.RATE_LIMIT: rate_limit,
+    Repair.RECREATE: recreate,
+}

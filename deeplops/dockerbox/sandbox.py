@@ -1,0 +1,309 @@
+"""DockerSandbox: the Sandbox protocol on real containers. One tick is one second of wall time.
+
+Observations are measured, in the layout and units of ``deeplops.observation``: /health and
+/ping probes, user requests (``/work``) to every service (error rate) and through the entry
+services (the SLO), Docker state, cgroup CPU time, the veth's receive counter, and statvfs of
+the data volume. Faults and repairs are real (``mechanisms``); the sandbox also keeps the book
+of which faults are open, as the simulator does, since a real system does not say.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from docker.models.containers import Container
+
+from deeplops.dockerbox import host, image, mechanisms, stack
+from deeplops.errors import SandboxError
+from deeplops.faults import CLEARS_TABLE, Fault, Repair
+from deeplops.observation import MAX_SLOTS, N_FEATURES, RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
+from deeplops.sim import SimParams
+from deeplops.topology import Topology
+
+TICK_S = 1.0
+PROBE_TIMEOUT_S = 0.5
+"""Timeout of the /health probe (as the services' own dependency pings)."""
+REQUEST_TIMEOUT_S = 0.9
+"""Timeout of /ping and /work requests; a timeout reads as latency 1 (the feature's cap)."""
+SLO_LATENCY_S = 0.5
+"""A user request slower than this fails the SLO, as in the simulator."""
+REQUESTS_PER_TICK = 2
+"""User requests sent to every service each tick (the error rate's denominator)."""
+_RESTART_DECAY = 0.5 ** (1.0 / 30.0)
+
+
+@dataclass
+class _Reading:
+    """One service's measurements in one tick."""
+
+    running: bool = False
+    healthy: bool = False
+    latency: float = 0.0
+    error_rate: float = 1.0
+    served: bool = False
+
+
+class DockerSandbox:
+    """One copy of ``topology`` as real containers named ``NAME-SERVICE`` on network ``NAME``."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        n_envs: int = 1,
+        name: str | None = None,
+        base: str = image.BASE_IMAGE,
+        log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    ) -> None:
+        if n_envs != 1:
+            raise SandboxError(f"the docker backend runs one env at a time, got n_envs={n_envs}")
+        host.require_root()
+        self.topology = topology
+        self.n_envs = 1
+        self.name = name or f"deeplops-{os.getpid()}"
+        self.client = stack.connect()
+        self.image = image.ensure_image(self.client, base, log)
+        n = topology.n_services
+        self._fault = np.zeros((1, n), np.int8)
+        self._health = np.ones((1, n), np.bool_)
+        self._slo = np.ones(1, np.bool_)
+        self._cleared = np.zeros(1, np.bool_)
+        self._since = np.full(n, 10 * SINCE_REPAIR_SCALE)
+        self._restarts = np.zeros(n)
+        self._feats = np.zeros((1, MAX_SLOTS, N_FEATURES), np.float32)
+        self._feats[0, :n, Feature.PRESENT] = 1.0
+        self._feats[0, :n, Feature.HAS_DISK] = topology.has_disk
+        self._feats[0, :n, Feature.ENTRY] = topology.entries
+        self.containers: dict[str, Container] = {}
+        self.ips: dict[str, str] = {}
+        self.veths: dict[str, str] = {}
+        self.floods: dict[str, subprocess.Popen[bytes]] = {}
+        self._cpu: dict[str, tuple[float, int]] = {}
+        self._rx: dict[str, tuple[float, int]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=4 * n + 4)
+        self._next_tick = 0.0
+        self._reaper: subprocess.Popen[bytes] | None = None
+        self._closed = False
+        self._guard_signals()
+
+    # -- the Sandbox protocol --------------------------------------------------------------
+
+    def reset(self, seeds: Sequence[int]) -> None:
+        """A fresh system: every container recreated, volumes refilled with data, all healthy."""
+        seed = int(seeds[0])
+        stack.down(self.name, self.client)
+        self._start_reaper()
+        rng = np.random.default_rng(seed)
+        lo, hi = SimParams().data_fraction
+        data = {s.name: float(rng.uniform(lo, hi)) for s in self.topology.services if s.disk_mb}
+        stack.up(self.client, self.topology, self.name, self.image, data)
+        self.containers = stack.containers(self.client, self.name)
+        for service in self.topology.names:
+            self.rewire(service)
+        self._fault[:] = 0
+        self._since[:] = 10 * SINCE_REPAIR_SCALE
+        self._restarts[:] = 0.0
+        self._next_tick = time.monotonic()
+        self._measure()
+
+    def inject(self, slots: np.ndarray, faults: np.ndarray) -> None:
+        """Start the fault for real, and check that it took."""
+        code = int(faults[0])
+        if code == 0:
+            return
+        slot = self._slot(int(slots[0]))
+        mechanisms.INJECT[Fault(code)](self, self.topology.names[slot])
+        self._fault[0, slot] = code
+
+    def repair(self, slots: np.ndarray, repairs: np.ndarray) -> np.ndarray:
+        """Apply the repair for real; return whether it ended the service's open fault."""
+        code = int(repairs[0])
+        self._cleared[0] = False
+        if code == 0:
+            return self._cleared
+        slot = self._slot(int(slots[0]))
+        repair = Repair(code)
+        fault = int(self._fault[0, slot])
+        mechanisms.REPAIR[repair](self, self.topology.names[slot])
+        if CLEARS_TABLE[repair, fault]:
+            self._fault[0, slot] = 0
+            self._cleared[0] = True
+            if fault == Fault.NET_SATURATION:
+                mechanisms.stop_flood(self, self.topology.names[slot])
+        self._since[slot] = 0
+        self._restarts[slot] += repair in (Repair.RESTART, Repair.RECREATE)
+        return self._cleared
+
+    def advance(self) -> None:
+        """Wait for the end of the tick (one second after the last), then measure the system."""
+        self._next_tick += TICK_S
+        delay = self._next_tick - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            self._next_tick = time.monotonic()  # running late: start the next tick from now
+        self._measure()
+
+    def observe(self) -> np.ndarray:
+        """Symptoms measured at the end of the last tick."""
+        return self._feats
+
+    @property
+    def faults(self) -> np.ndarray:
+        """Faults open on each service, as injected and ended by repairs."""
+        return self._fault
+
+    @property
+    def health(self) -> np.ndarray:
+        """Result of each service's /health at the end of the last tick."""
+        return self._health
+
+    @property
+    def slo(self) -> np.ndarray:
+        """Whether every user request through the entry services succeeded in the last tick."""
+        return self._slo
+
+    def close(self) -> None:
+        """Remove every container, network, volume and block of the sandbox. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for service in list(self.floods):
+            mechanisms.stop_flood(self, service)
+        try:
+            stack.down(self.name, self.client)
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._reaper is not None:
+                self._reaper.kill()
+                self._reaper.wait()
+
+    # -- used by the mechanisms ------------------------------------------------------------
+
+    def rewire(self, service: str, resume_flood: bool = False) -> None:
+        """After a (re)start: refresh the container's address and veth, re-cap its link (a restart
+        drops the qdisc), and resume a flood that is still on."""
+        container = self.containers[service]
+        container.reload()
+        ip = stack.ip_of(container, self.name)
+        if ip is None or not container.attrs["State"]["Pid"]:
+            raise SandboxError(f"{service} is not running after its (re)start")
+        self.ips[service] = ip
+        self.veths[service] = host.veth_of(container.attrs["State"]["Pid"])
+        host.cap_link(self.veths[service])
+        self._rx.pop(service, None)
+        self._cpu.pop(service, None)
+        if resume_flood:
+            mechanisms.start_flood(self, service)
+
+    # -- measurement -----------------------------------------------------------------------
+
+    def _measure(self) -> None:
+        states = self._states()
+        readings = list(self._pool.map(lambda s: self._read(s, states.get(s, "missing")), self.topology.names))
+        now = time.monotonic()
+        slo = True
+        for slot, (service, r) in enumerate(zip(self.topology.names, readings, strict=True)):
+            f = self._feats[0, slot]
+            f[Feature.HEALTHY] = self._health[0, slot] = r.healthy
+            f[Feature.RUNNING] = r.running
+            f[Feature.LATENCY] = r.latency
+            f[Feature.ERROR_RATE] = r.error_rate
+            f[Feature.DISK_USED] = (
+                host.disk_usage(host.volume_dir(self.name, service)) if self.topology.has_disk[slot] else 0.0
+            )
+            f[Feature.CPU] = self._rate(self._cpu, service, now, self._cpu_ns(service), 1e9 * stack.CPU_LIMIT)
+            f[Feature.NET_RX] = self._rate(
+                self._rx, service, now, host.tx_bytes(self.veths.get(service, "")), host.LINK_BYTES_PER_S
+            )
+            self._restarts[slot] *= _RESTART_DECAY
+            f[Feature.RESTARTS] = min(1.0, self._restarts[slot] / RESTARTS_SCALE)
+            f[Feature.SINCE_REPAIR] = min(1.0, self._since[slot] / SINCE_REPAIR_SCALE)
+            self._since[slot] += 1
+            if self.topology.entries[slot] and not r.served:
+                slo = False
+        self._slo[0] = slo
+
+    def _read(self, service: str, state: str) -> _Reading:
+        running = state in ("running", "paused")
+        ip = self.ips.get(service)
+        if state != "running" or ip is None:
+            # Exited: refused at once. Paused: every request times out (we know without waiting).
+            return _Reading(running=running, latency=1.0 if running else 0.0)
+        health = self._pool.submit(stack.http_json, ip, "/health", PROBE_TIMEOUT_S)
+        work = [self._pool.submit(self._timed, ip, "/work") for _ in range(REQUESTS_PER_TICK)]
+        ping_ok, ping_s = self._timed(ip, "/ping")
+        results = [w.result() for w in work]
+        failures = sum(1 for ok, _ in results if not ok)
+        return _Reading(
+            running=True,
+            healthy=health.result()[0] == 200,
+            latency=min(1.0, ping_s) if ping_ok is not None else 0.0,
+            error_rate=failures / len(results),
+            served=all(ok and s <= SLO_LATENCY_S for ok, s in results),
+        )
+
+    def _timed(self, ip: str, path: str) -> tuple[bool | None, float]:
+        """(answered 200?, seconds); None when refused, and latency 1 on a timeout."""
+        start = time.monotonic()
+        status, _ = stack.http_json(ip, path, REQUEST_TIMEOUT_S)
+        elapsed = time.monotonic() - start
+        if status == 0:
+            return (False, 1.0) if elapsed >= REQUEST_TIMEOUT_S * 0.95 else (None, 0.0)
+        return status == 200, elapsed
+
+    def _rate(
+        self, last: dict[str, tuple[float, int]], service: str, now: float, value: int | None, unit: float
+    ) -> float:
+        if value is None:
+            last.pop(service, None)
+            return 0.0
+        prev = last.get(service)
+        last[service] = (now, value)
+        if prev is None or now <= prev[0]:
+            return 0.0
+        return float(min(1.0, max(0.0, (value - prev[1]) / (now - prev[0]) / unit)))
+
+    def _cpu_ns(self, service: str) -> int | None:
+        container = self.containers.get(service)
+        return host.cpu_ns(container.id) if container is not None else None
+
+    def _states(self) -> dict[str, str]:
+        """Docker state of every container of the sandbox, in one cheap call."""
+        found = self.client.api.containers(all=True, filters={"label": f"{stack.LABEL_SANDBOX}={self.name}"})
+        return {c["Labels"][stack.LABEL_SERVICE]: c["State"] for c in found}
+
+    def _slot(self, slot: int) -> int:
+        if not 0 <= slot < self.topology.n_services:
+            raise SandboxError(f"expected a slot in [0, {self.topology.n_services}), got {slot}")
+        return slot
+
+    # -- cleanup guarantees ----------------------------------------------------------------
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.poll() is not None:
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-m", "deeplops.dockerbox.reaper", str(os.getpid()), self.name],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+
+    def _guard_signals(self) -> None:
+        """SIGTERM unwinds like Ctrl-C, so ``finally`` blocks and atexit tear the sandbox down."""
+        atexit.register(self.close)
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+            signal.SIG_DFL, None,
+        ):  # fmt: skip
+            signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

@@ -1,0 +1,288 @@
+"""The microservice that runs inside every deeplops sandbox container (standard library only).
+
+It is configured by environment variables (``DEEPLOPS_SERVICE``, ``DEEPLOPS_HOST``, ``DEEPLOPS_PORT``,
+``DEEPLOPS_DEPENDS``, ``DEEPLOPS_DATA``, ``DEEPLOPS_TIMEOUT``, ``DEEPLOPS_HEALTH_INTERVAL``) and answers JSON:
+
+- ``GET /ping``: shallow; 200 if the last cached health result was healthy, else 503. Calls nothing.
+- ``GET /health``: checks now and caches the result: a 4 KiB write probe of the data volume, and a
+  concurrent ``/ping`` of every direct dependency. 200, or 503 with the reasons in ``failed``.
+- ``GET /work``: one user request: ``/work`` on every dependency, plus one ~256-byte record appended
+  to ``records.log`` on the data volume (emptied past 256 KiB). 200, or 503 with the reasons.
+- ``GET /stats``: counters of ``/work`` since start and the cached health.
+
+A background thread refreshes the cached health every interval, so a failure climbs the dependency
+graph one hop per interval. SIGTERM and SIGINT stop the server promptly and exit 0. Bad configuration
+prints one line to stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import http.client
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PROBE_BYTES = 4096
+RECORD_BYTES = 256
+LOG_LIMIT = 256 * 1024
+LOG_NAME = "records.log"
+
+
+class ConfigError(Exception):
+    """The environment does not describe a valid service."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """What one service instance is, read once from the environment."""
+
+    service: str
+    """Name of the service, e.g. ``api``."""
+    host: str
+    """Address to listen on."""
+    port: int
+    """TCP port to listen on."""
+    depends: tuple[tuple[str, int], ...]
+    """Direct dependencies as ``(host, port)``."""
+    data: str | None
+    """Data volume directory, or None when the service has none."""
+    timeout: float
+    """Seconds to wait for a dependency's ``/ping``; ``/work`` calls get twice this."""
+    health_interval: float
+    """Seconds between background health checks."""
+
+
+def _port(text: str, what: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise ConfigError(f"{what} must be a port number 1-65535, got {text!r}")
+    return int(text)
+
+
+def _positive(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:  # also rejects NaN
+        raise ConfigError(f"{what} must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _depends(text: str) -> tuple[tuple[str, int], ...]:
+    deps = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(f"DEEPLOPS_DEPENDS entries must be host:port, got {entry!r}")
+        deps.append((host, _port(port, f"port of DEEPLOPS_DEPENDS entry {entry!r}")))
+    return tuple(deps)
+
+
+def load_config(env: Mapping[str, str]) -> Config:
+    """Read and validate the configuration; raises ConfigError naming the bad variable."""
+    service = env.get("DEEPLOPS_SERVICE", "").strip()
+    if not service:
+        raise ConfigError("DEEPLOPS_SERVICE must name the service, got nothing")
+    return Config(
+        service=service,
+        host=env.get("DEEPLOPS_HOST", "0.0.0.0"),
+        port=_port(env.get("DEEPLOPS_PORT", "8080"), "DEEPLOPS_PORT"),
+        depends=_depends(env.get("DEEPLOPS_DEPENDS", "")),
+        data=env.get("DEEPLOPS_DATA") or None,
+        timeout=_positive(env.get("DEEPLOPS_TIMEOUT", "0.5"), "DEEPLOPS_TIMEOUT"),
+        health_interval=_positive(env.get("DEEPLOPS_HEALTH_INTERVAL", "1.0"), "DEEPLOPS_HEALTH_INTERVAL"),
+    )
+
+
+def call(host: str, port: int, path: str, timeout: float) -> str | None:
+    """GET ``path`` on a dependency; None if it answered 200, else why not."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        status = conn.getresponse().status
+    except ConnectionRefusedError:
+        return f"{host}:{port}{path}: connection refused"
+    except TimeoutError:  # a frozen process still completes the TCP handshake, then never answers
+        return f"{host}:{port}{path}: timed out after {timeout:g} s"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{host}:{port}{path}: {exc!r}"
+    finally:
+        conn.close()
+    return None if status == 200 else f"{host}:{port}{path}: HTTP {status}"
+
+
+def call_all(deps: tuple[tuple[str, int], ...], path: str, timeout: float) -> list[str]:
+    """Call every dependency at once (one thread each) so a slow one costs one timeout, not a sum."""
+    results: list[str | None] = [None] * len(deps)
+
+    def one(i: int) -> None:
+        results[i] = call(*deps[i], path, timeout)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(deps))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [reason for reason in results if reason]
+
+
+def write_synced(path: str, data: bytes, append: bool = False) -> int:
+    """Write ``data`` in full and fsync it, so a full disk (ENOSPC) fails now; return the file's size."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
+    try:
+        if os.write(fd, data) < len(data):
+            raise OSError(errno.ENOSPC, "short write", path)
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def write_probe(data: str) -> None:
+    """Write, fsync and delete 4 KiB in the data volume; raises OSError when the disk is full."""
+    path = os.path.join(data, f".health-probe-{threading.get_ident()}")  # /health and the loop may overlap
+    try:
+        write_synced(path, b"\0" * PROBE_BYTES)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class Service:
+    """The state of one service: its cached health and its ``/work`` counters."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.healthy: bool | None = None  # None until the first check completes: /ping answers 503
+        self.requests = 0
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._log_lock = threading.Lock()  # appends and rotation one at a time, so no record is lost or torn
+
+    def check_health(self) -> list[str]:
+        """Run the dependency-aware check now, cache its result and return the reasons it failed."""
+        failed = []
+        if self.config.data:
+            try:
+                write_probe(self.config.data)
+            except OSError as exc:
+                failed.append(f"disk {self.config.data}: write probe failed: {exc}")
+        failed += call_all(self.config.depends, "/ping", self.config.timeout)
+        self.healthy = not failed
+        return failed
+
+    def health_loop(self) -> None:
+        while True:
+            self.check_health()
+            time.sleep(self.config.health_interval)
+
+    def ping(self) -> tuple[int, dict[str, object]]:
+        return (200 if self.healthy else 503), {"ok": bool(self.healthy)}
+
+    def health(self) -> tuple[int, dict[str, object]]:
+        failed = self.check_health()
+        if failed:
+            return 503, {"ok": False, "service": self.config.service, "failed": failed}
+        deps = [f"{host}:{port}" for host, port in self.config.depends]
+        return 200, {"ok": True, "service": self.config.service, "disk": bool(self.config.data), "depends": deps}
+
+    def work(self) -> tuple[int, dict[str, object]]:
+        # A caller's timeout cannot know how deep the chain below it is, so be generous.
+        failed = call_all(self.config.depends, "/work", 2 * self.config.timeout)
+        if self.config.data:
+            record = json.dumps({"service": self.config.service, "time": time.time()}).ljust(RECORD_BYTES - 1)
+            log = os.path.join(self.config.data, LOG_NAME)
+            try:
+                # A fresh page first, as a store's write-ahead log takes one: an append into a
+                # page already allocated would still succeed on a full disk.
+                write_probe(self.config.data)
+                with self._log_lock:
+                    if write_synced(log, record.encode() + b"\n", append=True) > LOG_LIMIT:
+                        os.truncate(log, 0)  # rotate, so normal traffic never fills the disk
+            except OSError as exc:
+                failed.append(f"disk {self.config.data}: record write failed: {exc}")
+        with self._lock:
+            self.requests += 1
+            self.failures += bool(failed)
+        if failed:
+            return 503, {"ok": False, "service": self.config.service, "failed": failed}
+        return 200, {"ok": True, "service": self.config.service}
+
+    def stats(self) -> tuple[int, dict[str, object]]:
+        with self._lock:
+            counts = {"requests": self.requests, "failures": self.failures}
+        return 200, {"service": self.config.service, **counts, "healthy": bool(self.healthy)}
+
+
+ROUTES: dict[str, Callable[[Service], tuple[int, dict[str, object]]]] = {
+    "/ping": Service.ping,
+    "/health": Service.health,
+    "/work": Service.work,
+    "/stats": Service.stats,
+}
+
+
+class Server(ThreadingHTTPServer):
+    """Serves one Service; handler threads are daemons, never joined, so a stuck request cannot delay exit."""
+
+    request_queue_size = 64  # a burst of /work must not overflow the backlog: a dropped SYN costs a 1 s retransmit
+
+    def __init__(self, config: Config) -> None:
+        super().__init__((config.host, config.port), Handler)
+        self.service = Service(config)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+
+    def do_GET(self) -> None:
+        route = ROUTES.get(self.path.split("?", 1)[0])
+        status, body = route(self.server.service) if route else (404, {"error": f"no such path {self.path}"})
+        payload = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the caller gave up (its timeout): nothing to tell it
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Stay quiet per request; errors still go to stderr through log_error."""
+
+
+def main() -> int:
+    try:
+        config = load_config(os.environ)
+    except ConfigError as exc:
+        print(f"service.py: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = Server(config)
+    except OSError as exc:
+        print(f"service.py: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+
+    def stop(signum: int, frame: object) -> None:
+        # shutdown() waits for serve_forever() to return, which runs in this (the main) thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    threading.Thread(target=server.service.health_loop, daemon=True).start()
+    server.serve_forever(poll_interval=0.05)  # the poll interval bounds how long a shutdown takes
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

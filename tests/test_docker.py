@@ -1,0 +1,270 @@
+"""The Docker backend against a real engine: every fault by its real mechanism, its symptom, the
+repair that clears it and the one that does not, cascades, and cleanup that leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deeplops.faults import Fault, Repair
+from deeplops.observation import Feature
+from deeplops.topology import Topology, load_topology
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+
+
+@pytest.fixture(scope="module")
+def shop() -> Topology:
+    return load_topology("shop")
+
+
+@pytest.fixture(scope="module")
+def sandbox(shop: Topology, docker_engine: None) -> Iterator:
+    from deeplops.dockerbox.sandbox import DockerSandbox
+
+    box = DockerSandbox(shop, name=f"dltest-{os.getpid()}")
+    yield box
+    box.close()
+
+
+@pytest.fixture
+def box(sandbox):
+    """A fresh, healthy shop for each test."""
+    sandbox.reset([0])
+    return sandbox
+
+
+def inject(box, service: str, fault: Fault) -> None:
+    box.inject(np.array([box.topology.index[service]]), np.array([fault]))
+
+
+def repair(box, service: str, what: Repair) -> bool:
+    return bool(box.repair(np.array([box.topology.index[service]]), np.array([what]))[0])
+
+
+def feature(box, service: str, f: Feature) -> float:
+    return float(box.observe()[0, box.topology.index[service], f])
+
+
+def healthy(box, service: str) -> bool:
+    return bool(box.health[0, box.topology.index[service]])
+
+
+def ticks(box, n: int) -> None:
+    for _ in range(n):
+        box.advance()
+
+
+def test_every_container_is_labelled_with_its_sandbox_and_service(box):
+    found = box.client.containers.list(filters={"label": f"deeplops.sandbox={box.name}"})
+    assert sorted(c.labels["deeplops.service"] for c in found) == sorted(box.topology.names)
+
+
+def test_a_fresh_sandbox_is_healthy_and_serves_users(box):
+    ticks(box, 1)
+    assert box.health.all()
+    assert box.slo[0]
+
+
+def test_kill_stops_the_container_and_restart_brings_it_back(box):
+    inject(box, "cache", Fault.KILL)
+    ticks(box, 1)
+    assert box.containers["cache"].status == "exited"
+    assert feature(box, "cache", Feature.RUNNING) == 0.0 and not healthy(box, "cache")
+    assert repair(box, "cache", Repair.RESTART)
+    ticks(box, 2)
+    assert feature(box, "cache", Feature.RUNNING) == 1.0 and healthy(box, "cache")
+
+
+def test_pause_leaves_it_running_but_probes_time_out(box):
+    inject(box, "cache", Fault.PAUSE)
+    ticks(box, 1)
+    assert feature(box, "cache", Feature.RUNNING) == 1.0
+    assert feature(box, "cache", Feature.LATENCY) == 1.0
+    assert not healthy(box, "cache")
+    assert repair(box, "cache", Repair.RESTART)
+    ticks(box, 2)
+    assert healthy(box, "cache")
+
+
+def test_cpu_hog_burns_the_services_cpu_and_restart_ends_it(box):
+    inject(box, "api", Fault.CPU_HOG)
+    ticks(box, 2)
+    assert feature(box, "api", Feature.CPU) > 0.9
+    assert repair(box, "api", Repair.RESTART)
+    ticks(box, 3)
+    assert feature(box, "api", Feature.CPU) < 0.5
+    assert healthy(box, "api")
+
+
+def test_disk_full_is_a_real_enospc_that_restart_does_not_clear(box):
+    inject(box, "db", Fault.DISK_FULL)
+    ticks(box, 1)
+    assert feature(box, "db", Feature.DISK_USED) > 0.99
+    assert not healthy(box, "db")
+    assert not repair(box, "db", Repair.RESTART)
+    ticks(box, 2)
+    assert feature(box, "db", Feature.DISK_USED) > 0.99
+    assert not healthy(box, "db")
+    assert box.faults[0, box.topology.index["db"]] == Fault.DISK_FULL
+
+
+def test_clean_disk_clears_a_full_disk_and_keeps_the_data(box):
+    ticks(box, 1)
+    before = feature(box, "db", Feature.DISK_USED)
+    inject(box, "db", Fault.DISK_FULL)
+    ticks(box, 1)
+    assert repair(box, "db", Repair.CLEAN_DISK)
+    ticks(box, 2)
+    assert feature(box, "db", Feature.DISK_USED) == pytest.approx(before, abs=0.02)
+    assert healthy(box, "db")
+
+
+def test_recreate_clears_a_full_disk_but_loses_the_data(box):
+    ticks(box, 1)
+    assert feature(box, "db", Feature.DISK_USED) > 0.1  # it holds data
+    inject(box, "db", Fault.DISK_FULL)
+    ticks(box, 1)
+    assert repair(box, "db", Repair.RECREATE)
+    ticks(box, 2)
+    assert feature(box, "db", Feature.DISK_USED) < 0.02
+    assert healthy(box, "db")
+
+
+def test_net_saturation_floods_the_link_and_restart_does_not_stop_it(box):
+    inject(box, "api", Fault.NET_SATURATION)
+    ticks(box, 2)
+    assert feature(box, "api", Feature.NET_RX) > 0.8
+    assert not healthy(box, "api")
+    assert not repair(box, "api", Repair.RESTART)
+    ticks(box, 2)
+    assert feature(box, "api", Feature.NET_RX) > 0.8
+    assert not healthy(box, "api")
+
+
+def test_recreate_does_not_stop_a_flood_either(box):
+    inject(box, "cache", Fault.NET_SATURATION)
+    ticks(box, 1)
+    assert not repair(box, "cache", Repair.RECREATE)
+    ticks(box, 2)
+    assert feature(box, "cache", Feature.NET_RX) > 0.8
+    assert not healthy(box, "cache")
+
+
+def test_rate_limit_blocks_the_flood(box):
+    inject(box, "api", Fault.NET_SATURATION)
+    ticks(box, 2)
+    assert repair(box, "api", Repair.RATE_LIMIT)
+    ticks(box, 3)
+    assert feature(box, "api", Feature.NET_RX) < 0.2
+    assert healthy(box, "api")
+
+
+def test_killing_db_cascades_and_repairing_db_alone_restores_everything(box):
+    inject(box, "db", Fault.KILL)
+    ticks(box, 3)
+    assert not healthy(box, "api") and not healthy(box, "gateway")
+    assert not box.slo[0]
+    repair(box, "db", Repair.RESTART)
+    ticks(box, 4)
+    assert box.health.all()
+    assert box.slo[0]
+
+
+def run_owner(name: str) -> subprocess.Popen[str]:
+    """A process that brings up a sandbox, says 'up', then plays ticks until it is stopped."""
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from deeplops.dockerbox.sandbox import DockerSandbox
+        from deeplops.topology import load_topology
+        box = DockerSandbox(load_topology("chain"), name={name!r})
+        try:
+            box.reset([0])
+            box.inject(np.array([0]), np.array([5]))  # a flood, so there is an iptables rule to leave behind
+            box.repair(np.array([0]), np.array([3]))
+            print("up", flush=True)
+            while True:
+                box.advance()
+        finally:
+            box.close()
+    """)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def leftovers(name: str) -> list[str]:
+    """Everything of sandbox ``name`` still on the host."""
+    from deeplops.dockerbox import host, stack
+
+    client = stack.connect()
+    found = [c.name for c in client.containers.list(all=True, filters={"label": f"deeplops.sandbox={name}"})]
+    found += [n.name for n in client.networks.list(filters={"label": f"deeplops.sandbox={name}"})]
+    if (host.STATE_DIR / name).exists():
+        found.append(str(host.STATE_DIR / name))
+    rules = subprocess.run(["iptables", "-S", "OUTPUT"], capture_output=True, text=True).stdout
+    found += [r for r in rules.splitlines() if f"deeplops:{name}:" in r]
+    mounts = Path("/proc/mounts").read_text()
+    found += [m for m in mounts.splitlines() if f"/{name}/" in m]
+    return found
+
+
+def wait_gone(name: str, timeout_s: float) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while (left := leftovers(name)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_process_stopped_mid_episode_leaves_nothing_behind(docker_engine, sig):
+    name = f"dlkill-{sig.name.lower()}-{os.getpid()}"
+    owner = run_owner(name)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "up"
+        assert leftovers(name)  # the sandbox really is there
+        owner.send_signal(sig)
+        owner.wait(timeout=30)
+        assert wait_gone(name, timeout_s=20) == []
+    finally:
+        owner.kill()
+        from deeplops.dockerbox.stack import down
+
+        down(name)
+
+
+def test_down_removes_what_a_crashed_process_left(docker_engine, shop):
+    from deeplops.dockerbox import image, stack
+
+    client = stack.connect()
+    name = f"dlcrash-{os.getpid()}"
+    stack.up(client, load_topology("chain"), name, image.ensure_image(client), {"db": 0.3})
+    assert leftovers(name)
+    stack.down(name, client)
+    assert leftovers(name) == []
+
+
+def test_sandbox_commands_bring_a_topology_up_report_it_and_take_it_down(docker_engine, cli):
+    name = f"dlcli-{os.getpid()}"
+    try:
+        assert cli("sandbox", "up", "--env", "chain", "--name", name).code == 0
+        result = cli("sandbox", "status", "--name", name, "--json")
+        assert result.code == 0
+        status = json.loads(result.out)
+        assert {s["service"]: (s["state"], s["healthy"]) for s in status["services"]} == {
+            "web": ("running", True),
+            "app": ("running", True),
+            "db": ("running", True),
+        }
+        assert cli("sandbox", "down", "--name", name).code == 0
+        assert leftovers(name) == []
+    finally:
+        cli("sandbox", "down", "--name", name)
