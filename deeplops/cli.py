@@ -292,6 +292,62 @@ def sandbox_status(
     out.print(table)
 
 
+@sandbox_app.command("calibrate")
+def sandbox_calibrate(
+    out_path: Annotated[Path, typer.Option("--out", help="Write the measurements here.")] = Path("calibration.json"),
+) -> None:
+    """Measure the real system (timings, symptoms of every fault) and derive the simulator's parameters.
+
+    Takes about three minutes. The repository keeps its result in sandbox/calibration.json, and
+    SimParams' defaults are the parameters derived there.
+    """
+    from deeplops.dockerbox.calibrate import calibrate
+
+    result = calibrate(log=lambda line: err.print(line))
+    _write_json(out_path, result)
+    for key, value in result["sim_params"].items():
+        out.print(f"{key:>20} = {value}")
+
+
+@sandbox_app.command("compare")
+def sandbox_compare(
+    order: Annotated[str, typer.Option("--order", help="Order policy to replay the scenarios with.")] = "runbook",
+    scenario: Annotated[
+        list[Path] | None, typer.Option("--scenario", help="Scenario file (repeatable) [default: every shipped one].")
+    ] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Replay scenarios on the simulator and on real containers, and check that they agree.
+
+    Agreement: |availability difference| <= 0.05, |mean MTTR difference| <= 2 ticks, and the same
+    number of unrecovered faults. Exits 1 when a scenario disagrees. Takes as many seconds as
+    the scenarios have ticks.
+    """
+    from rich.table import Table
+
+    from deeplops import agreement
+    from deeplops.policies import Role, load_policy
+    from deeplops.scenario import load_scenario, shipped_scenarios
+
+    load_policy(order, Role.ORDER)  # a bad name fails before anything starts
+    scenarios = [load_scenario(p) for p in (scenario or shipped_scenarios())]
+    rows = agreement.compare(scenarios, order, on_scenario=lambda name, backend: err.print(f"{name} on {backend}"))
+    table = Table(title=f"sim vs docker, order={order}")
+    for column in ("scenario", "avail sim", "avail docker", "MTTR sim", "MTTR docker", "unrec sim/docker", "agree"):
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    for r in rows:
+        mttr = [f"{m:.1f}" if m is not None else "-" for m in r.mttr_mean]
+        verdict = "[green]yes[/]" if r.agrees else "[red]no[/]"
+        avail = [f"{a:.3f}" for a in r.availability]
+        table.add_row(r.scenario, *avail, *mttr, f"{r.unrecovered[0]}/{r.unrecovered[1]}", verdict)
+    out.print(table)
+    _write_json(json_path, {"order": order, "scenarios": [
+        {"scenario": r.scenario, "availability": list(r.availability), "mttr_mean": list(r.mttr_mean),
+         "unrecovered": list(r.unrecovered), "agrees": r.agrees} for r in rows]})  # fmt: skip
+    if not all(r.agrees for r in rows):
+        raise typer.Exit(1)
+
+
 def _check_backend(backend: str) -> None:
     from deeplops.sandbox import BACKENDS
 

@@ -7,7 +7,8 @@ Its parameters (:class:`SimParams`) are set from timings measured on real contai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,51 +19,120 @@ from deeplops.observation import MAX_SLOTS, N_FEATURES, Feature
 from deeplops.topology import Topology
 
 
+def _check_range(name: str, value: object, top: float | None = None) -> None:
+    if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int | float) for v in value)):
+        raise ConfigError(f"{name} must be a (low, high) pair of numbers, got {value!r}")
+    lo, hi = value
+    if not 0 <= lo <= hi or (top is not None and hi > top):
+        raise ConfigError(f"{name} must satisfy 0 <= low <= high{f' <= {top}' if top else ''}, got {value!r}")
+
+
+def _check_chance(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class Symptoms:
+    """What a service shows in one condition. Ranges are drawn uniformly every tick."""
+
+    latency_s: tuple[float, float]
+    """Latency of /ping, in seconds (1 means timed out)."""
+    cpu: tuple[float, float]
+    """CPU use, as a fraction of the service's CPU allowance."""
+    net_rx: tuple[float, float]
+    """Receive rate, as a fraction of the service's link."""
+    probe_fail: float = 0.0
+    """Chance its /health fails for a reason latency does not show (a starved health handler)."""
+    serve_fail: float = 0.0
+    """Chance a user request through it fails or is too slow for the SLO."""
+
+    def __post_init__(self) -> None:
+        _check_range("latency_s", self.latency_s, 1.0)
+        _check_range("cpu", self.cpu, 1.0)
+        _check_range("net_rx", self.net_rx, 1.0)
+        _check_chance("probe_fail", self.probe_fail)
+        _check_chance("serve_fail", self.serve_fail)
+
+    def row(self) -> tuple[float, ...]:
+        """The symptom-table row the kernel reads (column order in ``simkernel``)."""
+        return (*self.latency_s, *self.cpu, *self.net_rx, self.probe_fail, self.serve_fail)
+
+
 @dataclass(frozen=True)
 class SimParams:
-    """How the simulated system behaves. Times are in ticks (one tick = one second)."""
+    """How the simulated system behaves. Times are in ticks (one tick = one second).
+
+    The defaults are the calibration of the Docker backend (``sandbox/calibration.json``, made
+    by ``deeplops sandbox calibrate``): ``SimParams.from_calibration`` of that file equals them.
+    """
 
     restart_ticks: int = 1
-    """Ticks a restarted service is down (its process handles SIGTERM, so this is short)."""
-    recreate_ticks: int = 3
+    """Ticks a restarted service is down: 0 when a restart completes within the tick it is taken."""
+    recreate_ticks: int = 0
     """Ticks a recreated service is down: new container, new volume."""
     probe_timeout_s: float = 0.5
     """Timeout of the /health probe and of the pings it makes to dependencies."""
     slo_latency_s: float = 0.5
     """A user request slower than this counts as failed for the SLO."""
-    base_latency_s: float = 0.01
-    """Typical /ping latency of a healthy service (jittered ±50%)."""
-    hog_latency_s: tuple[float, float] = (0.2, 1.0)
-    """Range of /ping latency while a CPU hog runs: sometimes under the timeout, mostly not."""
-    flood_latency_s: float = 0.6
-    """Lowest /ping latency while the link is flooded (up to 1 s)."""
-    disk_fill_per_tick: float = 0.5
+    disk_fill_per_tick: float = 1.0
     """Fraction of the volume a disk_full fault writes per tick until the disk is full."""
     disk_full_at: float = 0.98
     """Disk usage at and above which writes fail (ENOSPC)."""
     data_fraction: tuple[float, float] = (0.2, 0.5)
     """Range of the volume's initial usage by real data, drawn per service at reset."""
-    probe_noise: float = 0.01
+    probe_noise: float = 0.0
     """Chance that a reported health result is flipped (flaky probes)."""
     probe_delay: int = 0
     """Ticks between a health result and its report (monitoring lag)."""
-    base_cpu: float = 0.15
-    """Typical CPU use of a healthy service, in cores (jittered ±50%)."""
-    base_net: float = 0.05
-    """Typical receive rate of a healthy service, as a fraction of its link (jittered ±50%)."""
     restart_half_life: float = 30.0
     """Half-life in ticks of the recent-restarts count."""
+    healthy: Symptoms = Symptoms(
+        latency_s=(0.0025, 0.0135), cpu=(0.027, 0.079), net_rx=(0.0043, 0.0141), probe_fail=0.0, serve_fail=0.0
+    )
+    """A service with no fault (and one whose disk is full: its failures come from the disk)."""
+    paused: Symptoms = Symptoms(
+        latency_s=(1.0, 1.0), cpu=(0.0, 0.001), net_rx=(0.001, 0.0014), probe_fail=1.0, serve_fail=1.0
+    )
+    """A frozen service: everything times out."""
+    cpu_hog: Symptoms = Symptoms(
+        latency_s=(0.1563, 0.3875), cpu=(0.974, 1.0), net_rx=(0.0069, 0.0179), probe_fail=0.625, serve_fail=1.0
+    )
+    """A service starved by a CPU hog."""
+    flooded: Symptoms = Symptoms(
+        latency_s=(1.0, 1.0), cpu=(0.014, 0.028), net_rx=(0.951, 1.0), probe_fail=1.0, serve_fail=1.0
+    )
+    """A service whose link is saturated by a flood."""
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            values = value if isinstance(value, tuple) else (value,)
-            if any(not isinstance(v, int | float) or isinstance(v, bool) or v < 0 for v in values):
-                raise ConfigError(f"sim parameter {f.name} must be >= 0, got {value!r}")
+        for name in ("restart_ticks", "recreate_ticks", "probe_delay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"sim parameter {name} must be a whole number of ticks >= 0, got {value!r}")
+        for name in ("probe_timeout_s", "slo_latency_s", "disk_fill_per_tick", "restart_half_life"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"sim parameter {name} must be a number >= 0, got {value!r}")
+        _check_chance("disk_full_at", self.disk_full_at)
+        _check_range("data_fraction", self.data_fraction, 1.0)
         if not 0.0 <= self.probe_noise <= 0.5:
             raise ConfigError(f"sim parameter probe_noise must be in [0, 0.5], got {self.probe_noise!r}")
-        if self.restart_ticks < 1 or self.recreate_ticks < 1:
-            raise ConfigError("sim parameters restart_ticks and recreate_ticks must be >= 1")
+
+    @classmethod
+    def from_calibration(cls, fields_: dict[str, Any]) -> SimParams:
+        """SimParams from the ``sim_params`` section of a calibration file."""
+        kwargs: dict[str, Any] = {}
+        for key, value in fields_.items():
+            if isinstance(value, dict):
+                parts: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+                value = Symptoms(**parts)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[key] = value
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"calibration: {exc}") from None
 
     def vector(self) -> np.ndarray:
         """The scalar parameters as the float vector the kernels read (layout in ``simkernel``)."""
@@ -76,21 +146,20 @@ class SimParams:
         return p
 
     def symptoms(self) -> np.ndarray:
-        """Ranges of latency (s), CPU (cores) and receive rate (link fraction) per fault (DESIGN §4)."""
-        lat, cpu, net = self.base_latency_s, self.base_cpu, self.base_net
-        healthy = (0.5 * lat, 1.5 * lat, 0.5 * cpu, 1.5 * cpu, 0.5 * net, 1.5 * net)
+        """The symptom table: one row per fault code, plus one for a service that is not running."""
+        down = Symptoms(latency_s=(0.0, 0.0), cpu=(0.0, 0.0), net_rx=(0.0, 0.0), probe_fail=1.0, serve_fail=1.0)
         rows = {
-            0: healthy,
-            Fault.KILL: (0.0,) * 6,  # connection refused at once, nothing running
-            Fault.PAUSE: (1.0, 1.0, 0.0, 0.0, 0.5 * net, 1.5 * net),  # frozen: every probe times out
-            Fault.CPU_HOG: (*self.hog_latency_s, 0.95, 1.0, 0.5 * net, 1.5 * net),
-            Fault.DISK_FULL: healthy,  # fast failures: writes get ENOSPC at once
-            Fault.NET_SATURATION: (self.flood_latency_s, 1.0, 0.4, 0.6, 0.9, 1.0),
-            simkernel.DOWN_ROW: (0.0,) * 6,  # restarting: not running yet
+            0: self.healthy,
+            Fault.KILL: down,  # connection refused at once, nothing running
+            Fault.PAUSE: self.paused,
+            Fault.CPU_HOG: self.cpu_hog,
+            Fault.DISK_FULL: self.healthy,  # fast failures: writes get ENOSPC at once
+            Fault.NET_SATURATION: self.flooded,
+            simkernel.DOWN_ROW: down,  # restarting: not running yet
         }
         table = np.zeros((len(rows), simkernel.N_SYMPTOMS))
-        for code, row in rows.items():
-            table[code] = row
+        for code, symptoms in rows.items():
+            table[code] = symptoms.row()
         return table
 
     def repairs(self) -> np.ndarray:

@@ -32,10 +32,11 @@ N_PARAMS = 6
 
 # Columns of the symptom table: one row per fault code (0 = none), plus a row for a process
 # that is not running (killed, or down while restarting). Each symptom is drawn uniformly
-# from [LO, HI] every tick. Built by SimParams.symptoms().
-LAT_LO, LAT_HI, CPU_LO, CPU_HI, NET_LO, NET_HI = range(6)
+# from [LO, HI] every tick; PROBE_FAIL and SERVE_FAIL are chances that its /health, and a user
+# request through it, fail. Built by SimParams.symptoms().
+LAT_LO, LAT_HI, CPU_LO, CPU_HI, NET_LO, NET_HI, PROBE_FAIL, SERVE_FAIL = range(8)
 DOWN_ROW = int(Fault.NET_SATURATION) + 1
-N_SYMPTOMS = 6
+N_SYMPTOMS = 8
 
 # Columns of the repair table: what each repair's mechanism does to a service (one row per
 # Repair code). Built by SimParams.repairs().
@@ -178,7 +179,11 @@ def advance(
                 used = min(1.0, data[e, s] + junk[e, s])
             disk_ok = used < p[P_DISK_FULL_AT]
             ok = awake and disk_ok and lat < probe_timeout
-            serves = awake and disk_ok and lat < p[P_SLO_LATENCY] and f != NET_SATURATION
+            if ok and row[PROBE_FAIL] > 0.0 and uniform(rng, e) < row[PROBE_FAIL]:
+                ok = False
+            serves = awake and disk_ok and lat < p[P_SLO_LATENCY]
+            if serves and row[SERVE_FAIL] > 0.0 and uniform(rng, e) < row[SERVE_FAIL]:
+                serves = False
             for d in range(s):  # dependencies occupy lower slots
                 if adjacency[s, d]:
                     if not (responsive[d] and latency[d] < probe_timeout and previous[d]):

@@ -255,11 +255,11 @@ def test_mttr_waits_for_the_slo_as_well_as_the_target(shop: Topology) -> None:
     for t in range(20):
         play(game, *script.get(t, (0, 0)))
         health, slo = game.sandbox.health[0], bool(game.sandbox.slo[0])
-        if t > 3 and cache_healthy_at is None and health[cache]:
+        if t >= 3 and cache_healthy_at is None and health[cache]:
             cache_healthy_at = t
-        if t > 3 and cache_recovered_at is None and health[cache] and slo:
+        if t >= 3 and cache_recovered_at is None and health[cache] and slo:
             cache_recovered_at = t
-        if t > 8 and db_recovered_at is None and health[db] and slo:
+        if t >= 8 and db_recovered_at is None and health[db] and slo:
             db_recovered_at = t
     assert cache_healthy_at is not None and cache_recovered_at is not None and db_recovered_at is not None
     assert cache_healthy_at < cache_recovered_at  # the case this test is about

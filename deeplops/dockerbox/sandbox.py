@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +91,8 @@ class DockerSandbox:
         self._rx: dict[str, tuple[float, int]] = {}
         self._pool = ThreadPoolExecutor(max_workers=4 * n + 4)
         self._next_tick = 0.0
+        self.measure_s = 0.0
+        """Seconds the last tick's measurement of the whole system took."""
         self._reaper: subprocess.Popen[bytes] | None = None
         self._closed = False
         self._guard_signals()
@@ -151,7 +153,9 @@ class DockerSandbox:
             time.sleep(delay)
         else:
             self._next_tick = time.monotonic()  # running late: start the next tick from now
+        start = time.monotonic()
         self._measure()
+        self.measure_s = time.monotonic() - start
 
     def observe(self) -> np.ndarray:
         """Symptoms measured at the end of the last tick."""
@@ -209,7 +213,8 @@ class DockerSandbox:
 
     def _measure(self) -> None:
         states = self._states()
-        readings = list(self._pool.map(lambda s: self._read(s, states.get(s, "missing")), self.topology.names))
+        probes = {service: self._probe(service, states.get(service, "missing")) for service in self.topology.names}
+        readings = [self._reading(states.get(s, "missing"), probes[s]) for s in self.topology.names]
         now = time.monotonic()
         slo = True
         for slot, (service, r) in enumerate(zip(self.topology.names, readings, strict=True)):
@@ -233,32 +238,39 @@ class DockerSandbox:
                 slo = False
         self._slo[0] = slo
 
-    def _read(self, service: str, state: str) -> _Reading:
-        running = state in ("running", "paused")
+    def _probe(self, service: str, state: str) -> list[Future[tuple[bool | None, float]]]:
+        """Start this tick's requests to a running service: /health, /ping, then the user requests."""
         ip = self.ips.get(service)
         if state != "running" or ip is None:
-            # Exited: refused at once. Paused: every request times out (we know without waiting).
+            return []
+        return [
+            self._pool.submit(self._timed, ip, "/health", PROBE_TIMEOUT_S),
+            self._pool.submit(self._timed, ip, "/ping", REQUEST_TIMEOUT_S),
+        ] + [self._pool.submit(self._timed, ip, "/work", REQUEST_TIMEOUT_S) for _ in range(REQUESTS_PER_TICK)]
+
+    @staticmethod
+    def _reading(state: str, probes: list[Future[tuple[bool | None, float]]]) -> _Reading:
+        running = state in ("running", "paused")
+        if not probes:
+            # Exited: refused at once. Paused: every request times out (known without waiting).
             return _Reading(running=running, latency=1.0 if running else 0.0)
-        health = self._pool.submit(stack.http_json, ip, "/health", PROBE_TIMEOUT_S)
-        work = [self._pool.submit(self._timed, ip, "/work") for _ in range(REQUESTS_PER_TICK)]
-        ping_ok, ping_s = self._timed(ip, "/ping")
-        results = [w.result() for w in work]
-        failures = sum(1 for ok, _ in results if not ok)
+        (health_ok, _), (ping_ok, ping_s), *work = (p.result() for p in probes)
         return _Reading(
             running=True,
-            healthy=health.result()[0] == 200,
+            healthy=bool(health_ok),
             latency=min(1.0, ping_s) if ping_ok is not None else 0.0,
-            error_rate=failures / len(results),
-            served=all(ok and s <= SLO_LATENCY_S for ok, s in results),
+            error_rate=sum(1 for ok, _ in work if not ok) / len(work),
+            served=all(bool(ok) and s <= SLO_LATENCY_S for ok, s in work),
         )
 
-    def _timed(self, ip: str, path: str) -> tuple[bool | None, float]:
+    @staticmethod
+    def _timed(ip: str, path: str, timeout: float) -> tuple[bool | None, float]:
         """(answered 200?, seconds); None when refused, and latency 1 on a timeout."""
         start = time.monotonic()
-        status, _ = stack.http_json(ip, path, REQUEST_TIMEOUT_S)
+        status, _ = stack.http_json(ip, path, timeout)
         elapsed = time.monotonic() - start
         if status == 0:
-            return (False, 1.0) if elapsed >= REQUEST_TIMEOUT_S * 0.95 else (None, 0.0)
+            return (False, 1.0) if elapsed >= timeout * 0.95 else (None, 0.0)
         return status == 200, elapsed
 
     def _rate(

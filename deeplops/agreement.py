@@ -1,0 +1,81 @@
+"""Does the simulator behave like the real thing? The same scenarios, the same policy, on two
+backends, compared figure by figure against fixed tolerances."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from deeplops.evaluate import Match, play
+from deeplops.metrics import summarize
+from deeplops.policies import Role, load_policy
+from deeplops.scenario import Scenario, ScriptedChaos
+
+AVAILABILITY_TOLERANCE = 0.05
+"""Largest |availability difference| for two backends to agree on a scenario."""
+MTTR_TOLERANCE = 2.0
+"""Largest |mean MTTR difference|, in ticks."""
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """One scenario's figures on both backends."""
+
+    scenario: str
+    availability: tuple[float, float]
+    mttr_mean: tuple[float | None, float | None]
+    unrecovered: tuple[int, int]
+
+    @property
+    def availability_gap(self) -> float:
+        """|availability difference|."""
+        return abs(self.availability[0] - self.availability[1])
+
+    @property
+    def mttr_gap(self) -> float | None:
+        """|mean MTTR difference| in ticks; None when either side recovered nothing."""
+        a, b = self.mttr_mean
+        return None if a is None or b is None else abs(a - b)
+
+    @property
+    def agrees(self) -> bool:
+        """Within both tolerances, with the same number of unrecovered faults."""
+        mttr_ok = self.mttr_gap is not None and self.mttr_gap <= MTTR_TOLERANCE
+        both_none = self.mttr_mean == (None, None)
+        return (
+            self.availability_gap <= AVAILABILITY_TOLERANCE
+            and (mttr_ok or both_none)
+            and self.unrecovered[0] == self.unrecovered[1]
+        )
+
+
+def compare(
+    scenarios: Sequence[Scenario],
+    order: str = "runbook",
+    backends: tuple[str, str] = ("sim", "docker"),
+    on_scenario: Callable[[str, str], None] | None = None,
+) -> list[Agreement]:
+    """Replay each scenario with the ``order`` policy on both backends and pair the figures."""
+    out = []
+    for scenario in scenarios:
+        figures = []
+        for backend in backends:
+            if on_scenario is not None:
+                on_scenario(scenario.name, backend)
+            match = Match(scenario.topology, load_policy(order, Role.ORDER), ScriptedChaos(scenario), backend,
+                          scenario.game_config())  # fmt: skip
+            figures.append(summarize(play(match, 1, seed=scenario.seed)))
+        a, b = figures
+        out.append(
+            Agreement(
+                scenario=scenario.name,
+                availability=(float(a["availability"] or 0), float(b["availability"] or 0)),
+                mttr_mean=(_opt(a["mttr_mean"]), _opt(b["mttr_mean"])),
+                unrecovered=(int(a["unrecovered"] or 0), int(b["unrecovered"] or 0)),
+            )
+        )
+    return out
+
+
+def _opt(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]

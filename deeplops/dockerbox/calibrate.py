@@ -1,0 +1,174 @@
+"""Measure the real system, and derive the simulator's parameters from what was measured.
+
+``deeplops sandbox calibrate`` runs this on ``shop``: a healthy baseline, then every fault on a
+service with its proper repair, timing each mechanism and reading the symptoms tick by tick.
+The result (``sandbox/calibration.json`` in the repository) holds the raw figures and the
+``SimParams`` fields they give; ``SimParams()``'s defaults are those fields.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from deeplops.dockerbox.sandbox import DockerSandbox
+from deeplops.faults import PROPER_REPAIR, Fault, Repair
+from deeplops.observation import Feature
+from deeplops.topology import Topology, load_topology
+
+BASELINE_TICKS = 20
+FAULT_TICKS = 8
+RECOVERY_TICKS = 6
+TARGETS = {
+    Fault.KILL: "api",
+    Fault.PAUSE: "api",
+    Fault.CPU_HOG: "api",
+    Fault.DISK_FULL: "db",
+    Fault.NET_SATURATION: "api",
+}
+
+
+def calibrate(topology: Topology | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every measurement on a fresh sandbox; return raw figures and the derived sim parameters."""
+    topology = topology or load_topology("shop")
+    box = DockerSandbox(topology, name=f"deeplops-calibrate-{int(time.time())}", log=log)
+    try:
+        start = time.monotonic()
+        box.reset([0])
+        up_s = time.monotonic() - start
+        log(f"up in {up_s:.1f} s; baseline for {BASELINE_TICKS} ticks")
+        baseline = _baseline(box)
+        faults = {}
+        for fault, target in TARGETS.items():
+            log(f"{fault.label} on {target}")
+            box.reset([0])
+            faults[fault.label] = _fault(box, fault, target)
+        log("recreate of db")
+        box.reset([0])
+        recreate = _repair_only(box, "db", Repair.RECREATE)
+        log("cascade: ticks for a kill of db to reach gateway")
+        box.reset([0])
+        cascade = _cascade(box)
+    finally:
+        box.close()
+    raw = {"up_s": up_s, "baseline": baseline, "faults": faults, "recreate": recreate, "cascade": cascade}
+    return {"topology": topology.name, "measured": raw, "sim_params": derive(raw)}
+
+
+def derive(raw: dict[str, Any]) -> dict[str, Any]:
+    """SimParams fields from raw measurements (this mapping is what calibration means)."""
+    faults, base = raw["faults"], raw["baseline"]
+    restarts = [faults[f]["repair"]["down_ticks"] for f in ("kill", "pause", "cpu_hog")]
+    return {
+        "restart_ticks": round(float(np.mean(restarts))),
+        "recreate_ticks": round(raw["recreate"]["down_ticks"]),
+        "disk_fill_per_tick": round(min(1.0, faults["disk_full"]["fill_per_tick"]), 3),
+        "probe_noise": round(base["false_unhealthy"], 3),
+        "healthy": _symptoms(base, probe_fail=0.0, serve_fail=0.0),
+        "paused": _symptoms(faults["pause"]["symptoms"]),
+        "cpu_hog": _symptoms(faults["cpu_hog"]["symptoms"]),
+        "flooded": _symptoms(faults["net_saturation"]["symptoms"]),
+    }
+
+
+def _symptoms(m: dict[str, Any], probe_fail: float | None = None, serve_fail: float | None = None) -> dict[str, Any]:
+    """A Symptoms record from measured statistics: the 10th-90th percentile ranges and failure rates."""
+
+    def span(key: str, digits: int) -> list[float]:
+        return [round(m[key]["p10"], digits), round(max(m[key]["p90"], m[key]["p10"]), digits)]
+
+    return {
+        "latency_s": span("latency", 4),
+        "cpu": span("cpu", 3),
+        "net_rx": span("net_rx", 4),
+        "probe_fail": round(1.0 - m["healthy"]["mean"], 3) if probe_fail is None else probe_fail,
+        "serve_fail": round(1.0 - m["slo"]["mean"], 3) if serve_fail is None else serve_fail,
+    }
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "p10": float(np.percentile(a, 10)), "p50": float(np.median(a)),
+            "p90": float(np.percentile(a, 90)), "max": float(a.max())}  # fmt: skip
+
+
+def _baseline(box: DockerSandbox) -> dict[str, Any]:
+    """Healthy symptoms of every service, and how long a measurement of the whole system takes."""
+    lat, cpu, net, measure_ms, unhealthy, total = [], [], [], [], 0, 0
+    n = box.topology.n_services
+    for _ in range(BASELINE_TICKS):
+        box.advance()
+        measure_ms.append(1000 * box.measure_s)
+        f = box.observe()[0, :n]
+        lat += f[:, Feature.LATENCY].tolist()
+        cpu += f[:, Feature.CPU].tolist()
+        net += f[:, Feature.NET_RX].tolist()
+        unhealthy += int((~box.health[0]).sum())
+        total += n
+    return {"latency": _stats(lat), "cpu": _stats(cpu), "net_rx": _stats(net), "observe_ms": _stats(measure_ms),
+            "false_unhealthy": unhealthy / total}  # fmt: skip
+
+
+def _fault(box: DockerSandbox, fault: Fault, target: str) -> dict[str, Any]:
+    """Inject, read the target's symptoms for FAULT_TICKS, then repair properly and time recovery."""
+    slot = box.topology.index[target]
+    box.advance()
+    before = float(box.observe()[0, slot, Feature.DISK_USED])
+    start = time.monotonic()
+    box.inject(np.array([slot]), np.array([fault]))
+    inject_ms = 1000 * (time.monotonic() - start)
+    symptoms: dict[str, list[float]] = {"latency": [], "cpu": [], "net_rx": [], "healthy": [], "slo": [], "disk": []}
+    for _ in range(FAULT_TICKS):
+        box.advance()
+        f = box.observe()[0, slot]
+        symptoms["latency"].append(float(f[Feature.LATENCY]))
+        symptoms["cpu"].append(float(f[Feature.CPU]))
+        symptoms["net_rx"].append(float(f[Feature.NET_RX]))
+        symptoms["disk"].append(float(f[Feature.DISK_USED]))
+        symptoms["healthy"].append(float(box.health[0, slot]))
+        symptoms["slo"].append(float(box.slo[0]))
+    first_disk = symptoms["disk"][0]
+    result: dict[str, Any] = {
+        "target": target,
+        "inject_ms": inject_ms,
+        "symptoms": {k: _stats(v) for k, v in symptoms.items()},
+        "fill_per_tick": (first_disk - before) / max(1e-9, 1.0 - before),
+    }
+    result["repair"] = _repair_only(box, target, PROPER_REPAIR[fault])
+    return result
+
+
+def _repair_only(box: DockerSandbox, target: str, repair: Repair) -> dict[str, Any]:
+    """Apply ``repair`` to ``target``; its duration, and ticks until the target is up and healthy."""
+    slot = box.topology.index[target]
+    box.advance()
+    start = time.monotonic()
+    box.repair(np.array([slot]), np.array([repair]))
+    duration = time.monotonic() - start
+    down = RECOVERY_TICKS
+    slo_ticks = RECOVERY_TICKS
+    for tick in range(RECOVERY_TICKS):
+        box.advance()
+        up = box.observe()[0, slot, Feature.RUNNING] > 0.5 and box.health[0, slot]
+        if up and down == RECOVERY_TICKS:
+            down = tick
+        if box.slo[0] and slo_ticks == RECOVERY_TICKS:
+            slo_ticks = tick
+    return {"repair": repair.label, "duration_s": duration, "down_ticks": down, "slo_ticks": slo_ticks}
+
+
+def _cascade(box: DockerSandbox) -> dict[str, Any]:
+    """Ticks from a kill of db until api, then gateway, read unhealthy."""
+    idx = box.topology.index
+    box.advance()
+    box.inject(np.array([idx["db"]]), np.array([Fault.KILL]))
+    seen: dict[str, int] = {}
+    for tick in range(6):
+        box.advance()
+        for name in ("db", "api", "gateway"):
+            if name not in seen and not box.health[0, idx[name]]:
+                seen[name] = tick
+    return {"unhealthy_at_tick": seen}
