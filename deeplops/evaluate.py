@@ -55,6 +55,8 @@ def play(
     """
     results: list[EpisodeStats] = []
     options = {"params": match.params} if match.backend == "sim" and match.params else {}
+    if match.backend != "sim":
+        batch = 1  # a real system runs one episode at a time
     for first in range(0, episodes, batch):
         n = min(batch, episodes - first)
         sandbox = make_sandbox(match.backend, match.topology, n, **options)

@@ -79,7 +79,9 @@ def test_a_fresh_sandbox_is_healthy_and_serves_users(box):
 def test_kill_stops_the_container_and_restart_brings_it_back(box):
     inject(box, "cache", Fault.KILL)
     ticks(box, 1)
-    assert box.containers["cache"].status == "exited"
+    container = box.containers["cache"]
+    container.reload()
+    assert container.status == "exited"
     assert feature(box, "cache", Feature.RUNNING) == 0.0 and not healthy(box, "cache")
     assert repair(box, "cache", Repair.RESTART)
     ticks(box, 2)

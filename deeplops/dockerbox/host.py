@@ -139,17 +139,34 @@ def cgroup_processes(container_id: str) -> int | None:
 
 def block(ip: str, tag: str) -> None:
     """Drop UDP sent from this host to ``ip`` before it reaches the link: the rate_limit repair."""
-    run("iptables", "-I", _IPTABLES_CHAIN, "-d", ip, "-p", "udp", "-m", "comment", "--comment", tag, "-j", "DROP")
+    run(
+        "iptables",
+        "-w",
+        "5",
+        "-I",
+        _IPTABLES_CHAIN,
+        "-d",
+        ip,
+        "-p",
+        "udp",
+        "-m",
+        "comment",
+        "--comment",
+        tag,
+        "-j",
+        "DROP",
+    )
 
 
 def unblock(tag_prefix: str) -> None:
     """Remove every block whose comment starts with ``tag_prefix``."""
     try:
-        rules = run("iptables", "-S", _IPTABLES_CHAIN).splitlines()
+        rules = run("iptables", "-w", "5", "-S", _IPTABLES_CHAIN).splitlines()
     except SandboxError:
         return
     for rule in rules:
         if f'--comment "{tag_prefix}' in rule or f"--comment {tag_prefix}" in rule:
             args = rule.split()[2:]  # drop "-A OUTPUT"
             args = [a.strip('"') for a in args]
-            subprocess.run(["iptables", "-D", _IPTABLES_CHAIN, *args], capture_output=True, timeout=10)
+            # -w: Docker edits iptables too (networks come and go); wait for its lock, never skip.
+            subprocess.run(["iptables", "-w", "5", "-D", _IPTABLES_CHAIN, *args], capture_output=True, timeout=10)
