@@ -139,23 +139,8 @@ def cgroup_processes(container_id: str) -> int | None:
 
 def block(ip: str, tag: str) -> None:
     """Drop UDP sent from this host to ``ip`` before it reaches the link: the rate_limit repair."""
-    run(
-        "iptables",
-        "-w",
-        "5",
-        "-I",
-        _IPTABLES_CHAIN,
-        "-d",
-        ip,
-        "-p",
-        "udp",
-        "-m",
-        "comment",
-        "--comment",
-        tag,
-        "-j",
-        "DROP",
-    )
+    rule = ("-d", ip, "-p", "udp", "-m", "comment", "--comment", tag, "-j", "DROP")
+    run("iptables", "-w", "5", "-I", _IPTABLES_CHAIN, *rule)
 
 
 def unblock(tag_prefix: str) -> None:
