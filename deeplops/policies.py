@@ -59,7 +59,12 @@ def load_policy(ref: str, role: Role | str) -> Policy:
     names = ", ".join(factories)
     if not Path(ref).exists():
         raise PolicyError(f"unknown {role.value} policy {ref!r}: expected one of {names}, or the path of a saved agent")
-    raise PolicyError(f"{ref}: saved agents cannot be loaded by this version: expected one of {names}")
+    from deeplops.learned import load_agent
+
+    agent = load_agent(ref)
+    if agent.role is not role:
+        raise PolicyError(f"{ref}: a saved {agent.role.value} agent, expected a {role.value} policy")
+    return agent
 
 
 def _registry() -> dict[Role, dict[str, Callable[[], Policy]]]:

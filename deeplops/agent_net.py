@@ -1,0 +1,105 @@
+"""The topology-agnostic network of the learned agents: one set of weights for every service slot.
+
+Per slot it reads the service's own symptoms and its place in the graph, passes messages along
+the dependency edges (from dependencies and from dependents) a few rounds, and emits that slot's
+action logits from shared weights; a pooled summary gives the noop logit and the value. Padded
+slots are zeroed and masked, so one trained agent acts on any topology up to MAX_SLOTS services.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from deeplops.observation import MAX_SLOTS, N_FEATURES, Feature
+
+
+class GraphLayer(nn.Module):
+    """One round of messages: from each slot's dependencies and from its dependents (mean)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.own = nn.Linear(hidden, hidden)
+        self.from_deps = nn.Linear(hidden, hidden, bias=False)
+        self.from_dependents = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, h: torch.Tensor, adj: torch.Tensor, n_deps: torch.Tensor, n_up: torch.Tensor) -> torch.Tensor:
+        """``h`` (B, S, H); ``adj`` (B, S, S) with adj[b, i, j] = 1 when i depends on j."""
+        down = torch.bmm(adj, h) / n_deps.clamp(min=1.0)
+        up = torch.bmm(adj.transpose(1, 2), h) / n_up.clamp(min=1.0)
+        return h + torch.relu(self.own(h) + self.from_deps(down) + self.from_dependents(up))
+
+
+class SlotEncoder(BaseFeaturesExtractor):
+    """Observation → per-slot embeddings (flattened) followed by a pooled summary of the system."""
+
+    def __init__(self, observation_space: spaces.Dict, hidden: int = 32, rounds: int = 2) -> None:
+        self.hidden = hidden
+        self.has_faulted = "faulted" in observation_space.spaces
+        self.has_budget = "budget" in observation_space.spaces
+        super().__init__(observation_space, features_dim=MAX_SLOTS * hidden + hidden)
+        per_slot = N_FEATURES + 2 + int(self.has_faulted)
+        self.embed = nn.Linear(per_slot, hidden)
+        self.layers = nn.ModuleList(GraphLayer(hidden) for _ in range(rounds))
+        self.summary = nn.Linear(hidden + 2 * int(self.has_budget), hidden)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, MAX_SLOTS * hidden + hidden) features."""
+        x = obs["services"]
+        adj = obs["adjacency"].float()
+        present = x[..., Feature.PRESENT].unsqueeze(-1)
+        n_deps = adj.sum(-1, keepdim=True)
+        n_up = adj.sum(-2).unsqueeze(-1)
+        parts = [x, n_deps / 4.0, n_up / 4.0]
+        if self.has_faulted:
+            parts.append(obs["faulted"].unsqueeze(-1))
+        h = torch.relu(self.embed(torch.cat(parts, -1))) * present
+        for layer in self.layers:
+            h = layer(h, adj, n_deps, n_up) * present
+        pooled = h.sum(1) / present.sum(1).clamp(min=1.0)
+        if self.has_budget:
+            pooled = torch.cat([pooled, obs["budget"]], -1)
+        summary = torch.relu(self.summary(pooled))
+        return torch.cat([h.flatten(1), summary], -1)
+
+
+class SlotHead(nn.Module):
+    """Logits in the game's action layout: noop from the summary, then per slot from shared weights."""
+
+    def __init__(self, hidden: int, per_slot: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.noop = nn.Linear(hidden, 1)
+        self.slot = nn.Linear(hidden, per_slot)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + MAX_SLOTS * per_slot) logits."""
+        slots = latent[:, : MAX_SLOTS * self.hidden].reshape(-1, MAX_SLOTS, self.hidden)
+        summary = latent[:, MAX_SLOTS * self.hidden :]
+        return torch.cat([self.noop(summary), self.slot(slots).flatten(1)], -1)
+
+
+class SlotPolicy(MaskableActorCriticPolicy):
+    """MaskablePPO's actor-critic with the slot encoder and the slot head (weights shared by slots)."""
+
+    def __init__(self, *args: Any, hidden: int = 32, rounds: int = 2, value_layers: tuple[int, ...] = (64,),
+                 **kwargs: Any) -> None:  # fmt: skip
+        self.slot_hidden = hidden
+        kwargs.setdefault("features_extractor_class", SlotEncoder)
+        kwargs.setdefault("features_extractor_kwargs", {"hidden": hidden, "rounds": rounds})
+        kwargs.setdefault("net_arch", {"pi": [], "vf": list(value_layers)})
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        n_actions = int(self.action_space.n)  # type: ignore[attr-defined]
+        self.action_net = SlotHead(self.slot_hidden, (n_actions - 1) // MAX_SLOTS)
+        for layer in (self.action_net.noop, self.action_net.slot):
+            nn.init.orthogonal_(layer.weight, gain=0.01)
+            nn.init.zeros_(layer.bias)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]

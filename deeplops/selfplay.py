@@ -1,0 +1,371 @@
+"""Alternating self-play: the order agent trains against a pool of chaos policies, then the chaos
+agent against a pool of order policies, generation after generation (in the spirit of Robust
+Adversarial RL). Every completed generation is checkpointed; a run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sb3_contrib import MaskablePPO
+from stable_baselines3.common.callbacks import BaseCallback
+
+from deeplops.agent_net import SlotPolicy
+from deeplops.agents import AgentConfig, load_agent_config
+from deeplops.errors import ConfigError
+from deeplops.learned import LearnedPolicy
+from deeplops.policies import Policy, Role, load_policy
+from deeplops.topogen import random_topology
+from deeplops.topology import Topology, load_topology
+from deeplops.training_env import GameVecEnv
+
+TRAIN_SEEDS = 10_000
+"""Random topologies with seeds below this may be trained on; seeds from here up are held back."""
+
+
+@dataclass(frozen=True)
+class SelfPlayConfig:
+    """One self-play run."""
+
+    generations: int = 4
+    """Rounds of (train order, then train chaos)."""
+    steps: int = 150_000
+    """Reinforcement-learning transitions per role per generation."""
+    seed: int = 0
+    """Seed of everything: the same seed gives the same agents and report on the same machine."""
+    device: str = "auto"
+    """Torch device: auto, cpu or cuda."""
+    train_on: tuple[str, ...] = ("shop", "chain")
+    """Hand-written topologies trained on (``bank`` is held out for evaluation)."""
+    random_share: float = 0.5
+    """Share of training games played on random topologies."""
+    order: AgentConfig = field(default_factory=lambda: load_agent_config(Role.ORDER))
+    """The order agent's hyperparameters."""
+    chaos: AgentConfig = field(default_factory=lambda: load_agent_config(Role.CHAOS))
+    """The chaos agent's hyperparameters."""
+
+    def __post_init__(self) -> None:
+        if self.generations < 1 or self.steps < 0:
+            raise ConfigError(f"expected generations >= 1 and steps >= 0, got {self.generations} and {self.steps}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available here: expected auto or cpu")
+
+
+@dataclass
+class Progress:
+    """What a run reports while it goes: called with (phase label, transitions done, transitions total)."""
+
+    update: Callable[[str, int, int], None] = lambda label, done, total: None
+
+
+class _Watch(BaseCallback):
+    """Logs game figures (availability, MTTR) to TensorBoard and drives the progress display."""
+
+    def __init__(self, label: str, total: int, progress: Progress) -> None:
+        super().__init__()
+        self.label, self.total, self.progress = label, total, progress
+        self.start = 0
+
+    def _on_training_start(self) -> None:
+        self.start = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        self.progress.update(self.label, self.num_timesteps - self.start, self.total)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        env = self.training_env
+        finished = getattr(env, "finished", [])
+        if finished:
+            self.logger.record("game/availability", float(np.mean([f["availability"] for f in finished])))
+            self.logger.record("game/mttr", float(np.nanmean([f["mttr"] for f in finished])))
+            finished.clear()
+
+
+def topology_sampler(config: SelfPlayConfig) -> Callable[[np.random.Generator], Topology]:
+    """Training topologies: the hand-written ones, and random ones from the training seeds."""
+    fixed = [load_topology(name) for name in config.train_on]
+
+    def sample(rng: np.random.Generator) -> Topology:
+        if rng.random() < config.random_share or not fixed:
+            return random_topology(int(rng.integers(TRAIN_SEEDS)))
+        return fixed[int(rng.integers(len(fixed)))]
+
+    return sample
+
+
+def pool_sampler(pool: list[Callable[[], Policy]]) -> Callable[[np.random.Generator], Policy]:
+    """A uniformly drawn member of ``pool``, freshly made."""
+    return lambda rng: pool[int(rng.integers(len(pool)))]()
+
+
+def make_model(role: Role, agent: AgentConfig, env: GameVecEnv, seed: int, device: str, tb: Path | None) -> MaskablePPO:
+    """A fresh MaskablePPO on the slot network."""
+    return MaskablePPO(
+        SlotPolicy,
+        env,
+        learning_rate=agent.learning_rate,
+        n_steps=agent.n_steps,
+        batch_size=agent.batch_size,
+        n_epochs=agent.n_epochs,
+        gamma=agent.gamma,
+        gae_lambda=agent.gae_lambda,
+        ent_coef=agent.ent_coef,
+        clip_range=agent.clip_range,
+        policy_kwargs={"hidden": agent.hidden, "rounds": agent.rounds},
+        tensorboard_log=str(tb) if tb else None,
+        seed=seed,
+        device=device,
+        verbose=0,
+    )
+
+
+def imitate(
+    model: MaskablePPO, env: GameVecEnv, teacher: str, steps: int, epochs: int, seed: int, repair_weight: float = 10.0
+) -> float:
+    """Clone ``teacher``'s play into the model's policy (a warm start); return its final accuracy
+    on the teacher's repairs (noops excluded)."""
+    obs = env.reset()
+    teachers = [load_policy(teacher, env.role) for _ in env.games]
+    for t in teachers:
+        t.reset(env.envs_per_game, seed=seed)
+    k = env.envs_per_game
+    data: dict[str, list[np.ndarray]] = {key: [] for key in obs}
+    masks: list[np.ndarray] = []
+    actions: list[np.ndarray] = []
+    while len(actions) * env.num_envs < steps:
+        mask = env.action_masks()
+        act = np.concatenate([t.act({key: v[i * k : (i + 1) * k] for key, v in obs.items()}, mask[i * k : (i + 1) * k])
+                              for i, t in enumerate(teachers)])  # fmt: skip
+        for key, value in obs.items():
+            data[key].append(value.copy())
+        masks.append(mask.copy())
+        actions.append(act)
+        stepped, _, dones, _ = env.step(act)
+        obs = stepped  # type: ignore[assignment]  # a dict: GameVecEnv's observations are dicts
+        if dones.any():
+            for t in teachers:
+                t.reset(env.envs_per_game, seed=seed)
+    policy = model.policy
+    device = policy.device
+    tensors = {key: torch.as_tensor(np.concatenate(v), device=device) for key, v in data.items()}
+    all_masks = np.concatenate(masks)
+    target = torch.as_tensor(np.concatenate(actions), device=device)
+    acting = target > 0
+    # Repairs are rare beside noops; weigh them up so they are learnt, not averaged away.
+    weight = torch.where(acting, repair_weight, 1.0)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    n = len(target)
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, 1024):
+            idx = torch.as_tensor(order[start : start + 1024], device=device)
+            batch = {key: value[idx] for key, value in tensors.items()}
+            dist = policy.get_distribution(batch, action_masks=all_masks[order[start : start + 1024]])
+            loss = -(dist.log_prob(target[idx]) * weight[idx]).sum() / weight[idx].sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        hits, total = 0, 0
+        for start in range(0, n, 4096):
+            idx = torch.arange(start, min(n, start + 4096), device=device)
+            batch = {key: value[idx] for key, value in tensors.items()}
+            pred = policy.get_distribution(batch, action_masks=all_masks[start : start + 4096]).mode()
+            sel = acting[idx]
+            hits += int((pred[sel] == target[idx][sel]).sum())
+            total += int(sel.sum())
+    return hits / max(total, 1)
+
+
+class SelfPlay:
+    """A self-play run writing into ``out``: checkpoints, TensorBoard logs, and its state."""
+
+    def __init__(self, config: SelfPlayConfig, out: Path, progress: Progress | None = None) -> None:
+        self.config, self.out = config, out
+        self.progress = progress or Progress()
+        self.device = (
+            "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
+        )
+        self.history: list[dict[str, Any]] = []
+        self.timing: dict[str, float] = {"order_steps": 0, "order_s": 0.0, "chaos_steps": 0, "chaos_s": 0.0}
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    def completed(self) -> int:
+        """Generations already completed in ``out`` by a run with the same configuration."""
+        state = self.out / "state.json"
+        if not state.exists():
+            return 0
+        saved = json.loads(state.read_text())
+        if saved.get("config") != self._config_record():
+            raise ConfigError(
+                f"{self.out} holds a run with other settings: expected an empty --out or the same settings"
+            )
+        self.history = saved.get("history", [])
+        self.timing = saved.get("timing", self.timing)
+        return int(saved["completed"])
+
+    def run(self) -> tuple[Path, Path]:
+        """Train every generation not yet completed; return the final order and chaos agents' paths."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        done = self.completed()
+        for g in range(done + 1, self.config.generations + 1):
+            self._generation(g)
+        return self._agent(Role.ORDER, self.config.generations), self._agent(Role.CHAOS, self.config.generations)
+
+    def order_pool(self, upto: int) -> list[Callable[[], Policy]]:
+        """Opponents of the chaos agent: the runbook and every order generation up to ``upto``."""
+        return [lambda: load_policy("runbook", Role.ORDER)] + [self._frozen(Role.ORDER, g) for g in range(1, upto + 1)]
+
+    def chaos_pool(self, upto: int) -> list[Callable[[], Policy]]:
+        """Opponents of the order agent: random chaos and every chaos generation up to ``upto``."""
+        return [lambda: load_policy("random", Role.CHAOS)] + [self._frozen(Role.CHAOS, g) for g in range(1, upto + 1)]
+
+    def _generation(self, g: int) -> None:
+        cfg = self.config
+        seeds = np.random.SeedSequence([cfg.seed, g]).generate_state(4)
+        tb = self.out / "tb"
+        record: dict[str, Any] = {"generation": g}
+        for role, agent, pool, seed, env_seed in (
+            (Role.ORDER, cfg.order, self.chaos_pool(g - 1), int(seeds[0]), int(seeds[1])),
+            (Role.CHAOS, cfg.chaos, self.order_pool(g), int(seeds[2]), int(seeds[3])),
+        ):
+            topologies = topology_sampler(cfg) if role is Role.ORDER else (lambda rng: load_topology("shop"))
+            env = GameVecEnv(role, topologies, pool_sampler(pool), agent.n_games, agent.envs_per_game, seed=env_seed)
+            previous = self._agent(role, g - 1) if g > 1 else None
+            if previous is not None:
+                model = MaskablePPO.load(previous, env=env, device=self.device, tensorboard_log=str(tb))
+                model.set_random_seed(seed)
+            else:
+                model = make_model(role, agent, env, seed, self.device, tb)
+            if agent.imitate and agent.imitation_steps:
+                # Every generation: the teacher's play on the states this generation's opponents
+                # lead to (mostly random chaos, so nothing learnt before is crowded out), so the
+                # student is not lost where past chaos agents took it (DAgger's point).
+                mix = [pool[0]] * 3 + pool[1:]
+                teach_env = GameVecEnv(role, topologies, pool_sampler(mix), agent.n_games, agent.envs_per_game,
+                                       seed=env_seed + 1)  # fmt: skip
+                self.progress.update(f"g{g} {role.value}: imitating {agent.imitate}", 0, cfg.steps)
+                record[f"{role.value}_imitation_accuracy"] = imitate(
+                    model, teach_env, agent.imitate, agent.imitation_steps, agent.imitation_epochs, seed)  # fmt: skip
+            start = time.monotonic()
+            if cfg.steps:
+                label = f"g{g} {role.value}"
+                model.learn(cfg.steps, callback=_Watch(label, cfg.steps, self.progress), tb_log_name=f"{role.value}",
+                            reset_num_timesteps=previous is None)  # fmt: skip
+            self.timing[f"{role.value}_s"] += time.monotonic() - start
+            self.timing[f"{role.value}_steps"] += cfg.steps
+            model.save(self._agent(role, g))
+        self.history.append(record)
+        state = {"completed": g, "config": self._config_record(), "history": self.history, "timing": self.timing}
+        tmp = self.out / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.out / "state.json")  # a generation counts once its state is written whole
+
+    def _agent(self, role: Role, g: int) -> Path:
+        return self.checkpoints / f"{role.value}-g{g}.zip"
+
+    def _frozen(self, role: Role, g: int) -> Callable[[], Policy]:
+        path = self._agent(role, g)
+
+        def load() -> Policy:
+            # A deep copy: loaded from its checkpoint, it never changes as training goes on.
+            return LearnedPolicy(MaskablePPO.load(path, device="cpu"), name=f"{role.value}-g{g}")
+
+        return load
+
+    def _config_record(self) -> dict[str, Any]:
+        """The settings a resumed run must share (more generations may be asked for)."""
+        record = json.loads(json.dumps(asdict(self.config), default=str))
+        record.pop("generations")
+        return record
+
+
+def cartpole_ppo_rate(seconds: float = 3.0) -> float:
+    """Transitions/s of stable-baselines3 PPO learning CartPole-v1 (8 envs) in this process."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=0), n_steps=128, batch_size=256,
+                n_epochs=4, seed=0, device="cpu", verbose=0)  # fmt: skip
+    steps, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        model.learn(1024, reset_num_timesteps=False)
+        steps += 1024
+    return steps / (time.monotonic() - start)
+
+
+def build_report(sp: SelfPlay, episodes: int = 32, progress: Progress | None = None) -> dict[str, Any]:
+    """Measure what the run produced (see ``deeplops.report``)."""
+    from deeplops import report
+
+    progress = progress or Progress()
+    cfg, seed = sp.config, sp.config.seed
+    gens = cfg.generations
+    order = {g: sp._frozen(Role.ORDER, g) for g in range(1, gens + 1)}
+    chaos = {g: sp._frozen(Role.CHAOS, g) for g in range(1, gens + 1)}
+    history = []
+    for g in range(1, gens + 1):
+        progress.update("report: generations", g - 1, gens)
+        extra = sp.history[g - 1] if g - 1 < len(sp.history) else {}
+        history.append(
+            {**extra, "generation": g, **report.generation_figures(order[g](), chaos[g](), episodes // 2, seed)}
+        )
+    progress.update("report: cross-play", 0, 1)
+    orders = [
+        ("runbook", lambda: load_policy("runbook", Role.ORDER)),
+        ("autoheal", lambda: load_policy("autoheal", Role.ORDER)),
+    ]
+    orders += [(f"order-g{g}", order[g]) for g in order]
+    chaoses = [("random", lambda: load_policy("random", Role.CHAOS))] + [(f"chaos-g{g}", chaos[g]) for g in chaos]
+    cross = report.crossplay(orders, chaoses, episodes // 2, seed)
+    progress.update("report: final agent vs baselines", 0, 1)
+    final = report.final_comparison(order[gens](), chaos[gens](), episodes, seed)
+    t = sp.timing
+    throughput = {
+        **t,
+        "order_steps_per_s": t["order_steps"] / t["order_s"] if t["order_s"] else 0.0,
+        "chaos_steps_per_s": t["chaos_steps"] / t["chaos_s"] if t["chaos_s"] else 0.0,
+        "cartpole_ppo_steps_per_s": cartpole_ppo_rate(),
+    }
+    return {
+        "config": sp._config_record(),
+        "generations": history,
+        "crossplay": cross,
+        "final": final,
+        "bar": {section: report.bar(rows) for section, rows in final.items()},
+        "chaos_strength": report.chaos_strength(chaos[gens](), episodes, seed),
+        "throughput": throughput,
+    }
+
+
+def train_and_report(config: SelfPlayConfig, out: Path, progress: Progress | None = None,
+                     episodes: int = 32) -> dict[str, Any]:  # fmt: skip
+    """A whole ``deeplops selfplay``: train (or resume), measure, and write agents, report and plots."""
+    import shutil
+
+    from deeplops import report as report_mod
+
+    start = time.monotonic()
+    run = SelfPlay(config, out, progress)
+    order_path, chaos_path = run.run()
+    result = build_report(run, episodes=episodes, progress=progress)
+    result["config"]["generations"] = config.generations
+    result["wall_s"] = time.monotonic() - start
+    shutil.copyfile(order_path, out / "order.zip")
+    shutil.copyfile(chaos_path, out / "chaos.zip")
+    result["files"] = [p.name for p in report_mod.write(out, result)]
+    return result

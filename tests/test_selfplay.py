@@ -1,0 +1,149 @@
+"""Self-play end to end at a tiny size, resuming, saved agents as policies, and their errors."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deeplops.agents import AgentConfig
+from deeplops.errors import ConfigError, PolicyError
+from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, Game
+from deeplops.policies import Role, load_policy
+from deeplops.selfplay import Progress, SelfPlay, SelfPlayConfig, train_and_report
+from deeplops.sim import SimSandbox
+from deeplops.topology import load_topology
+
+TINY = AgentConfig(n_steps=32, batch_size=64, n_epochs=1, hidden=8, rounds=1, n_games=2, envs_per_game=4)
+TINY_ORDER = AgentConfig(**{**TINY.__dict__, "imitate": "runbook", "imitation_steps": 512, "imitation_epochs": 1})
+
+
+def tiny(generations: int = 2, seed: int = 0) -> SelfPlayConfig:
+    return SelfPlayConfig(generations=generations, steps=2048, seed=seed, device="cpu", order=TINY_ORDER, chaos=TINY)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("selfplay")
+    return out, train_and_report(tiny(), out, episodes=2)
+
+
+@pytest.mark.slow
+def test_a_tiny_selfplay_writes_every_output(run):
+    out, _ = run
+    for name in (
+        "order.zip",
+        "chaos.zip",
+        "report.md",
+        "report.json",
+        "learning.png",
+        "crossplay.png",
+        "baselines.png",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "learning.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((out / "tb").rglob("events.out.tfevents.*")), "no TensorBoard logs"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "chaos-g1.zip", "chaos-g2.zip", "order-g1.zip", "order-g2.zip"
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_report_covers_generations_crossplay_and_every_baseline(run):
+    out, _ = run
+    report = json.loads((out / "report.json").read_text())
+    assert [g["generation"] for g in report["generations"]] == [1, 2]
+    assert report["crossplay"]["order"] == ["runbook", "autoheal", "order-g1", "order-g2"]
+    assert report["crossplay"]["chaos"] == ["random", "chaos-g1", "chaos-g2"]
+    sections = report["final"]
+    assert "bank (never trained on)" in sections and "held-out random topologies" in sections
+    assert any(s.startswith("scenario ") for s in sections)
+    for rows in sections.values():
+        assert set(rows) == {"learned", "noop", "autoheal", "k8s", "runbook", "oracle"}
+    assert report["throughput"]["order_steps"] == 2 * 2048
+    assert report["throughput"]["cartpole_ppo_steps_per_s"] > 0
+    assert "Cross-play" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_saved_agents_load_as_policies_of_their_role_and_act_within_the_mask(run):
+    out, _ = run
+    order = load_policy(str(out / "order.zip"), Role.ORDER)
+    chaos = load_policy(str(out / "chaos.zip"), Role.CHAOS)
+    game = Game(SimSandbox(load_topology("chain"), n_envs=3))
+    game.reset([0, 1, 2])
+    actions = order.act(game.order_obs(), game.order_mask())
+    assert actions.shape == (3,) and game.order_mask()[np.arange(3), actions].all()
+    actions = chaos.act(game.chaos_obs(), game.chaos_mask())
+    assert actions.shape == (3,) and game.chaos_mask()[np.arange(3), actions].all()
+    assert order.model.action_space.n == N_ORDER_ACTIONS and chaos.model.action_space.n == N_CHAOS_ACTIONS
+
+
+@pytest.mark.slow
+def test_a_saved_agent_of_the_wrong_role_is_refused(run):
+    out, _ = run
+    with pytest.raises(PolicyError, match="chaos agent"):
+        load_policy(str(out / "chaos.zip"), Role.ORDER)
+
+
+@pytest.mark.slow
+def test_evaluate_accepts_a_saved_agent_as_the_order_policy(run, cli, tmp_path):
+    out, _ = run
+    path = tmp_path / "m.json"
+    result = cli("evaluate", "--order", str(out / "order.zip"), "--episodes", "2", "--json", str(path))
+    assert result.code == 0, result.err
+    assert json.loads(path.read_text())["episodes"] == 2
+
+
+@pytest.mark.slow
+def test_a_run_resumes_after_its_last_completed_generation(run, tmp_path):
+    out, _ = run
+    labels: list[str] = []
+    resumed = SelfPlay(tiny(generations=3), out, Progress(update=lambda label, done, total: labels.append(label)))
+    assert resumed.completed() == 2
+    resumed.run()
+    assert labels and all(label.startswith("g3") for label in labels)
+    assert (out / "checkpoints" / "order-g3.zip").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_with_other_settings_is_not_resumed_into(run):
+    out, _ = run
+    with pytest.raises(ConfigError, match="other settings"):
+        SelfPlay(tiny(seed=5), out).completed()
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_report_figures(run, tmp_path):
+    _, first = run
+    again = train_and_report(tiny(), tmp_path, episodes=2)
+    for key in ("generations", "crossplay", "final", "chaos_strength"):
+        assert again[key] == first[key], key
+
+
+def test_a_file_that_is_not_an_agent_is_a_clear_error(tmp_path):
+    text = tmp_path / "notes.zip"
+    text.write_text("hello")
+    with pytest.raises(PolicyError, match="not a saved agent"):
+        load_policy(str(text), Role.ORDER)
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("readme.txt", "not an agent")
+    with pytest.raises(PolicyError, match="not a saved agent"):
+        load_policy(str(other), Role.ORDER)
+
+
+def test_selfplay_refuses_cuda_where_there_is_none(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="cuda"):
+        SelfPlayConfig(device="cuda", order=TINY, chaos=TINY)
+
+
+def test_selfplay_rejects_bad_counts_on_the_command_line(cli):
+    result = cli("selfplay", "--generations", "0")
+    assert result.code == 2 and "--generations" in result.err
