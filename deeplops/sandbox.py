@@ -63,6 +63,39 @@ class Sandbox(Protocol):
         ...
 
 
+class ArrayState:
+    """The read side of the Sandbox protocol, over the arrays a backend keeps its state in.
+
+    A backend sets ``_feats`` ``(n_envs, MAX_SLOTS, N_FEATURES)`` float32, ``_fault`` ``(n_envs,
+    n_services)`` int8, ``_health`` ``(n_envs, n_services)`` bool and ``_slo`` ``(n_envs,)`` bool,
+    and updates them in place.
+    """
+
+    _feats: np.ndarray
+    _fault: np.ndarray
+    _health: np.ndarray
+    _slo: np.ndarray
+
+    def observe(self) -> np.ndarray:
+        """Symptoms of the last tick; overwritten by the next ``advance``."""
+        return self._feats
+
+    @property
+    def faults(self) -> np.ndarray:
+        """The fault open on each service (0 = none): injected, and not yet ended by a repair."""
+        return self._fault
+
+    @property
+    def health(self) -> np.ndarray:
+        """Result of each service's /health in the last tick."""
+        return self._health
+
+    @property
+    def slo(self) -> np.ndarray:
+        """Whether user traffic through every entry service succeeded in the last tick, per env."""
+        return self._slo
+
+
 BACKENDS = ("sim", "docker")
 
 

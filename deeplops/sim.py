@@ -16,6 +16,7 @@ from deeplops import simkernel
 from deeplops.errors import ConfigError, SandboxError
 from deeplops.faults import CLEARS_TABLE, Fault, Repair
 from deeplops.observation import MAX_SLOTS, N_FEATURES, Feature
+from deeplops.sandbox import ArrayState
 from deeplops.topology import Topology
 
 
@@ -177,7 +178,7 @@ class SimParams:
         return table
 
 
-class SimSandbox:
+class SimSandbox(ArrayState):
     """A batch of ``n_envs`` simulated copies of ``topology``, stepped together."""
 
     def __init__(self, topology: Topology, n_envs: int = 1, params: SimParams | None = None) -> None:
@@ -259,25 +260,6 @@ class SimSandbox:
             self._adjacency, self._p, self._symptoms, self._tick, self._feats, self._slo,
         )  # fmt: skip
         self._tick += 1
-
-    def observe(self) -> np.ndarray:
-        """Symptoms of the last tick, ``(n_envs, MAX_SLOTS, N_FEATURES)``; overwritten by ``advance``."""
-        return self._feats
-
-    @property
-    def faults(self) -> np.ndarray:
-        """Active fault per service (0 = none)."""
-        return self._fault
-
-    @property
-    def health(self) -> np.ndarray:
-        """True /health result per service this tick."""
-        return self._health
-
-    @property
-    def slo(self) -> np.ndarray:
-        """Whether the SLO held this tick, per env."""
-        return self._slo
 
     @property
     def data_fraction(self) -> np.ndarray:

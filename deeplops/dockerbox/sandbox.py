@@ -27,6 +27,7 @@ from deeplops.dockerbox import host, image, mechanisms, stack
 from deeplops.errors import SandboxError
 from deeplops.faults import CLEARS_TABLE, Fault, Repair
 from deeplops.observation import MAX_SLOTS, N_FEATURES, RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
+from deeplops.sandbox import ArrayState
 from deeplops.sim import SimParams
 from deeplops.topology import Topology
 
@@ -53,7 +54,7 @@ class _Reading:
     served: bool = False
 
 
-class DockerSandbox:
+class DockerSandbox(ArrayState):
     """One copy of ``topology`` as real containers named ``NAME-SERVICE`` on network ``NAME``."""
 
     def __init__(
@@ -156,25 +157,6 @@ class DockerSandbox:
         start = time.monotonic()
         self._measure()
         self.measure_s = time.monotonic() - start
-
-    def observe(self) -> np.ndarray:
-        """Symptoms measured at the end of the last tick."""
-        return self._feats
-
-    @property
-    def faults(self) -> np.ndarray:
-        """Faults open on each service, as injected and ended by repairs."""
-        return self._fault
-
-    @property
-    def health(self) -> np.ndarray:
-        """Result of each service's /health at the end of the last tick."""
-        return self._health
-
-    @property
-    def slo(self) -> np.ndarray:
-        """Whether every user request through the entry services succeeded in the last tick."""
-        return self._slo
 
     def close(self) -> None:
         """Remove every container, network, volume and block of the sandbox. Safe to call twice."""
