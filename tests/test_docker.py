@@ -60,6 +60,11 @@ def healthy(box, service: str) -> bool:
     return bool(box.health[0, box.topology.index[service]])
 
 
+FLOODED = 0.5
+"""A link at half its capacity or more: a healthy service receives ~1 % (sandbox/calibration.json).
+The flood aims at 4× the link, but on a loaded 2-core host its sender does not always keep up."""
+
+
 def ticks(box, n: int) -> None:
     for _ in range(n):
         box.advance()
@@ -102,7 +107,7 @@ def test_pause_leaves_it_running_but_probes_time_out(box):
 def test_cpu_hog_burns_the_services_cpu_and_restart_ends_it(box):
     inject(box, "api", Fault.CPU_HOG)
     ticks(box, 2)
-    assert feature(box, "api", Feature.CPU) > 0.9
+    assert feature(box, "api", Feature.CPU) > 0.7  # of its allowance; healthy services use under 0.1
     assert repair(box, "api", Repair.RESTART)
     ticks(box, 3)
     assert feature(box, "api", Feature.CPU) < 0.5
@@ -146,11 +151,11 @@ def test_recreate_clears_a_full_disk_but_loses_the_data(box):
 def test_net_saturation_floods_the_link_and_restart_does_not_stop_it(box):
     inject(box, "api", Fault.NET_SATURATION)
     ticks(box, 2)
-    assert feature(box, "api", Feature.NET_RX) > 0.8
+    assert feature(box, "api", Feature.NET_RX) > FLOODED
     assert not healthy(box, "api")
     assert not repair(box, "api", Repair.RESTART)
     ticks(box, 2)
-    assert feature(box, "api", Feature.NET_RX) > 0.8
+    assert feature(box, "api", Feature.NET_RX) > FLOODED
     assert not healthy(box, "api")
 
 
@@ -159,7 +164,7 @@ def test_recreate_does_not_stop_a_flood_either(box):
     ticks(box, 1)
     assert not repair(box, "cache", Repair.RECREATE)
     ticks(box, 2)
-    assert feature(box, "cache", Feature.NET_RX) > 0.8
+    assert feature(box, "cache", Feature.NET_RX) > FLOODED
     assert not healthy(box, "cache")
 
 
