@@ -288,18 +288,13 @@ def sandbox_up(
     """Start a topology as containers, each labelled deeplops.sandbox=NAME and deeplops.service=SERVICE."""
     import time
 
-    import numpy as np
-
     from deeplops.dockerbox import image, stack
-    from deeplops.sim import SimParams
     from deeplops.topology import load_topology
 
     topology = load_topology(env)
     client = stack.connect()
     tag = image.ensure_image(client, log=lambda line: err.print(line))
-    rng = np.random.default_rng(seed)
-    lo, hi = SimParams().data_fraction
-    data = {s.name: float(rng.uniform(lo, hi)) for s in topology.services if s.disk_mb}
+    data = stack.data_fractions(topology, seed)
     start = time.monotonic()
     try:
         stack.up(client, topology, name, tag, data)

@@ -9,7 +9,7 @@ import numpy as np
 
 from deeplops.game import Game, GameConfig
 from deeplops.metrics import EpisodeStats
-from deeplops.policies import Observation, Policy
+from deeplops.policies import Policy
 from deeplops.sandbox import make_sandbox
 from deeplops.sim import SimParams
 from deeplops.topology import Topology
@@ -32,11 +32,6 @@ class Match:
     """Episode length, budget, reward weights."""
     params: SimParams | None = None
     """Simulator parameters (sim backend only); None for the calibrated defaults."""
-
-
-def policy_view(policy: Policy, obs: Observation, game: Game) -> Observation:
-    """``obs`` as ``policy`` may see it: with the true faults added for privileged policies."""
-    return {**obs, "faults": game.truth()} if policy.privileged else obs
 
 
 def play(
@@ -71,9 +66,7 @@ def play(
                 traces.extend(recorders)
             done = False
             while not done:
-                chaos_actions = match.chaos.act(policy_view(match.chaos, game.chaos_obs(), game), game.chaos_mask())
-                order_actions = match.order.act(policy_view(match.order, game.order_obs(), game), game.order_mask())
-                done = game.step(chaos_actions, order_actions)
+                done = game.step(game.decide(match.chaos), game.decide(match.order))
                 for recorder in recorders:
                     recorder(game)
                 if on_tick is not None:

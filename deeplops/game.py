@@ -24,6 +24,7 @@ from deeplops.errors import ConfigError
 from deeplops.faults import FAULT_COST_TABLE, FAULTS, REPAIR_COST_TABLE, REPAIRS, Fault, Repair
 from deeplops.metrics import EpisodeStats
 from deeplops.observation import MAX_SLOTS
+from deeplops.policies import Policy, Role
 from deeplops.sandbox import Sandbox
 
 N_ORDER_ACTIONS = 1 + MAX_SLOTS * len(REPAIRS)
@@ -171,6 +172,17 @@ class Game:
     def chaos_obs(self) -> dict[str, np.ndarray]:
         """The chaos agent's observation for every env: views updated in place each tick; do not modify."""
         return self._chaos_obs
+
+    def decide(self, policy: Policy) -> np.ndarray:
+        """``policy``'s actions in every env, from its side's observation and mask; a privileged
+        policy also sees the true faults (``obs["faults"]``)."""
+        if policy.role == Role.ORDER:
+            obs, mask = self._order_obs, self.order_mask()
+        else:
+            obs, mask = self._chaos_obs, self.chaos_mask()
+        if policy.privileged:
+            obs = {**obs, "faults": self.truth()}
+        return policy.act(obs, mask)
 
     def truth(self) -> np.ndarray:
         """``(n_envs, MAX_SLOTS)`` int64: the active fault per slot, for privileged policies."""

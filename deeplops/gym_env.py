@@ -13,7 +13,6 @@ import numpy as np
 from gymnasium import spaces
 
 from deeplops.display import snapshot
-from deeplops.evaluate import policy_view
 from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, Game, GameConfig
 from deeplops.observation import chaos_observation_space, order_observation_space
 from deeplops.policies import Policy, Role, as_policy
@@ -74,14 +73,12 @@ class _GameEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     def step(self, action: Any):  # type: ignore[override]
         """Both sides act, one tick passes; returns the learning side's view."""
         game = self.game
+        opp = game.decide(self.opponent)
+        self._action[0] = action
         if self.role is Role.ORDER:
-            opp = self.opponent.act(policy_view(self.opponent, game.chaos_obs(), game), game.chaos_mask())
-            self._action[0] = action
             truncated = game.step(opp, self._action)
             reward = game.order_reward[0]
         else:
-            opp = self.opponent.act(policy_view(self.opponent, game.order_obs(), game), game.order_mask())
-            self._action[0] = action
             truncated = game.step(self._action, opp)
             reward = game.chaos_reward[0]
         info = self._get_info()

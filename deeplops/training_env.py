@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
-from deeplops.evaluate import policy_view
 from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, Game, GameConfig
 from deeplops.observation import chaos_observation_space, order_observation_space
 from deeplops.policies import Policy, Role
@@ -83,12 +82,11 @@ class GameVecEnv(VecEnv):
         done = False
         for i, (game, rival) in enumerate(zip(self.games, self.rivals, strict=True)):
             mine = self._actions[i * k : (i + 1) * k]
+            theirs = game.decide(rival)
             if self.role is Role.ORDER:
-                theirs = rival.act(policy_view(rival, game.chaos_obs(), game), game.chaos_mask())
                 done = game.step(theirs, mine)
                 rewards[i * k : (i + 1) * k] = game.order_reward
             else:
-                theirs = rival.act(policy_view(rival, game.order_obs(), game), game.order_mask())
                 done = game.step(mine, theirs)
                 rewards[i * k : (i + 1) * k] = game.chaos_reward
         self._returns += rewards

@@ -16,7 +16,6 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from deeplops.evaluate import policy_view
 from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, GameConfig
 from deeplops.gym_env import SEED_SPACE, build_game
 from deeplops.observation import chaos_observation_space, order_observation_space
@@ -69,12 +68,11 @@ class _GameVectorEnv(VectorEnv):
         """Both sides act in every env, one tick passes."""
         game = self.game
         actions = np.asarray(actions, dtype=np.int64)
+        opp = game.decide(self.opponent)
         if self.role is Role.ORDER:
-            opp = self.opponent.act(policy_view(self.opponent, game.chaos_obs(), game), game.chaos_mask())
             done = game.step(opp, actions)
             rewards = game.order_reward.copy()
         else:
-            opp = self.opponent.act(policy_view(self.opponent, game.order_obs(), game), game.order_mask())
             done = game.step(actions, opp)
             rewards = game.chaos_reward.copy()
         obs = self._obs()

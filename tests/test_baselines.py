@@ -14,7 +14,7 @@ import pytest
 
 from deeplops.baselines import AutohealPolicy, KubernetesPolicy, OraclePolicy, RunbookPolicy
 from deeplops.errors import PolicyError
-from deeplops.evaluate import Match, play, policy_view
+from deeplops.evaluate import Match, play
 from deeplops.faults import Fault, Repair
 from deeplops.game import Game, GameConfig, chaos_action
 from deeplops.metrics import summarize
@@ -91,7 +91,7 @@ def drill(
     repairs: list[tuple[int, str, Repair]] = []
     unhealthy: set[str] = set()
     for tick in range(ticks):
-        order = policy.act(policy_view(policy, game.order_obs(), game), game.order_mask())
+        order = game.decide(policy)
         game.step(np.array([script.get(tick, 0)], np.int64), order)
         if game.order_repair[0]:
             repairs.append((tick, topology.names[game.order_slot[0]], Repair(int(game.order_repair[0]))))

@@ -28,7 +28,6 @@ from deeplops.errors import SandboxError
 from deeplops.faults import CLEARS_TABLE, Fault, Repair
 from deeplops.observation import MAX_SLOTS, N_FEATURES, RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
 from deeplops.sandbox import ArrayState
-from deeplops.sim import SimParams
 from deeplops.topology import Topology
 
 TICK_S = 1.0
@@ -105,10 +104,7 @@ class DockerSandbox(ArrayState):
         seed = int(seeds[0])
         stack.down(self.name, self.client)
         self._start_reaper()
-        rng = np.random.default_rng(seed)
-        lo, hi = SimParams().data_fraction
-        data = {s.name: float(rng.uniform(lo, hi)) for s in self.topology.services if s.disk_mb}
-        stack.up(self.client, self.topology, self.name, self.image, data)
+        stack.up(self.client, self.topology, self.name, self.image, stack.data_fractions(self.topology, seed))
         self.containers = stack.containers(self.client, self.name)
         for service in self.topology.names:
             self.rewire(service)

@@ -100,6 +100,17 @@ def up(client: docker.DockerClient, topology: Topology, sandbox: str, image: str
     wait_healthy(client, sandbox, topology, timeout_s=30.0)
 
 
+def data_fractions(topology: Topology, seed: int) -> dict[str, float]:
+    """How full of data each service's volume starts, drawn from ``seed`` as the simulator draws it."""
+    import numpy as np
+
+    from deeplops.sim import SimParams
+
+    lo, hi = SimParams().data_fraction
+    rng = np.random.default_rng(seed)
+    return {s.name: float(rng.uniform(lo, hi)) for s in topology.services if s.disk_mb}
+
+
 def prepare_volume(sandbox: str, service: Service, fraction: float) -> None:
     """A fresh volume for ``service`` holding ``fraction`` of its size in data."""
     path = host.volume_dir(sandbox, service.name)
