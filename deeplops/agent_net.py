@@ -16,7 +16,13 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from deeplops.observation import MAX_SLOTS, N_FEATURES, Feature
+from deeplops.observation import MAX_SLOTS, N_FEATURES, SINCE_REPAIR_SCALE, Feature
+
+RECENT_REPAIR_TICKS = (1, 3, 7, 15)
+"""Thresholds of the derived "repaired within the last k ticks" inputs. The observation scales
+ticks-since-repair by 1/100, so 2 ticks and 4 differ by 0.02 there: too fine for a small network
+to tell apart, yet it is what separates a restart still taking effect from a service that failed
+again (a flapping service)."""
 
 
 class GraphLayer(nn.Module):
@@ -43,7 +49,7 @@ class SlotEncoder(BaseFeaturesExtractor):
         self.has_faulted = "faulted" in observation_space.spaces
         self.has_budget = "budget" in observation_space.spaces
         super().__init__(observation_space, features_dim=MAX_SLOTS * hidden + hidden)
-        per_slot = N_FEATURES + 2 + int(self.has_faulted)
+        per_slot = N_FEATURES + 2 + len(RECENT_REPAIR_TICKS) + int(self.has_faulted)
         self.embed = nn.Linear(per_slot, hidden)
         self.layers = nn.ModuleList(GraphLayer(hidden) for _ in range(rounds))
         self.summary = nn.Linear(hidden + 2 * int(self.has_budget), hidden)
@@ -55,7 +61,9 @@ class SlotEncoder(BaseFeaturesExtractor):
         present = x[..., Feature.PRESENT].unsqueeze(-1)
         n_deps = adj.sum(-1, keepdim=True)
         n_up = adj.sum(-2).unsqueeze(-1)
-        parts = [x, n_deps / 4.0, n_up / 4.0]
+        since = torch.round(x[..., Feature.SINCE_REPAIR] * SINCE_REPAIR_SCALE).unsqueeze(-1)
+        recent = (since <= torch.tensor(RECENT_REPAIR_TICKS, dtype=x.dtype, device=x.device)).to(x.dtype)
+        parts = [x, n_deps / 4.0, n_up / 4.0, recent * present]
         if self.has_faulted:
             parts.append(obs["faulted"].unsqueeze(-1))
         h = torch.relu(self.embed(torch.cat(parts, -1))) * present

@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from deeplops.evaluate import Match, play
-from deeplops.metrics import summarize
+from deeplops.drill import run_drill
 from deeplops.policies import Role, load_policy
-from deeplops.scenario import Scenario, ScriptedChaos
+from deeplops.scenario import Scenario
 
 AVAILABILITY_TOLERANCE = 0.05
 """Largest |availability difference| for two backends to agree on a scenario."""
@@ -25,6 +24,8 @@ class Agreement:
     availability: tuple[float, float]
     mttr_mean: tuple[float | None, float | None]
     unrecovered: tuple[int, int]
+    hypothesis: tuple[bool, bool] = (True, True)
+    """Whether the scenario's steady-state hypothesis held on each backend."""
 
     @property
     def availability_gap(self) -> float:
@@ -62,16 +63,15 @@ def compare(
         for backend in backends:
             if on_scenario is not None:
                 on_scenario(scenario.name, backend)
-            match = Match(scenario.topology, load_policy(order, Role.ORDER), ScriptedChaos(scenario), backend,
-                          scenario.game_config())  # fmt: skip
-            figures.append(summarize(play(match, 1, seed=scenario.seed)))
-        a, b = figures
+            figures.append(run_drill(scenario, order, load_policy(order, Role.ORDER), backend))
+        a, b = (run.metrics for run in figures)
         out.append(
             Agreement(
                 scenario=scenario.name,
                 availability=(float(a["availability"] or 0), float(b["availability"] or 0)),
                 mttr_mean=(_opt(a["mttr_mean"]), _opt(b["mttr_mean"])),
                 unrecovered=(int(a["unrecovered"] or 0), int(b["unrecovered"] or 0)),
+                hypothesis=(figures[0].passed, figures[1].passed),
             )
         )
     return out

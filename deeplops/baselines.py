@@ -112,6 +112,36 @@ class RandomChaos(_RandomActor):
         super().__init__(rate, seed)
 
 
+class FlappingChaos(_RandomActor):
+    """A flapping system: a service fails again soon after every repair, until the budget runs out.
+
+    A service repaired between ``delay`` and ``window`` ticks ago gets a random fault again (one
+    per tick); otherwise, like random chaos, a random fault about once every twenty ticks. It
+    finds any repairer that waits to see whether a repair held before acting again.
+    """
+
+    role = Role.CHAOS
+    name = "flapping"
+
+    def __init__(self, rate: float = 0.05, delay: int = 2, window: int = 6, seed: int | None = None) -> None:
+        super().__init__(rate, seed)
+        self.delay, self.window = delay, window
+
+    def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
+        """Re-fault a recently repaired service where there is one, else act as random chaos."""
+        actions = super().act(obs, mask)
+        services = obs["services"]
+        since = np.rint(services[..., Feature.SINCE_REPAIR] * SINCE_REPAIR_SCALE)
+        recent = (services[..., Feature.PRESENT] > 0.5) & (since >= self.delay) & (since <= self.window)
+        if not recent.any():
+            return actions
+        n = mask.shape[0]
+        candidates = recent[:, :, None] & mask[:, 1:].reshape(n, MAX_SLOTS, -1)
+        flat = candidates.reshape(n, -1)
+        choice = (self._rng.random(flat.shape) + flat).argmax(axis=1) + 1
+        return np.where(flat.any(axis=1), choice, actions).astype(np.int64)
+
+
 class AutohealPolicy:
     """docker-autoheal with the restart policy it is deployed with.
 

@@ -59,7 +59,11 @@ JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the metrics 
 def evaluate(
     order: OrderOpt,
     chaos: Annotated[
-        str, typer.Option("--chaos", help="Chaos policy: noop, random, or a saved agent's path.")
+        str,
+        typer.Option(
+            "--chaos",
+            help="Chaos policy: noop, random, flapping (re-breaks what was just repaired), or a saved agent's path.",
+        ),
     ] = "random",
     scenario: Annotated[
         list[Path] | None, typer.Option("--scenario", help="Play this scenario file instead of chaos (repeatable).")
@@ -125,52 +129,70 @@ def evaluate(
 
 @app.command()
 def replay(
-    file: Annotated[Path, typer.Argument(help="A scenario YAML file.", show_default=False)],
-    order: OrderOpt,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A scenario (.yaml), a trace recorded by 'evaluate --record' (.jsonl), or a Chaos Toolkit "
+            "experiment (.json).",
+            show_default=False,
+        ),
+    ],
+    order: Annotated[
+        list[str],
+        typer.Option(
+            "--order",
+            help="Order policy: noop, random, autoheal, k8s, runbook, oracle, or a saved agent's path. "
+            "Repeat it to compare policies on the same fault timeline.",
+        ),
+    ],
     backend: BackendOpt = "sim",
+    env: Annotated[
+        str | None,
+        typer.Option("--env", help="Play a trace or experiment on this topology (its services must match)."),
+    ] = None,
     json_path: JsonOpt = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Draw the timeline to this PNG file.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Draw the timelines to this PNG file.")] = None,
 ) -> None:
-    """Play a scenario's fault timeline against an order policy and check its steady-state hypothesis.
+    """Play a drill's fault timeline against one or more order policies and check its steady-state hypothesis.
 
-    Exits 1 when the scenario's expected availability is not met.
+    On the sim, a trace replayed with the policy that recorded it reproduces its episode tick for
+    tick (for deterministic policies: every baseline but random, and saved agents). Exits 1 when
+    the drill's hypothesis fails for any policy, so a drill can gate a pipeline.
     """
-    from deeplops import evaluate as ev
     from deeplops.display import metrics_table
-    from deeplops.metrics import summarize
+    from deeplops.drill import load_drill, run_drill
     from deeplops.policies import Role, load_policy
-    from deeplops.scenario import ScriptedChaos, load_scenario
-    from deeplops.trace import TraceRecorder
 
     _check_backend(backend)
-    if file.suffix not in (".yaml", ".yml"):
-        raise ScenarioError(f"{file}: expected a scenario .yaml file, got {file.suffix or 'no extension'}")
-    scenario = load_scenario(file)
-    order_policy = load_policy(order, Role.ORDER)
-    match = ev.Match(scenario.topology, order_policy, ScriptedChaos(scenario), backend, scenario.game_config())
-    traces: list[TraceRecorder] = []
-    with _Progress(scenario.ticks, f"replaying {scenario.name}") as advance:
-        stats = ev.play(match, 1, seed=scenario.seed, on_tick=advance, traces=traces)
-    metrics = summarize(stats)
-    injected = metrics["faults_injected"]
-    result: dict[str, Any] = {**metrics, "scenario": scenario.name, "order": order, "backend": backend}
-    out.print(metrics_table({scenario.name: metrics}, title=f"replay: order={order}"))
-    if injected != len(scenario.faults):
-        out.print(f"note: {len(scenario.faults) - int(injected or 0)} scheduled fault(s) were not injected: "  # type: ignore[arg-type]
-                  "their target still had an open fault")  # fmt: skip
-    passed = None
-    if scenario.expect_availability is not None:
-        passed = float(metrics["availability"] or 0.0) >= scenario.expect_availability  # type: ignore[arg-type]
-        result["expect"] = {"availability": scenario.expect_availability, "met": passed}
-        verdict = "[green]met[/]" if passed else "[red]NOT met[/]"
-        out.print(f"steady-state hypothesis availability >= {scenario.expect_availability}: {verdict}")
+    drill = load_drill(file, env)
+    policies = [(name, load_policy(name, Role.ORDER)) for name in dict.fromkeys(order)]  # all valid before playing
+    runs = []
+    with _Progress(drill.ticks * len(policies), f"replaying {drill.name}") as advance:
+        for name, policy in policies:
+            runs.append(run_drill(drill, name, policy, backend, on_tick=advance))
+    title = f"replay {drill.name} on {drill.topology.name} ({backend}): {len(drill.faults)} scheduled fault(s)"
+    out.print(metrics_table({r.label: r.metrics for r in runs}, title=title))
+    for r in runs:
+        if r.skipped_faults:
+            out.print(f"note: {r.label}: {r.skipped_faults} scheduled fault(s) were not injected: "
+                      "their target still had an open fault")  # fmt: skip
+        for text, met in r.checks:
+            out.print(f"{r.label}: steady-state hypothesis {text}: {'[green]met[/]' if met else '[red]NOT met[/]'}")
     if plot is not None:
         from deeplops.plot import plot_timeline
 
-        plot_timeline([(order, traces[0])], plot, title=f"{scenario.name} ({scenario.topology.name}, {backend})")
+        plot_timeline(
+            [(r.label, r.trace) for r in runs], plot, title=f"{drill.name} ({drill.topology.name}, {backend})"
+        )
         out.print(f"wrote {plot}")
-    _write_json(json_path, result)
-    if passed is False:
+    results = {
+        r.label: {**r.metrics, "expect": [{"clause": t, "met": m} for t, m in r.checks], "passed": r.passed}
+        for r in runs
+    }
+    first = runs[0]
+    _write_json(json_path, {**results[first.label], "drill": drill.name, "file": str(file), "order": first.label,
+                            "backend": backend, "policies": results})  # fmt: skip
+    if not all(r.passed for r in runs):
         raise typer.Exit(1)
 
 
@@ -208,24 +230,40 @@ def selfplay(
     ),
     seed: SeedOpt = 0,
     device: Annotated[str, typer.Option("--device", help="Torch device: auto, cpu or cuda.")] = "auto",
+    start_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Fine-tune the order.zip and chaos.zip in this directory instead of starting "
+            "afresh [docker: agents/pretrained].",
+            show_default=False,
+        ),
+    ] = None,
+    ticks: Annotated[
+        int | None, typer.Option("--ticks", help="Ticks per training episode [sim: 200, docker: 60].")
+    ] = None,
 ) -> None:
     """Train the order and chaos agents in alternating self-play, then measure them.
 
     Writes DIR/order.zip, DIR/chaos.zip, DIR/report.md, DIR/report.json, plots (PNG) and
     TensorBoard logs under DIR/tb/. An interrupted run resumes from its last completed generation.
+
+    --backend docker plays every training game on real containers (the --env topology, one tick a
+    second, as root): it fine-tunes trained agents, and its report adds a scenario replayed for real.
     """
     from deeplops import selfplay as sp_mod
     from deeplops.topology import load_topology
 
     _check_backend(backend)
-    if backend != "sim":
-        raise SandboxError(f"selfplay --backend {backend}: training runs on the simulator only in this version")
     _check_count("--generations", generations)
     _check_count("--steps", steps, minimum=0)
     _check_count("--seed", seed, minimum=0)
+    _check_count("--ticks", ticks)
     load_topology(env)
     train_on = tuple(dict.fromkeys([env, "shop", "chain"]))
-    config = sp_mod.SelfPlayConfig(generations=generations, steps=steps, seed=seed, device=device, train_on=train_on)
+    config = sp_mod.SelfPlayConfig(generations=generations, steps=steps, seed=seed, device=device, train_on=train_on,
+                                   backend=backend, start_from=None if start_from is None else str(start_from),
+                                   ticks=ticks or (200 if backend == "sim" else 60))  # fmt: skip
     with _Phases() as progress:
         report = sp_mod.train_and_report(config, out_dir, progress)
     out.print(f"wrote {out_dir}/order.zip, chaos.zip and {', '.join(report['files'])} in {report['wall_s']:.0f} s")
@@ -257,6 +295,84 @@ class _Phases:
 
     def __exit__(self, *exc: object) -> None:
         self._bar.__exit__(*exc)  # type: ignore[arg-type]
+
+
+scenario_app = typer.Typer(help="Failure drills: list the shipped scenarios, export one for other tools.",
+                            no_args_is_help=True)  # fmt: skip
+app.add_typer(scenario_app, name="scenario")
+
+
+@scenario_app.command("list")
+def scenario_list(
+    order: Annotated[
+        list[str] | None,
+        typer.Option("--order", help="Also replay each scenario with this order policy (repeatable)."),
+    ] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print a Markdown table (as in scenarios/README.md).")
+    ] = False,
+) -> None:
+    """The shipped scenarios: env, faults, the incident each models, and (with --order) each policy's figures."""
+    from rich.table import Table
+
+    from deeplops.drill import run_drill
+    from deeplops.policies import Role, load_policy
+    from deeplops.scenario import load_scenario, shipped_scenarios
+
+    scenarios = [load_scenario(p) for p in shipped_scenarios()]
+    policies = [(name, load_policy(name, Role.ORDER)) for name in dict.fromkeys(order or [])]
+    columns = ["scenario", "env", "faults", "models"] + [f"{n} avail / MTTR" for n, _ in policies]
+    rows = []
+    with _Progress(sum(s.ticks for s in scenarios) * len(policies), "replaying") as advance:
+        for s in scenarios:
+            faults = ", ".join(sorted({f.fault.label for f in s.faults}))
+            cells = [s.name, s.topology.name, faults, s.description]
+            for _, policy in policies:
+                m = run_drill(s, "", policy, on_tick=advance).metrics
+                mttr = "-" if m["mttr_mean"] is None else f"{m['mttr_mean']:.1f}"
+                cells.append(f"{m['availability']:.3f} / {mttr}")
+            rows.append(cells)
+    if markdown:
+        out.print("| " + " | ".join(columns) + " |", soft_wrap=True)
+        out.print("|" + "---|" * len(columns), soft_wrap=True)
+        for cells in rows:
+            out.print("| " + " | ".join(cells) + " |", soft_wrap=True, markup=False)
+        return
+    table = Table(title=f"{len(rows)} shipped scenarios")
+    for c in columns:
+        table.add_column(c)
+    for cells in rows:
+        table.add_row(*cells)
+    out.print(table)
+
+
+@scenario_app.command("export")
+def scenario_export(
+    file: Annotated[Path, typer.Argument(help="A scenario YAML file.", show_default=False)],
+    format_: Annotated[str, typer.Option("--format", help="What to write: chaostoolkit.")] = "chaostoolkit",
+    output: Annotated[Path | None, typer.Option("--out", help="Write here instead of to standard output.")] = None,
+) -> None:
+    """Write a scenario as a Chaos Toolkit experiment: 'chaos run' plays its faults on a live sandbox
+    (named by DEEPLOPS_SANDBOX) and 'deeplops replay' reads it back."""
+    from deeplops.chaostoolkit.experiment import to_experiment
+    from deeplops.scenario import load_scenario
+
+    if format_ != "chaostoolkit":
+        raise ConfigError(f"--format must be chaostoolkit, got {format_!r}")
+    if file.suffix not in (".yaml", ".yml"):
+        raise ScenarioError(f"{file}: expected a scenario .yaml file, got {file.suffix or 'no extension'}")
+    text = json.dumps(to_experiment(load_scenario(file)), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(output)
+    except OSError as exc:
+        raise ConfigError(f"--out {output}: cannot write ({exc.strerror})") from None
+    err.print(f"wrote {output}")
 
 
 sandbox_app = typer.Typer(
@@ -377,7 +493,7 @@ def sandbox_compare(
     """Replay scenarios on the simulator and on real containers, and check that they agree.
 
     Agreement: |availability difference| <= 0.05, |mean MTTR difference| <= 2 ticks, and the same
-    number of unrecovered faults. Exits 1 when a scenario disagrees. Takes as many seconds as
+    number of unrecovered faults. Exits 1 when a scenario disagrees or its hypothesis fails. Takes as many seconds as
     the scenarios have ticks.
     """
     from rich.table import Table
@@ -390,18 +506,22 @@ def sandbox_compare(
     scenarios = [load_scenario(p) for p in (scenario or shipped_scenarios())]
     rows = agreement.compare(scenarios, order, on_scenario=lambda name, backend: err.print(f"{name} on {backend}"))
     table = Table(title=f"sim vs docker, order={order}")
-    for column in ("scenario", "avail sim", "avail docker", "MTTR sim", "MTTR docker", "unrec sim/docker", "agree"):
+    columns = ("scenario", "avail sim", "avail docker", "MTTR sim", "MTTR docker", "unrec sim/docker",
+               "hypothesis sim/docker", "agree")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column == "scenario" else "right")
     for r in rows:
         mttr = [f"{m:.1f}" if m is not None else "-" for m in r.mttr_mean]
         verdict = "[green]yes[/]" if r.agrees else "[red]no[/]"
         avail = [f"{a:.3f}" for a in r.availability]
-        table.add_row(r.scenario, *avail, *mttr, f"{r.unrecovered[0]}/{r.unrecovered[1]}", verdict)
+        held = "/".join("met" if h else "[red]NOT met[/]" for h in r.hypothesis)
+        table.add_row(r.scenario, *avail, *mttr, f"{r.unrecovered[0]}/{r.unrecovered[1]}", held, verdict)
     out.print(table)
     _write_json(json_path, {"order": order, "scenarios": [
         {"scenario": r.scenario, "availability": list(r.availability), "mttr_mean": list(r.mttr_mean),
-         "unrecovered": list(r.unrecovered), "agrees": r.agrees} for r in rows]})  # fmt: skip
-    if not all(r.agrees for r in rows):
+         "unrecovered": list(r.unrecovered), "hypothesis_met": list(r.hypothesis), "agrees": r.agrees}
+        for r in rows]})  # fmt: skip
+    if not all(r.agrees and all(r.hypothesis) for r in rows):
         raise typer.Exit(1)
 
 

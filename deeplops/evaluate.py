@@ -12,7 +12,7 @@ from deeplops.metrics import EpisodeStats
 from deeplops.policies import Policy
 from deeplops.sandbox import make_sandbox
 from deeplops.sim import SimParams
-from deeplops.topology import Topology
+from deeplops.topology import Topology, topology_to_dict
 from deeplops.trace import TraceRecorder
 
 
@@ -80,6 +80,7 @@ def play(
 def _recorder(match: Match, env: int, episode: int, seed: int) -> TraceRecorder:
     header = {
         "topology": match.topology.name,
+        "topology_spec": topology_to_dict(match.topology),
         "services": list(match.topology.names),
         "episode": episode,
         "seed": seed,

@@ -82,6 +82,7 @@ def _registry() -> dict[Role, dict[str, Callable[[], Policy]]]:
         Role.CHAOS: {
             "noop": lambda: baselines.NoopPolicy(Role.CHAOS),
             "random": baselines.RandomChaos,
+            "flapping": baselines.FlappingChaos,
         },
     }
 

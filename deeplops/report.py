@@ -24,6 +24,8 @@ from deeplops.topology import Topology, load_topology
 
 BASELINES = ("noop", "autoheal", "k8s", "runbook", "oracle")
 HELD_OUT_SEEDS = range(10_000, 10_010)
+VS_FINAL_CHAOS = "shop vs the final chaos agent"
+"""The section where the bar is the arms race's: beat every baseline but the oracle."""
 """Random topologies never trained on (training draws seeds below 10,000)."""
 
 
@@ -80,7 +82,7 @@ def final_comparison(order: Policy, chaos: Policy, episodes: int, seed: int) -> 
         for name, make in contenders.items()
     }
     shop = load_topology("shop")
-    sections["shop vs the final chaos agent"] = {
+    sections[VS_FINAL_CHAOS] = {
         name: _summary(play(Match(shop, make(), chaos), episodes, seed=seed)) for name, make in contenders.items()
     }
     return sections
@@ -95,9 +97,16 @@ def chaos_strength(chaos: Policy, episodes: int, seed: int) -> dict[str, float]:
     }
 
 
-def bar(section: dict[str, Any]) -> dict[str, bool]:
-    """The learned agent against the bar: >= runbook - 0.01, >= autoheal + 0.05, MTTR <= half autoheal's."""
+def bar(name: str, section: dict[str, Any]) -> dict[str, bool]:
+    """The learned agent against the bar. Against the final chaos agent: availability above every
+    baseline's but the oracle's. Elsewhere: >= runbook - 0.01, >= autoheal + 0.05, MTTR <= half autoheal's."""
     learned, runbook, autoheal = section["learned"], section["runbook"], section["autoheal"]
+    if name == VS_FINAL_CHAOS:
+        return {
+            f"availability > {other}": learned["availability"] > section[other]["availability"]
+            for other in BASELINES
+            if other != "oracle"
+        }
     auto_mttr = autoheal["mttr_mean"]
     return {
         "availability >= runbook - 0.01": learned["availability"] >= runbook["availability"] - 0.01,
@@ -162,6 +171,23 @@ def _markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {name} | {figures_} |")
         checks = r["bar"][section]
         lines += ["", "Bar: " + ", ".join(f"{k}: {'yes' if ok else 'NO'}" for k, ok in checks.items()), ""]
+    real = r.get("real")
+    if real and "scenario" in real:
+        lines += [
+            f"## On real containers ({real['backend']})",
+            "",
+            f"Scenario {real['scenario']}, replayed on {real['backend']}:",
+            "",
+            "| policy | availability | MTTR mean | unrecovered | hypothesis met |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for name in ("learned", "runbook"):
+            m = real[name]
+            lines.append(f"| {name} | {_fmt(m['availability'])} | {_fmt(m['mttr_mean'])} | {m['unrecovered']} | "
+                         f"{'yes' if m['hypothesis_met'] else 'NO'} |")  # fmt: skip
+        lines.append("")
+    elif real:
+        lines += ["## On real containers", "", real["note"], ""]
     cs = r["chaos_strength"]
     lines += ["## The chaos agent", "",
               f"Runbook's availability on shop, same budget: {cs['random']:.3f} against random chaos, "

@@ -18,7 +18,7 @@ from deeplops.topology import Topology, load_topology
 
 _KEYS = {"name", "description", "env", "ticks", "seed", "faults", "expect"}
 _FAULT_KEYS = {"at", "fault", "target"}
-_EXPECT_KEYS = {"availability"}
+_EXPECT_KEYS = {"availability", "slo_at_end", "healthy_at_end"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,43 @@ class ScheduledFault:
     """What to inject."""
     target: str
     """Service it hits."""
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A drill's steady-state hypothesis: what must hold when it has been played."""
+
+    availability: float | None = None
+    """Availability over the drill at least this."""
+    slo_at_end: bool | None = None
+    """The SLO holds (True) or fails (False) on the last tick."""
+    healthy_at_end: tuple[str, ...] = ()
+    """Services healthy on the last tick."""
+
+    def __bool__(self) -> bool:
+        return self.availability is not None or self.slo_at_end is not None or bool(self.healthy_at_end)
+
+    def check(self, availability: float, last: dict[str, Any]) -> list[tuple[str, bool]]:
+        """Each clause as (text, met), given the drill's availability and its last trace row."""
+        checks = []
+        if self.availability is not None:
+            checks.append((f"availability >= {self.availability}", availability >= self.availability))
+        if self.slo_at_end is not None:
+            checks.append((f"SLO {'ok' if self.slo_at_end else 'failing'} at the end", last["slo"] == self.slo_at_end))
+        for service in self.healthy_at_end:
+            checks.append((f"{service} healthy at the end", bool(last["health"].get(service))))
+        return checks
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the scenario file's ``expect`` mapping."""
+        out: dict[str, Any] = {}
+        if self.availability is not None:
+            out["availability"] = self.availability
+        if self.slo_at_end is not None:
+            out["slo_at_end"] = self.slo_at_end
+        if self.healthy_at_end:
+            out["healthy_at_end"] = list(self.healthy_at_end)
+        return out
 
 
 @dataclass(frozen=True)
@@ -47,8 +84,8 @@ class Scenario:
     """Seed of the system's randomness (probe noise, jitter)."""
     faults: tuple[ScheduledFault, ...]
     """The faults, in tick order."""
-    expect_availability: float | None = None
-    """Steady-state hypothesis: availability at least this, checked on replay."""
+    expect: Expectation = Expectation()
+    """Steady-state hypothesis, checked on replay."""
     description: str = ""
     """The real incident pattern the drill models."""
 
@@ -88,7 +125,7 @@ def load_scenario(path: str | Path) -> Scenario:
     except ConfigError as exc:
         problems.append(f"env: {exc}")
     faults = _faults(doc.get("faults", []), topology, ticks, problems)
-    expect = _expect(doc.get("expect"), problems)
+    expect = _expect(doc.get("expect"), topology, problems)
     description = doc.get("description", "")
     if not isinstance(description, str):
         problems.append(f"'description' must be a string, got {description!r}")
@@ -138,17 +175,26 @@ def _faults(raw: Any, topology: Topology | None, ticks: int | None, problems: li
     return tuple(sorted(out, key=lambda f: f.at))
 
 
-def _expect(raw: Any, problems: list[str]) -> float | None:
+def _expect(raw: Any, topology: Topology | None, problems: list[str]) -> Expectation:
     if raw is None:
-        return None
+        return Expectation()
     if not isinstance(raw, dict) or set(raw) - _EXPECT_KEYS:
-        problems.append(f"'expect' must be a mapping with 'availability', got {raw!r:.60}")
-        return None
+        problems.append(f"'expect' must be a mapping with {', '.join(sorted(_EXPECT_KEYS))}, got {raw!r:.60}")
+        return Expectation()
     value = raw.get("availability")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0):
         problems.append(f"'expect.availability' must be a number in [0, 1], got {value!r}")
-        return None
-    return float(value)
+        value = None
+    slo = raw.get("slo_at_end")
+    if slo is not None and not isinstance(slo, bool):
+        problems.append(f"'expect.slo_at_end' must be true or false, got {slo!r}")
+        slo = None
+    healthy = raw.get("healthy_at_end", [])
+    if not isinstance(healthy, list) or (topology is not None and any(h not in topology.index for h in healthy)):
+        names = ", ".join(topology.names) if topology is not None else "the topology's services"
+        problems.append(f"'expect.healthy_at_end' must list services among {names}, got {healthy!r:.60}")
+        healthy = []
+    return Expectation(None if value is None else float(value), slo, tuple(healthy))
 
 
 class ScriptedChaos:

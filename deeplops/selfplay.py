@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from deeplops.agent_net import SlotPolicy
 from deeplops.agents import AgentConfig, load_agent_config
+from deeplops.catalog import data_dir
 from deeplops.errors import ConfigError
+from deeplops.game import GameConfig
 from deeplops.learned import LearnedPolicy
 from deeplops.policies import Policy, Role, load_policy
+from deeplops.sandbox import BACKENDS
 from deeplops.topogen import random_topology
 from deeplops.topology import Topology, load_topology
 from deeplops.training_env import GameVecEnv
@@ -50,14 +53,52 @@ class SelfPlayConfig:
     """The order agent's hyperparameters."""
     chaos: AgentConfig = field(default_factory=lambda: load_agent_config(Role.CHAOS))
     """The chaos agent's hyperparameters."""
+    backend: str = "sim"
+    """Where games are played: the simulator, or real containers (one game at a time, one tick a
+    second: for fine-tuning trained agents, not for training from scratch)."""
+    start_from: str | None = None
+    """A directory holding order.zip and chaos.zip to fine-tune rather than start afresh; the docker
+    backend starts from the shipped pretrained agents when none is given."""
+    ticks: int = 200
+    """Ticks per training episode."""
 
     def __post_init__(self) -> None:
-        if self.generations < 1 or self.steps < 0:
-            raise ConfigError(f"expected generations >= 1 and steps >= 0, got {self.generations} and {self.steps}")
+        if self.generations < 1 or self.steps < 0 or self.ticks < 1:
+            raise ConfigError(f"expected generations >= 1, steps >= 0 and ticks >= 1, got {self.generations}, "
+                              f"{self.steps} and {self.ticks}")  # fmt: skip
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        for role in Role:
+            start = self.start_path(role)
+            if start is not None and not start.is_file():
+                raise ConfigError(
+                    f"--from {self.start_from}: no {start.name} there: expected a selfplay output directory"
+                )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available here: expected auto or cpu")
+
+    @property
+    def real(self) -> bool:
+        """Whether games are played on real containers."""
+        return self.backend != "sim"
+
+    def start_path(self, role: Role) -> Path | None:
+        """The agent generation 1 of ``role`` fine-tunes, or None to start afresh."""
+        if self.start_from is not None:
+            return Path(self.start_from) / f"{role.value}.zip"
+        return data_dir("agents") / "pretrained" / f"{role.value}.zip" if self.real else None
+
+    def agent(self, role: Role) -> AgentConfig:
+        """The role's hyperparameters, fitted to the backend: on real containers one game of one env,
+        rollouts no longer than the run, and no imitation (the agents come trained from the sim)."""
+        agent = self.order if role is Role.ORDER else self.chaos
+        if not self.real:
+            return agent
+        n_steps = max(1, min(agent.n_steps, self.steps))
+        return replace(agent, n_games=1, envs_per_game=1, n_steps=n_steps, batch_size=min(agent.batch_size, n_steps),
+                       imitation_steps=0)  # fmt: skip
 
 
 @dataclass
@@ -92,8 +133,11 @@ class _Watch(BaseCallback):
 
 
 def topology_sampler(config: SelfPlayConfig) -> Callable[[np.random.Generator], Topology]:
-    """Training topologies: the hand-written ones, and random ones from the training seeds."""
+    """Training topologies: the hand-written ones, and random ones from the training seeds (on real
+    containers, the first hand-written one only: a stack is made once per game)."""
     fixed = [load_topology(name) for name in config.train_on]
+    if config.real:
+        return lambda rng: fixed[0]
 
     def sample(rng: np.random.Generator) -> Topology:
         if rng.random() < config.random_share or not fixed:
@@ -231,23 +275,34 @@ class SelfPlay:
         return [lambda: load_policy("runbook", Role.ORDER)] + [self._frozen(Role.ORDER, g) for g in range(1, upto + 1)]
 
     def chaos_pool(self, upto: int) -> list[Callable[[], Policy]]:
-        """Opponents of the order agent: random chaos and every chaos generation up to ``upto``."""
-        return [lambda: load_policy("random", Role.CHAOS)] + [self._frozen(Role.CHAOS, g) for g in range(1, upto + 1)]
+        """Opponents of the order agent: random chaos, flapping chaos (services that fail again right
+        after a repair, which a repairer that waits too long loses to) and every chaos generation up
+        to ``upto``."""
+        scripted = [lambda: load_policy("random", Role.CHAOS), lambda: load_policy("flapping", Role.CHAOS)]
+        return scripted + [self._frozen(Role.CHAOS, g) for g in range(1, upto + 1)]
 
     def _generation(self, g: int) -> None:
         cfg = self.config
         seeds = np.random.SeedSequence([cfg.seed, g]).generate_state(4)
         tb = self.out / "tb"
         record: dict[str, Any] = {"generation": g}
-        for role, agent, pool, seed, env_seed in (
-            (Role.ORDER, cfg.order, self.chaos_pool(g - 1), int(seeds[0]), int(seeds[1])),
-            (Role.CHAOS, cfg.chaos, self.order_pool(g), int(seeds[2]), int(seeds[3])),
+        game = GameConfig(max_ticks=cfg.ticks)
+        for role, pool, seed, env_seed in (
+            (Role.ORDER, self.chaos_pool(g - 1), int(seeds[0]), int(seeds[1])),
+            (Role.CHAOS, self.order_pool(g), int(seeds[2]), int(seeds[3])),
         ):
-            topologies = topology_sampler(cfg) if role is Role.ORDER else (lambda rng: load_topology("shop"))
-            env = GameVecEnv(role, topologies, pool_sampler(pool), agent.n_games, agent.envs_per_game, seed=env_seed)
-            previous = self._agent(role, g - 1) if g > 1 else None
+            agent = cfg.agent(role)
+            topologies = (
+                topology_sampler(cfg) if role is Role.ORDER or cfg.real else (lambda rng: load_topology("shop"))
+            )
+            env = GameVecEnv(role, topologies, pool_sampler(pool), agent.n_games, agent.envs_per_game, game,
+                             seed=env_seed, backend=cfg.backend)  # fmt: skip
+            previous = self._agent(role, g - 1) if g > 1 else cfg.start_path(role)
             if previous is not None:
-                model = MaskablePPO.load(previous, env=env, device=self.device, tensorboard_log=str(tb))
+                # A loaded model keeps its saved rollout size unless told: set it to this backend's.
+                sizes = {"n_steps": agent.n_steps, "batch_size": agent.batch_size}
+                model = MaskablePPO.load(previous, env=env, device=self.device, tensorboard_log=str(tb),
+                                         custom_objects=sizes)  # fmt: skip
                 model.set_random_seed(seed)
             else:
                 model = make_model(role, agent, env, seed, self.device, tb)
@@ -256,16 +311,19 @@ class SelfPlay:
                 # lead to (mostly random chaos, so nothing learnt before is crowded out), so the
                 # student is not lost where past chaos agents took it (DAgger's point).
                 mix = [pool[0]] * 3 + pool[1:]
-                teach_env = GameVecEnv(role, topologies, pool_sampler(mix), agent.n_games, agent.envs_per_game,
+                teach_env = GameVecEnv(role, topologies, pool_sampler(mix), agent.n_games, agent.envs_per_game, game,
                                        seed=env_seed + 1)  # fmt: skip
                 self.progress.update(f"g{g} {role.value}: imitating {agent.imitate}", 0, cfg.steps)
                 record[f"{role.value}_imitation_accuracy"] = imitate(
                     model, teach_env, agent.imitate, agent.imitation_steps, agent.imitation_epochs, seed)  # fmt: skip
             start = time.monotonic()
-            if cfg.steps:
-                label = f"g{g} {role.value}"
-                model.learn(cfg.steps, callback=_Watch(label, cfg.steps, self.progress), tb_log_name=f"{role.value}",
-                            reset_num_timesteps=previous is None)  # fmt: skip
+            try:
+                if cfg.steps:
+                    label = f"g{g} {role.value}"
+                    model.learn(cfg.steps, callback=_Watch(label, cfg.steps, self.progress),
+                                tb_log_name=f"{role.value}", reset_num_timesteps=g == 1)  # fmt: skip
+            finally:
+                env.close()  # real containers go even when training fails
             self.timing[f"{role.value}_s"] += time.monotonic() - start
             self.timing[f"{role.value}_steps"] += cfg.steps
             model.save(self._agent(role, g))
@@ -346,7 +404,7 @@ def build_report(sp: SelfPlay, episodes: int = 32, progress: Progress | None = N
         "generations": history,
         "crossplay": cross,
         "final": final,
-        "bar": {section: report.bar(rows) for section, rows in final.items()},
+        "bar": {section: report.bar(section, rows) for section, rows in final.items()},
         "chaos_strength": report.chaos_strength(chaos[gens](), episodes, seed),
         "throughput": throughput,
     }
@@ -367,5 +425,28 @@ def train_and_report(config: SelfPlayConfig, out: Path, progress: Progress | Non
     result["wall_s"] = time.monotonic() - start
     shutil.copyfile(order_path, out / "order.zip")
     shutil.copyfile(chaos_path, out / "chaos.zip")
+    if config.real:
+        result["real"] = real_drill(config, order_path, progress or Progress())
     result["files"] = [p.name for p in report_mod.write(out, result)]
     return result
+
+
+def real_drill(config: SelfPlayConfig, order_path: Path, progress: Progress) -> dict[str, Any]:
+    """The trained order agent and the runbook on the shortest shipped scenario of the trained
+    topology, on the run's backend (real containers)."""
+    from deeplops.drill import run_drill
+    from deeplops.learned import load_agent
+    from deeplops.scenario import load_scenario, shipped_scenarios
+
+    topology = load_topology(config.train_on[0])
+    drills = [s for s in map(load_scenario, shipped_scenarios()) if s.topology == topology]
+    if not drills:
+        return {"note": f"no shipped scenario runs on {topology.name}: nothing to replay on {config.backend}"}
+    drill = min(drills, key=lambda s: s.ticks)
+    figures: dict[str, Any] = {"scenario": drill.name, "backend": config.backend}
+    for name, policy in (("learned", load_agent(order_path)), ("runbook", load_policy("runbook", Role.ORDER))):
+        progress.update(f"replaying {drill.name} on {config.backend}: {name}", 0, 1)
+        run = run_drill(drill, name, policy, config.backend)
+        figures[name] = {**{k: run.metrics[k] for k in ("availability", "mttr_mean", "unrecovered")},
+                         "hypothesis_met": run.passed}  # fmt: skip
+    return figures

@@ -140,6 +140,21 @@ def topology_from_dict(doc: Any, source: str = "<dict>") -> Topology:
     return build_topology(name, services, source)
 
 
+def topology_to_dict(topology: Topology) -> dict[str, Any]:
+    """The topology as its YAML document (DESIGN §5): ``topology_from_dict`` of it gives it back."""
+    services: dict[str, Any] = {}
+    for s in topology.services:
+        spec: dict[str, Any] = {}
+        if s.depends_on:
+            spec["depends_on"] = list(s.depends_on)
+        if s.entry:
+            spec["entry"] = True
+        if s.disk_mb:
+            spec["disk_mb"] = s.disk_mb
+        services[s.name] = spec
+    return {"name": topology.name, "services": services}
+
+
 def build_topology(name: str, services: list[Service], source: str = "<topology>") -> Topology:
     """Check a list of services as a whole and order it dependencies-first."""
     known = {s.name for s in services}

@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
+from deeplops.errors import SandboxError
 from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, Game, GameConfig
 from deeplops.observation import chaos_observation_space, order_observation_space
 from deeplops.policies import Policy, Role
+from deeplops.sandbox import Sandbox, make_sandbox
 from deeplops.sim import SimParams, SimSandbox
 from deeplops.topology import Topology
 
@@ -39,6 +41,7 @@ class GameVecEnv(VecEnv):
         game: GameConfig | None = None,
         params: SimParams | None = None,
         seed: int = 0,
+        backend: str = "sim",
     ) -> None:
         from gymnasium import spaces
 
@@ -47,6 +50,9 @@ class GameVecEnv(VecEnv):
         self.n_games, self.envs_per_game = n_games, envs_per_game
         self.game_config, self.params = game or GameConfig(), params or SimParams()
         self.rng = np.random.default_rng(seed)
+        self.backend = backend
+        self._real: list[Sandbox] = []
+        """Docker backend: one sandbox per game, made once and reset every episode (a stack is slow to make)."""
         space = order_observation_space() if role is Role.ORDER else chaos_observation_space()
         n_actions = N_ORDER_ACTIONS if role is Role.ORDER else N_CHAOS_ACTIONS
         super().__init__(n_games * envs_per_game, space, spaces.Discrete(n_actions))
@@ -60,9 +66,8 @@ class GameVecEnv(VecEnv):
     def reset(self) -> dict[str, np.ndarray]:
         """New topologies, opponents and episodes everywhere."""
         self.games, self.rivals = [], []
-        for _ in range(self.n_games):
-            sandbox = SimSandbox(self.topologies(self.rng), self.envs_per_game, self.params)
-            game = Game(sandbox, self.game_config)
+        for i in range(self.n_games):
+            game = Game(self._sandbox(i), self.game_config)
             game.reset([int(s) for s in self.rng.integers(2**31 - 1, size=self.envs_per_game)])
             rival = self.opponents(self.rng)
             rival.reset(self.envs_per_game, seed=int(self.rng.integers(2**31 - 1)))
@@ -134,7 +139,21 @@ class GameVecEnv(VecEnv):
         return [False] * len(self._indices(indices))
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Release real sandboxes (their containers go)."""
+        for sandbox in self._real:
+            sandbox.close()
+        self._real.clear()
+
+    def _sandbox(self, game: int) -> Sandbox:
+        topology = self.topologies(self.rng)
+        if self.backend == "sim":
+            return SimSandbox(topology, self.envs_per_game, self.params)
+        if game < len(self._real):
+            if self._real[game].topology != topology:
+                raise SandboxError("on real containers every episode of a game must use the same topology")
+            return self._real[game]
+        self._real.append(make_sandbox(self.backend, topology, self.envs_per_game))
+        return self._real[game]
 
     def _indices(self, indices: Any) -> Sequence[int]:
         if indices is None:

@@ -25,7 +25,7 @@ from deeplops.topology import Topology, load_topology
 
 # DESIGN §6: the POLICY names.
 ORDER_BASELINES = ("noop", "random", "autoheal", "k8s", "runbook", "oracle")
-CHAOS_BASELINES = ("noop", "random")
+CHAOS_BASELINES = ("noop", "random", "flapping")
 
 # DESIGN §4: the proper repair of each fault.
 PROPER_REPAIR = {

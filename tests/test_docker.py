@@ -191,6 +191,8 @@ def test_killing_db_cascades_and_repairing_db_alone_restores_everything(box):
 def run_owner(name: str) -> subprocess.Popen[str]:
     """A process that brings up a sandbox, says 'up', then plays ticks until it is stopped."""
     code = textwrap.dedent(f"""
+        import faulthandler, signal
+        faulthandler.register(signal.SIGUSR1)  # the test asks for every thread's stack if this hangs
         import numpy as np
         from deeplops.dockerbox.sandbox import DockerSandbox
         from deeplops.topology import load_topology
@@ -205,7 +207,7 @@ def run_owner(name: str) -> subprocess.Popen[str]:
         finally:
             box.close()
     """)
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def leftovers(name: str) -> list[str]:
@@ -239,7 +241,13 @@ def test_a_process_stopped_mid_episode_leaves_nothing_behind(docker_engine, sig)
         assert owner.stdout is not None and owner.stdout.readline().strip() == "up"
         assert leftovers(name)  # the sandbox really is there
         owner.send_signal(sig)
-        owner.wait(timeout=30)
+        try:
+            owner.wait(timeout=60)  # tearing a sandbox down takes seconds; a loaded engine, more
+        except subprocess.TimeoutExpired:
+            owner.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            owner.kill()
+            pytest.fail(f"the owner did not exit on {sig.name}; its threads:\n{owner.communicate()[1][-4000:]}")
         assert wait_gone(name, timeout_s=20) == []
     finally:
         owner.kill()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from deeplops.drill import run_drill
 from deeplops.errors import ScenarioError
 from deeplops.faults import Fault
 from deeplops.game import chaos_action
+from deeplops.policies import Role, load_policy
 from deeplops.scenario import ScriptedChaos, load_scenario, shipped_scenarios
 
 
@@ -17,10 +19,39 @@ def write(tmp_path, text: str):
     return path
 
 
-def test_every_shipped_scenario_loads_with_a_description():
+def test_the_library_covers_every_fault_on_several_topologies():
     scenarios = [load_scenario(p) for p in shipped_scenarios()]
-    assert len(scenarios) >= 3
-    assert all(s.description and s.faults for s in scenarios)
+    assert len(scenarios) >= 10
+    assert all(s.description and s.faults and s.expect for s in scenarios)
+    assert {f.fault for s in scenarios for f in s.faults} == set(Fault)
+    assert len({s.topology.name for s in scenarios}) >= 2
+
+
+@pytest.mark.parametrize("path", shipped_scenarios(), ids=lambda p: p.stem)
+def test_every_shipped_scenario_holds_for_the_runbook_on_the_sim(path):
+    run = run_drill(load_scenario(path), "runbook", load_policy("runbook", Role.ORDER))
+    assert run.checks and run.passed, run.checks
+    assert run.metrics["faults_injected"] == len(load_scenario(path).faults)
+
+
+def test_a_hypothesis_fails_clause_by_clause(tmp_path):
+    text = (
+        "name: s\nenv: shop\nticks: 20\nexpect: {availability: 0.5, slo_at_end: true, healthy_at_end: [db, cache]}\n"
+        "faults:\n  - {at: 2, fault: kill, target: db}\n"
+    )
+    run = run_drill(load_scenario(write(tmp_path, text)), "noop", load_policy("noop", Role.ORDER))
+    assert dict(run.checks) == {
+        "availability >= 0.5": False,  # db stays down from tick 2 on
+        "SLO ok at the end": False,
+        "db healthy at the end": False,
+        "cache healthy at the end": True,
+    }
+    assert not run.passed
+
+
+def test_healthy_at_end_must_name_services(tmp_path):
+    with pytest.raises(ScenarioError, match="ghost"):
+        load_scenario(write(tmp_path, "name: s\nticks: 10\nfaults: []\nexpect: {healthy_at_end: [ghost]}\n"))
 
 
 def test_env_may_be_a_path_relative_to_the_scenario(tmp_path):

@@ -13,6 +13,7 @@ from deeplops.agents import AgentConfig
 from deeplops.errors import ConfigError, PolicyError
 from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, Game
 from deeplops.policies import Role, load_policy
+from deeplops.scenario import shipped_scenarios
 from deeplops.selfplay import Progress, SelfPlay, SelfPlayConfig, train_and_report
 from deeplops.sim import SimSandbox
 from deeplops.topology import load_topology
@@ -147,3 +148,53 @@ def test_selfplay_refuses_cuda_where_there_is_none(monkeypatch):
 def test_selfplay_rejects_bad_counts_on_the_command_line(cli):
     result = cli("selfplay", "--generations", "0")
     assert result.code == 2 and "--generations" in result.err
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_selfplay_on_docker_fine_tunes_on_real_containers(run, docker_engine, tmp_path):
+    from deeplops.dockerbox import stack
+
+    start, _ = run
+    config = SelfPlayConfig(generations=1, steps=12, ticks=12, seed=0, device="cpu", order=TINY_ORDER, chaos=TINY,
+                            backend="docker", start_from=str(start))  # fmt: skip
+    out = tmp_path / "real"
+    report = train_and_report(config, out, episodes=2)
+    assert (out / "order.zip").is_file() and (out / "chaos.zip").is_file()
+    assert report["throughput"]["order_steps"] == 12 and report["throughput"]["chaos_steps"] == 12
+    # Real time: at least one second a tick, for both roles.
+    assert report["throughput"]["order_s"] >= 12 and report["throughput"]["chaos_s"] >= 12
+    real = report["real"]
+    assert real["backend"] == "docker" and real["runbook"]["hypothesis_met"] is True
+    assert set(real["learned"]) == {"availability", "mttr_mean", "unrecovered", "hypothesis_met"}
+    assert "On real containers (docker)" in (out / "report.md").read_text()
+    assert not any(name.startswith("deeplops-") for name in stack.sandboxes(stack.connect()))  # nothing left behind
+
+
+def test_selfplay_from_a_directory_without_agents_is_a_clear_error(cli, tmp_path):
+    result = cli("selfplay", "--from", str(tmp_path))
+    assert result.code == 2 and "order.zip" in result.err
+
+
+@pytest.mark.parametrize("path", shipped_scenarios(), ids=lambda p: p.stem)
+def test_the_shipped_order_agent_passes_every_shipped_drill(path):
+    from deeplops.catalog import data_dir
+    from deeplops.drill import run_drill
+    from deeplops.scenario import load_scenario
+
+    agent = load_policy(str(data_dir("agents") / "pretrained" / "order.zip"), Role.ORDER)
+    run = run_drill(load_scenario(path), "pretrained", agent)
+    assert run.passed, run.checks
+
+
+def test_the_shipped_chaos_agent_loads_and_acts_within_the_mask():
+    from deeplops.catalog import data_dir
+
+    chaos = load_policy(str(data_dir("agents") / "pretrained" / "chaos.zip"), Role.CHAOS)
+    game = Game(SimSandbox(load_topology("bank"), 4))
+    game.reset([0, 1, 2, 3])
+    chaos.reset(4)
+    for _ in range(20):
+        actions = game.decide(chaos)
+        assert game.chaos_mask()[np.arange(4), actions].all()
+        game.step(actions, np.zeros(4, np.int64))

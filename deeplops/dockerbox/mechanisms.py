@@ -176,8 +176,7 @@ def clean_disk(box: DockerSandbox, service: str) -> None:
 def rate_limit(box: DockerSandbox, service: str) -> None:
     """Block the flood at the service's ingress; a flood that no longer arrives is over."""
     host.block(box.ips[service], stack.block_tag(box.name, service))
-    if box.faults[0, box.topology.index[service]] == Fault.NET_SATURATION:
-        stop_flood(box, service)
+    stop_flood(box, service)
 
 
 def recreate(box: DockerSandbox, service: str) -> None:

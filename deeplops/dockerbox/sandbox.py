@@ -63,6 +63,7 @@ class DockerSandbox(ArrayState):
         name: str | None = None,
         base: str = image.BASE_IMAGE,
         log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+        attach: bool = False,
     ) -> None:
         if n_envs != 1:
             raise SandboxError(f"the docker backend runs one env at a time, got n_envs={n_envs}")
@@ -71,7 +72,9 @@ class DockerSandbox(ArrayState):
         self.n_envs = 1
         self.name = name or f"deeplops-{os.getpid()}"
         self.client = stack.connect()
-        self.image = image.ensure_image(self.client, base, log)
+        self.owned = not attach
+        """Whether this object made the stack (and tears it down), or attached to a live one."""
+        self.image = image.ensure_image(self.client, base, log) if self.owned else ""
         n = topology.n_services
         self._fault = np.zeros((1, n), np.int8)
         self._health = np.ones((1, n), np.bool_)
@@ -95,7 +98,22 @@ class DockerSandbox(ArrayState):
         """Seconds the last tick's measurement of the whole system took."""
         self._reaper: subprocess.Popen[bytes] | None = None
         self._closed = False
-        self._guard_signals()
+        if self.owned:
+            self._guard_signals()
+
+    @classmethod
+    def attach(cls, name: str) -> DockerSandbox:
+        """The live sandbox ``name`` (made by ``deeplops sandbox up``), to act on and measure without
+        owning it: ``close`` leaves its containers running. Its faults are not known, so all read 0."""
+        client = stack.connect()
+        box = cls(stack.topology_of(client, name), name=name, attach=True)
+        box.containers = stack.containers(box.client, name)
+        for service in box.topology.names:
+            if box.containers.get(service) is not None and box.containers[service].status == "running":
+                box.rewire(service)
+        box._next_tick = time.monotonic()
+        box._measure()
+        return box
 
     # -- the Sandbox protocol --------------------------------------------------------------
 
@@ -159,6 +177,9 @@ class DockerSandbox(ArrayState):
         if self._closed:
             return
         self._closed = True
+        if not self.owned:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            return
         for service in list(self.floods):
             mechanisms.stop_flood(self, service)
         try:
@@ -168,6 +189,10 @@ class DockerSandbox(ArrayState):
             if self._reaper is not None:
                 self._reaper.kill()
                 self._reaper.wait()
+
+    def measure(self) -> None:
+        """Measure the system now, outside the tick clock (for probes of a live sandbox)."""
+        self._measure()
 
     # -- used by the mechanisms ------------------------------------------------------------
 

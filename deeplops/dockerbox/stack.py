@@ -22,10 +22,12 @@ from docker.models.containers import Container
 
 from deeplops.dockerbox import host
 from deeplops.errors import SandboxError
-from deeplops.topology import Service, Topology
+from deeplops.topology import Service, Topology, topology_from_dict, topology_to_dict
 
 LABEL_SANDBOX = "deeplops.sandbox"
 LABEL_SERVICE = "deeplops.service"
+LABEL_TOPOLOGY = "deeplops.topology"
+"""On the sandbox's network: its topology as JSON (DESIGN §5's document), so others can attach."""
 PORT = 8080
 CPU_LIMIT = 0.25
 """CPU allowance of every service, in cores: small, so a CPU hog inside really starves it."""
@@ -89,7 +91,8 @@ def up(client: docker.DockerClient, topology: Topology, sandbox: str, image: str
     if client.containers.list(all=True, filters={"label": f"{LABEL_SANDBOX}={sandbox}"}):
         raise SandboxError(f"sandbox {sandbox!r} already exists: run 'deeplops sandbox down --name {sandbox}' first")
     try:
-        client.networks.create(sandbox, driver="bridge", labels={LABEL_SANDBOX: sandbox})
+        spec = json.dumps(topology_to_dict(topology))
+        client.networks.create(sandbox, driver="bridge", labels={LABEL_SANDBOX: sandbox, LABEL_TOPOLOGY: spec})
     except APIError as exc:
         raise SandboxError(f"creating network {sandbox!r}: {exc.explanation or exc}") from None
     for service in topology.services:
@@ -118,6 +121,16 @@ def prepare_volume(sandbox: str, service: Service, fraction: float) -> None:
     size = int(fraction * service.disk_mb * 2**20)
     with (path / "data.bin").open("wb") as f:
         f.write(b"\1" * size)
+
+
+def topology_of(client: docker.DockerClient, sandbox: str) -> Topology:
+    """The topology sandbox ``sandbox`` runs, from its network's label."""
+    for network in client.networks.list(filters={"label": f"{LABEL_SANDBOX}={sandbox}"}):
+        spec = network.attrs.get("Labels", {}).get(LABEL_TOPOLOGY)
+        if spec:
+            return topology_from_dict(json.loads(spec), source=f"sandbox {sandbox}")
+    running = ", ".join(sorted(sandboxes(client))) or "none"
+    raise SandboxError(f"no live sandbox {sandbox!r}: expected one made by 'deeplops sandbox up' (running: {running})")
 
 
 def containers(client: docker.DockerClient, sandbox: str) -> dict[str, Container]:

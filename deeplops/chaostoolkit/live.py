@@ -1,0 +1,29 @@
+"""The live sandboxes a Chaos Toolkit run acts on, attached once per process.
+
+One ``chaos run`` calls every action and probe in one process, so the attached sandbox (and any
+flood an action started) lives as long as the experiment; a flood ends when that process exits.
+"""
+
+from __future__ import annotations
+
+from deeplops.dockerbox.sandbox import DockerSandbox
+from deeplops.errors import SandboxError
+
+_BOXES: dict[str, DockerSandbox] = {}
+
+
+def sandbox(name: str) -> DockerSandbox:
+    """The live sandbox ``name``, attached on first use."""
+    if not isinstance(name, str) or not name:
+        raise SandboxError(f"expected the name of a live sandbox (deeplops sandbox up --name NAME), got {name!r}")
+    if name not in _BOXES:
+        _BOXES[name] = DockerSandbox.attach(name)
+    return _BOXES[name]
+
+
+def slot(box: DockerSandbox, target: str) -> int:
+    """The slot of service ``target`` in ``box``, or a SandboxError naming the services."""
+    if target not in box.topology.index:
+        raise SandboxError(f"unknown service {target!r} in sandbox {box.name!r}: expected one of "
+                           f"{', '.join(box.topology.names)}")  # fmt: skip
+    return box.topology.index[target]
