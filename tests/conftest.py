@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -62,3 +62,20 @@ def docker_engine() -> None:
         if os.environ.get("DEEPLOPS_REQUIRE_DOCKER"):
             pytest.fail(f"DEEPLOPS_REQUIRE_DOCKER is set but {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture
+def live(docker_engine: None) -> Iterator[str]:
+    """A live shop sandbox, as 'deeplops sandbox up' makes it; its name. Taken down afterwards."""
+    import os
+
+    from deeplops.dockerbox import image, stack
+    from deeplops.topology import load_topology
+
+    client = stack.connect()
+    name = f"dllive-{os.getpid()}"
+    stack.up(client, load_topology("shop"), name, image.ensure_image(client), {"db": 0.3, "queue": 0.3})
+    try:
+        yield name
+    finally:
+        stack.down(name, client)

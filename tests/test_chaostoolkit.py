@@ -7,30 +7,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deeplops.chaostoolkit import actions, probes
-from deeplops.dockerbox import image, stack
+from deeplops.dockerbox import stack
 from deeplops.errors import SandboxError
-from deeplops.topology import load_topology
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 EXAMPLE = Path(__file__).parent.parent / "examples" / "chaostoolkit-db-kill.json"
-
-
-@pytest.fixture
-def live() -> Iterator[str]:
-    """A live shop sandbox, as 'deeplops sandbox up' makes it; its name."""
-    client = stack.connect()
-    name = f"dlctk-{os.getpid()}"
-    stack.up(client, load_topology("shop"), name, image.ensure_image(client), {"db": 0.3, "queue": 0.3})
-    try:
-        yield name
-    finally:
-        stack.down(name, client)
 
 
 def started_at(name: str, service: str) -> str:

@@ -193,6 +193,7 @@ def run_owner(name: str) -> subprocess.Popen[str]:
     code = textwrap.dedent(f"""
         import faulthandler, signal
         faulthandler.register(signal.SIGUSR1)  # the test asks for every thread's stack if this hangs
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even in the background
         import numpy as np
         from deeplops.dockerbox.sandbox import DockerSandbox
         from deeplops.topology import load_topology

@@ -6,6 +6,11 @@ flood an action started) lives as long as the experiment; a flood ends when that
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from docker.models.containers import Container
+
+from deeplops.dockerbox import stack
 from deeplops.dockerbox.sandbox import DockerSandbox
 from deeplops.errors import SandboxError
 
@@ -16,9 +21,21 @@ def sandbox(name: str) -> DockerSandbox:
     """The live sandbox ``name``, attached on first use."""
     if not isinstance(name, str) or not name:
         raise SandboxError(f"expected the name of a live sandbox (deeplops sandbox up --name NAME), got {name!r}")
-    if name not in _BOXES:
-        _BOXES[name] = DockerSandbox.attach(name)
-    return _BOXES[name]
+    box = _BOXES.get(name)
+    if box is None or _ids(box.containers.values()) != _ids(stack.containers(box.client, name).values()):
+        # First use, or the sandbox was brought down and up again since: attach afresh.
+        box = _BOXES[name] = DockerSandbox.attach(name)
+        return box
+    # Others (a sidecar, another run) may have restarted services since: new addresses and veths.
+    for service, container in box.containers.items():
+        container.reload()
+        if container.status == "running":
+            box.rewire(service)
+    return box
+
+
+def _ids(containers: Iterable[Container]) -> set[str]:
+    return {c.id for c in containers}
 
 
 def slot(box: DockerSandbox, target: str) -> int:

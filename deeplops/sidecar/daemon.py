@@ -1,0 +1,246 @@
+"""The sidecar's loop: every interval, measure the stack, ask the policy, guard, repair, record."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from docker.errors import DockerException
+from requests.exceptions import RequestException
+
+from deeplops.errors import ConfigError, SandboxError
+from deeplops.faults import Repair
+from deeplops.game import N_ORDER_ACTIONS, decode_order, order_action
+from deeplops.observation import MAX_SLOTS, Feature
+from deeplops.policies import Policy
+from deeplops.sidecar import live as live_mod
+from deeplops.sidecar.guards import GuardConfig, Guards
+from deeplops.sidecar.telemetry import Audit, Metrics, Server
+
+TRANSIENT = (DockerException, RequestException, SandboxError, OSError)
+"""Errors a tick may meet while the engine restarts or containers come and go: retried."""
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """How the sidecar runs."""
+
+    project: str
+    """The sandbox or Compose project to watch (its label value)."""
+    interval_s: float = 1.0
+    """Seconds between decisions: trained agents know one tick as one second (since-repair, restarts)."""
+    dry_run: bool = False
+    """Decide and log, touch nothing."""
+    guards: GuardConfig = field(default_factory=GuardConfig)
+    """Allowlist, rate limit, cooldown and circuit breaker."""
+    verify_s: float = 15.0
+    """A repair whose service is not healthy again within this long did not work (for the breaker)."""
+    metrics_port: int | None = 9464
+    """Port of /metrics and /healthz; None for none, 0 for any free one."""
+    audit_log: Path | None = None
+    """Where the JSON audit log goes; None for standard output."""
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0 or self.verify_s <= 0:
+            raise ConfigError(f"expected interval and verify time > 0, got {self.interval_s} and {self.verify_s}")
+
+
+@dataclass
+class _Pending:
+    """A repair applied and not yet judged."""
+
+    id: int
+    repair: Repair
+    at: float
+
+
+class Sidecar:
+    """A policy healing one live stack behind guard rails (see ``deeplops.sidecar``)."""
+
+    def __init__(self, policy: Policy, config: SidecarConfig,
+                 log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:  # fmt: skip
+        if policy.privileged:
+            raise ConfigError(f"policy {policy.name!r} reads the injected faults, which a live system does not "
+                              "tell: expected a policy that acts on symptoms")  # fmt: skip
+        self.policy, self.config, self.log = policy, config, log
+        self.guards = Guards(config.guards)
+        self.metrics = Metrics()
+        self.audit = Audit(config.audit_log)
+        self.alive = threading.Event()
+        self.server = Server(self.metrics, config.metrics_port, self.alive) if config.metrics_port is not None else None
+        self.stack: live_mod.LiveStack | None = None
+        self._fingerprint: frozenset[str] = frozenset()
+        self._pending: dict[str, _Pending] = {}
+        self._down_since: dict[str, float] = {}
+        self._detected: set[str] = set()
+        self._ids = itertools.count(1)
+        self.ticks = 0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Decide every interval until ``stop`` is set; transient errors are retried with back-off."""
+        self.alive.set()
+        failures = 0
+        try:
+            while not stop.is_set():
+                start = time.monotonic()
+                try:
+                    self.step(start)
+                    failures = 0
+                    wait = self.config.interval_s - (time.monotonic() - start)
+                except TRANSIENT as exc:
+                    failures += 1
+                    wait = min(MAX_BACKOFF_S, self.config.interval_s * 2 ** (failures - 1))
+                    self.metrics.errors.inc()
+                    self.audit.write({"event": "error", "error": f"{exc.__class__.__name__}: {str(exc)[:200]}",
+                                      "retry_in_s": round(wait, 1)})  # fmt: skip
+                    self._drop_stack()  # re-attach from scratch next time
+                stop.wait(max(0.0, wait))
+        finally:
+            self.alive.clear()
+
+    def close(self) -> None:
+        """Stop serving metrics and release the stack (its containers stay)."""
+        self._drop_stack()
+        if self.server is not None:
+            self.server.close()
+        self.audit.close()
+
+    def step(self, now: float) -> dict[str, Any]:
+        """One decision: measure, judge past repairs, choose, guard, act; returns its audit record."""
+        stack = self._ensure_stack()
+        stack.measure()
+        self.ticks += 1
+        names = stack.topology.names
+        health = {s: bool(h) for s, h in zip(names, stack.health[0], strict=True)}
+        self._track(health, now)
+        self._judge(health, now)
+        action = int(self.policy.act(self._observation(stack), self._mask(stack))[0])
+        slot, repair = decode_order(action)
+        record: dict[str, Any] = {"event": "decision", "tick": self.ticks, "slo": bool(stack.slo[0]),
+                                  "saw": self._saw(stack), "chose": None, "did": "nothing"}  # fmt: skip
+        self.metrics.decisions.inc()
+        self.metrics.slo.set(float(stack.slo[0]))
+        self.metrics.unhealthy.set(sum(not h for h in health.values()))
+        self.metrics.breaker.set(float(self.guards.breaker_open(now)))
+        if repair is not Repair.NOOP and slot < len(names):
+            service = names[slot]
+            record["chose"] = {"repair": repair.label, "target": service}
+            record.update(self._act(stack, service, repair, now))
+        self.audit.write(record)
+        return record
+
+    # -- pieces -----------------------------------------------------------------------------
+
+    def _act(self, stack: live_mod.LiveStack, service: str, repair: Repair, now: float) -> dict[str, Any]:
+        reason = "dry_run" if self.config.dry_run else self.guards.verdict(service, repair, now)
+        if reason is None and repair not in stack.repairs:
+            reason = "unsupported"
+        if reason is not None:
+            self.metrics.suppressed.labels(repair.label, service, reason).inc()
+            return {"did": "suppressed", "reason": reason}
+        if service in self._down_since and service not in self._detected:
+            self._detected.add(service)
+            self.metrics.detection.observe(now - self._down_since[service])
+        self.guards.applied(service, now)
+        try:
+            stack.apply(service, repair)
+        except TRANSIENT as exc:
+            self.metrics.repairs.labels(repair.label, service, "failed").inc()
+            self._fail(service, now)
+            return {"did": "failed", "error": f"{exc.__class__.__name__}: {str(exc)[:200]}"}
+        pending = _Pending(next(self._ids), repair, now)
+        self._pending[service] = pending
+        return {"did": "applied", "repair_id": pending.id}
+
+    def _judge(self, health: dict[str, bool], now: float) -> None:
+        """Close the book on repairs whose service is healthy again, or that had their time."""
+        for service, p in list(self._pending.items()):
+            healed = health.get(service, False)
+            if not healed and now - p.at < self.config.verify_s:
+                continue
+            del self._pending[service]
+            self.metrics.repairs.labels(p.repair.label, service, "healed" if healed else "not_healed").inc()
+            self.audit.write({"event": "outcome", "repair_id": p.id, "target": service, "repair": p.repair.label,
+                              "healed": healed, "after_s": round(now - p.at, 2)})  # fmt: skip
+            if healed:
+                self.guards.outcome(service, True, now)
+            else:
+                self._fail(service, now)
+
+    def _fail(self, service: str, now: float) -> None:
+        if self.guards.outcome(service, False, now):
+            until = self.config.guards.breaker_reset_s
+            self.log(f"ALERT: circuit breaker open: {self.config.guards.breaker_failures} repairs in a row did not "
+                     f"restore health; no repairs for {until:.0f} s")  # fmt: skip
+            self.audit.write({"event": "circuit_open", "failures": self.config.guards.breaker_failures,
+                              "closed_for_s": until})  # fmt: skip
+            self.metrics.breaker.set(1.0)
+
+    def _track(self, health: dict[str, bool], now: float) -> None:
+        """Detection and recovery times, per service episode of ill health."""
+        for service, ok in health.items():
+            if not ok:
+                self._down_since.setdefault(service, now)
+            elif service in self._down_since:
+                self.metrics.recovery.observe(now - self._down_since.pop(service))
+                self._detected.discard(service)
+
+    def _ensure_stack(self) -> live_mod.LiveStack:
+        """The stack, attached afresh when its containers changed (added, removed or recreated)."""
+        if self.stack is not None:
+            now = self.stack.fingerprint()
+            if now == self._fingerprint:
+                return self.stack
+            self.audit.write({"event": "stack_changed", "containers": len(now)})
+            self._drop_stack()
+        self.stack = live_mod.attach(self.config.project)
+        self._fingerprint = self.stack.fingerprint()
+        self.policy.reset(1)
+        self.audit.write({"event": "attached", "project": self.config.project,
+                          "services": list(self.stack.topology.names)})  # fmt: skip
+        return self.stack
+
+    def _drop_stack(self) -> None:
+        if self.stack is not None:
+            self.stack.close()
+        self.stack = None
+
+    @staticmethod
+    def _observation(stack: live_mod.LiveStack) -> dict[str, np.ndarray]:
+        n = stack.topology.n_services
+        adjacency = np.zeros((1, MAX_SLOTS, MAX_SLOTS), np.int8)
+        adjacency[0, :n, :n] = stack.topology.adjacency
+        return {"services": stack.observe(), "adjacency": adjacency}
+
+    @staticmethod
+    def _mask(stack: live_mod.LiveStack) -> np.ndarray:
+        """Noop, and the repairs this kind of stack supports on each present service (clean_disk
+        only where there is a volume)."""
+        mask = np.zeros((1, N_ORDER_ACTIONS), np.bool_)
+        mask[0, 0] = True
+        for slot in range(stack.topology.n_services):
+            for repair in stack.repairs:
+                if repair is not Repair.CLEAN_DISK or stack.topology.has_disk[slot]:
+                    mask[0, order_action(slot, repair)] = True
+        return mask
+
+    @staticmethod
+    def _saw(stack: live_mod.LiveStack) -> dict[str, dict[str, Any]]:
+        feats = stack.observe()[0]
+        keys = {
+            "healthy": Feature.HEALTHY, "running": Feature.RUNNING, "latency": Feature.LATENCY,
+            "errors": Feature.ERROR_RATE, "disk": Feature.DISK_USED, "cpu": Feature.CPU, "net": Feature.NET_RX,
+        }  # fmt: skip
+        return {
+            s: {k: round(float(feats[i, f]), 3) for k, f in keys.items()} for i, s in enumerate(stack.topology.names)
+        }

@@ -1,0 +1,200 @@
+"""The live stack a sidecar watches: a deeplops sandbox, or a user's Docker Compose project.
+
+Both measure into the observation layout of ``deeplops.observation`` and repair through the
+Docker backend's mechanisms. A deeplops sandbox (``deeplops.sandbox=NAME``) is measured exactly
+as the environment measures it (``DockerSandbox.attach``). A Compose project
+(``com.docker.compose.project=NAME``) is read from its labels and its HEALTHCHECK status:
+dependencies from ``com.docker.compose.depends_on`` (or a ``deeplops.depends_on`` label,
+comma-separated), entries from ``deeplops.entry=true`` (else the services nothing depends on);
+only ``restart`` applies there, since the other repairs need deeplops' own volumes and links.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import docker
+import numpy as np
+from docker.errors import NotFound
+from docker.models.containers import Container
+
+from deeplops.dockerbox import host, mechanisms, stack
+from deeplops.dockerbox.sandbox import DockerSandbox
+from deeplops.errors import SandboxError
+from deeplops.faults import Repair
+from deeplops.observation import MAX_SLOTS, N_FEATURES, RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
+from deeplops.sandbox import ArrayState
+from deeplops.topology import Service, Topology, build_topology
+
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
+COMPOSE_DEPENDS = "com.docker.compose.depends_on"
+DEPENDS = "deeplops.depends_on"
+ENTRY = "deeplops.entry"
+_RESTART_DECAY = 0.5 ** (1.0 / 30.0)
+
+
+class LiveStack(Protocol):
+    """What the sidecar needs of a stack."""
+
+    name: str
+    topology: Topology
+    repairs: tuple[Repair, ...]
+    """Repairs that can be applied to this kind of stack."""
+
+    def measure(self) -> None: ...
+    def observe(self) -> np.ndarray: ...
+    @property
+    def health(self) -> np.ndarray: ...
+    @property
+    def slo(self) -> np.ndarray: ...
+    def apply(self, service: str, repair: Repair) -> None: ...
+    def fingerprint(self) -> frozenset[str]: ...
+    def close(self) -> None: ...
+
+
+def project_containers(client: docker.DockerClient, project: str) -> tuple[str, list[Container]]:
+    """('sandbox' or 'compose', the project's containers); never a container outside it."""
+    for kind, label in (("sandbox", stack.LABEL_SANDBOX), ("compose", COMPOSE_PROJECT)):
+        found = client.containers.list(all=True, filters={"label": f"{label}={project}"})
+        if found:
+            return kind, found
+    return "", []
+
+
+def attach(project: str) -> LiveStack:
+    """The live stack ``project``, or a SandboxError naming what was looked for."""
+    client = stack.connect()
+    kind, found = project_containers(client, project)
+    if kind == "sandbox":
+        return SandboxStack(DockerSandbox.attach(project))
+    if kind == "compose":
+        return ComposeStack(client, project, found)
+    raise SandboxError(f"no containers labelled deeplops.sandbox={project} or {COMPOSE_PROJECT}={project}: "
+                       "expected a running sandbox or Compose project")  # fmt: skip
+
+
+class SandboxStack:
+    """A deeplops sandbox, measured and repaired as the environment does."""
+
+    repairs: tuple[Repair, ...] = (Repair.RESTART, Repair.CLEAN_DISK, Repair.RATE_LIMIT, Repair.RECREATE)
+
+    def __init__(self, box: DockerSandbox) -> None:
+        self.box, self.name, self.topology = box, box.name, box.topology
+
+    def measure(self) -> None:
+        self.box.measure()
+
+    def observe(self) -> np.ndarray:
+        return self.box.observe()
+
+    @property
+    def health(self) -> np.ndarray:
+        return self.box.health
+
+    @property
+    def slo(self) -> np.ndarray:
+        return self.box.slo
+
+    def apply(self, service: str, repair: Repair) -> None:
+        slot = self.topology.index[service]
+        self.box.repair(np.array([slot]), np.array([int(repair)]))
+
+    def fingerprint(self) -> frozenset[str]:
+        return _fingerprint(stack.containers(self.box.client, self.name).values())
+
+    def close(self) -> None:
+        self.box.close()  # attached: the containers stay
+
+
+class ComposeStack(ArrayState):
+    """A Compose project: topology from labels, health from HEALTHCHECK, restarts through the
+    Docker backend's restart (SIGTERM, a short grace, SIGKILL, start)."""
+
+    repairs: tuple[Repair, ...] = (Repair.RESTART,)
+
+    def __init__(self, client: docker.DockerClient, project: str, found: list[Container]) -> None:
+        self.client, self.name = client, project
+        self.containers = {c.labels.get(COMPOSE_SERVICE, c.name): c for c in found}
+        self.topology = _compose_topology(project, self.containers)
+        self.floods: dict[str, Any] = {}  # the restart mechanism holds floods; a Compose stack has none
+        n = self.topology.n_services
+        self._fault = np.zeros((1, n), np.int8)
+        self._health = np.ones((1, n), np.bool_)
+        self._slo = np.ones(1, np.bool_)
+        self._feats = np.zeros((1, MAX_SLOTS, N_FEATURES), np.float32)
+        self._feats[0, :n, Feature.PRESENT] = 1.0
+        self._feats[0, :n, Feature.ENTRY] = self.topology.entries
+        self._since = np.full(n, 10 * SINCE_REPAIR_SCALE)
+        self._restarts = np.zeros(n)
+        self._cpu: dict[str, tuple[float, int]] = {}
+
+    def measure(self) -> None:
+        now = time.monotonic()
+        for slot, service in enumerate(self.topology.names):
+            f, container = self._feats[0, slot], self.containers[service]
+            try:
+                container.reload()
+                state = container.attrs["State"]
+            except NotFound:
+                state = {"Status": "missing"}
+            status = state.get("Status", "missing")
+            health = (state.get("Health") or {}).get("Status")
+            healthy = status == "running" and health in (None, "healthy")
+            f[Feature.HEALTHY] = self._health[0, slot] = healthy
+            f[Feature.RUNNING] = status in ("running", "paused")
+            f[Feature.LATENCY] = 1.0 if status == "paused" else 0.0
+            f[Feature.ERROR_RATE] = 0.0 if healthy else 1.0
+            used = host.cpu_ns(container.id) if status == "running" else None
+            f[Feature.CPU] = _rate(self._cpu, service, now, used, 1e9)
+            self._restarts[slot] *= _RESTART_DECAY
+            f[Feature.RESTARTS] = min(1.0, self._restarts[slot] / RESTARTS_SCALE)
+            f[Feature.SINCE_REPAIR] = min(1.0, self._since[slot] / SINCE_REPAIR_SCALE)
+            self._since[slot] += 1
+        self._slo[0] = bool(self._health[0, self.topology.entries].all())
+
+    def apply(self, service: str, repair: Repair) -> None:
+        if repair is not Repair.RESTART:
+            raise SandboxError(f"{repair.label} does not apply to a Compose project: only restart does")
+        mechanisms.restart(self, service)  # type: ignore[arg-type]  # the parts of a DockerSandbox it uses
+        slot = self.topology.index[service]
+        self._since[slot] = 0
+        self._restarts[slot] += 1
+
+    def rewire(self, service: str, resume_flood: bool = False) -> None:
+        """After a restart (called by the restart mechanism): nothing of deeplops' to re-apply."""
+        self.containers[service].reload()
+
+    def fingerprint(self) -> frozenset[str]:
+        return _fingerprint(self.client.containers.list(all=True, filters={"label": f"{COMPOSE_PROJECT}={self.name}"}))
+
+    def close(self) -> None:
+        """Nothing held."""
+
+
+def _compose_topology(project: str, containers: dict[str, Container]) -> Topology:
+    depends: dict[str, list[str]] = {}
+    for service, c in containers.items():
+        raw = c.labels.get(DEPENDS) or c.labels.get(COMPOSE_DEPENDS) or ""
+        # Compose writes "db:service_healthy:false,cache:service_started:false"; ours is "db,cache".
+        depends[service] = [d.split(":")[0] for d in raw.split(",") if d.split(":")[0] in containers]
+    needed = {d for deps in depends.values() for d in deps}
+    marked = {s for s, c in containers.items() if c.labels.get(ENTRY, "").lower() == "true"}
+    entries = marked or (set(containers) - needed)
+    services = [Service(name=s, depends_on=tuple(depends[s]), entry=s in entries) for s in sorted(containers)]
+    return build_topology(project, services, source=f"compose project {project}")
+
+
+def _fingerprint(containers: Any) -> frozenset[str]:
+    return frozenset(c.id for c in containers)
+
+
+def _rate(last: dict[str, tuple[float, int]], key: str, now: float, value: int | None, unit: float) -> float:
+    if value is None:
+        last.pop(key, None)
+        return 0.0
+    prev, last[key] = last.get(key), (now, value)
+    if prev is None or now <= prev[0]:
+        return 0.0
+    return float(min(1.0, max(0.0, (value - prev[1]) / (now - prev[0]) / unit)))
