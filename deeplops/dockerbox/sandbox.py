@@ -39,7 +39,8 @@ SLO_LATENCY_S = 0.5
 """A user request slower than this fails the SLO, as in the simulator."""
 REQUESTS_PER_TICK = 2
 """User requests sent to every service each tick (the error rate's denominator)."""
-_RESTART_DECAY = 0.5 ** (1.0 / 30.0)
+RESTART_DECAY = 0.5 ** (1.0 / 30.0)
+"""Per-tick decay of the recent-restarts count: a 30-tick half-life, as in the simulator."""
 
 
 @dataclass
@@ -229,11 +230,11 @@ class DockerSandbox(ArrayState):
             f[Feature.DISK_USED] = (
                 host.disk_usage(host.volume_dir(self.name, service)) if self.topology.has_disk[slot] else 0.0
             )
-            f[Feature.CPU] = self._rate(self._cpu, service, now, self._cpu_ns(service), 1e9 * stack.CPU_LIMIT)
-            f[Feature.NET_RX] = self._rate(
+            f[Feature.CPU] = counter_rate(self._cpu, service, now, self._cpu_ns(service), 1e9 * stack.CPU_LIMIT)
+            f[Feature.NET_RX] = counter_rate(
                 self._rx, service, now, host.tx_bytes(self.veths.get(service, "")), host.LINK_BYTES_PER_S
             )
-            self._restarts[slot] *= _RESTART_DECAY
+            self._restarts[slot] *= RESTART_DECAY
             f[Feature.RESTARTS] = min(1.0, self._restarts[slot] / RESTARTS_SCALE)
             f[Feature.SINCE_REPAIR] = min(1.0, self._since[slot] / SINCE_REPAIR_SCALE)
             self._since[slot] += 1
@@ -276,18 +277,6 @@ class DockerSandbox(ArrayState):
             return (False, 1.0) if elapsed >= timeout * 0.95 else (None, 0.0)
         return status == 200, elapsed
 
-    def _rate(
-        self, last: dict[str, tuple[float, int]], service: str, now: float, value: int | None, unit: float
-    ) -> float:
-        if value is None:
-            last.pop(service, None)
-            return 0.0
-        prev = last.get(service)
-        last[service] = (now, value)
-        if prev is None or now <= prev[0]:
-            return 0.0
-        return float(min(1.0, max(0.0, (value - prev[1]) / (now - prev[0]) / unit)))
-
     def _cpu_ns(self, service: str) -> int | None:
         container = self.containers.get(service)
         return host.cpu_ns(container.id) if container is not None else None
@@ -318,6 +307,19 @@ class DockerSandbox(ArrayState):
             signal.SIG_DFL, None,
         ):  # fmt: skip
             signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def counter_rate(last: dict[str, tuple[float, int]], key: str, now: float, value: int | None, unit: float) -> float:
+    """The growth of a counter (CPU ns, bytes) since its last reading under ``key``, per second, in
+    ``unit``s, clamped to [0, 1]; 0 on the first reading, and when the counter is gone (``None``)."""
+    if value is None:
+        last.pop(key, None)
+        return 0.0
+    prev = last.get(key)
+    last[key] = (now, value)
+    if prev is None or now <= prev[0]:
+        return 0.0
+    return float(min(1.0, max(0.0, (value - prev[1]) / (now - prev[0]) / unit)))
 
 
 def _raise_exit(signum: int, frame: object) -> None:

@@ -20,7 +20,7 @@ from docker.errors import NotFound
 from docker.models.containers import Container
 
 from deeplops.dockerbox import host, mechanisms, stack
-from deeplops.dockerbox.sandbox import DockerSandbox
+from deeplops.dockerbox.sandbox import RESTART_DECAY, DockerSandbox, counter_rate
 from deeplops.errors import SandboxError
 from deeplops.faults import Repair
 from deeplops.observation import MAX_SLOTS, N_FEATURES, RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
@@ -32,7 +32,6 @@ COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_DEPENDS = "com.docker.compose.depends_on"
 DEPENDS = "deeplops.depends_on"
 ENTRY = "deeplops.entry"
-_RESTART_DECAY = 0.5 ** (1.0 / 30.0)
 
 
 class LiveStack(Protocol):
@@ -147,8 +146,8 @@ class ComposeStack(ArrayState):
             f[Feature.LATENCY] = 1.0 if status == "paused" else 0.0
             f[Feature.ERROR_RATE] = 0.0 if healthy else 1.0
             used = host.cpu_ns(container.id) if status == "running" else None
-            f[Feature.CPU] = _rate(self._cpu, service, now, used, 1e9)
-            self._restarts[slot] *= _RESTART_DECAY
+            f[Feature.CPU] = counter_rate(self._cpu, service, now, used, 1e9)
+            self._restarts[slot] *= RESTART_DECAY
             f[Feature.RESTARTS] = min(1.0, self._restarts[slot] / RESTARTS_SCALE)
             f[Feature.SINCE_REPAIR] = min(1.0, self._since[slot] / SINCE_REPAIR_SCALE)
             self._since[slot] += 1
@@ -188,13 +187,3 @@ def _compose_topology(project: str, containers: dict[str, Container]) -> Topolog
 
 def _fingerprint(containers: Any) -> frozenset[str]:
     return frozenset(c.id for c in containers)
-
-
-def _rate(last: dict[str, tuple[float, int]], key: str, now: float, value: int | None, unit: float) -> float:
-    if value is None:
-        last.pop(key, None)
-        return 0.0
-    prev, last[key] = last.get(key), (now, value)
-    if prev is None or now <= prev[0]:
-        return 0.0
-    return float(min(1.0, max(0.0, (value - prev[1]) / (now - prev[0]) / unit)))
