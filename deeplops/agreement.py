@@ -44,7 +44,7 @@ class Agreement:
         mttr_ok = self.mttr_gap is not None and self.mttr_gap <= MTTR_TOLERANCE
         both_none = self.mttr_mean == (None, None)
         return (
-            self.availability_gap <= AVAILABILITY_TOLERANCE
+            self.availability_gap <= AVAILABILITY_TOLERANCE + 1e-9  # 0.9 - 0.85 is 0.05000000000000004
             and (mttr_ok or both_none)
             and self.unrecovered[0] == self.unrecovered[1]
         )

@@ -50,13 +50,21 @@ def baseline_names(role: Role) -> tuple[str, ...]:
     return tuple(_registry()[role])
 
 
+PRETRAINED = "pretrained"
+"""The policy name of the shipped trained agent of a role (``agents/pretrained/ROLE.zip``)."""
+
+
 def load_policy(ref: str, role: Role | str) -> Policy:
     """The policy named ``ref``: a baseline name for ``role``, or the path of a saved agent."""
     role = Role(role)
     factories = _registry()[role]
     if ref in factories:
         return factories[ref]()
-    names = ", ".join(factories)
+    names = ", ".join([*factories, PRETRAINED])
+    if ref == PRETRAINED:  # the shipped agent, wherever the package is installed (a sidecar image too)
+        from deeplops.catalog import data_dir
+
+        ref = str(data_dir("agents") / "pretrained" / f"{role.value}.zip")
     if not Path(ref).exists():
         raise PolicyError(f"unknown {role.value} policy {ref!r}: expected one of {names}, or the path of a saved agent")
     from deeplops.learned import load_agent

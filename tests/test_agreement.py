@@ -21,6 +21,11 @@ def test_figures_within_every_tolerance_agree():
     assert agreement(avail=(0.90, 0.90 + 0.9 * AVAILABILITY_TOLERANCE), mttr=(2.0, 2.0 + 0.9 * MTTR_TOLERANCE)).agrees
 
 
+def test_a_gap_of_exactly_the_tolerance_agrees_despite_floating_point():
+    # Two ticks of 40: 36/40 on one backend, 34/40 on the other.
+    assert agreement(avail=(36 / 40, 34 / 40)).agrees
+
+
 def test_an_availability_gap_beyond_the_tolerance_disagrees():
     assert not agreement(avail=(0.90, 0.96)).agrees
 

@@ -4,6 +4,7 @@ serves /metrics and /healthz, and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,28 @@ def test_the_sidecar_refuses_the_oracle(cli):
     assert result.code == 2 and "injected faults" in result.err
 
 
+def test_pretrained_names_the_shipped_agent_of_each_role():
+    from deeplops.policies import load_policy
+
+    order, chaos = load_policy("pretrained", "order"), load_policy("pretrained", "chaos")
+    assert order.role.value == "order" and chaos.role.value == "chaos" and not order.privileged
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("bench", "sidecar", "--policy", "nope"), "unknown order policy 'nope'"),
+        (("bench", "sidecar", "--policy", "runbook", "--cap", "0"), "cap > 0"),
+        (("bench", "soak", "--gap", "30"), "--gap expects MIN,MAX"),
+        (("bench", "soak", "--gap", "30,10"), "min gap <= max gap"),
+        (("bench", "soak", "--policy", "nope"), "unknown order policy 'nope'"),
+    ],
+)
+def test_bad_bench_input_is_one_line_and_exit_2_before_any_container(cli, args, says):
+    result = cli(*args)
+    assert result.code == 2 and says in result.err and len(result.err.strip().splitlines()) == 1, result.err
+
+
 # -- on a live sandbox ---------------------------------------------------------------------
 
 PRETRAINED = str(Path(__file__).parent.parent / "agents" / "pretrained" / "order.zip")
@@ -92,7 +115,7 @@ PRETRAINED = str(Path(__file__).parent.parent / "agents" / "pretrained" / "order
 class Running:
     """A sidecar process and its audit log."""
 
-    def __init__(self, project: str, tmp: Path, *args: str) -> None:
+    def __init__(self, project: str, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
         import socket
 
         with socket.socket() as s:
@@ -102,8 +125,9 @@ class Running:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "deeplops.cli", "sidecar", "--project", project, "--interval", "1",
              "--metrics-port", str(self.port), "--audit-log", str(self.audit), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL, stderr=(tmp / "stderr.log").open("w"), env={**os.environ, **(env or {})},
         )  # fmt: skip
+        self.stderr = tmp / "stderr.log"
         self.until(lambda: any(r["event"] == "attached" for r in self.records()), 60, "the sidecar to attach")
 
     def records(self) -> list[dict]:
@@ -114,7 +138,7 @@ class Running:
     def until(self, check, timeout_s: float, what: str) -> float:
         start = time.monotonic()
         while not check():
-            assert self.proc.poll() is None, f"the sidecar died: {self.proc.communicate()[1][-2000:]}"
+            assert self.proc.poll() is None, f"the sidecar died: {self.stderr.read_text()[-2000:]}"
             assert time.monotonic() - start < timeout_s, f"timed out waiting for {what}"
             time.sleep(0.2)
         return time.monotonic() - start
@@ -137,39 +161,34 @@ def stable(side: Running, seconds: int) -> bool:
     return len(seen) == seconds and all(r["slo"] and all(v["healthy"] for v in r["saw"].values()) for r in seen)
 
 
-def heal(live: str, side: Running, drills: list[tuple[str, str, str]]) -> None:
-    """Inject each fault once the stack has settled, and check the sidecar applied the repair that
-    fits and the stack is healthy again."""
-    from deeplops.chaostoolkit import actions
-
-    for fault, target, repair in drills:
-        # One incident at a time: healthy for 5 s running, in the sidecar's eyes too.
-        side.until(lambda: stable(side, 5), 30, "the stack to settle")
-        before = len(side.records())
-        actions.inject_fault(fault, target, live)
-        # Health as the sidecar sees it: probing from here too would load the services with traffic
-        # no deployment has (and that the agent never saw in training).
-        side.until(lambda: not stable(side, 1), 10, f"{fault} to show")
-        side.until(lambda: stable(side, 2), 45, f"the sidecar to heal {fault} on {target}")
-        applied = [r["chose"] for r in side.records()[before:] if r.get("did") == "applied"]
-        assert {"repair": repair, "target": target} in applied, applied
+@pytest.mark.docker
+@pytest.mark.slow
+def test_bench_sidecar_times_the_pretrained_agent_healing_each_fault_with_its_repair(cli, docker_engine, tmp_path):
+    result = cli("bench", "sidecar", "--policy", "pretrained", "--json", str(tmp_path / "bench.json"))
+    assert result.code == 0, result.err
+    found = json.loads((tmp_path / "bench.json").read_text())["incidents"]
+    proper = {"kill": "restart", "pause": "restart", "disk_full": "clean_disk", "net_saturation": "rate_limit"}
+    assert sorted(i["fault"] for i in found) == sorted(proper)  # one of each, all under the one policy
+    for i in found:
+        assert i["policy"] == "pretrained" and f"{proper[i['fault']]} {i['target']}" in i["repairs"], i
+        assert i["detection_s"] is not None and i["recovery_s"] is not None, i
+        assert 0 < i["detection_s"] <= i["recovery_s"], i  # a repair first, then the stack healthy again
+        assert f"{i['detection_s']:.1f} / {i['recovery_s']:.1f}" in result.out  # the table
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_the_pretrained_agent_heals_killed_paused_full_and_flooded_services(live, tmp_path):
-    side = Running(live, tmp_path, "--policy", PRETRAINED)
-    try:
-        drills = [("kill", "db", "restart"), ("pause", "cache", "restart"), ("disk_full", "queue", "clean_disk"),
-                  ("net_saturation", "gateway", "rate_limit")]  # fmt: skip
-        heal(live, side, drills)
-        code, text = side.get("/metrics")
-        assert code == 200 and 'deeplops_sidecar_repairs_total{outcome="healed",repair="restart",service="db"}' in text
-        assert side.get("/healthz")[0] == 200
-    finally:
-        assert side.stop() == 0
-    decisions = [r for r in side.records() if r["event"] == "decision"]
-    assert decisions and all({"saw", "chose", "did", "slo"} <= set(r) for r in decisions)
+def test_a_short_soak_keeps_the_sidecar_up_and_every_decision_in_its_audit_log(cli, docker_engine, tmp_path):
+    out = tmp_path / "soak.json"
+    result = cli("bench", "soak", "--policy", "pretrained", "--minutes", "0.75", "--gap", "4,8", "--json", str(out))
+    assert result.code == 0, result.err
+    soak = json.loads(out.read_text())
+    assert soak["alive"] and soak["exit_code"] == 0
+    assert soak["faults_injected"] >= 5 and soak["audit"]["decisions"] > 0
+    # Ticks are numbered by the sidecar: as many distinct ones in the log as it took decisions.
+    assert soak["audit"]["ticks"] == soak["audit"]["decisions"] == soak["counted"]["decisions"]
+    assert soak["audit"] == soak["counted"] and soak["every_decision_audited"]
+    assert soak["rss_mb_start"] > 0 and len(soak["rss_mb"]) >= 5  # sampled every 10 s and at the end
 
 
 @pytest.mark.docker
@@ -229,35 +248,43 @@ def test_the_breaker_stops_a_repair_storm(live, tmp_path):
     records = side.records()
     assert not any(r.get("did") == "applied" for r in records[opened:])  # nothing after the breaker opened
     assert any(r.get("reason") == "circuit_open" for r in records[opened:])
-    assert "ALERT: circuit breaker open" in side.proc.communicate()[1]
+    assert "ALERT: circuit breaker open" in side.stderr.read_text()
+
+
+def compose_service(project: str, service: str, depends: str = ""):
+    """One container as Docker Compose labels it, with a HEALTHCHECK, on the project's network.
+    Made with the Docker API directly: the labels are what the sidecar reads."""
+    from deeplops.dockerbox import image, stack
+
+    client = stack.connect()
+    probe = "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/ping', timeout=1)"
+    check = {"test": ["CMD", "python3", "-c", probe],
+             "interval": 1_000_000_000, "timeout": 1_000_000_000, "retries": 1}  # fmt: skip
+    return client.containers.run(
+        image.ensure_image(client), detach=True, name=f"{project}-{service}-1", network=project,
+        networking_config={project: client.api.create_endpoint_config(aliases=[service])},
+        environment={"DEEPLOPS_SERVICE": service, "DEEPLOPS_DEPENDS": f"{depends}:8080" if depends else "",
+                     "DEEPLOPS_DATA": ""},
+        labels={"com.docker.compose.project": project, "com.docker.compose.service": service,
+                "com.docker.compose.depends_on": f"{depends}:service_started:false" if depends else ""},
+        healthcheck=check,
+    )  # fmt: skip
 
 
 @pytest.fixture
 def compose_project(docker_engine) -> Iterator[str]:
-    """Two containers as Docker Compose labels them (web depends on db), with HEALTHCHECKs; the
-    project's name. Made with the Docker API directly: the labels are what the sidecar reads."""
-    from deeplops.dockerbox import image, stack
+    """Two containers as Docker Compose labels them (web depends on db); the project's name."""
+    from deeplops.dockerbox import stack
 
     client = stack.connect()
     project = f"dlcompose-{os.getpid()}"
     network = client.networks.create(project, driver="bridge")
-    probe = "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/ping', timeout=1)"
-    check = {"test": ["CMD", "python3", "-c", probe],
-             "interval": 1_000_000_000, "timeout": 1_000_000_000, "retries": 1}  # fmt: skip
-    made = []
     try:
-        for service, depends in (("db", ""), ("web", "db:8080")):
-            made.append(client.containers.run(
-                image.ensure_image(client), detach=True, name=f"{project}-{service}-1", network=project,
-                networking_config={project: client.api.create_endpoint_config(aliases=[service])},
-                environment={"DEEPLOPS_SERVICE": service, "DEEPLOPS_DEPENDS": depends, "DEEPLOPS_DATA": ""},
-                labels={"com.docker.compose.project": project, "com.docker.compose.service": service,
-                        "com.docker.compose.depends_on": "db:service_started:false" if depends else ""},
-                healthcheck=check,
-            ))  # fmt: skip
+        compose_service(project, "db")
+        compose_service(project, "web", depends="db")
         yield project
     finally:
-        for c in made:
+        for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
             c.remove(force=True)
         network.remove()
 
@@ -281,3 +308,202 @@ def test_a_compose_project_is_read_from_its_labels_and_healed_by_restart(compose
         side.until(lambda: (db.reload() or db.status) == "running", 10, "db to run again")
     finally:
         assert side.stop() == 0
+
+
+def attached(side: Running) -> list[list[str]]:
+    return [r["services"] for r in side.records() if r["event"] == "attached"]
+
+
+def decided_since(side: Running, n: int) -> bool:
+    """The sidecar has taken ``n`` more decisions (it is still deciding)."""
+    return len([r for r in side.records() if r["event"] == "decision"]) >= n
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_containers_added_to_and_removed_from_the_project_are_taken_in(compose_project, tmp_path):
+    from deeplops.dockerbox import stack
+
+    client = stack.connect()
+    side = Running(compose_project, tmp_path, "--policy", "runbook")
+    try:
+        cache = compose_service(compose_project, "cache")
+        side.until(lambda: ["cache", "db", "web"] in attached(side), 20, "the sidecar to take in cache")
+        cache.kill()
+        side.until(lambda: any(r.get("chose") == {"repair": "restart", "target": "cache"} and r["did"] == "applied"
+                               for r in side.records()), 30, "the sidecar to restart the new service")  # fmt: skip
+        cache.remove(force=True)
+        side.until(lambda: attached(side)[-1] == ["db", "web"], 20, "the sidecar to let cache go")
+        n = len(side.records())
+        side.until(lambda: decided_since(side, n + 3), 20, "decisions after the change")
+        assert not any(r["event"] == "error" for r in side.records())  # a change, not a failure
+        assert all(set(r["saw"]) == {"db", "web"} for r in side.records()[n:] if r["event"] == "decision")
+    finally:
+        assert side.stop() == 0
+    assert client.containers.get(f"{compose_project}-db-1").status == "running"
+
+
+class SocketCut:
+    """A Unix socket standing in for the Docker engine's, forwarding to it, that can be cut (the
+    engine gone: connections refused, open ones dropped) and restored."""
+
+    def __init__(self, path: Path, engine: str = "/var/run/docker.sock") -> None:
+        import threading
+
+        self.path, self.engine = path, engine
+        self.threads: list[threading.Thread] = []
+        self.conns: list = []
+        self.listener = None
+        self.restore()
+
+    def restore(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.path.unlink(missing_ok=True)
+        self.listener.bind(str(self.path))
+        self.listener.listen(16)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        import socket
+
+        self.listener.close()
+        self.path.unlink(missing_ok=True)
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+        self.conns.clear()
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.engine)
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_an_engine_that_goes_away_is_retried_with_back_off_and_healing_resumes(live, tmp_path):
+    from deeplops.chaostoolkit import actions
+
+    engine = SocketCut(tmp_path / "docker.sock")
+    side = Running(live, tmp_path, "--policy", "runbook", env={"DOCKER_HOST": f"unix://{engine.path}"})
+    try:
+        side.until(lambda: stable(side, 3), 30, "the stack to settle")
+        engine.cut()
+        side.until(lambda: len([r for r in side.records() if r["event"] == "error"]) >= 3, 30, "retries")
+        errors = [r for r in side.records() if r["event"] == "error"]
+        assert [r["retry_in_s"] for r in errors[:3]] == [1.0, 2.0, 4.0]  # back-off doubles
+        assert side.get("/healthz")[0] == 200  # the process lives on
+        engine.restore()
+        side.until(lambda: side.records()[-1]["event"] == "decision", 30, "decisions to resume")
+        actions.inject_fault("kill", "db", live)
+        side.until(lambda: any(r.get("chose") == {"repair": "restart", "target": "db"} and r["did"] == "applied"
+                               for r in side.records()), 30, "the sidecar to restart db")  # fmt: skip
+        side.until(lambda: stable(side, 2), 30, "the stack to heal")
+    finally:
+        engine.cut()
+        assert side.stop() == 0
+
+
+COMPOSE_EXAMPLE = Path(__file__).parent.parent / "sandbox" / "compose" / "docker-compose.yml"
+
+
+@pytest.fixture
+def compose_example(docker_engine, tmp_path) -> Iterator[tuple[str, int, Callable[..., str]]]:
+    """sandbox/compose brought up with docker-compose under a project of its own: (project,
+    metrics port, a docker-compose runner). Taken down with its volumes afterwards."""
+    import shutil
+    import socket
+
+    from deeplops.dockerbox import image, stack
+
+    if shutil.which("docker-compose") is None:
+        if os.environ.get("DEEPLOPS_REQUIRE_DOCKER"):
+            pytest.fail("DEEPLOPS_REQUIRE_DOCKER is set but docker-compose is missing (apt-get install docker-compose)")
+        pytest.skip("docker-compose is missing")
+    client = stack.connect()
+    image.ensure_image(client)
+    image.ensure_sidecar_image(client)  # .ci/run builds it first: ~2.5 min when missing
+    project = f"dlcx{os.getpid()}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": project, "DEEPLOPS_METRICS_PORT": str(port)}
+
+    def compose(*args: str) -> str:
+        done = subprocess.run(["docker-compose", "-f", str(COMPOSE_EXAMPLE), "-p", project, *args],
+                              env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    try:
+        compose("up", "-d")
+        yield project, port, compose
+    finally:
+        compose("down", "-v", "--timeout", "5")
+        left = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
+        assert left == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_compose_example_heals_the_shop_with_the_sidecar_in_a_container(compose_example):
+    from deeplops.dockerbox import stack
+
+    project, port, compose = compose_example
+    client = stack.connect()
+    sidecar = client.containers.get(f"{project}_sidecar_1")
+
+    def audit() -> list[dict]:
+        lines = sidecar.logs(stdout=True, stderr=False).decode().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def until(check, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {sidecar.logs()[-1500:]!r}"
+            time.sleep(0.5)
+
+    until(lambda: any(r["event"] == "attached" for r in audit()), 60, "the sidecar to attach")
+    # Its own container is not a service of the stack it heals (deeplops.ignore).
+    assert next(r for r in audit() if r["event"] == "attached")["services"] == [
+        "cache", "db", "queue", "api", "gateway", "worker"]  # fmt: skip
+    until(lambda: [r["slo"] for r in audit() if r["event"] == "decision"][-3:] == [True] * 3, 60, "a healthy stack")
+    db = client.containers.get(f"{project}_db_1")
+    db.kill()  # SIGKILL
+    until(lambda: any(r.get("chose") == {"repair": "restart", "target": "db"} and r["did"] == "applied"
+                      for r in audit()), 30, "the sidecar to restart db")  # fmt: skip
+    until(lambda: (db.reload() or db.attrs["State"].get("Health", {}).get("Status")) == "healthy", 30, "db healthy")
+
+    def healed_in_metrics() -> bool:  # the sidecar judges the repair at its next decision
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return 'deeplops_sidecar_repairs_total{outcome="healed",repair="restart",service="db"}' in r.read().decode()
+
+    until(healed_in_metrics, 30, "the healed restart in /metrics")
+    compose("stop", "-t", "5", "sidecar")
+    sidecar.reload()
+    assert sidecar.attrs["State"]["ExitCode"] == 0  # stopped by its SIGTERM handling, not killed after the grace
+    assert audit()[-1]["event"] == "stopped"

@@ -109,8 +109,10 @@ class Sidecar:
             self.alive.clear()
 
     def close(self) -> None:
-        """Stop serving metrics and release the stack (its containers stay)."""
+        """Stop serving metrics and release the stack (its containers stay); the audit log ends with
+        the counters /metrics served, so a reader can check no record is missing."""
         self._drop_stack()
+        self.audit.write({"event": "stopped", "ticks": self.ticks, "counted": self.metrics.totals()})
         if self.server is not None:
             self.server.close()
         self.audit.close()

@@ -5,8 +5,10 @@ Docker backend's mechanisms. A deeplops sandbox (``deeplops.sandbox=NAME``) is m
 as the environment measures it (``DockerSandbox.attach``). A Compose project
 (``com.docker.compose.project=NAME``) is read from its labels and its HEALTHCHECK status:
 dependencies from ``com.docker.compose.depends_on`` (or a ``deeplops.depends_on`` label,
-comma-separated), entries from ``deeplops.entry=true`` (else the services nothing depends on);
-only ``restart`` applies there, since the other repairs need deeplops' own volumes and links.
+comma-separated), entries from ``deeplops.entry=true`` (else the services nothing depends on),
+and containers labelled ``deeplops.ignore=true`` (the sidecar's own, when it runs as a service of
+the project) left out; only ``restart`` applies there, since the other repairs need deeplops' own
+volumes and links.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_DEPENDS = "com.docker.compose.depends_on"
 DEPENDS = "deeplops.depends_on"
 ENTRY = "deeplops.entry"
+IGNORE = "deeplops.ignore"
 
 
 class LiveStack(Protocol):
@@ -57,6 +60,7 @@ def project_containers(client: docker.DockerClient, project: str) -> tuple[str, 
     """('sandbox' or 'compose', the project's containers); never a container outside it."""
     for kind, label in (("sandbox", stack.LABEL_SANDBOX), ("compose", COMPOSE_PROJECT)):
         found = client.containers.list(all=True, filters={"label": f"{label}={project}"})
+        found = [c for c in found if c.labels.get(IGNORE, "").lower() != "true"]
         if found:
             return kind, found
     return "", []
@@ -145,6 +149,8 @@ class ComposeStack(ArrayState):
             f[Feature.RUNNING] = status in ("running", "paused")
             f[Feature.LATENCY] = 1.0 if status == "paused" else 0.0
             f[Feature.ERROR_RATE] = 0.0 if healthy else 1.0
+            # The host's cgroup files (a sidecar container needs /sys/fs/cgroup mounted): the engine's
+            # stats call takes ~1 s a container, too slow for a decision a second.
             used = host.cpu_ns(container.id) if status == "running" else None
             f[Feature.CPU] = counter_rate(self._cpu, service, now, used, 1e9)
             self._restarts[slot] *= RESTART_DECAY
@@ -166,7 +172,7 @@ class ComposeStack(ArrayState):
         self.containers[service].reload()
 
     def fingerprint(self) -> frozenset[str]:
-        return _fingerprint(self.client.containers.list(all=True, filters={"label": f"{COMPOSE_PROJECT}={self.name}"}))
+        return _fingerprint(project_containers(self.client, self.name)[1])
 
     def close(self) -> None:
         """Nothing held."""

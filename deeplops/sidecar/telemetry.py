@@ -60,6 +60,15 @@ class Metrics:
                                   "From a service turning unhealthy to healthy again", buckets=buckets,
                                   registry=r)  # fmt: skip
 
+    def totals(self) -> dict[str, int]:
+        """Each counter's total over its labels, by short name (``decisions``, ``repairs``, ...)."""
+        found: dict[str, int] = {}
+        for metric in self.registry.collect():
+            if metric.type == "counter":
+                name = metric.name.removeprefix("deeplops_sidecar_")
+                found[name] = int(sum(s.value for s in metric.samples if s.name.endswith("_total")))
+        return found
+
 
 class Server:
     """``/metrics`` (Prometheus text) and ``/healthz`` (200 while the loop runs) on ``port``."""
