@@ -123,7 +123,7 @@ class Running:
             self.port = s.getsockname()[1]
         self.audit = tmp / "audit.jsonl"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deeplops.cli", "sidecar", "--project", project, "--interval", "1",
+            [sys.executable, "-m", "deeplops", "sidecar", "--project", project, "--interval", "1",
              "--metrics-port", str(self.port), "--audit-log", str(self.audit), *args],
             stdout=subprocess.DEVNULL, stderr=(tmp / "stderr.log").open("w"), env={**os.environ, **(env or {})},
         )  # fmt: skip

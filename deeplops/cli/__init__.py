@@ -1,0 +1,124 @@
+"""The ``deeplops`` command line: parse, call the library, report. Behaviour lives in the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from deeplops.errors import ConfigError, DeeplopsError, SandboxError
+from deeplops.sandbox import BACKENDS
+
+app = typer.Typer(
+    name="deeplops",
+    help="Chaos-engineering reinforcement learning: a chaos agent breaks microservices, an order agent heals them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstring paragraphs rewrap to the terminal
+)
+out = Console()
+err = Console(stderr=True)
+if not out.is_terminal:  # files and pipes get whole tables, not 80-column ones
+    out.width = 120
+
+
+def _version(value: bool) -> None:
+    if value:
+        from deeplops import __version__
+
+        out.print(f"deeplops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Chaos-engineering reinforcement learning: a chaos agent breaks microservices, an order agent heals them."""
+
+
+OrderOpt = Annotated[
+    str,
+    typer.Option(
+        "--order", help="Order policy: noop, random, autoheal, k8s, runbook, oracle, or a saved agent's path."
+    ),
+]
+BackendOpt = Annotated[str, typer.Option("--backend", help=f"Sandbox backend: {', '.join(BACKENDS)}.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the first episode; episode k uses seed + k.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object to this file.")]
+
+
+def check_backend(backend: str) -> None:
+    from deeplops.sandbox import BACKENDS
+
+    if backend not in BACKENDS:  # fail before any work
+        raise SandboxError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+
+
+def check_count(option: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise ConfigError(f"{option} must be >= {minimum}, got {value}")
+
+
+def write_json(path: Path | None, result: dict[str, Any]) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(path)  # whole or nothing
+    except OSError as exc:
+        raise ConfigError(f"--json {path}: cannot write ({exc.strerror})") from None
+    out.print(f"wrote {path}")
+
+
+class Bar:
+    """A progress bar over env-ticks on the terminal; silent when output is not a terminal."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err, transient=True, disable=not err.is_terminal,
+        )  # fmt: skip
+        self._task = self._bar.add_task(label, total=total)
+
+    def __enter__(self) -> Any:
+        self._bar.__enter__()
+        return lambda n: self._bar.advance(self._task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def main() -> None:
+    """Entry point: bad input exits 2 with one line on stderr, never a traceback."""
+    try:
+        code = app(standalone_mode=False, prog_name="deeplops")  # returns typer.Exit's code instead of exiting
+    except typer.TyperException as exc:  # bad usage: unknown option, missing argument, wrong type
+        ctx = getattr(exc, "ctx", None)
+        command = f"deeplops {ctx.info_name}" if ctx is not None and ctx.parent is not None else "deeplops"
+        print(f"deeplops: error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
+        sys.exit(2)
+    except DeeplopsError as exc:
+        print(f"deeplops: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        print("deeplops: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+# The commands, registered on ``app`` in --help's order.
+from deeplops.cli import drills, learn, bench, sidecar, scenarios, sandbox  # noqa: E402,F401,I001

@@ -1,0 +1,97 @@
+"""``deeplops selfplay``: train both agents and report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from deeplops.cli import (
+    BackendOpt,
+    SeedOpt,
+    app,
+    check_backend,
+    check_count,
+    err,
+    out,
+)
+
+
+@app.command()
+def selfplay(
+    env: Annotated[str, typer.Option("--env", help="Topology trained and reported on, besides random ones.")] = "shop",
+    backend: BackendOpt = "sim",
+    generations: Annotated[int, typer.Option("--generations", help="Rounds of order then chaos training.")] = 4,
+    steps: Annotated[int, typer.Option("--steps", help="RL transitions per role per generation.")] = 150_000,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where agents, report, plots and logs go.")] = Path(
+        "runs/selfplay"
+    ),
+    seed: SeedOpt = 0,
+    device: Annotated[str, typer.Option("--device", help="Torch device: auto, cpu or cuda.")] = "auto",
+    start_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Fine-tune the order.zip and chaos.zip in this directory instead of starting "
+            "afresh [docker: agents/pretrained].",
+            show_default=False,
+        ),
+    ] = None,
+    ticks: Annotated[
+        int | None, typer.Option("--ticks", help="Ticks per training episode [sim: 200, docker: 60].")
+    ] = None,
+) -> None:
+    """Train the order and chaos agents in alternating self-play, then measure them.
+
+    Writes DIR/order.zip, DIR/chaos.zip, DIR/report.md, DIR/report.json, plots (PNG) and
+    TensorBoard logs under DIR/tb/. An interrupted run resumes from its last completed generation.
+
+    --backend docker plays every training game on real containers (the --env topology, one tick a
+    second, as root): it fine-tunes trained agents, and its report adds a scenario replayed for real.
+    """
+    from deeplops import selfplay as sp_mod
+    from deeplops.topology import load_topology
+
+    check_backend(backend)
+    check_count("--generations", generations)
+    check_count("--steps", steps, minimum=0)
+    check_count("--seed", seed, minimum=0)
+    check_count("--ticks", ticks)
+    load_topology(env)
+    train_on = tuple(dict.fromkeys([env, "shop", "chain"]))
+    config = sp_mod.SelfPlayConfig(generations=generations, steps=steps, seed=seed, device=device, train_on=train_on,
+                                   backend=backend, start_from=None if start_from is None else str(start_from),
+                                   ticks=ticks or (200 if backend == "sim" else 60))  # fmt: skip
+    with _Phases() as progress:
+        report = sp_mod.train_and_report(config, out_dir, progress)
+    out.print(f"wrote {out_dir}/order.zip, chaos.zip and {', '.join(report['files'])} in {report['wall_s']:.0f} s")
+    for section, checks in report["bar"].items():
+        verdict = "[green]meets the bar[/]" if all(checks.values()) else "[red]below the bar[/]"
+        out.print(f"{section}: {verdict}")
+
+
+class _Phases:
+    """A progress bar per training phase (generation and role), on the terminal."""
+
+    def __init__(self) -> None:
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err, disable=not err.is_terminal,
+        )  # fmt: skip
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Any:
+        from deeplops.selfplay import Progress as Hook
+
+        self._bar.__enter__()
+        return Hook(update=self._update)
+
+    def _update(self, label: str, done: int, total: int) -> None:
+        if label not in self._tasks:
+            self._tasks[label] = self._bar.add_task(label, total=max(total, 1))
+        self._bar.update(self._tasks[label], completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)  # type: ignore[arg-type]
