@@ -107,6 +107,35 @@ def test_bad_bench_input_is_one_line_and_exit_2_before_any_container(cli, args, 
     assert result.code == 2 and says in result.err and len(result.err.strip().splitlines()) == 1, result.err
 
 
+def decision(t: float, healthy: bool, applied: str | None = None) -> dict:
+    """An audit record of one decision, as the sidecar writes it."""
+    record = {"event": "decision", "time": t, "slo": healthy, "saw": {"db": {"healthy": float(healthy)}},
+              "chose": None, "did": "nothing"}  # fmt: skip
+    if applied:
+        record.update(chose={"repair": applied, "target": "db"}, did="applied")
+    return record
+
+
+def test_an_incident_is_scored_from_the_audit_records_after_the_injection():
+    from deeplops.sidecar.trial import score
+
+    records = [
+        decision(101.0, True),  # the fault has not shown yet
+        decision(102.0, False),
+        {"event": "outcome", "time": 102.5, "repair_id": 1, "target": "db", "healed": False},
+        decision(103.0, False, applied="restart"),
+        decision(104.0, False),
+        decision(105.5, True),  # healthy again: recovered
+        decision(107.0, False, applied="restart"),  # a later incident's, not this one's
+    ]
+    assert score(records, injected=100.0) == (3.0, 5.5, ["restart db"])
+    # A repair applied before the fault showed still counts, and so does the recovery after it.
+    assert score([decision(100.5, True, applied="clean_disk"), decision(101.5, True)], 100.0) == (
+        0.5, 1.5, ["clean_disk db"])  # fmt: skip
+    assert score(records[:5], injected=100.0) == (3.0, None, ["restart db"])  # not recovered yet
+    assert score([decision(101.0, False), decision(102.0, False)], 100.0) == (None, None, [])
+
+
 # -- on a live sandbox ---------------------------------------------------------------------
 
 PRETRAINED = str(Path(__file__).parent.parent / "agents" / "pretrained" / "order.zip")

@@ -106,27 +106,39 @@ def _incident(policy: str, project: str, audit: Path, fault: Fault, target: str,
     before = len(_records(audit))
     injected = time.time()
     actions.inject_fault(fault.label, target, project)
-    detection = recovery = None
-    shown = False
-    repairs: list[str] = []
     deadline = time.monotonic() + cap_s
-    while time.monotonic() < deadline and recovery is None:
+    while True:
         time.sleep(0.2)
-        for r in _records(audit)[before:]:
-            if r.get("event") != "decision":
-                continue
-            before += 1
-            if r["did"] == "applied":
-                repairs.append(f"{r['chose']['repair']} {r['chose']['target']}")
-                detection = detection if detection is not None else r["time"] - injected
-            if not _healthy(r):
-                shown = True
-            elif shown or repairs:
-                recovery = r["time"] - injected
-                break
+        detection, recovery, repairs = score(_records(audit)[before:], injected)
+        if recovery is not None or time.monotonic() > deadline:
+            break
     if recovery is None:  # leave the next incident a healthy stack
         actions.repair(PROPER[fault].label, target, project)
     return Incident(policy, fault.label, target, _round(detection), _round(recovery), tuple(repairs))
+
+
+def score(records: list[dict[str, Any]], injected: float) -> tuple[float | None, float | None, list[str]]:
+    """(detection s, recovery s, repairs applied) from the audit records since a fault was injected.
+
+    Recovery is the first decision that sees every service healthy with the SLO met, once the
+    fault has shown or a repair has been applied; what comes after it is not counted.
+    """
+    detection = None
+    shown = False
+    repairs: list[str] = []
+    for r in records:
+        if r.get("event") != "decision":
+            continue
+        # What a decision saw came before its own repair: a healthy view is a recovery only after
+        # an earlier one showed the fault or applied a repair.
+        if not _healthy(r):
+            shown = True
+        elif shown or repairs:
+            return detection, r["time"] - injected, repairs
+        if r["did"] == "applied":
+            repairs.append(f"{r['chose']['repair']} {r['chose']['target']}")
+            detection = detection if detection is not None else r["time"] - injected
+    return detection, None, repairs
 
 
 def _describe(i: Incident) -> str:
