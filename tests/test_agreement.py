@@ -12,6 +12,10 @@ from deeplops.catalog import data_dir
 from deeplops.scenario import load_scenario, shipped_scenarios
 from deeplops.sim import SimParams
 
+# Real seconds against calibrated expectations, floods included: these files share one xdist
+# group, so one worker runs them one after another and no other of them shares the host.
+pytestmark = pytest.mark.xdist_group("timed")
+
 
 def agreement(avail=(0.9, 0.9), mttr=(2.0, 2.0), unrecovered=(0, 0)) -> Agreement:
     return Agreement("s", avail, mttr, unrecovered)

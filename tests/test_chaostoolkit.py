@@ -15,7 +15,8 @@ from deeplops.chaostoolkit import actions, probes
 from deeplops.dockerbox import stack
 from deeplops.errors import SandboxError
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+# One xdist group with the other files that time real seconds (see tests/test_agreement.py).
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("timed")]
 EXAMPLE = Path(__file__).parent.parent / "examples" / "chaostoolkit-db-kill.json"
 
 

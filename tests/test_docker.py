@@ -20,7 +20,8 @@ from deeplops.faults import Fault, Repair
 from deeplops.observation import Feature
 from deeplops.topology import Topology, load_topology
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+# One xdist group with the other files that time real seconds (see tests/test_agreement.py).
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("timed")]
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,9 @@ from deeplops.errors import ConfigError
 from deeplops.faults import Repair
 from deeplops.sidecar.guards import GuardConfig, Guards
 
+# One worker, one test at a time: the bench and the soak flood real links.
+pytestmark = pytest.mark.xdist_group("sidecar")
+
 
 def guards(**settings: object) -> Guards:
     return Guards(GuardConfig(**settings))  # type: ignore[arg-type]

@@ -23,7 +23,10 @@ def sandbox(name: str) -> DockerSandbox:
         raise SandboxError(f"expected the name of a live sandbox (deeplops sandbox up --name NAME), got {name!r}")
     box = _BOXES.get(name)
     if box is None or _ids(box.containers.values()) != _ids(stack.containers(box.client, name).values()):
-        # First use, or the sandbox was brought down and up again since: attach afresh.
+        # First use, or the sandbox was brought down and up again since: attach afresh (a flood
+        # at the old containers ends).
+        if box is not None:
+            box.close()
         box = _BOXES[name] = DockerSandbox.attach(name)
         return box
     # Others (a sidecar, another run) may have restarted services since: new addresses and veths.
@@ -32,6 +35,13 @@ def sandbox(name: str) -> DockerSandbox:
         if container.status == "running":
             box.rewire(service)
     return box
+
+
+def release(name: str) -> None:
+    """Forget the attached sandbox ``name``, stopping any flood an action started on it."""
+    box = _BOXES.pop(name, None)
+    if box is not None:
+        box.close()
 
 
 def _ids(containers: Iterable[Container]) -> set[str]:

@@ -174,15 +174,16 @@ class DockerSandbox(ArrayState):
         self.measure_s = time.monotonic() - start
 
     def close(self) -> None:
-        """Remove every container, network, volume and block of the sandbox. Safe to call twice."""
+        """Remove every container, network, volume and block of the sandbox (attached: only stop the
+        floods this process started). Safe to call twice."""
         if self._closed:
             return
         self._closed = True
+        for service in list(self.floods):  # floods this process started, attached or not
+            mechanisms.stop_flood(self, service)
         if not self.owned:
             self._pool.shutdown(wait=False, cancel_futures=True)
             return
-        for service in list(self.floods):
-            mechanisms.stop_flood(self, service)
         try:
             stack.down(self.name, self.client)
         finally:

@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 from docker.errors import DockerException
 
-from deeplops.chaostoolkit import actions
+from deeplops.chaostoolkit import actions, live
 from deeplops.dockerbox import image, stack
 from deeplops.errors import ConfigError, SandboxError
 from deeplops.faults import Fault, Repair
@@ -303,6 +303,7 @@ def _sandbox(name: str) -> Iterator[str]:
         stack.up(client, load_topology("shop"), name, image.ensure_image(client), {"db": 0.3, "queue": 0.3})
         yield name
     finally:
+        live.release(name)  # its floods: they would outlive the sandbox, sending into the void
         stack.down(name, client)
 
 
