@@ -6,13 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from deeplops.cli import (
-    JsonOpt,
-    app,
-    err,
-    out,
-    write_json,
-)
+from deeplops.cli import JsonOpt, app, err, out, write_json
 from deeplops.errors import ConfigError
 
 bench_app = typer.Typer(

@@ -7,18 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from deeplops.cli import (
-    BackendOpt,
-    Bar,
-    JsonOpt,
-    OrderOpt,
-    SeedOpt,
-    app,
-    check_backend,
-    check_count,
-    out,
-    write_json,
-)
+from deeplops.cli import BackendOpt, Bar, JsonOpt, OrderOpt, SeedOpt, app, check_backend, check_count, out, write_json
 
 
 @app.command()

@@ -8,15 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from deeplops.cli import (
-    BackendOpt,
-    SeedOpt,
-    app,
-    check_backend,
-    check_count,
-    err,
-    out,
-)
+from deeplops.cli import BackendOpt, SeedOpt, app, check_backend, check_count, err, out
 
 
 @app.command()

@@ -8,14 +8,7 @@ from typing import Annotated
 
 import typer
 
-from deeplops.cli import (
-    JsonOpt,
-    SeedOpt,
-    app,
-    err,
-    out,
-    write_json,
-)
+from deeplops.cli import JsonOpt, SeedOpt, app, err, out, write_json
 
 sandbox_app = typer.Typer(
     help="Real containers: build the service image, bring a topology up or down, see its state.",

@@ -9,12 +9,7 @@ from typing import Annotated
 
 import typer
 
-from deeplops.cli import (
-    Bar,
-    app,
-    err,
-    out,
-)
+from deeplops.cli import Bar, app, err, out
 from deeplops.errors import ConfigError, ScenarioError
 
 scenario_app = typer.Typer(help="Failure drills: list the shipped scenarios, export one for other tools.",

@@ -9,11 +9,7 @@ from typing import Annotated
 
 import typer
 
-from deeplops.cli import (
-    app,
-    check_count,
-    err,
-)
+from deeplops.cli import app, check_count, err
 from deeplops.errors import ConfigError
 
 

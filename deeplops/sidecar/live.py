@@ -59,11 +59,16 @@ class LiveStack(Protocol):
 def project_containers(client: docker.DockerClient, project: str) -> tuple[str, list[Container]]:
     """('sandbox' or 'compose', the project's containers); never a container outside it."""
     for kind, label in (("sandbox", stack.LABEL_SANDBOX), ("compose", COMPOSE_PROJECT)):
-        found = client.containers.list(all=True, filters={"label": f"{label}={project}"})
-        found = [c for c in found if c.labels.get(IGNORE, "").lower() != "true"]
+        found = _labelled(client, label, project)
         if found:
             return kind, found
     return "", []
+
+
+def _labelled(client: docker.DockerClient, label: str, project: str) -> list[Container]:
+    """The containers labelled ``label=project``, less those labelled deeplops.ignore=true."""
+    found = client.containers.list(all=True, filters={"label": f"{label}={project}"})
+    return [c for c in found if c.labels.get(IGNORE, "").lower() != "true"]
 
 
 def attach(project: str) -> LiveStack:
@@ -172,7 +177,7 @@ class ComposeStack(ArrayState):
         self.containers[service].reload()
 
     def fingerprint(self) -> frozenset[str]:
-        return _fingerprint(project_containers(self.client, self.name)[1])
+        return _fingerprint(_labelled(self.client, COMPOSE_PROJECT, self.name))
 
     def close(self) -> None:
         """Nothing held."""

@@ -35,7 +35,7 @@ from docker.errors import DockerException
 from deeplops.chaostoolkit import actions, live
 from deeplops.dockerbox import image, stack
 from deeplops.errors import ConfigError, SandboxError
-from deeplops.faults import Fault, Repair
+from deeplops.faults import PROPER_REPAIR, Fault
 from deeplops.policies import load_policy
 from deeplops.sidecar.daemon import Sidecar, SidecarConfig
 from deeplops.topology import load_topology
@@ -49,14 +49,6 @@ INCIDENTS: tuple[tuple[Fault, str], ...] = (
     (Fault.NET_SATURATION, "gateway"),
 )
 """The faults of the incident trial, each on a shop service it hurts."""
-PROPER: dict[Fault, Repair] = {
-    Fault.KILL: Repair.RESTART,
-    Fault.PAUSE: Repair.RESTART,
-    Fault.CPU_HOG: Repair.RESTART,
-    Fault.DISK_FULL: Repair.CLEAN_DISK,
-    Fault.NET_SATURATION: Repair.RATE_LIMIT,
-}
-"""The repair that clears each fault (DESIGN §4): the trial's own clean-up between incidents."""
 SETTLED_TICKS = 5
 """Decisions in a row that must see a healthy stack before the next fault."""
 Log = Callable[[str], None]
@@ -113,7 +105,7 @@ def _incident(policy: str, project: str, audit: Path, fault: Fault, target: str,
         if recovery is not None or time.monotonic() > deadline:
             break
     if recovery is None:  # leave the next incident a healthy stack
-        actions.repair(PROPER[fault].label, target, project)
+        actions.repair(PROPER_REPAIR[fault].label, target, project)
     return Incident(policy, fault.label, target, _round(detection), _round(recovery), tuple(repairs))
 
 
@@ -190,7 +182,7 @@ def soak(policy: str, seconds: float, gap_s: tuple[float, float] = (10.0, 30.0),
     rng = random.Random(seed)
     shop = load_topology("shop")
     # Every fault on any service, but a full disk only where there is a volume.
-    chances = [(f, s) for f in PROPER for i, s in enumerate(shop.names) if f is not Fault.DISK_FULL or shop.has_disk[i]]
+    chances = [(f, s) for f in Fault for i, s in enumerate(shop.names) if f is not Fault.DISK_FULL or shop.has_disk[i]]
     with _sandbox(f"dlsoak-{os.getpid()}") as project, tempfile.TemporaryDirectory() as tmp:
         audit, errors, port = Path(tmp) / "audit.jsonl", Path(tmp) / "stderr.log", _free_port()
         proc = subprocess.Popen(
