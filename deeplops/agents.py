@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from deeplops import bounds
 from deeplops.catalog import data_dir, read_yaml
 from deeplops.errors import ConfigError
 from deeplops.policies import Role
@@ -51,8 +52,10 @@ class AgentConfig:
             if f.name == "imitate":
                 if value is not None and not isinstance(value, str):
                     raise ConfigError(f"imitate must be a baseline name or null, got {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"agent setting {f.name} must be a number >= 0, got {value!r}")
+            elif f.type == "int":
+                bounds.whole(value, f"agent setting {f.name}", 0, bounds.MAX_STEPS)
+            else:
+                bounds.number(value, f"agent setting {f.name}", 0.0, 1e6)
         if self.n_games < 1 or self.envs_per_game < 1 or self.n_steps < 1 or self.batch_size < 1:
             raise ConfigError("n_games, envs_per_game, n_steps and batch_size must be >= 1")
 
@@ -71,5 +74,7 @@ def load_agent_config(role: Role, path: Path | None = None) -> AgentConfig:
     known = {f.name for f in fields(AgentConfig)}
     unknown = set(doc) - known
     if unknown:
-        raise ConfigError(f"{path}: unknown setting(s) {sorted(unknown)}: expected {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{path}: unknown setting(s) {bounds.shown_keys(unknown)}: expected {', '.join(sorted(known))}"
+        )
     return AgentConfig(**doc)

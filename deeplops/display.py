@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from rich.table import Table
+from rich.text import Text
 
 from deeplops.observation import Feature
 from deeplops.topology import Topology
@@ -34,13 +35,13 @@ def metrics_table(rows: Mapping[str, Mapping[str, object]], title: str) -> Table
     avail: availability; MTTR and p95: mean and 95th percentile ticks to recovery; faults,
     recov, unrec: faults injected, recovered and unrecovered; wasted: repairs that ended no fault.
     """
-    table = Table(title=title)
+    table = Table(title=Text(title))  # Text: names a user gave are shown as given, never as markup
     table.add_column("", justify="left", no_wrap=True)
     for column in ("avail", "MTTR", "p95", "faults", "recov", "unrec", "repairs", "wasted"):
         table.add_column(column, justify="right")
     for name, m in rows.items():
         table.add_row(
-            name,
+            Text(name),
             f"{m['availability']:.3f}",
             _ticks(m["mttr_mean"]),
             _ticks(m["mttr_p95"]),

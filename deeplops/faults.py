@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from deeplops.bounds import shown
 from deeplops.errors import DeeplopsError
 
 
@@ -61,7 +62,7 @@ def _parse(enum: type[_E], text: object, error: type[DeeplopsError], what: str) 
     names = [m.label for m in enum]
     if isinstance(text, str) and text.lower() in names:
         return enum[text.upper()]
-    raise error(f"unknown {what} {text!r}: expected one of {', '.join(names)}")
+    raise error(f"unknown {what} {shown(text)}: expected one of {', '.join(names)}")
 
 
 FAULTS: tuple[Fault, ...] = tuple(Fault)

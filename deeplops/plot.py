@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,9 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 
+from deeplops import outputs
 from deeplops.trace import TraceRecorder
 
 _HEALTH = ListedColormap(["#d9534f", "#5cb85c"])  # unhealthy, healthy
@@ -36,7 +39,7 @@ def plot_timeline(runs: Sequence[tuple[str, TraceRecorder]], path: Path, title: 
         slo_ax.set_ylim(-0.1, 1.1)
         slo_ax.set_yticks([0, 1], ["fail", "ok"])
         slo_ax.set_ylabel("SLO", rotation=0, ha="right", va="center")
-        slo_ax.set_title(f"{label}: availability {slo.mean():.3f}", loc="left", fontsize=10)
+        slo_ax.set_title(f"{label}: availability {slo.mean():.3f}", loc="left", fontsize=10, parse_math=False)
         health = np.array([[row["health"][s] for row in trace.rows] for s in services], dtype=float)
         ax.imshow(health, aspect="auto", cmap=_HEALTH, vmin=0, vmax=1, interpolation="nearest",
                   extent=(ticks[0] - 0.5, ticks[-1] + 0.5, len(services) - 0.5, -0.5))  # fmt: skip
@@ -54,8 +57,16 @@ def plot_timeline(runs: Sequence[tuple[str, TraceRecorder]], path: Path, title: 
                     ax.annotate(r["repair"], (row["tick"], row_of[r["target"]]), xytext=(4, 4),
                                 textcoords="offset points", fontsize=7)  # fmt: skip
     axes[-1, 0].set_xlabel("tick (s)")
-    fig.suptitle(title)
+    fig.suptitle(title, parse_math=False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, "--plot")
+
+
+def save_figure(fig: Figure, path: Path, option: str) -> Path:
+    """Render ``fig`` (in the format its suffix names; PNG into a device or pipe) and write it whole."""
+    suffix = path.suffix.lower()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format=suffix[1:] if suffix in outputs.PICTURE_SUFFIXES else "png")
     plt.close(fig)
+    outputs.write_bytes(path, buffer.getvalue(), option)
+    return path

@@ -15,8 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from deeplops import outputs
 from deeplops.evaluate import Match, play
 from deeplops.metrics import summarize
+from deeplops.plot import save_figure
 from deeplops.policies import Policy, Role, load_policy
 from deeplops.scenario import ScriptedChaos, load_scenario, shipped_scenarios
 from deeplops.topogen import random_topology
@@ -118,10 +120,10 @@ def bar(name: str, section: dict[str, Any]) -> dict[str, bool]:
 
 def write(out: Path, report: dict[str, Any]) -> list[Path]:
     """report.json, report.md and the plots; returns the files written."""
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    outputs.write_text(out / "report.json", json.dumps(report, indent=2) + "\n", "--out")
     plots = [_learning_plot(out / "learning.png", report), _crossplay_plot(out / "crossplay.png", report),
              _baselines_plot(out / "baselines.png", report)]  # fmt: skip
-    (out / "report.md").write_text(_markdown(report))
+    outputs.write_text(out / "report.md", _markdown(report), "--out")
     return [out / "report.json", out / "report.md", *plots]
 
 
@@ -207,9 +209,7 @@ def _learning_plot(path: Path, r: dict[str, Any]) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, "--out")
 
 
 def _crossplay_plot(path: Path, r: dict[str, Any]) -> Path:
@@ -226,9 +226,7 @@ def _crossplay_plot(path: Path, r: dict[str, Any]) -> Path:
     ax.set_ylabel("order")
     fig.colorbar(im, ax=ax, label="availability")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, "--out")
 
 
 def _baselines_plot(path: Path, r: dict[str, Any]) -> Path:
@@ -244,6 +242,4 @@ def _baselines_plot(path: Path, r: dict[str, Any]) -> Path:
     ax.set_ylim(0, 1.05)
     ax.legend(ncol=len(names), fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, "--out")

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from deeplops import bounds
+from deeplops.bounds import shown, shown_keys
 from deeplops.catalog import data_dir, read_yaml, resolve_env
 from deeplops.errors import ConfigError, ScenarioError
 from deeplops.faults import Fault
@@ -102,33 +104,42 @@ def shipped_scenarios() -> list[Path]:
 def load_scenario(path: str | Path) -> Scenario:
     """Load and validate a scenario file; every problem found is named in one ScenarioError."""
     path = Path(path)
-    doc = read_yaml(path, ScenarioError)
+    doc = read_yaml(path, ScenarioError, "a scenario YAML file")
     if not isinstance(doc, dict):
-        raise ScenarioError(f"{path}: expected a mapping with name, env, ticks and faults, got {type(doc).__name__}")
+        raise ScenarioError(f"{path}: expected a mapping with name, env, ticks and faults, got a {type(doc).__name__}")
+    if not set(doc) & _KEYS:  # not a scenario at all: name none of its keys, which may be its content
+        raise ScenarioError(f"{path}: expected a mapping with name, env, ticks and faults, got one with none of them")
     problems: list[str] = []
     unknown = set(doc) - _KEYS
     if unknown:
-        problems.append(f"unknown key(s) {sorted(unknown)}: expected {', '.join(sorted(_KEYS))}")
+        problems.append(f"unknown key(s) {shown_keys(unknown)}: expected {', '.join(sorted(_KEYS))}")
     name = doc.get("name", path.stem)
-    if not isinstance(name, str) or not name:
-        problems.append(f"'name' must be a non-empty string, got {name!r}")
-    ticks = doc.get("ticks")
-    if isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 1:
-        problems.append(f"'ticks' must be a whole number >= 1, got {ticks!r}")
-        ticks = None
-    seed = doc.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        problems.append(f"'seed' must be a whole number >= 0, got {seed!r}")
-    topology = None
+    if not isinstance(name, str) or not name.isprintable() or not 0 < len(name) <= 64:
+        problems.append(f"'name' must be one line of 1 to 64 characters, got {shown(name)}")
+    ticks: int | None = None
+    seed = 0
     try:
-        topology = load_topology(resolve_env(doc.get("env", "shop"), relative_to=path.parent))
-    except ConfigError as exc:
-        problems.append(f"env: {exc}")
+        ticks = bounds.whole(doc.get("ticks"), "'ticks'", 1, bounds.MAX_TICKS, ScenarioError)
+    except ScenarioError as exc:
+        problems.append(str(exc))
+    try:
+        seed = bounds.whole(doc.get("seed", 0), "'seed'", 0, bounds.MAX_SEED, ScenarioError)
+    except ScenarioError as exc:
+        problems.append(str(exc))
+    topology = None
+    env = doc.get("env", "shop")
+    if not isinstance(env, str) or not env:
+        problems.append(f"'env' must be a topology name or path, got {shown(env)}")
+    else:
+        try:
+            topology = load_topology(resolve_env(env, relative_to=path.parent))
+        except ConfigError as exc:
+            problems.append(f"env: {exc}")
     faults = _faults(doc.get("faults", []), topology, ticks, problems)
     expect = _expect(doc.get("expect"), topology, problems)
     description = doc.get("description", "")
     if not isinstance(description, str):
-        problems.append(f"'description' must be a string, got {description!r}")
+        problems.append(f"'description' must be a string, got {shown(description)}")
     if problems:
         raise ScenarioError(f"{path}: " + "; ".join(problems))
     assert topology is not None and ticks is not None
@@ -137,22 +148,22 @@ def load_scenario(path: str | Path) -> Scenario:
 
 def _faults(raw: Any, topology: Topology | None, ticks: int | None, problems: list[str]) -> tuple[ScheduledFault, ...]:
     if not isinstance(raw, list):
-        problems.append(f"'faults' must be a list of {{at, fault, target}}, got {raw!r:.60}")
+        problems.append(f"'faults' must be a list of {{at, fault, target}}, got {shown(raw)}")
         return ()
     out: list[ScheduledFault] = []
     seen_ticks: set[int] = set()
     for i, item in enumerate(raw):
         where = f"faults[{i}]"
         if not isinstance(item, dict):
-            problems.append(f"{where}: expected a mapping {{at, fault, target}}, got {item!r:.60}")
+            problems.append(f"{where}: expected a mapping {{at, fault, target}}, got {shown(item)}")
             continue
         unknown = set(item) - _FAULT_KEYS
         if unknown:
-            problems.append(f"{where}: unknown key(s) {sorted(unknown)}: expected at, fault, target")
+            problems.append(f"{where}: unknown key(s) {shown_keys(unknown)}: expected at, fault, target")
         at = item.get("at")
         if isinstance(at, bool) or not isinstance(at, int) or at < 0 or (ticks is not None and at >= ticks):
             problems.append(
-                f"{where}: 'at' must be a tick in [0, {ticks if ticks is not None else 'ticks'}), got {at!r}"
+                f"{where}: 'at' must be a tick in [0, {ticks if ticks is not None else 'ticks'}), got {shown(at)}"
             )
             continue
         if at in seen_ticks:
@@ -164,9 +175,13 @@ def _faults(raw: Any, topology: Topology | None, ticks: int | None, problems: li
             problems.append(f"{where}: {exc}")
             continue
         target = item.get("target")
+        if not isinstance(target, str):
+            problems.append(f"{where}: 'target' must be a service name, got {shown(target)}")
+            continue
         if topology is not None:
             if target not in topology.index:
-                problems.append(f"{where}: unknown service {target!r}: expected one of {', '.join(topology.names)}")
+                names = ", ".join(topology.names)
+                problems.append(f"{where}: unknown service {shown(target)}: expected one of {names}")
                 continue
             if fault is Fault.DISK_FULL and not topology.has_disk[topology.index[target]]:
                 problems.append(f"{where}: disk_full needs a service with a data volume (disk_mb), {target!r} has none")
@@ -179,22 +194,32 @@ def _expect(raw: Any, topology: Topology | None, problems: list[str]) -> Expecta
     if raw is None:
         return Expectation()
     if not isinstance(raw, dict) or set(raw) - _EXPECT_KEYS:
-        problems.append(f"'expect' must be a mapping with {', '.join(sorted(_EXPECT_KEYS))}, got {raw!r:.60}")
+        what = f"unknown key(s) {shown_keys(set(raw) - _EXPECT_KEYS)}" if isinstance(raw, dict) else shown(raw)
+        problems.append(f"'expect' must be a mapping with {', '.join(sorted(_EXPECT_KEYS))}, got {what}")
         return Expectation()
     value = raw.get("availability")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0):
-        problems.append(f"'expect.availability' must be a number in [0, 1], got {value!r}")
-        value = None
+    if value is not None:
+        try:
+            value = bounds.number(value, "'expect.availability'", 0.0, 1.0, ScenarioError)
+        except ScenarioError as exc:
+            problems.append(str(exc))
+            value = None
     slo = raw.get("slo_at_end")
     if slo is not None and not isinstance(slo, bool):
-        problems.append(f"'expect.slo_at_end' must be true or false, got {slo!r}")
+        problems.append(f"'expect.slo_at_end' must be true or false, got {shown(slo)}")
         slo = None
     healthy = raw.get("healthy_at_end", [])
-    if not isinstance(healthy, list) or (topology is not None and any(h not in topology.index for h in healthy)):
+    known = topology.index if topology is not None else None
+    bad = (
+        [h for h in healthy if not isinstance(h, str) or (known is not None and h not in known)]
+        if isinstance(healthy, list)
+        else [healthy]
+    )
+    if bad:
         names = ", ".join(topology.names) if topology is not None else "the topology's services"
-        problems.append(f"'expect.healthy_at_end' must list services among {names}, got {healthy!r:.60}")
+        problems.append(f"'expect.healthy_at_end' must list services among {names}, got {shown(bad[0])}")
         healthy = []
-    return Expectation(None if value is None else float(value), slo, tuple(healthy))
+    return Expectation(value, slo, tuple(healthy))
 
 
 class ScriptedChaos:

@@ -17,6 +17,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from deeplops import bounds
 from deeplops.catalog import read_yaml, resolve_env
 from deeplops.errors import ConfigError
 
@@ -118,19 +119,22 @@ class Topology:
 def load_topology(ref: str | Path) -> Topology:
     """Load the topology named ``ref`` (a name under ``envs/``) or stored at path ``ref``."""
     path = resolve_env(ref)
-    return topology_from_dict(read_yaml(path, ConfigError), source=str(path))
+    return topology_from_dict(read_yaml(path, ConfigError, "a topology YAML file"), source=str(path))
 
 
 def topology_from_dict(doc: Any, source: str = "<dict>") -> Topology:
     """Validate a parsed topology document (DESIGN §5) and build the Topology."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a mapping with 'name' and 'services', got {_kind(doc)}")
+    if "services" not in doc:  # not a topology at all: name none of its keys, which may be its content
+        raise ConfigError(f"{source}: expected a mapping with 'name' and 'services', got one without 'services'")
     unknown = set(doc) - {"name", "services", "description"}
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}: expected name, services, description")
+        keys = bounds.shown_keys(unknown)
+        raise ConfigError(f"{source}: unknown key(s) {keys}: expected name, services, description")
     name = doc.get("name", Path(source).stem)
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{source}: 'name' must be a non-empty string, got {name!r}")
+    if not isinstance(name, str) or not name.isprintable() or not 0 < len(name) <= 64:
+        raise ConfigError(f"{source}: 'name' must be one line of 1 to 64 characters, got {bounds.shown(name)}")
     raw = doc.get("services")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{source}: 'services' must be a non-empty mapping of name to settings, got {_kind(raw)}")
@@ -189,7 +193,7 @@ def build_topology(name: str, services: list[Service], source: str = "<topology>
 def _service(source: str, name: object, value: object) -> Service:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(
-            f"{source}: service name {name!r} is invalid: expected lower-case letters, digits, '-' or '_', "
+            f"{source}: service name {bounds.shown(name)} is invalid: expected lower-case letters, digits, '-' or '_', "
             "starting with a letter, at most 31 characters"
         )
     where = f"{source}: service {name!r}"
@@ -198,20 +202,20 @@ def _service(source: str, name: object, value: object) -> Service:
         raise ConfigError(f"{where}: expected a mapping of settings, got {_kind(value)}")
     unknown = set(value) - _SERVICE_KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}: expected {', '.join(sorted(_SERVICE_KEYS))}")
+        keys = bounds.shown_keys(unknown)
+        raise ConfigError(f"{where}: unknown key(s) {keys}: expected {', '.join(sorted(_SERVICE_KEYS))}")
     deps = value.get("depends_on", [])
     if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-        raise ConfigError(f"{where}: 'depends_on' must be a list of service names, got {deps!r}")
+        raise ConfigError(f"{where}: 'depends_on' must be a list of service names, got {bounds.shown(deps)}")
     if len(set(deps)) != len(deps):
-        raise ConfigError(f"{where}: 'depends_on' lists a service twice: {deps!r}")
+        raise ConfigError(f"{where}: 'depends_on' lists a service twice: {', '.join(deps)}")
     entry = value.get("entry", False)
     if not isinstance(entry, bool):
-        raise ConfigError(f"{where}: 'entry' must be true or false, got {entry!r}")
-    disk = value.get("disk_mb", 0)
-    if isinstance(disk, bool) or not isinstance(disk, int) or disk < 0:
-        raise ConfigError(f"{where}: 'disk_mb' must be a whole number of MiB >= 0, got {disk!r}")
+        raise ConfigError(f"{where}: 'entry' must be true or false, got {bounds.shown(entry)}")
+    disk = bounds.whole(value.get("disk_mb", 0), f"{where}: 'disk_mb' (MiB)", 0, bounds.MAX_DISK_MB)
     return Service(name=name, depends_on=tuple(deps), entry=entry, disk_mb=disk)
 
 
 def _kind(value: object) -> str:
-    return "nothing" if value is None else f"a {type(value).__name__} ({value!r:.40})"
+    """What a document or field is, by type only: the file may not be ours, and may hold secrets."""
+    return "nothing" if value is None else f"a {type(value).__name__}"

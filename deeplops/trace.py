@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deeplops import __version__
+from deeplops import __version__, bounds, outputs
+from deeplops.bounds import shown, shown_keys
+from deeplops.catalog import parse_json, read_text
 from deeplops.errors import ConfigError, ScenarioError
 from deeplops.faults import Fault, Repair
 from deeplops.game import Game
@@ -56,13 +58,11 @@ class TraceRecorder:
             "obs": {n: [round(float(v), 4) for v in seen[i]] for i, n in enumerate(names)},
         })  # fmt: skip
 
-    def write(self, path: Path) -> None:
-        """Write the header and rows as JSON Lines."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as out:
-            out.write(json.dumps({"header": {"version": __version__, **self.header}}) + "\n")
-            for row in self.rows:
-                out.write(json.dumps(row) + "\n")
+    def write(self, path: Path, option: str = "trace") -> None:
+        """Write the header and rows as JSON Lines, whole or not at all."""
+        lines = [json.dumps({"header": {"version": __version__, **self.header}})]
+        lines += [json.dumps(row) for row in self.rows]
+        outputs.write_text(path, "\n".join(lines) + "\n", option)
 
 
 OBS_FEATURES = [f.name.lower() for f in Feature]
@@ -86,24 +86,19 @@ def read_trace(path: str | Path, env: str | Path | None = None) -> Trace:
     ``env`` names another one to play it on, which must have the same services.
     """
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read the trace ({exc.strerror}): expected a JSON Lines file") from None
+    lines = read_text(path, ScenarioError, "a trace (JSON Lines)").splitlines()
     docs = [_json_line(path, i, line) for i, line in enumerate(lines, 1) if line.strip()]
     if not docs or not isinstance(docs[0], dict) or not isinstance(docs[0].get("header"), dict):
-        raise ScenarioError(
-            f'{path} line 1: expected a header object {{"header": {{...}}}} first, got {docs[:1]!r:.60}'
-        )
+        raise ScenarioError(f'{path} line 1: expected a header object {{"header": {{...}}}} first')
+    if len(docs) - 1 > bounds.MAX_TICKS:
+        raise ScenarioError(f"{path}: {len(docs) - 1} ticks, more than the longest episode ({bounds.MAX_TICKS})")
     header = docs[0]["header"]
-    missing = [k for k in _HEADER_KEYS if k not in header]
-    if missing:
-        raise ScenarioError(f"{path} line 1: the header lacks {', '.join(missing)}: expected {', '.join(_HEADER_KEYS)}")
+    _check_header(path, header)
     services = header["services"]
     topology = _topology(path, header, env)
-    if not isinstance(services, list) or set(topology.names) != set(services):
+    if set(topology.names) != set(services):
         raise ScenarioError(
-            f"{path}: the trace was played on services {', '.join(map(str, services))}, but topology {topology.name!r} "
+            f"{path}: the trace was played on services {', '.join(services)}, but topology {topology.name!r} "
             f"has {', '.join(topology.names)}: expected the trace's own topology"
         )
     rows = docs[1:]
@@ -112,11 +107,33 @@ def read_trace(path: str | Path, env: str | Path | None = None) -> Trace:
     return Trace(path, header, rows, topology)
 
 
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    """The header's fields, each of the type and range a recorded trace gives it."""
+    where = f"{path} line 1"
+    missing = [k for k in _HEADER_KEYS if k not in header]
+    if missing:
+        raise ScenarioError(f"{where}: the header lacks {', '.join(missing)}: expected {', '.join(_HEADER_KEYS)}")
+    version = header.get("version")
+    if version is not None and not isinstance(version, str):
+        raise ScenarioError(f"{where}: the header's 'version' must be a string, got {shown(version)}")
+    services = header["services"]
+    if not isinstance(services, list) or not services or not all(isinstance(s, str) for s in services):
+        raise ScenarioError(f"{where}: the header's 'services' must be a list of service names, got {shown(services)}")
+    if len(set(services)) != len(services):
+        raise ScenarioError(f"{where}: the header's 'services' names a service twice")
+    if not isinstance(header["topology"], str) or not header["topology"]:
+        raise ScenarioError(
+            f"{where}: the header's 'topology' must be a topology name, got {shown(header['topology'])}"
+        )
+    bounds.whole(header["seed"], f"{where}: the header's 'seed'", 0, bounds.MAX_SEED, ScenarioError)
+    bounds.whole(header["ticks"], f"{where}: the header's 'ticks'", 1, bounds.MAX_TICKS, ScenarioError)
+    for key in ("order", "chaos", "backend"):
+        if key in header and not isinstance(header[key], str):
+            raise ScenarioError(f"{where}: the header's {key!r} must be a string, got {shown(header[key])}")
+
+
 def _json_line(path: Path, number: int, line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ScenarioError(f"{path} line {number}: not JSON ({exc.msg}): expected one trace object per line") from None
+    return parse_json(line, ScenarioError, f"{path} line {number}", "one trace object per line")
 
 
 def _topology(path: Path, header: dict[str, Any], env: str | Path | None) -> Topology:
@@ -133,23 +150,28 @@ def _topology(path: Path, header: dict[str, Any], env: str | Path | None) -> Top
 def _check_row(path: Path, line: int, tick: int, row: Any, services: set[str]) -> None:
     where = f"{path} line {line}"
     if not isinstance(row, dict) or any(k not in row for k in _ROW_KEYS):
-        raise ScenarioError(f"{where}: expected an object with {', '.join(_ROW_KEYS)}, got {row!r:.60}")
-    if row["tick"] != tick:
-        raise ScenarioError(f"{where}: expected tick {tick} (ticks count up from 0), got {row['tick']!r}")
+        given = f"keys {shown_keys(set(row))}" if isinstance(row, dict) else shown(row)
+        raise ScenarioError(f"{where}: expected an object with {', '.join(_ROW_KEYS)}, got {given}")
+    if row["tick"] != tick or isinstance(row["tick"], bool):
+        raise ScenarioError(f"{where}: expected tick {tick} (ticks count up from 0), got {shown(row['tick'])}")
     if not isinstance(row["faults"], list) or len(row["faults"]) > 1:
         raise ScenarioError(
-            f"{where}: 'faults' must be a list of at most one {{fault, target}}, got {row['faults']!r:.60}"
+            f"{where}: 'faults' must be a list of at most one {{fault, target}}, got {shown(row['faults'])}"
         )
     for f in row["faults"]:
-        if not isinstance(f, dict) or f.get("target") not in services:
+        target = f.get("target") if isinstance(f, dict) else None
+        if not isinstance(target, str) or target not in services:
             raise ScenarioError(
-                f"{where}: a fault must name a target among {', '.join(sorted(services))}, got {f!r:.60}"
+                f"{where}: a fault must name a target among {', '.join(sorted(services))}, got {shown(target)}"
             )
         try:
             Fault.parse(f.get("fault"), ScenarioError)
         except ScenarioError as exc:
             raise ScenarioError(f"{where}: {exc}") from None
-    if not isinstance(row["health"], dict) or set(row["health"]) != services:
-        raise ScenarioError(f"{where}: 'health' must map every service to true/false, got {row['health']!r:.60}")
+    if not isinstance(row["repairs"], list):
+        raise ScenarioError(f"{where}: 'repairs' must be a list, got {shown(row['repairs'])}")
+    health = row["health"]
+    if not isinstance(health, dict) or set(health) != services or not all(isinstance(h, bool) for h in health.values()):
+        raise ScenarioError(f"{where}: 'health' must map every service to true/false, got {shown(health)}")
     if not isinstance(row["slo"], bool):
-        raise ScenarioError(f"{where}: 'slo' must be true or false, got {row['slo']!r}")
+        raise ScenarioError(f"{where}: 'slo' must be true or false, got {shown(row['slo'])}")

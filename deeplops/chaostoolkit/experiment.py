@@ -9,14 +9,14 @@ Anything else is an activity deeplops cannot map, and an error.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 from typing import Any
 
-from deeplops import __version__
-from deeplops.catalog import resolve_env
+from deeplops import __version__, bounds
+from deeplops.bounds import shown, shown_keys
+from deeplops.catalog import MAX_DOCUMENT_BYTES, parse_json, read_text, resolve_env
 from deeplops.errors import ConfigError, ScenarioError
 from deeplops.faults import Fault
 from deeplops.scenario import Expectation, Scenario, ScheduledFault
@@ -34,20 +34,25 @@ _VAR = re.compile(r"^\$\{(\w+)\}$")
 def read_experiment(path: str | Path, env: str | Path | None = None) -> Scenario:
     """The drill an experiment file describes; ScenarioError names the first thing that cannot map."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read the experiment ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise ScenarioError(
-            f"{path}: not JSON ({exc.msg}, line {exc.lineno}): expected a Chaos Toolkit experiment"
-        ) from None
+    expected = "a Chaos Toolkit experiment (JSON)"
+    text = read_text(path, ScenarioError, expected, MAX_DOCUMENT_BYTES)
+    doc = parse_json(text, ScenarioError, str(path), expected)
     if not isinstance(doc, dict) or not isinstance(doc.get("method"), list):
         raise ScenarioError(f"{path}: expected a Chaos Toolkit experiment with a 'method' list")
-    ext = next((e for e in doc.get("extensions", []) if isinstance(e, dict) and e.get("name") == "deeplops"), {})
-    config = {k: v for k, v in doc.get("configuration", {}).items() if isinstance(v, str)}
+    extensions = doc.get("extensions", [])
+    if not isinstance(extensions, list):
+        raise ScenarioError(f"{path}: 'extensions' must be a list of objects, got {shown(extensions)}")
+    ext = next((e for e in extensions if isinstance(e, dict) and e.get("name") == "deeplops"), {})
+    configuration = doc.get("configuration", {})
+    if not isinstance(configuration, dict):
+        raise ScenarioError(f"{path}: 'configuration' must be an object, got {shown(configuration)}")
+    config = {k: v for k, v in configuration.items() if isinstance(v, str)}
+    env_ref = env if env is not None else ext.get("env", "shop")
+    if not isinstance(env_ref, str | Path) or not str(env_ref):
+        raise ScenarioError(f"{path}: the deeplops extension's 'env' must be a topology name or path, "
+                            f"got {shown(env_ref)}")  # fmt: skip
     try:
-        topology = load_topology(env if env is not None else resolve_env(ext.get("env", "shop"), path.parent))
+        topology = load_topology(env if env is not None else resolve_env(str(env_ref), path.parent))
     except ConfigError as exc:
         raise ScenarioError(f"{path}: the experiment's env: {exc}") from None
     faults: list[ScheduledFault] = []
@@ -55,15 +60,15 @@ def read_experiment(path: str | Path, env: str | Path | None = None) -> Scenario
     for i, activity in enumerate(doc["method"]):
         where = f"{path}: method[{i}]"
         if not isinstance(activity, dict):
-            raise ScenarioError(f"{where}: expected an action or probe object, got {activity!r:.60}")
-        where += f" {activity.get('name', '')!r}"
+            raise ScenarioError(f"{where}: expected an action or probe object, got {shown(activity)}")
+        where += f" {shown(activity.get('name', ''))}"
         clock += _pause(where, activity, "before")
         func = _func(where, activity)
         if func == f"{ACTIONS}.inject_fault":
             args = _arguments(where, activity, config, ("fault", "target"))
             fault = _parse_fault(where, args["fault"])
-            if args["target"] not in topology.index:
-                raise ScenarioError(f"{where}: unknown service {args['target']!r}: expected one of "
+            if not isinstance(args["target"], str) or args["target"] not in topology.index:
+                raise ScenarioError(f"{where}: unknown service {shown(args['target'])}: expected one of "
                                     f"{', '.join(topology.names)}")  # fmt: skip
             at = max(round(clock), faults[-1].at + 1 if faults else 0)  # the chaos side acts once per tick
             faults.append(ScheduledFault(at, fault, args["target"]))
@@ -72,17 +77,21 @@ def read_experiment(path: str | Path, env: str | Path | None = None) -> Scenario
                 f"{where}: deeplops cannot map {func}: expected {ACTIONS}.inject_fault or .repair, or a {PROBES} probe"
             )
         clock += _pause(where, activity, "after")
+        if clock > bounds.MAX_TICKS:
+            raise ScenarioError(f"{where}: its pauses reach {clock:.0f} s, past the longest drill "
+                                f"({bounds.MAX_TICKS} ticks of a second)")  # fmt: skip
     ticks = ext.get("ticks", max(math.ceil(clock), (faults[-1].at + TAIL_TICKS) if faults else TAIL_TICKS))
-    if isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 1:
-        raise ScenarioError(f"{path}: the deeplops extension's 'ticks' must be a whole number >= 1, got {ticks!r}")
+    ticks = bounds.whole(ticks, f"{path}: the deeplops extension's 'ticks'", 1, bounds.MAX_TICKS, ScenarioError)
     if faults and faults[-1].at >= ticks:
         raise ScenarioError(f"{path}: a fault at tick {faults[-1].at} is past the drill's {ticks} ticks")
-    seed = ext.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ScenarioError(f"{path}: the deeplops extension's 'seed' must be a whole number >= 0, got {seed!r}")
+    seed = bounds.whole(ext.get("seed", 0), f"{path}: the deeplops extension's 'seed'", 0, bounds.MAX_SEED,
+                        ScenarioError)  # fmt: skip
     expect = _hypothesis(path, doc.get("steady-state-hypothesis"), config, ext.get("expect", {}), topology.index)
-    name = str(doc.get("title") or path.stem)
-    return Scenario(name, topology, ticks, seed, tuple(faults), expect, str(doc.get("description", "")))
+    name, description = doc.get("title") or path.stem, doc.get("description", "")
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise ScenarioError(f"{path}: 'title' and 'description' must be strings, got {shown(name)} and "
+                            f"{shown(description)}")  # fmt: skip
+    return Scenario(name[:64], topology, ticks, seed, tuple(faults), expect, description)
 
 
 def _func(where: str, activity: dict[str, Any]) -> str:
@@ -90,17 +99,22 @@ def _func(where: str, activity: dict[str, Any]) -> str:
     if not isinstance(provider, dict) or provider.get("type") != "python":
         raise ScenarioError(f"{where}: deeplops cannot map a {_kind(provider)} provider: expected a python provider "
                             f"of {ACTIONS} or {PROBES}")  # fmt: skip
-    return f"{provider.get('module')}.{provider.get('func')}"
+    module, func = provider.get("module"), provider.get("func")
+    if not isinstance(module, str) or not isinstance(func, str):
+        raise ScenarioError(f"{where}: a python provider needs 'module' and 'func' strings, got {shown(module)} and "
+                            f"{shown(func)}")  # fmt: skip
+    return f"{module}.{func}"[:120]
 
 
 def _kind(provider: Any) -> str:
-    return repr(provider.get("type")) if isinstance(provider, dict) else "missing"
+    return shown(provider.get("type")) if isinstance(provider, dict) else "missing"
 
 
 def _arguments(where: str, activity: dict[str, Any], config: dict[str, str], needed: tuple[str, ...]) -> dict[str, Any]:
     args = activity["provider"].get("arguments", {})
     if not isinstance(args, dict) or any(k not in args for k in needed):
-        raise ScenarioError(f"{where}: expected arguments {', '.join(needed)}, got {args!r:.60}")
+        given = (", ".join(sorted(map(shown, args))) or "none") if isinstance(args, dict) else shown(args)
+        raise ScenarioError(f"{where}: expected arguments {', '.join(needed)}, got {given}")
     out = {}
     for key, value in args.items():
         match = _VAR.match(value) if isinstance(value, str) else None
@@ -122,37 +136,44 @@ def _parse_fault(where: str, text: Any) -> Fault:
 
 def _pause(where: str, activity: dict[str, Any], when: str) -> float:
     pauses = activity.get("pauses", {})
-    value = pauses.get(when, 0) if isinstance(pauses, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ScenarioError(f"{where}: pauses.{when} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
+    if not isinstance(pauses, dict):
+        raise ScenarioError(f"{where}: 'pauses' must be an object with before and after, got {shown(pauses)}")
+    return bounds.number(pauses.get(when, 0), f"{where}: pauses.{when} (seconds)", 0.0, bounds.MAX_TICKS,
+                         ScenarioError)  # fmt: skip
 
 
 def _hypothesis(path: Path, raw: Any, config: dict[str, str], extra: Any, services: dict[str, int]) -> Expectation:
     if not isinstance(extra, dict) or set(extra) - {"availability"}:
-        raise ScenarioError(f"{path}: the deeplops extension's 'expect' must be {{availability: X}}, got {extra!r:.60}")
+        given = shown_keys(set(extra)) if isinstance(extra, dict) else shown(extra)
+        raise ScenarioError(f"{path}: the deeplops extension's 'expect' must be {{availability: X}}, got {given}")
     availability = extra.get("availability")
+    if availability is not None:
+        availability = bounds.number(availability, f"{path}: the deeplops extension's 'expect.availability'", 0.0,
+                                     1.0, ScenarioError)  # fmt: skip
     slo: bool | None = None
     healthy: list[str] = []
+    if raw is not None and not isinstance(raw, dict):
+        raise ScenarioError(f"{path}: 'steady-state-hypothesis' must be an object, got {shown(raw)}")
     probes = raw.get("probes", []) if isinstance(raw, dict) else []
+    if not isinstance(probes, list):
+        raise ScenarioError(f"{path}: steady-state-hypothesis 'probes' must be a list, got {shown(probes)}")
     for i, probe in enumerate(probes):
-        where = (
-            f"{path}: steady-state-hypothesis probes[{i}] {probe.get('name', '') if isinstance(probe, dict) else ''!r}"
-        )
+        where = f"{path}: steady-state-hypothesis probes[{i}]"
         if not isinstance(probe, dict):
-            raise ScenarioError(f"{where}: expected a probe object, got {probe!r:.60}")
+            raise ScenarioError(f"{where}: expected a probe object, got {shown(probe)}")
+        where += f" {shown(probe.get('name', ''))}"
         func = _func(where, probe)
         tolerance = probe.get("tolerance")
         if func == f"{PROBES}.slo_ok" and isinstance(tolerance, bool):
             slo = tolerance
         elif func == f"{PROBES}.service_healthy" and tolerance is True:
             target = _arguments(where, probe, config, ("target",))["target"]
-            if target not in services:
-                raise ScenarioError(f"{where}: unknown service {target!r}: expected one of {', '.join(services)}")
+            if not isinstance(target, str) or target not in services:
+                raise ScenarioError(f"{where}: unknown service {shown(target)}: expected one of {', '.join(services)}")
             healthy.append(target)
         else:
             raise ScenarioError(
-                f"{where}: deeplops cannot map {func} with tolerance {tolerance!r}: expected {PROBES}.slo_ok "
+                f"{where}: deeplops cannot map {func} with tolerance {shown(tolerance)}: expected {PROBES}.slo_ok "
                 "(tolerance true or false) or service_healthy (tolerance true)"
             )
     return Expectation(availability, slo, tuple(healthy))

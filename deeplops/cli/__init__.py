@@ -9,8 +9,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from deeplops import bounds, outputs
 from deeplops.errors import ConfigError, DeeplopsError, SandboxError
 from deeplops.sandbox import BACKENDS
 
@@ -63,22 +65,40 @@ def check_backend(backend: str) -> None:
         raise SandboxError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
 
 
-def check_count(option: str, value: int | None, minimum: int = 1) -> None:
-    if value is not None and value < minimum:
-        raise ConfigError(f"{option} must be >= {minimum}, got {value}")
+def check_count(option: str, value: int | None, minimum: int = 1, maximum: int = bounds.MAX_STEPS) -> None:
+    """A whole-number option within its documented bounds (None: not given)."""
+    if value is not None:
+        bounds.whole(value, option, minimum, maximum)
 
 
-def write_json(path: Path | None, result: dict[str, Any]) -> None:
+def check_seed(seed: int, episodes: int = 1) -> None:
+    """A seed whose episodes' seeds (``seed + k``) all stay within the documented bound."""
+    bounds.whole(seed, "--seed", 0, bounds.MAX_SEED)
+    if seed + episodes - 1 > bounds.MAX_SEED:
+        raise ConfigError(f"--seed {seed} with {episodes} episodes reaches seed {seed + episodes - 1}: "
+                          f"expected seed + episodes - 1 <= {bounds.MAX_SEED}")  # fmt: skip
+
+
+def check_json(path: Path | None) -> None:
+    """Fail before any work when ``--json`` cannot be written later."""
+    if path is not None:
+        outputs.check_file(path, "--json")
+
+
+def write_json(path: Path | None, result: dict[str, Any], option: str = "--json") -> None:
+    """Write ``result`` as one JSON object to ``path`` (whole, or into a device or pipe as it is)."""
     if path is None:
         return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(path)  # whole or nothing
-    except OSError as exc:
-        raise ConfigError(f"--json {path}: cannot write ({exc.strerror})") from None
-    out.print(f"wrote {path}")
+    outputs.write_text(path, json.dumps(result, indent=2) + "\n", option)
+    out.print(f"wrote {escape(str(path))}")
+
+
+_kept = ["nothing was written"]
+
+
+def on_interrupt(kept: str) -> None:
+    """Say what a Ctrl-C of the running command leaves behind (printed if it comes)."""
+    _kept[0] = kept
 
 
 class Bar:
@@ -112,12 +132,17 @@ def main() -> None:
         print(f"deeplops: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
-        print("deeplops: interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = _INTERRUPTED
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    if code == _INTERRUPTED:  # typer turns Ctrl-C into this exit code
+        print(f"deeplops: interrupted: {_kept[0]}", file=sys.stderr)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+_INTERRUPTED = 130
+"""Exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it."""
 
 
 # The commands, registered on ``app`` in --help's order.

@@ -6,24 +6,46 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from deeplops.cli import BackendOpt, Bar, JsonOpt, OrderOpt, SeedOpt, app, check_backend, check_count, out, write_json
+from deeplops import bounds, outputs
+from deeplops.cli import (
+    BackendOpt,
+    Bar,
+    JsonOpt,
+    OrderOpt,
+    SeedOpt,
+    app,
+    check_backend,
+    check_count,
+    check_json,
+    check_seed,
+    on_interrupt,
+    out,
+    write_json,
+)  # fmt: skip
+from deeplops.errors import ConfigError
 
 
 @app.command()
 def evaluate(
     order: OrderOpt,
     chaos: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--chaos",
-            help="Chaos policy: noop, random, flapping (re-breaks what was just repaired), or a saved agent's path.",
+            help="Chaos policy: noop, random, flapping (re-breaks what was just repaired), or a saved agent's path "
+            "[default: random].",
+            show_default=False,
         ),
-    ] = "random",
+    ] = None,
     scenario: Annotated[
         list[Path] | None, typer.Option("--scenario", help="Play this scenario file instead of chaos (repeatable).")
     ] = None,
-    env: Annotated[str, typer.Option("--env", help="Topology: a name under envs/ or a YAML path.")] = "shop",
+    env: Annotated[
+        str | None,
+        typer.Option("--env", help="Topology: a name under envs/ or a YAML path [default: shop].", show_default=False),
+    ] = None,
     episodes: Annotated[
         int | None, typer.Option("--episodes", help="Episodes to play [default: 30, or 1 per scenario].")
     ] = None,
@@ -43,12 +65,24 @@ def evaluate(
     from deeplops.topology import load_topology
 
     check_backend(backend)
-    check_count("--episodes", episodes)
-    check_count("--seed", seed, minimum=0)
+    check_count("--episodes", episodes, maximum=bounds.MAX_EPISODES)
+    check_seed(seed, episodes or 30)
+    check_json(json_path)
+    if record is not None:
+        outputs.check_dir(record, "--record")
+    if scenario and (chaos is not None or env is not None):
+        given = "--chaos" if chaos is not None else "--env"
+        raise ConfigError(f"{given} does not apply with --scenario: a scenario names its topology and its faults")
+    chaos, env = chaos or "random", env or "shop"
     order_policy = load_policy(order, Role.ORDER)
     traces: list | None = [] if record else None
+    on_interrupt("nothing was written" + ("; its containers are removed" if backend != "sim" else ""))
     if scenario:
         scenarios = [load_scenario(p) for p in scenario]
+        for s in scenarios:
+            if s.seed + (episodes or 1) - 1 > bounds.MAX_SEED:
+                raise ConfigError(f"--episodes {episodes} of scenario {s.name!r} (seed {s.seed}) reach seed "
+                                  f"{s.seed + (episodes or 1) - 1}: expected at most {bounds.MAX_SEED}")  # fmt: skip
         plays = [
             (
                 s.name,
@@ -77,8 +111,8 @@ def evaluate(
     out.print(metrics_table(rows, title=f"order={order} vs {against}, {len(all_stats)} episode(s), {backend}"))
     if traces is not None and record is not None:
         for i, trace in enumerate(traces):
-            trace.write(record / f"episode-{i:04d}.jsonl")
-        out.print(f"wrote {len(traces)} traces to {record}/")
+            trace.write(record / f"episode-{i:04d}.jsonl", "--record")
+        out.print(f"wrote {len(traces)} traces to {escape(str(record))}/")
     write_json(json_path, result)
 
 
@@ -119,8 +153,12 @@ def replay(
     from deeplops.policies import Role, load_policy
 
     check_backend(backend)
+    check_json(json_path)
+    if plot is not None:
+        outputs.check_file(plot, "--plot", outputs.PICTURE_SUFFIXES)
     drill = load_drill(file, env)
     policies = [(name, load_policy(name, Role.ORDER)) for name in dict.fromkeys(order)]  # all valid before playing
+    on_interrupt("nothing was written" + ("; its containers are removed" if backend != "sim" else ""))
     runs = []
     with Bar(drill.ticks * len(policies), f"replaying {drill.name}") as advance:
         for name, policy in policies:
@@ -128,18 +166,19 @@ def replay(
     title = f"replay {drill.name} on {drill.topology.name} ({backend}): {len(drill.faults)} scheduled fault(s)"
     out.print(metrics_table({r.label: r.metrics for r in runs}, title=title))
     for r in runs:
+        label = escape(r.label)
         if r.skipped_faults:
-            out.print(f"note: {r.label}: {r.skipped_faults} scheduled fault(s) were not injected: "
+            out.print(f"note: {label}: {r.skipped_faults} scheduled fault(s) were not injected: "
                       "their target still had an open fault")  # fmt: skip
         for text, met in r.checks:
-            out.print(f"{r.label}: steady-state hypothesis {text}: {'[green]met[/]' if met else '[red]NOT met[/]'}")
+            out.print(f"{label}: steady-state hypothesis {text}: {'[green]met[/]' if met else '[red]NOT met[/]'}")
     if plot is not None:
         from deeplops.plot import plot_timeline
 
         plot_timeline(
             [(r.label, r.trace) for r in runs], plot, title=f"{drill.name} ({drill.topology.name}, {backend})"
         )
-        out.print(f"wrote {plot}")
+        out.print(f"wrote {escape(str(plot))}")
     results = {
         r.label: {**r.metrics, "expect": [{"clause": t, "met": m} for t, m in r.checks], "passed": r.passed}
         for r in runs

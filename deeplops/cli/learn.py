@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from deeplops.cli import BackendOpt, SeedOpt, app, check_backend, check_count, err, out
+from deeplops import bounds, outputs
+from deeplops.cli import BackendOpt, SeedOpt, app, check_backend, check_count, check_seed, err, on_interrupt, out
 
 
 @app.command()
@@ -47,18 +49,22 @@ def selfplay(
     from deeplops.topology import load_topology
 
     check_backend(backend)
-    check_count("--generations", generations)
+    check_count("--generations", generations, maximum=bounds.MAX_GENERATIONS)
     check_count("--steps", steps, minimum=0)
-    check_count("--seed", seed, minimum=0)
-    check_count("--ticks", ticks)
+    check_seed(seed)
+    check_count("--ticks", ticks, maximum=bounds.MAX_TICKS)
+    outputs.check_dir(out_dir, "--out")
     load_topology(env)
     train_on = tuple(dict.fromkeys([env, "shop", "chain"]))
     config = sp_mod.SelfPlayConfig(generations=generations, steps=steps, seed=seed, device=device, train_on=train_on,
                                    backend=backend, start_from=None if start_from is None else str(start_from),
                                    ticks=ticks or (200 if backend == "sim" else 60))  # fmt: skip
+    sp_mod.SelfPlay(config, out_dir).completed()  # a run there with other settings, or a corrupt state, fails now
+    on_interrupt(f"generations completed are kept in {out_dir}: the same command resumes from the last one")
     with _Phases() as progress:
         report = sp_mod.train_and_report(config, out_dir, progress)
-    out.print(f"wrote {out_dir}/order.zip, chaos.zip and {', '.join(report['files'])} in {report['wall_s']:.0f} s")
+    shown = escape(str(out_dir))
+    out.print(f"wrote {shown}/order.zip, chaos.zip and {', '.join(report['files'])} in {report['wall_s']:.0f} s")
     for section, checks in report["bar"].items():
         verdict = "[green]meets the bar[/]" if all(checks.values()) else "[red]below the bar[/]"
         out.print(f"{section}: {verdict}")

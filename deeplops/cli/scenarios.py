@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
+from deeplops import outputs
+from deeplops.bounds import shown
 from deeplops.cli import Bar, app, err, out
 from deeplops.errors import ConfigError, ScenarioError
 
@@ -29,6 +32,7 @@ def scenario_list(
 ) -> None:
     """The shipped scenarios: env, faults, the incident each models, and (with --order) each policy's figures."""
     from rich.table import Table
+    from rich.text import Text
 
     from deeplops.drill import run_drill
     from deeplops.policies import Role, load_policy
@@ -48,16 +52,16 @@ def scenario_list(
                 cells.append(f"{m['availability']:.3f} / {mttr}")
             rows.append(cells)
     if markdown:
-        out.print("| " + " | ".join(columns) + " |", soft_wrap=True)
+        out.print("| " + " | ".join(columns) + " |", soft_wrap=True, markup=False)
         out.print("|" + "---|" * len(columns), soft_wrap=True)
         for cells in rows:
             out.print("| " + " | ".join(cells) + " |", soft_wrap=True, markup=False)
         return
     table = Table(title=f"{len(rows)} shipped scenarios")
     for c in columns:
-        table.add_column(c)
+        table.add_column(Text(c))
     for cells in rows:
-        table.add_row(*cells)
+        table.add_row(*map(Text, cells))
     out.print(table)
 
 
@@ -73,18 +77,14 @@ def scenario_export(
     from deeplops.scenario import load_scenario
 
     if format_ != "chaostoolkit":
-        raise ConfigError(f"--format must be chaostoolkit, got {format_!r}")
+        raise ConfigError(f"--format must be chaostoolkit, got {shown(format_)}")
     if file.suffix not in (".yaml", ".yml"):
         raise ScenarioError(f"{file}: expected a scenario .yaml file, got {file.suffix or 'no extension'}")
+    if output is not None:
+        outputs.check_file(output, "--out")
     text = json.dumps(to_experiment(load_scenario(file)), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
         return
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(output)
-    except OSError as exc:
-        raise ConfigError(f"--out {output}: cannot write ({exc.strerror})") from None
-    err.print(f"wrote {output}")
+    outputs.write_text(output, text, "--out")
+    err.print(f"wrote {escape(str(output))}")
