@@ -1,13 +1,13 @@
-"""Saved agents as policies: a trained MaskablePPO model acting through the Policy protocol."""
+"""Saved agents as policies: a trained slot network acting through the Policy protocol."""
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from deeplops import agentfile
+from deeplops.agent_net import SlotPolicy
 from deeplops.errors import PolicyError
 from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS
 from deeplops.policies import Observation, Role
@@ -20,8 +20,8 @@ class LearnedPolicy:
 
     privileged = False
 
-    def __init__(self, model: Any, name: str = "learned", deterministic: bool = True) -> None:
-        n = int(model.action_space.n)
+    def __init__(self, model: SlotPolicy, name: str = "learned", deterministic: bool = True) -> None:
+        n = int(model.action_space.n)  # type: ignore[attr-defined]  # a Discrete space: the game's actions
         if n not in _ROLE_OF_ACTIONS:
             raise PolicyError(f"{name}: expected an agent with {N_ORDER_ACTIONS} or {N_CHAOS_ACTIONS} actions, got {n}")
         self.model = model
@@ -33,8 +33,8 @@ class LearnedPolicy:
         """A trained agent keeps no memory between ticks."""
 
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
-        """The model's action for each env, among the valid ones."""
-        keys = self.model.observation_space.spaces
+        """The network's action for each env, among the valid ones."""
+        keys = self.model.observation_space.spaces  # type: ignore[attr-defined]  # a Dict space
         actions, _ = self.model.predict(
             {k: obs[k] for k in keys}, action_masks=np.array(mask), deterministic=self.deterministic
         )
@@ -42,16 +42,10 @@ class LearnedPolicy:
 
 
 def load_agent(path: str | Path, device: str = "cpu") -> LearnedPolicy:
-    """The saved agent at ``path`` (a ``.zip`` written by ``deeplops selfplay``)."""
-    from sb3_contrib import MaskablePPO
+    """The saved agent at ``path`` (a ``.zip`` written by ``deeplops selfplay``; see ``deeplops.agentfile``).
 
+    Raises:
+        PolicyError: the file is not a saved agent in deeplops's format (an old pickled one included).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise PolicyError(f"{path}: no such file: expected a saved agent (.zip)")
-    if not zipfile.is_zipfile(path):
-        raise PolicyError(f"{path}: not a saved agent: expected a .zip written by deeplops selfplay")
-    try:
-        model = MaskablePPO.load(path, device=device)
-    except Exception as exc:  # an arbitrary zip: SB3 raises many kinds
-        raise PolicyError(f"{path}: not a saved agent ({exc.__class__.__name__}: {str(exc)[:80]})") from None
-    return LearnedPolicy(model, name=path.stem)
+    return LearnedPolicy(agentfile.load(path).build(device), name=path.stem)

@@ -71,7 +71,7 @@ def load_policy(ref: str, role: Role | str) -> Policy:
 
     agent = load_agent(ref)
     if agent.role is not role:
-        raise PolicyError(f"{ref}: a saved {agent.role.value} agent, expected a {role.value} policy")
+        raise PolicyError(f"{ref}: a saved {agent.role.value} agent, expected {_a(role)} policy")
     return agent
 
 
@@ -99,5 +99,10 @@ def as_policy(ref: Policy | str | None, role: Role, default: str) -> Policy:
     """A policy object from an object, a POLICY string, or ``None`` (``default``); checks the role."""
     policy = load_policy(default if ref is None else ref, role) if ref is None or isinstance(ref, str) else ref
     if Role(policy.role) is not role:
-        raise PolicyError(f"expected a {role.value} policy, got a {Role(policy.role).value} policy {policy!r}")
+        raise PolicyError(f"expected {_a(role)} policy, got {_a(Role(policy.role))} policy {policy.name!r}")
     return policy
+
+
+def _a(role: Role) -> str:
+    """The role with its article: "an order", "a chaos"."""
+    return f"{'an' if role is Role.ORDER else 'a'} {role.value}"

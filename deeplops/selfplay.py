@@ -10,19 +10,20 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback
 
+from deeplops import agentfile, bounds, outputs
 from deeplops.agent_net import SlotPolicy
 from deeplops.agents import AgentConfig, load_agent_config
-from deeplops.catalog import data_dir
+from deeplops.catalog import MAX_DOCUMENT_BYTES, data_dir, parse_json, read_text
 from deeplops.errors import ConfigError
 from deeplops.game import GameConfig
-from deeplops.learned import LearnedPolicy
+from deeplops.learned import load_agent
 from deeplops.policies import Policy, Role, load_policy
 from deeplops.sandbox import BACKENDS
 from deeplops.topogen import random_topology
@@ -74,6 +75,12 @@ class SelfPlayConfig:
                 raise ConfigError(
                     f"--from {self.start_from}: no {start.name} there: expected a selfplay output directory"
                 )
+            if start is not None:
+                start_agent(start, role)  # a file that is no saved agent of the role is refused now, not later
+            agent = self.order if role is Role.ORDER else self.chaos
+            problem = agentfile.Network(agent.hidden, agent.rounds, ()).unsupported()
+            if problem:
+                raise ConfigError(f"{role.value} agent: {problem}: a saved agent cannot hold a larger network")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -152,9 +159,32 @@ def pool_sampler(pool: list[Callable[[], Policy]]) -> Callable[[np.random.Genera
     return lambda rng: pool[int(rng.integers(len(pool)))]()
 
 
-def make_model(role: Role, agent: AgentConfig, env: GameVecEnv, seed: int, device: str, tb: Path | None) -> MaskablePPO:
-    """A fresh MaskablePPO on the slot network."""
-    return MaskablePPO(
+def start_agent(path: Path, role: Role) -> agentfile.SavedAgent:
+    """The saved agent at ``path`` that training of ``role`` starts from.
+
+    Raises:
+        PolicyError: the file is no saved agent (see ``deeplops.agentfile``).
+        ConfigError: it is one of the other role.
+    """
+    saved = agentfile.load(path)
+    if saved.role is not role:
+        raise ConfigError(f"{path} holds the {saved.role.value} agent: expected the {role.value} agent to train on")
+    return saved
+
+
+def make_model(
+    role: Role,
+    agent: AgentConfig,
+    env: GameVecEnv,
+    seed: int,
+    device: str,
+    tb: Path | None,
+    start: agentfile.SavedAgent | None = None,
+) -> MaskablePPO:
+    """A MaskablePPO on the slot network: fresh, or going on from the saved agent ``start`` (its
+    network, weights, Adam state and counters; this run's hyperparameters)."""
+    network = start.network.kwargs() if start else {"hidden": agent.hidden, "rounds": agent.rounds}
+    model = MaskablePPO(
         SlotPolicy,
         env,
         learning_rate=agent.learning_rate,
@@ -165,12 +195,26 @@ def make_model(role: Role, agent: AgentConfig, env: GameVecEnv, seed: int, devic
         gae_lambda=agent.gae_lambda,
         ent_coef=agent.ent_coef,
         clip_range=agent.clip_range,
-        policy_kwargs={"hidden": agent.hidden, "rounds": agent.rounds},
+        policy_kwargs=network,
         tensorboard_log=str(tb) if tb else None,
         seed=seed,
         device=device,
         verbose=0,
     )
+    if start is not None:
+        start.restore(cast(SlotPolicy, model.policy))
+        model.num_timesteps = start.training.timesteps
+        model._n_updates = start.training.updates
+        # Building the network drew from the global random streams: seed them again, so training
+        # starts from the same random state whether or not it starts from a saved agent.
+        model.set_random_seed(seed)
+    return model
+
+
+def save_model(model: MaskablePPO, role: Role, path: Path) -> None:
+    """Write ``model`` as a saved agent: its network's weights, Adam state and counters."""
+    training = agentfile.TrainingState(model.num_timesteps, model._n_updates)
+    agentfile.save(path, cast(SlotPolicy, model.policy), role, training)
 
 
 def imitate(
@@ -253,14 +297,26 @@ class SelfPlay:
         state = self.out / "state.json"
         if not state.exists():
             return 0
-        saved = json.loads(state.read_text())
-        if saved.get("config") != self._config_record():
+        expected = "the state of a selfplay run (or an empty --out)"
+        saved = parse_json(
+            read_text(state, ConfigError, expected, MAX_DOCUMENT_BYTES), ConfigError, str(state), expected
+        )
+        if not isinstance(saved, dict) or not {"completed", "config"} <= set(saved):
+            raise ConfigError(f"{state}: expected {expected}, with completed and config")
+        if saved["config"] != self._config_record():
             raise ConfigError(
                 f"{self.out} holds a run with other settings: expected an empty --out or the same settings"
             )
-        self.history = saved.get("history", [])
-        self.timing = saved.get("timing", self.timing)
-        return int(saved["completed"])
+        done = bounds.whole(saved["completed"], f"{state}: 'completed'", 0, bounds.MAX_GENERATIONS)
+        history, timing = saved.get("history", []), saved.get("timing", self.timing)
+        if not isinstance(history, list) or not isinstance(timing, dict) or set(timing) != set(self.timing):
+            raise ConfigError(f"{state}: 'history' and 'timing' are not those of a selfplay run: expected {expected}")
+        missing = [p.name for p in (self._agent(r, done) for r in Role) if done and not p.is_file()]
+        if missing:
+            raise ConfigError(f"{state}: generation {done} is completed but {', '.join(missing)} is missing: "
+                              "expected its checkpoints beside it (or an empty --out)")  # fmt: skip
+        self.history, self.timing = history, timing
+        return done
 
     def run(self) -> tuple[Path, Path]:
         """Train every generation not yet completed; return the final order and chaos agents' paths."""
@@ -295,17 +351,11 @@ class SelfPlay:
             topologies = (
                 topology_sampler(cfg) if role is Role.ORDER or cfg.real else (lambda rng: load_topology("shop"))
             )
+            previous = self._agent(role, g - 1) if g > 1 else cfg.start_path(role)
+            saved = start_agent(previous, role) if previous is not None else None  # before any container
             env = GameVecEnv(role, topologies, pool_sampler(pool), agent.n_games, agent.envs_per_game, game,
                              seed=env_seed, backend=cfg.backend)  # fmt: skip
-            previous = self._agent(role, g - 1) if g > 1 else cfg.start_path(role)
-            if previous is not None:
-                # A loaded model keeps its saved rollout size unless told: set it to this backend's.
-                sizes = {"n_steps": agent.n_steps, "batch_size": agent.batch_size}
-                model = MaskablePPO.load(previous, env=env, device=self.device, tensorboard_log=str(tb),
-                                         custom_objects=sizes)  # fmt: skip
-                model.set_random_seed(seed)
-            else:
-                model = make_model(role, agent, env, seed, self.device, tb)
+            model = make_model(role, agent, env, seed, self.device, tb, saved)
             if agent.imitate and agent.imitation_steps:
                 # Every generation: the teacher's play on the states this generation's opponents
                 # lead to (mostly random chaos, so nothing learnt before is crowded out), so the
@@ -326,12 +376,11 @@ class SelfPlay:
                 env.close()  # real containers go even when training fails
             self.timing[f"{role.value}_s"] += time.monotonic() - start
             self.timing[f"{role.value}_steps"] += cfg.steps
-            model.save(self._agent(role, g))
+            save_model(model, role, self._agent(role, g))
         self.history.append(record)
         state = {"completed": g, "config": self._config_record(), "history": self.history, "timing": self.timing}
-        tmp = self.out / "state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.out / "state.json")  # a generation counts once its state is written whole
+        # A generation counts once its state is written whole.
+        outputs.write_text(self.out / "state.json", json.dumps(state, indent=2), "--out")
 
     def _agent(self, role: Role, g: int) -> Path:
         return self.checkpoints / f"{role.value}-g{g}.zip"
@@ -341,7 +390,10 @@ class SelfPlay:
 
         def load() -> Policy:
             # A deep copy: loaded from its checkpoint, it never changes as training goes on.
-            return LearnedPolicy(MaskablePPO.load(path, device="cpu"), name=f"{role.value}-g{g}")
+            agent = load_agent(path)
+            if agent.role is not role:
+                raise ConfigError(f"{path} holds the {agent.role.value} agent: expected the {role.value} agent")
+            return agent
 
         return load
 
@@ -435,7 +487,6 @@ def real_drill(config: SelfPlayConfig, order_path: Path, progress: Progress) -> 
     """The trained order agent and the runbook on the shortest shipped scenario of the trained
     topology, on the run's backend (real containers)."""
     from deeplops.drill import run_drill
-    from deeplops.learned import load_agent
     from deeplops.scenario import load_scenario, shipped_scenarios
 
     topology = load_topology(config.train_on[0])
