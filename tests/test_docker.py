@@ -285,3 +285,172 @@ def test_sandbox_commands_bring_a_topology_up_report_it_and_take_it_down(docker_
         assert leftovers(name) == []
     finally:
         cli("sandbox", "down", "--name", name)
+
+
+# -- the host is not harmed, and nothing is left behind -------------------------------------
+
+
+def plant_link(box, service: str, name: str, target: Path) -> None:
+    """From inside the container, as anything running there could: a link in its volume to a host path."""
+    code = f"import os; os.symlink({str(target)!r}, {'/data/' + name!r})"
+    exit_code, output = box.containers[service].exec_run(["python3", "-c", code])
+    assert exit_code == 0, output
+
+
+def test_disk_full_does_not_write_through_links_planted_in_the_volume(box, tmp_path):
+    victims = [tmp_path / f"victim-{n}" for n in range(3)]
+    for n, victim in enumerate(victims):
+        victim.write_text("host data")
+        plant_link(box, "db", f"junk-{n}.fill", victim)
+    inject(box, "db", Fault.DISK_FULL)
+    ticks(box, 1)
+    assert [v.read_text() for v in victims] == ["host data"] * 3
+    assert feature(box, "db", Feature.DISK_USED) > 0.99
+    assert not healthy(box, "db")
+
+
+def test_clean_disk_removes_a_planted_link_not_what_it_points_at(box, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("host data")
+    plant_link(box, "db", "junk-99.fill", victim)
+    inject(box, "db", Fault.DISK_FULL)
+    assert repair(box, "db", Repair.CLEAN_DISK)
+    from deeplops.dockerbox import host
+
+    volume = host.volume_dir(box.name, "db")
+    assert victim.read_text() == "host data"
+    names = {p.name for p in volume.iterdir()}
+    assert "data.bin" in names and not any(n.startswith("junk-") for n in names)
+
+
+def test_sandbox_up_refuses_an_existing_sandbox_and_leaves_it_running(box, cli):
+    result = cli("sandbox", "up", "--env", "chain", "--name", box.name)
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        f"deeplops: error: sandbox {box.name!r} already exists: run 'deeplops sandbox down --name {box.name}' first"
+    ]
+    ticks(box, 1)
+    assert box.health.all()
+
+
+def make_stale(name: str) -> None:
+    """A chain sandbox recorded as made for this process, but with another start time: a PID reused
+    by a later process, which must not pass for the owner."""
+    from deeplops.dockerbox import image, reaper, stack
+
+    pid, _, boot, ns = reaper.owner_id(os.getpid()).split(":")
+    client = stack.connect()
+    stack.up(
+        client, load_topology("chain"), name, image.ensure_image(client), {"db": 0.3}, owner=f"{pid}:1:{boot}:{ns}"
+    )
+
+
+def test_down_stale_removes_only_sandboxes_whose_owner_is_gone(box, cli):
+    from deeplops.dockerbox import stack
+
+    name = f"dlorphan-{os.getpid()}"
+    make_stale(name)
+    try:
+        result = cli("sandbox", "down", "--stale")
+        assert result.code == 0
+        assert f"sandbox {name}: removed" in result.out
+        assert leftovers(name) == []
+        assert sorted(stack.containers(box.client, box.name)) == sorted(box.topology.names)  # its owner lives
+    finally:
+        stack.down(name)
+
+
+def test_reset_reaps_sandboxes_whose_owner_is_gone(sandbox):
+    from deeplops.dockerbox import stack
+
+    name = f"dlorphan-r-{os.getpid()}"
+    make_stale(name)
+    try:
+        sandbox.reset([0])
+        assert leftovers(name) == []
+    finally:
+        stack.down(name)
+
+
+def start_orphan(name: str) -> tuple[subprocess.Popen[str], int]:
+    """A process in a process group of its own that makes a sandbox and holds it; and its reaper's pid."""
+    code = textwrap.dedent(f"""
+        import time
+        from deeplops.dockerbox.sandbox import DockerSandbox
+        from deeplops.topology import load_topology
+        box = DockerSandbox(load_topology("chain"), name={name!r}, log=lambda line: None)
+        box.reset([0])
+        print(box._reaper.pid, flush=True)
+        time.sleep(3600)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert owner.stdout is not None
+    line = owner.stdout.readline().strip()
+    assert line.isdigit(), line
+    return owner, int(line)
+
+
+def test_a_sandbox_whose_owner_and_reaper_were_killed_is_listed_stale_and_the_next_up_reaps_it(docker_engine, cli):
+    from deeplops.dockerbox import stack
+
+    name, keep, after = (f"{prefix}-{os.getpid()}" for prefix in ("dlorphan-k", "dlkeep", "dlnext"))
+    owner = None
+    try:
+        assert cli("sandbox", "up", "--env", "chain", "--name", keep).code == 0  # no owner: lives until down
+        owner, reaper_pid = start_orphan(name)
+        os.killpg(reaper_pid, signal.SIGKILL)  # the reaper leads a session of its own
+        os.killpg(owner.pid, signal.SIGKILL)  # and the owner's whole group, as a cancelled CI job is
+        owner.wait()
+        assert leftovers(name)  # nothing removed it
+
+        status = cli("sandbox", "status", "--all", "--json")
+        assert status.code == 0
+        found = {s["sandbox"]: s for s in json.loads(status.out)["sandboxes"]}
+        assert (found[name]["stale"], found[name]["owner"]) == (True, owner.pid)
+        assert (found[keep]["stale"], found[keep]["owner"]) == (False, None)
+        assert f"sandbox {name} is stale" in cli("sandbox", "status", "--name", keep).err
+
+        result = cli("sandbox", "up", "--env", "chain", "--name", after)
+        assert result.code == 0, result.err
+        assert f"removed stale sandbox {name}" in result.err
+        assert leftovers(name) == []
+        assert [(s.state, s.healthy) for s in stack.status(stack.connect(), keep)] == [("running", True)] * 3
+    finally:
+        if owner is not None and owner.poll() is None:
+            os.killpg(owner.pid, signal.SIGKILL)
+        for sandbox in (name, keep, after):
+            stack.down(sandbox)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("phase", ["image", "health"])
+def test_sandbox_up_interrupted_leaves_nothing_behind(docker_engine, phase, sig):
+    """Interrupted while the image is built, or once its containers run and it waits for health."""
+    from deeplops.dockerbox import stack
+
+    name = f"dlint-{phase}-{sig.name.lower()}-{os.getpid()}"
+    stalled = {"image": "image.ensure_image", "health": "stack.wait_healthy"}[phase]
+    code = textwrap.dedent(f"""
+        import signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even in the background
+        from deeplops.dockerbox import image, stack
+        def stall(*args, **kwargs):
+            print("stalled", flush=True)
+            time.sleep(600)
+        {stalled} = stall
+        sys.argv = ["deeplops", "sandbox", "up", "--env", "chain", "--name", {name!r}]
+        from deeplops.cli import main
+        main()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "stalled"
+        if phase == "health":
+            assert leftovers(name)  # its containers are up
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        assert proc.returncode == 128 + sig
+        assert leftovers(name) == []
+    finally:
+        proc.kill()
+        stack.down(name)

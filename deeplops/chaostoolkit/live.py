@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from docker.models.containers import Container
 
-from deeplops.dockerbox import stack
+from deeplops.dockerbox import host, stack
 from deeplops.dockerbox.sandbox import DockerSandbox
 from deeplops.errors import SandboxError
 
@@ -19,8 +19,7 @@ _BOXES: dict[str, DockerSandbox] = {}
 
 def sandbox(name: str) -> DockerSandbox:
     """The live sandbox ``name``, attached on first use."""
-    if not isinstance(name, str) or not name:
-        raise SandboxError(f"expected the name of a live sandbox (deeplops sandbox up --name NAME), got {name!r}")
+    host.check_name(name)
     box = _BOXES.get(name)
     if box is None or _ids(box.containers.values()) != _ids(stack.containers(box.client, name).values()):
         # First use, or the sandbox was brought down and up again since: attach afresh (a flood

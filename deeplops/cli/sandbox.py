@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from deeplops.cli import JsonOpt, SeedOpt, app, err, out, write_json
+from deeplops import outputs
+from deeplops.cli import JsonOpt, SeedOpt, app, check_json, err, on_interrupt, out, write_json
+
+if TYPE_CHECKING:
+    from deeplops.dockerbox.stack import Found
 
 sandbox_app = typer.Typer(
     help="Real containers: build the service image, bring a topology up or down, see its state.",
     no_args_is_help=True,
 )
 app.add_typer(sandbox_app, name="sandbox")
-NameOpt = Annotated[str, typer.Option("--name", help="Sandbox name: its network, and the prefix of its containers.")]
+NameOpt = Annotated[
+    str,
+    typer.Option(
+        "--name",
+        help="Sandbox name: its network, and the prefix of its containers. Lower-case letters, digits, '-' and "
+        "'_', starting with a letter or digit, at most 31 characters.",
+    ),
+]
 
 
 @sandbox_app.command("build")
@@ -43,22 +54,27 @@ def sandbox_up(
     name: NameOpt = "deeplops",
     seed: SeedOpt = 0,
 ) -> None:
-    """Start a topology as containers, each labelled deeplops.sandbox=NAME and deeplops.service=SERVICE."""
+    """Start a topology as containers, each labelled deeplops.sandbox=NAME and deeplops.service=SERVICE.
+
+    Stale sandboxes (made for a process that is gone, with its reaper) are removed first. Ctrl-C or
+    SIGTERM at any point leaves nothing of the new sandbox behind.
+    """
     import time
 
-    from deeplops.dockerbox import image, stack
+    from deeplops.dockerbox import host, image, stack
     from deeplops.topology import load_topology
 
+    host.check_name(name)
     topology = load_topology(env)
+    stack.check_memory(topology)
     client = stack.connect()
-    tag = image.ensure_image(client, log=lambda line: err.print(line))
-    data = stack.data_fractions(topology, seed)
-    start = time.monotonic()
-    try:
-        stack.up(client, topology, name, tag, data)
-    except BaseException:
-        stack.down(name, client)  # nothing half-made stays behind
-        raise
+    on_interrupt(f"nothing of sandbox {name} is left")
+    with stack.terminate_unwinds():
+        stack.reap_stale(client, log=lambda line: err.print(line, markup=False))
+        tag = image.ensure_image(client, log=lambda line: err.print(line))
+        data = stack.data_fractions(topology, seed)
+        start = time.monotonic()
+        stack.up(client, topology, name, tag, data)  # whole or nothing: it removes what it made on failure
     took = time.monotonic() - start
     out.print(f"sandbox {name}: {topology.n_services} services of {topology.name} up in {took:.1f} s")
 
@@ -67,12 +83,23 @@ def sandbox_up(
 def sandbox_down(
     name: NameOpt = "deeplops",
     all_: Annotated[bool, typer.Option("--all", help="Remove every deeplops sandbox on this engine.")] = False,
+    stale: Annotated[
+        bool, typer.Option("--stale", help="Remove every sandbox whose owning process is gone (see 'status --all').")
+    ] = False,
 ) -> None:
     """Remove a sandbox's containers, network, volumes and blocks, including what a crashed run left."""
-    from deeplops.dockerbox import stack
+    from deeplops.dockerbox import host, stack
 
+    host.check_name(name)
     client = stack.connect()
-    names = sorted(stack.sandboxes(client)) if all_ else [name]
+    if all_:
+        names = sorted(stack.sandboxes(client))
+    elif stale:
+        names = [found.sandbox for found in stack.survey(client) if found.stale]
+        if not names:
+            out.print("no stale sandboxes")
+    else:
+        names = [name]
     for sandbox in names:
         removed = stack.down(sandbox, client)
         out.print(f"sandbox {sandbox}: " + (f"removed {len(removed)} item(s)" if removed else "nothing to remove"))
@@ -82,18 +109,31 @@ def sandbox_down(
 def sandbox_status(
     name: NameOpt = "deeplops",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="List every sandbox on this engine, its owner, and whether it is stale.")
+    ] = False,
 ) -> None:
-    """Each service's container state and health."""
+    """Each service's container state and health. A line on stderr names each stale sandbox."""
     from dataclasses import asdict
 
     from rich.table import Table
 
-    from deeplops.dockerbox import stack
+    from deeplops.dockerbox import host, stack
 
+    host.check_name(name)
     client = stack.connect()
+    found = stack.survey(client)
+    for s in found:
+        if s.stale:
+            err.print(f"sandbox {s.sandbox} is stale: its owner, process {s.owner}, is gone; "
+                      "'deeplops sandbox down --stale' removes it", markup=False)  # fmt: skip
+    if all_:
+        _print_survey(found, as_json)
+        return
     rows = stack.status(client, name)
     if as_json:
-        print(json.dumps({"sandbox": name, "services": [asdict(r) for r in rows]}, indent=2))
+        stale = any(s.stale for s in found if s.sandbox == name)
+        print(json.dumps({"sandbox": name, "stale": stale, "services": [asdict(r) for r in rows]}, indent=2))
         return
     if not rows:
         out.print(f"sandbox {name}: not running")
@@ -104,6 +144,27 @@ def sandbox_status(
     for r in rows:
         health = "[green]healthy[/]" if r.healthy else "[red]unhealthy[/]"
         table.add_row(r.service, r.state, health, r.ip or "-")
+    out.print(table)
+
+
+def _print_survey(found: list[Found], as_json: bool) -> None:
+    """``sandbox status --all``: every sandbox, its owner and whether it is stale."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    if as_json:
+        print(json.dumps({"sandboxes": [asdict(s) for s in found]}, indent=2))
+        return
+    if not found:
+        out.print("no sandboxes")
+        return
+    table = Table(title="sandboxes")
+    for column in ("sandbox", "containers", "owner", "state"):
+        table.add_column(column)
+    for s in found:
+        owner = "sandbox up" if s.owner is None else f"process {s.owner}"
+        table.add_row(s.sandbox, str(s.containers), owner, "[red]stale[/]" if s.stale else "live")
     out.print(table)
 
 
@@ -118,8 +179,10 @@ def sandbox_calibrate(
     """
     from deeplops.dockerbox.calibrate import calibrate
 
+    outputs.check_file(out_path, "--out")
+    on_interrupt("nothing was written; its containers are removed")
     result = calibrate(log=lambda line: err.print(line))
-    write_json(out_path, result)
+    write_json(out_path, result, "--out")
     for key, value in result["sim_params"].items():
         out.print(f"{key:>20} = {value}")
 
@@ -139,15 +202,18 @@ def sandbox_compare(
     the scenarios have ticks.
     """
     from rich.table import Table
+    from rich.text import Text
 
     from deeplops import agreement
     from deeplops.policies import Role, load_policy
     from deeplops.scenario import load_scenario, shipped_scenarios
 
     load_policy(order, Role.ORDER)  # a bad name fails before anything starts
+    check_json(json_path)
     scenarios = [load_scenario(p) for p in (scenario or shipped_scenarios())]
+    on_interrupt("nothing was written; its containers are removed")
     rows = agreement.compare(scenarios, order, on_scenario=lambda name, backend: err.print(f"{name} on {backend}"))
-    table = Table(title=f"sim vs docker, order={order}")
+    table = Table(title=Text(f"sim vs docker, order={order}"))
     columns = ("scenario", "avail sim", "avail docker", "MTTR sim", "MTTR docker", "unrec sim/docker",
                "hypothesis sim/docker", "agree")  # fmt: skip
     for column in columns:
@@ -157,7 +223,7 @@ def sandbox_compare(
         verdict = "[green]yes[/]" if r.agrees else "[red]no[/]"
         avail = [f"{a:.3f}" for a in r.availability]
         held = "/".join("met" if h else "[red]NOT met[/]" for h in r.hypothesis)
-        table.add_row(r.scenario, *avail, *mttr, f"{r.unrecovered[0]}/{r.unrecovered[1]}", held, verdict)
+        table.add_row(Text(r.scenario), *avail, *mttr, f"{r.unrecovered[0]}/{r.unrecovered[1]}", held, verdict)
     out.print(table)
     write_json(json_path, {"order": order, "scenarios": [
         {"scenario": r.scenario, "availability": list(r.availability), "mttr_mean": list(r.mttr_mean),

@@ -1,12 +1,24 @@
 """Host-side mechanisms of the Docker backend: tmpfs volumes, the tc link cap, iptables
-blocks, and the counters observations are measured from. All need root."""
+blocks, and the counters observations are measured from. All need root.
+
+Everything here runs as root, so nothing trusts a name or a path: a sandbox name is checked
+(``check_name``) before it becomes a path, removal stays inside STATE_DIR, and every file
+operation inside a volume (which the container can write: it is mode 0777) goes through a
+directory descriptor and never follows a symbolic link.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import stat
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from deeplops import bounds
 from deeplops.errors import SandboxError
 
 STATE_DIR = Path(os.environ.get("DEEPLOPS_STATE_DIR", "/run/deeplops"))
@@ -14,6 +26,27 @@ STATE_DIR = Path(os.environ.get("DEEPLOPS_STATE_DIR", "/run/deeplops"))
 LINK_BYTES_PER_S = 1_000_000
 """Capacity of every service's link (8 Mbit/s): the tc cap, and the unit of the NET_RX feature."""
 _IPTABLES_CHAIN = "OUTPUT"
+MAX_NAME_LEN = 31
+"""Longest sandbox name: with a service name (at most 31) ``NAME-SERVICE`` fits a 63-character DNS
+label, and the iptables comment ``deeplops:NAME:SERVICE`` stays far below its 255."""
+_NAME = re.compile(rf"[a-z0-9][a-z0-9_-]{{0,{MAX_NAME_LEN - 1}}}")
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def check_name(name: object, what: str = "sandbox name") -> str:
+    """``name`` if it may name a sandbox, else a SandboxError; call it before a name is used.
+
+    A sandbox name becomes a directory under STATE_DIR, a network, the prefix of container names
+    and part of iptables comments: lower-case letters, digits, ``-`` and ``_``, starting with a
+    letter or digit, 1 to MAX_NAME_LEN characters. No ``/``, ``.`` or empty name gets through.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise SandboxError(
+            f"{what} {bounds.shown(name)} is invalid: expected 1 to {MAX_NAME_LEN} lower-case letters, digits, "
+            "'-' or '_', starting with a letter or digit"
+        )
+    return name
 
 
 def require_root() -> None:
@@ -33,31 +66,143 @@ def run(*cmd: str) -> str:
     return done.stdout
 
 
+def sandbox_dir(sandbox: str) -> Path:
+    """Host directory holding a sandbox's data volumes."""
+    return STATE_DIR / check_name(sandbox)
+
+
 def volume_dir(sandbox: str, service: str) -> Path:
     """Host directory of a service's data volume."""
-    return STATE_DIR / sandbox / service
+    return sandbox_dir(sandbox) / check_name(service, "service name")
 
 
 def mount_volume(path: Path, size_mb: int) -> None:
     """A fresh tmpfs of ``size_mb`` MiB at ``path``: a real, size-limited file system (ENOSPC when full)."""
     path.mkdir(parents=True, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):  # mount would follow a link to wherever it points
+        raise SandboxError(f"{path} is not a directory: expected a sandbox volume's mount point")
     if path.is_mount():
         run("umount", str(path))
     run("mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0777", "tmpfs", str(path))
 
 
+@contextmanager
+def open_volume(path: Path) -> Iterator[int]:
+    """A descriptor of the volume directory at ``path``, for the ``*_at`` operations below.
+
+    The parents (STATE_DIR/NAME) belong to root; the volume's own contents belong to whatever
+    runs in the container, so every name in it is resolved relative to this descriptor.
+    """
+    try:
+        fd = os.open(path, _OPEN_DIR)
+    except OSError as exc:
+        raise SandboxError(f"cannot open the volume {path}: {exc.strerror}") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def create_in(dir_fd: int, name: str) -> int | None:
+    """A new, empty file ``name`` in the directory ``dir_fd``, open for writing; None when the name
+    is held by something that cannot be removed without following it (a directory).
+
+    Whatever held the name before (a file, or a link planted to point anywhere on the host) is
+    unlinked, which never follows a link; the file is then created exclusively and never through
+    a link, so a link planted in between makes this fail instead of writing through it.
+    """
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        return None
+    try:
+        return os.open(name, _CREATE, 0o644, dir_fd=dir_fd)
+    except FileExistsError:  # planted again since the unlink: leave it
+        return None
+
+
+def remove_in(dir_fd: int, name: str) -> bool:
+    """Unlink ``name`` in the directory ``dir_fd`` (a link itself, never its target); whether it went."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    return True
+
+
 def unmount_all(root: Path) -> None:
-    """Unmount every tmpfs under ``root`` and remove the directories."""
-    if not root.exists():
+    """Unmount the volumes of the sandbox directory ``root`` and remove it.
+
+    ``root`` must be a sandbox's own directory, directly in STATE_DIR; anything else is refused.
+    Nothing is followed: a link in its place is removed as a link, and the removal walks by
+    descriptors (``shutil.rmtree`` on Linux), so a link inside never leads outside.
+    """
+    _check_own(root)
+    try:
+        mode = os.lstat(root).st_mode
+    except FileNotFoundError:
         return
-    for path in sorted(root.iterdir()):
-        if path.is_mount():
-            run("umount", "-l", str(path))
-        if path.is_dir():
-            for child in path.iterdir():
-                child.unlink(missing_ok=True)
-            path.rmdir()
-    root.rmdir()
+    if not stat.S_ISDIR(mode):
+        root.unlink(missing_ok=True)
+        return
+    unmount_under(root)  # the volumes, and anything else mounted inside: detached, never emptied
+    shutil.rmtree(root, onerror=_gone_is_fine)
+
+
+def _check_own(root: Path) -> None:
+    """Refuse any path that is not a sandbox directory directly in STATE_DIR."""
+    if not shutil.rmtree.avoids_symlink_attacks:
+        raise SandboxError("this platform's rmtree can follow links: refusing to remove sandbox volumes")
+    if not _NAME.fullmatch(root.name) or root.parent.resolve() != STATE_DIR.resolve():
+        raise SandboxError(f"refusing to remove {root}: expected a sandbox directory directly in {STATE_DIR}")
+
+
+def _gone_is_fine(func: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+    """rmtree's error handler: a file already gone is fine (the reaper may be removing it too)."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
+
+
+def mounts_under(path: Path) -> list[Path]:
+    """Every mount point at or below ``path``, deepest first."""
+    top = os.path.realpath(path)
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = _unescape(line.split()[4])
+        if point == top or point.startswith(top.rstrip("/") + "/"):
+            found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_under(path: Path) -> None:
+    """Detach every mount at or below ``path`` (deepest first), so that removing ``path`` cannot
+    reach into another file system: a bind mount of a host folder would otherwise be emptied."""
+    for point in mounts_under(path):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=10)
+    left = mounts_under(path)
+    if left:
+        raise SandboxError(f"cannot unmount {left[0]}: refusing to remove {path} while it is mounted")
+
+
+@contextmanager
+def unmounted_after(path: Path) -> Iterator[Path]:
+    """``path``; on the way out, however it is left, every mount under it detached (``unmount_under``).
+
+    For a root file system being built: debootstrap mounts /proc and /sys and binds /dev's entries
+    into it, and unmounts them only if it exits by itself, so removing the folder after an
+    interruption would reach into the host's /dev/shm.
+    """
+    try:
+        yield path
+    finally:
+        unmount_under(path)
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field: spaces, tabs, newlines and backslashes come octal-escaped."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def disk_usage(path: Path) -> float:

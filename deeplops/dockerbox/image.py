@@ -22,6 +22,7 @@ import docker
 from docker.errors import APIError, BuildError, ImageNotFound
 
 from deeplops.catalog import data_dir
+from deeplops.dockerbox import host
 from deeplops.errors import SandboxError
 
 BASE_IMAGE = "deeplops/base:bookworm"
@@ -158,7 +159,8 @@ def build_base(client: docker.DockerClient, log: Callable[[str], None] = print) 
     """Debootstrap a minimal Debian with python3 and import it as BASE_IMAGE (needs root and debootstrap)."""
     if shutil.which("debootstrap") is None:
         raise SandboxError("debootstrap not found: install it (apt-get install debootstrap) to build the base image")
-    with tempfile.TemporaryDirectory(prefix="deeplops-rootfs-") as tmp:
+    # Exits in reverse: the mounts an interrupted debootstrap left are detached before the folder goes.
+    with tempfile.TemporaryDirectory(prefix="deeplops-rootfs-") as tmp, host.unmounted_after(Path(tmp)):
         root = Path(tmp) / "rootfs"
         log(f"debootstrapping a minimal Debian with python3 from {MIRROR} (about a minute)")
         done = subprocess.run(

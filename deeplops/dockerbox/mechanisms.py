@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from docker.errors import APIError
+from docker.errors import APIError, ImageNotFound, NotFound
 from docker.models.containers import Container
 
 from deeplops.dockerbox import host, stack
@@ -35,6 +36,10 @@ RESTART_GRACE_S = 0.2
 FLOOD_FACTOR = 4.0
 """A flood sends this many times the link's capacity."""
 _VERIFY_S = 0.5
+_JUNK = "junk-{}.fill"
+"""Names of the files disk_full writes and clean_disk deletes."""
+_JUNK_NAMES = 10_000
+"""Most junk names disk_full tries: each is a whole file until ENOSPC, so one or two are used."""
 
 
 def _until(check: Callable[[], bool], what: str, timeout_s: float = _VERIFY_S) -> None:
@@ -86,22 +91,44 @@ def cpu_hog(box: DockerSandbox, service: str) -> None:
 
 
 def disk_full(box: DockerSandbox, service: str) -> None:
-    """Write junk into the data volume until the file system says ENOSPC."""
+    """Write junk into the data volume until the file system says ENOSPC.
+
+    The volume is the container's to write, so a name may hold a link it planted to a host file:
+    every junk file is made new, relative to the volume's descriptor, never through a link.
+    """
     path = host.volume_dir(box.name, service)
-    n = 0
     chunk = b"\xff" * 2**20
-    while True:
-        try:
-            with (path / f"junk-{n}.fill").open("wb") as f:
-                while True:
-                    f.write(chunk)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
+    with host.open_volume(path) as volume:
+        for n in range(_JUNK_NAMES):
+            try:
+                if _fill(volume, _JUNK.format(n), chunk):
+                    break
+            except OSError as exc:
                 raise SandboxError(f"disk_full on {service}: {exc}") from None
-            break
-        n += 1
     if host.disk_usage(path) < 0.99:
         raise SandboxError(f"disk_full on {service} did not fill the volume ({host.disk_usage(path):.0%} used)")
+
+
+def _fill(volume: int, name: str, chunk: bytes) -> bool:
+    """Write ``chunk`` into a new file ``name`` of the volume until ENOSPC; whether it got there
+    (False: the name is held by a directory, try another)."""
+    try:
+        fd = host.create_in(volume, name)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:  # not even room for a new name: full already
+            return True
+        raise
+    if fd is None:
+        return False
+    try:
+        while True:
+            os.write(fd, chunk)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        return True
+    finally:
+        os.close(fd)
 
 
 def net_saturation(box: DockerSandbox, service: str) -> None:
@@ -197,9 +224,13 @@ def _in_container(pid: int, container_id: str) -> bool:
 
 
 def clean_disk(box: DockerSandbox, service: str) -> None:
-    """Delete the junk from the data volume (the data stays)."""
-    for junk in host.volume_dir(box.name, service).glob("junk-*.fill"):
-        junk.unlink()
+    """Delete the junk from the data volume (the data stays): names in the volume itself, each
+    unlinked relative to its descriptor, so a link is removed, never followed, and no folder is
+    entered."""
+    with host.open_volume(host.volume_dir(box.name, service)) as volume:
+        for name in os.listdir(volume):
+            if fnmatch.fnmatchcase(name, _JUNK.format("*")):
+                host.remove_in(volume, name)
 
 
 def rate_limit(box: DockerSandbox, service: str) -> None:
@@ -209,14 +240,41 @@ def rate_limit(box: DockerSandbox, service: str) -> None:
 
 
 def recreate(box: DockerSandbox, service: str) -> None:
-    """A new container with a fresh, empty volume: everything but a flood ends, and the data is lost."""
+    """A new container with a fresh, empty volume: everything but a flood ends, and the data is lost.
+
+    The image is the sandbox's own, or on a sandbox attached to (which did not build it) the
+    image of the container being replaced (or of another of its services, if that one is gone):
+    found, and checked to exist, before anything is removed.
+    """
     spec = box.topology.services[box.topology.index[service]]
+    image = box.image or _image_of(box, service)
     flooded = pause_flood(box, service)
-    box.containers[service].remove(force=True)
+    old = box.containers.get(service)
+    if old is not None:
+        try:
+            old.remove(force=True)
+        except APIError as exc:
+            if not isinstance(exc, NotFound):  # already gone: nothing to remove
+                raise SandboxError(f"recreate of {service}: {exc.explanation or exc}") from None
     if spec.disk_mb:
         stack.prepare_volume(box.name, spec, 0.0)
-    box.containers[service] = stack.start_service(box.client, box.name, spec, box.image)
+    box.containers[service] = stack.start_service(box.client, box.name, spec, image)
     box.rewire(service, resume_flood=flooded)
+
+
+def _image_of(box: DockerSandbox, service: str) -> str:
+    """The image ID the service's container runs (else a sibling's), checked to be on the engine."""
+    ordered = [box.containers.get(service), *box.containers.values()]
+    found = next((c.attrs.get("Image") for c in ordered if c is not None and c.attrs.get("Image")), None)
+    if not found:
+        raise SandboxError(f"recreate of {service}: no container of sandbox {box.name} to take the image from")
+    try:
+        box.client.images.get(found)
+    except ImageNotFound:
+        raise SandboxError(f"recreate of {service}: its image {found[:19]} is gone from the engine") from None
+    except APIError as exc:
+        raise SandboxError(f"recreate of {service}: cannot inspect its image ({exc.explanation or exc})") from None
+    return str(found)
 
 
 def noop(box: DockerSandbox, service: str) -> None:

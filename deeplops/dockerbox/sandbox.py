@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from docker.models.containers import Container
 
-from deeplops.dockerbox import host, image, mechanisms, stack
+from deeplops.dockerbox import host, image, mechanisms, reaper, stack
 from deeplops.errors import SandboxError
 from deeplops.faults import CLEARS_TABLE, Fault, Repair
 from deeplops.observation import MAX_SLOTS, N_FEATURES, RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
@@ -68,10 +68,13 @@ class DockerSandbox(ArrayState):
     ) -> None:
         if n_envs != 1:
             raise SandboxError(f"the docker backend runs one env at a time, got n_envs={n_envs}")
+        self.name = host.check_name(f"deeplops-{os.getpid()}" if name is None else name)
         host.require_root()
+        if not attach:
+            stack.check_memory(topology)  # before an image is built
         self.topology = topology
         self.n_envs = 1
-        self.name = name or f"deeplops-{os.getpid()}"
+        self._log = log
         self.client = stack.connect()
         self.owned = not attach
         """Whether this object made the stack (and tears it down), or attached to a live one."""
@@ -106,9 +109,15 @@ class DockerSandbox(ArrayState):
     def attach(cls, name: str) -> DockerSandbox:
         """The live sandbox ``name`` (made by ``deeplops sandbox up``), to act on and measure without
         owning it: ``close`` leaves its containers running. Its faults are not known, so all read 0."""
+        host.check_name(name)
         client = stack.connect()
         box = cls(stack.topology_of(client, name), name=name, attach=True)
-        box.containers = stack.containers(box.client, name)
+        # Only the topology's services: a container wearing the sandbox's label without being one
+        # of them (no service label, or an unknown one) is not ours to measure or repair.
+        found = client.containers.list(all=True, sparse=False, filters={"label": f"{stack.LABEL_SANDBOX}={name}"})
+        box.containers = {
+            c.labels[stack.LABEL_SERVICE]: c for c in found if c.labels.get(stack.LABEL_SERVICE) in box.topology.index
+        }
         for service in box.topology.names:
             if box.containers.get(service) is not None and box.containers[service].status == "running":
                 box.rewire(service)
@@ -121,9 +130,11 @@ class DockerSandbox(ArrayState):
     def reset(self, seeds: Sequence[int]) -> None:
         """A fresh system: every container recreated, volumes refilled with data, all healthy."""
         seed = int(seeds[0])
+        stack.reap_stale(self.client, self._log)  # what earlier runs left when their reaper died with them
         stack.down(self.name, self.client)
         self._start_reaper()
-        stack.up(self.client, self.topology, self.name, self.image, stack.data_fractions(self.topology, seed))
+        data = stack.data_fractions(self.topology, seed)
+        stack.up(self.client, self.topology, self.name, self.image, data, owner=reaper.owner_id(os.getpid()))
         self.containers = stack.containers(self.client, self.name)
         for service in self.topology.names:
             self.rewire(service)
@@ -285,7 +296,8 @@ class DockerSandbox(ArrayState):
     def _states(self) -> dict[str, str]:
         """Docker state of every container of the sandbox, in one cheap call."""
         found = self.client.api.containers(all=True, filters={"label": f"{stack.LABEL_SANDBOX}={self.name}"})
-        return {c["Labels"][stack.LABEL_SERVICE]: c["State"] for c in found}
+        # A container with the sandbox's label but no service label is none of its services.
+        return {c["Labels"][stack.LABEL_SERVICE]: c["State"] for c in found if stack.LABEL_SERVICE in c["Labels"]}
 
     def _slot(self, slot: int) -> int:
         if not 0 <= slot < self.topology.n_services:
@@ -297,7 +309,7 @@ class DockerSandbox(ArrayState):
     def _start_reaper(self) -> None:
         if self._reaper is None or self._reaper.poll() is not None:
             self._reaper = subprocess.Popen(
-                [sys.executable, "-m", "deeplops.dockerbox.reaper", str(os.getpid()), self.name],
+                [sys.executable, "-m", "deeplops.dockerbox.reaper", reaper.owner_id(os.getpid()), self.name],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
 
@@ -307,7 +319,7 @@ class DockerSandbox(ArrayState):
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
             signal.SIG_DFL, None,
         ):  # fmt: skip
-            signal.signal(signal.SIGTERM, _raise_exit)
+            signal.signal(signal.SIGTERM, stack.exit_on_signal)
 
 
 def counter_rate(last: dict[str, tuple[float, int]], key: str, now: float, value: int | None, unit: float) -> float:
@@ -321,7 +333,3 @@ def counter_rate(last: dict[str, tuple[float, int]], key: str, now: float, value
     if prev is None or now <= prev[0]:
         return 0.0
     return float(min(1.0, max(0.0, (value - prev[1]) / (now - prev[0]) / unit)))
-
-
-def _raise_exit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)

@@ -3,24 +3,34 @@
 A sandbox NAME is: a network ``NAME``; one container ``NAME-SERVICE`` per service, labelled
 ``deeplops.sandbox=NAME`` and ``deeplops.service=SERVICE``; a tmpfs data volume per service with
 ``disk_mb`` under ``STATE_DIR/NAME``; iptables blocks commented ``deeplops:NAME:SERVICE``.
-``down`` removes all of it, whoever created it.
+``down`` removes all of it, whoever created it. NAME passes ``host.check_name`` first, always.
+
+A sandbox made for a process (a DockerSandbox) records that process as its owner
+(``deeplops.owner``, see ``reaper.owner_id``); once the owner is gone the sandbox is stale, and
+``reap_stale`` removes it, for when its reaper was killed along with its owner. A sandbox made by
+``deeplops sandbox up`` has no owner and lives until ``down``.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import docker
+import psutil
 from docker.errors import APIError, DockerException, NotFound
 from docker.models.containers import Container
 
-from deeplops.dockerbox import host
+from deeplops.dockerbox import host, reaper
 from deeplops.errors import SandboxError
 from deeplops.topology import Service, Topology, topology_from_dict, topology_to_dict
 
@@ -28,6 +38,10 @@ LABEL_SANDBOX = "deeplops.sandbox"
 LABEL_SERVICE = "deeplops.service"
 LABEL_TOPOLOGY = "deeplops.topology"
 """On the sandbox's network: its topology as JSON (DESIGN §5's document), so others can attach."""
+LABEL_OWNER = "deeplops.owner"
+"""On the network and containers of a sandbox made for a process: that process (``reaper.owner_id``)."""
+MEMORY_SHARE = 0.5
+"""Most of the host's available memory one sandbox's volumes may take: they are tmpfs, in memory."""
 PORT = 8080
 CPU_LIMIT = 0.25
 """CPU allowance of every service, in cores: small, so a CPU hog inside really starves it."""
@@ -55,16 +69,19 @@ def block_tag(sandbox: str, service: str = "") -> str:
     return f"deeplops:{sandbox}:{service}"
 
 
-def start_service(client: docker.DockerClient, sandbox: str, service: Service, image: str) -> Container:
+def start_service(
+    client: docker.DockerClient, sandbox: str, service: Service, image: str, owner: str | None = None
+) -> Container:
     """Create and start one service's container on the sandbox network (its volume must be mounted)."""
     depends = ",".join(f"{d}:{PORT}" for d in service.depends_on)
     volumes = {str(host.volume_dir(sandbox, service.name)): {"bind": "/data", "mode": "rw"}} if service.disk_mb else {}
+    labels = {LABEL_SANDBOX: sandbox, LABEL_SERVICE: service.name} | ({LABEL_OWNER: owner} if owner else {})
     try:
         container = client.containers.run(
             image,
             name=container_name(sandbox, service.name),
             detach=True,
-            labels={LABEL_SANDBOX: sandbox, LABEL_SERVICE: service.name},
+            labels=labels,
             environment={
                 "DEEPLOPS_SERVICE": service.name,
                 "DEEPLOPS_DEPENDS": depends,
@@ -84,23 +101,61 @@ def start_service(client: docker.DockerClient, sandbox: str, service: Service, i
     return container
 
 
-def up(client: docker.DockerClient, topology: Topology, sandbox: str, image: str, data: dict[str, float]) -> None:
+def up(
+    client: docker.DockerClient,
+    topology: Topology,
+    sandbox: str,
+    image: str,
+    data: dict[str, float],
+    owner: str | None = None,
+) -> None:
     """Start the whole topology as sandbox ``sandbox``; ``data[service]`` is the fraction of its
-    volume to fill with data. Returns once every service answers /health."""
+    volume to fill with data; ``owner`` (``reaper.owner_id``) the process it is made for, if any.
+    Returns once every service answers /health. Whole or nothing: on any failure or interruption
+    it removes what it made (and never touches a sandbox that was already there)."""
+    host.check_name(sandbox)
+    check_memory(topology)
     host.require_root()
-    if client.containers.list(all=True, filters={"label": f"{LABEL_SANDBOX}={sandbox}"}):
+    if sandbox in sandboxes(client) or host.sandbox_dir(sandbox).exists():
         raise SandboxError(f"sandbox {sandbox!r} already exists: run 'deeplops sandbox down --name {sandbox}' first")
+    labels = {LABEL_SANDBOX: sandbox, LABEL_TOPOLOGY: json.dumps(topology_to_dict(topology))}
     try:
-        spec = json.dumps(topology_to_dict(topology))
-        client.networks.create(sandbox, driver="bridge", labels={LABEL_SANDBOX: sandbox, LABEL_TOPOLOGY: spec})
-    except APIError as exc:
+        # check_duplicate: the engine would otherwise make a second network of a name in use.
+        client.networks.create(sandbox, driver="bridge", check_duplicate=True,
+                               labels=labels | ({LABEL_OWNER: owner} if owner else {}))  # fmt: skip
+    except APIError as exc:  # refused: nothing was made, and the name may be another's
         raise SandboxError(f"creating network {sandbox!r}: {exc.explanation or exc}") from None
-    for service in topology.services:
-        if service.disk_mb:
-            prepare_volume(sandbox, service, data.get(service.name, 0.0))
-    for service in topology.services:
-        start_service(client, sandbox, service, image)
-    wait_healthy(client, sandbox, topology, timeout_s=30.0)
+    except BaseException:  # interrupted while the engine may have made it
+        _undo(client, sandbox)
+        raise
+    try:
+        for service in topology.services:
+            if service.disk_mb:
+                prepare_volume(sandbox, service, data.get(service.name, 0.0))
+        for service in topology.services:
+            start_service(client, sandbox, service, image, owner)
+        wait_healthy(client, sandbox, topology, timeout_s=30.0)
+    except BaseException:
+        _undo(client, sandbox)
+        raise
+
+
+def _undo(client: docker.DockerClient, sandbox: str) -> None:
+    """Remove a sandbox half made; a second Ctrl-C must not cut that short."""
+    with deferred_signals():
+        down(sandbox, client)
+
+
+def check_memory(topology: Topology) -> None:
+    """Refuse a topology whose volumes together would take more than MEMORY_SHARE of the memory
+    this host has available: tmpfs lives in memory, and a full one cannot be swapped out here."""
+    total = sum(s.disk_mb for s in topology.services)
+    available = psutil.virtual_memory().available // 2**20
+    if total > MEMORY_SHARE * available:
+        raise SandboxError(
+            f"topology {topology.name!r}: its volumes need {total} MiB of memory (tmpfs), more than "
+            f"{MEMORY_SHARE:.0%} of the {available} MiB this host has available: lower the services' disk_mb"
+        )
 
 
 def data_fractions(topology: Topology, seed: int) -> dict[str, float]:
@@ -119,8 +174,12 @@ def prepare_volume(sandbox: str, service: Service, fraction: float) -> None:
     path = host.volume_dir(sandbox, service.name)
     host.mount_volume(path, service.disk_mb)
     size = int(fraction * service.disk_mb * 2**20)
-    with (path / "data.bin").open("wb") as f:
-        f.write(b"\1" * size)
+    with host.open_volume(path) as volume:
+        fd = host.create_in(volume, "data.bin")
+        if fd is None:
+            raise SandboxError(f"cannot create {path / 'data.bin'}: the name is taken by a directory")
+        with open(fd, "wb") as f:
+            f.write(b"\1" * size)
 
 
 def topology_of(client: docker.DockerClient, sandbox: str) -> Topology:
@@ -134,9 +193,12 @@ def topology_of(client: docker.DockerClient, sandbox: str) -> Topology:
 
 
 def containers(client: docker.DockerClient, sandbox: str) -> dict[str, Container]:
-    """The sandbox's containers by service name (any state)."""
-    found = client.containers.list(all=True, sparse=False, filters={"label": f"{LABEL_SANDBOX}={sandbox}"})
-    return {c.labels[LABEL_SERVICE]: c for c in found}
+    """The sandbox's containers by service name (any state); one with the sandbox's label but no
+    service label is not one of its services, and is left out."""
+    found = client.containers.list(
+        all=True, sparse=False, ignore_removed=True, filters={"label": f"{LABEL_SANDBOX}={sandbox}"}
+    )
+    return {c.labels[LABEL_SERVICE]: c for c in found if LABEL_SERVICE in c.labels}
 
 
 def ip_of(container: Container, sandbox: str) -> str | None:
@@ -200,32 +262,163 @@ def status(client: docker.DockerClient, sandbox: str) -> list[ServiceStatus]:
         return sorted(pool.map(one, found.items()), key=lambda s: s.service)
 
 
+@dataclass(frozen=True)
+class Found:
+    """A sandbox on this engine, as ``sandbox status --all`` lists it."""
+
+    sandbox: str
+    containers: int
+    """How many containers it has, in any state."""
+    owner: int | None
+    """The process it was made for; None when made by ``deeplops sandbox up`` (it lives until ``down``)."""
+    stale: bool
+    """Whether that process is certainly gone (and its reaper with it): nothing will remove it but ``down``."""
+
+
+def survey(client: docker.DockerClient) -> list[Found]:
+    """Every sandbox on this engine with a valid name, by name, with its owner and whether it is stale."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for labels in _container_labels(client):
+        found.setdefault(labels[LABEL_SANDBOX], []).append(labels)
+    networks = {n.attrs["Labels"][LABEL_SANDBOX]: n.attrs["Labels"] for n in _networks(client)}
+    result = []
+    for name in sorted(set(found) | set(networks)):
+        if not _valid(name):
+            continue
+        owners = {
+            labels[LABEL_OWNER] for labels in [*found.get(name, []), networks.get(name, {})] if LABEL_OWNER in labels
+        }
+        stale = bool(owners) and all(reaper.owner_gone(o) for o in owners)
+        pids = sorted(pid for pid in map(reaper.owner_pid, owners) if pid is not None)
+        result.append(Found(name, len(found.get(name, [])), pids[0] if pids else None, stale))
+    return result
+
+
+def reap_stale(client: docker.DockerClient, log: Callable[[str], None] = lambda line: None) -> list[str]:
+    """Remove every stale sandbox (its owner is gone, and its reaper with it); their names."""
+    reaped = []
+    for found in survey(client):
+        if not found.stale:
+            continue
+        try:
+            down(found.sandbox, client)
+        except (SandboxError, DockerException) as exc:  # this run goes on; 'sandbox down' says more
+            log(f"could not remove stale sandbox {found.sandbox}: {exc}")
+            continue
+        log(f"removed stale sandbox {found.sandbox} (its owner, process {found.owner}, is gone)")
+        reaped.append(found.sandbox)
+    return reaped
+
+
 def sandboxes(client: docker.DockerClient) -> set[str]:
-    """Names of every sandbox with a container or network on this engine."""
-    names = {c.labels[LABEL_SANDBOX] for c in client.containers.list(all=True, filters={"label": LABEL_SANDBOX})}
-    names |= {n.attrs["Labels"][LABEL_SANDBOX] for n in client.networks.list(filters={"label": LABEL_SANDBOX})}
-    return names
+    """Names of every sandbox with a container or network on this engine (valid names only: a label
+    no deeplops wrote is left to 'docker rm')."""
+    names = {labels[LABEL_SANDBOX] for labels in _container_labels(client)}
+    names |= {n.attrs["Labels"][LABEL_SANDBOX] for n in _networks(client)}
+    return {name for name in names if _valid(name)}
+
+
+def _container_labels(client: docker.DockerClient) -> list[dict[str, str]]:
+    """The labels of every sandbox's container, in one call: no inspection of each, which fails on a
+    container another process removes meanwhile."""
+    return [c["Labels"] for c in client.api.containers(all=True, filters={"label": LABEL_SANDBOX})]
+
+
+def _networks(client: docker.DockerClient) -> list[Any]:
+    return client.networks.list(filters={"label": LABEL_SANDBOX})
+
+
+def _valid(name: str) -> bool:
+    try:
+        host.check_name(name)
+    except SandboxError:
+        return False
+    return True
 
 
 def down(sandbox: str, client: docker.DockerClient | None = None) -> list[str]:
-    """Remove every container, network, volume and block of ``sandbox``; return what was removed."""
+    """Remove every container, network, volume and block of ``sandbox``; return what was removed.
+    Safe to run while another cleanup of the same sandbox (its reaper) runs."""
+    root = host.sandbox_dir(sandbox)  # checks the name before anything is touched
     client = client or connect()
     removed = []
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL_SANDBOX}={sandbox}"}):
-        try:
-            container.remove(force=True)
+    listed = client.containers.list(all=True, ignore_removed=True, filters={"label": f"{LABEL_SANDBOX}={sandbox}"})
+    for container in listed:
+        if _removed(container.remove, force=True):
             removed.append(f"container {container.name}")
-        except NotFound:
-            pass
     for network in client.networks.list(filters={"label": f"{LABEL_SANDBOX}={sandbox}"}):
-        try:
-            network.remove()
+        if _removed(lambda network=network: _remove_network(network)):
             removed.append(f"network {network.name}")
-        except NotFound:
-            pass
-    root = host.STATE_DIR / sandbox
-    if root.exists():
+    if root.exists() or root.is_symlink():
         host.unmount_all(root)
         removed.append(f"volumes {root}")
     host.unblock(block_tag(sandbox))
     return removed
+
+
+def _remove_network(network: Any, timeout_s: float = 10.0) -> None:
+    """Remove a network once it has no endpoints: a container of it may still be on its way out,
+    removed by another cleanup of the same sandbox (its reaper, or a reaping of stale sandboxes)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            network.remove()
+            return
+        except APIError as exc:
+            if "active endpoints" not in str(exc.explanation) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+def _removed(remove: Callable[..., None], **options: bool) -> bool:
+    """Run a removal; False when the thing is gone or already going (another cleanup got there first)."""
+    try:
+        remove(**options)
+    except NotFound:
+        return False
+    except APIError as exc:
+        if exc.status_code == 409 and "in progress" in str(exc.explanation):
+            return False
+        raise
+    return True
+
+
+@contextmanager
+def terminate_unwinds() -> Iterator[None]:
+    """Inside: SIGTERM raises SystemExit(143) as Ctrl-C raises KeyboardInterrupt, so a sandbox half
+    made is removed on the way out. Only where SIGTERM has its default action, in the main thread."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL, None,
+    ):  # fmt: skip
+        yield
+        return
+    signal.signal(signal.SIGTERM, exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done (main thread only), then deliver the first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in held}
+    for sig in held:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def exit_on_signal(signum: int, frame: object) -> None:
+    """A signal handler that unwinds like an exit: ``finally`` blocks and atexit run."""
+    raise SystemExit(128 + signum)
