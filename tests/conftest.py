@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -79,3 +80,23 @@ def live(docker_engine: None) -> Iterator[str]:
         yield name
     finally:
         stack.down(name, client)
+
+
+@pytest.fixture
+def compose_project(docker_engine) -> Iterator[str]:
+    """Two containers as Docker Compose labels them (web depends on db); the project's name."""
+    from test_sidecar import compose_service
+
+    from deeplops.dockerbox import stack
+
+    client = stack.connect()
+    project = f"dlcompose-{os.getpid()}"
+    network = client.networks.create(project, driver="bridge")
+    try:
+        compose_service(project, "db")
+        compose_service(project, "web", depends="db")
+        yield project
+    finally:
+        for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
+            c.remove(force=True)
+        network.remove()

@@ -99,9 +99,9 @@ def test_pretrained_names_the_shipped_agent_of_each_role():
     ("args", "says"),
     [
         (("bench", "sidecar", "--policy", "nope"), "unknown order policy 'nope'"),
-        (("bench", "sidecar", "--policy", "runbook", "--cap", "0"), "cap > 0"),
+        (("bench", "sidecar", "--policy", "runbook", "--cap", "0"), "--cap (seconds) must be a number in (0, 3600]"),
         (("bench", "soak", "--gap", "30"), "--gap expects MIN,MAX"),
-        (("bench", "soak", "--gap", "30,10"), "min gap <= max gap"),
+        (("bench", "soak", "--gap", "30,10"), "--gap MAX (seconds) must be a number in [30, 3600]"),
         (("bench", "soak", "--policy", "nope"), "unknown order policy 'nope'"),
     ],
 )
@@ -163,9 +163,9 @@ class Running:
         self.until(lambda: any(r["event"] == "attached" for r in self.records()), 60, "the sidecar to attach")
 
     def records(self) -> list[dict]:
-        if not self.audit.exists():
-            return []
-        return [json.loads(line) for line in self.audit.read_text().splitlines() if line.endswith("}")]
+        from deeplops.sidecar.telemetry import read_audit
+
+        return read_audit(self.audit)
 
     def until(self, check, timeout_s: float, what: str) -> float:
         start = time.monotonic()
@@ -301,24 +301,6 @@ def compose_service(project: str, service: str, depends: str = ""):
                 "com.docker.compose.depends_on": f"{depends}:service_started:false" if depends else ""},
         healthcheck=check,
     )  # fmt: skip
-
-
-@pytest.fixture
-def compose_project(docker_engine) -> Iterator[str]:
-    """Two containers as Docker Compose labels them (web depends on db); the project's name."""
-    from deeplops.dockerbox import stack
-
-    client = stack.connect()
-    project = f"dlcompose-{os.getpid()}"
-    network = client.networks.create(project, driver="bridge")
-    try:
-        compose_service(project, "db")
-        compose_service(project, "web", depends="db")
-        yield project
-    finally:
-        for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
-            c.remove(force=True)
-        network.remove()
 
 
 @pytest.mark.docker
@@ -502,7 +484,7 @@ def compose_example(docker_engine, tmp_path) -> Iterator[tuple[str, int, Callabl
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_the_compose_example_heals_the_shop_with_the_sidecar_in_a_container(compose_example):
+def test_the_compose_example_heals_the_shop_with_the_sidecar_in_a_container(compose_example, cli, tmp_path):
     from deeplops.dockerbox import stack
 
     project, port, compose = compose_example
@@ -520,6 +502,10 @@ def test_the_compose_example_heals_the_shop_with_the_sidecar_in_a_container(comp
             time.sleep(0.5)
 
     until(lambda: any(r["event"] == "attached" for r in audit()), 60, "the sidecar to attach")
+    # Its lock is the host's: a second sidecar on the project, here on the host, is refused.
+    second = cli("sidecar", "--policy", "runbook", "--project", project, "--metrics-port", "0",
+                 "--audit-log", str(tmp_path / "second.jsonl"))  # fmt: skip
+    assert second.code == 2 and f"on host {sidecar.id[:12]}; lock /run/deeplops/sidecar-{project}.lock" in second.err
     # Its own container is not a service of the stack it heals (deeplops.ignore).
     assert next(r for r in audit() if r["event"] == "attached")["services"] == [
         "cache", "db", "queue", "api", "gateway", "worker"]  # fmt: skip

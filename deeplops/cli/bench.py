@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from deeplops.cli import JsonOpt, app, err, out, write_json
+from deeplops import bounds
+from deeplops.cli import JsonOpt, app, check_json, err, out, write_json
 from deeplops.errors import ConfigError
 
 bench_app = typer.Typer(
@@ -29,8 +30,8 @@ def bench(
 
     from deeplops import bench as b
 
-    if seconds <= 0:
-        raise ConfigError(f"--seconds must be > 0, got {seconds}")
+    bounds.number(seconds, "--seconds", 0.0, bounds.MAX_SECONDS, open_low=True)
+    check_json(json_path)
     with err.status("measuring..."):
         result = b.run(seconds=seconds)
     table = Table(title=f"deeplops bench (CartPole-v1: {result['cartpole_steps_per_s']:,.0f} steps/s)")
@@ -51,7 +52,8 @@ def bench_sidecar(
         ),
     ] = None,
     cap: Annotated[
-        float, typer.Option("--cap", help="Seconds a fault may take to recover before it counts as never.")
+        float,
+        typer.Option("--cap", help="Seconds a fault may take to recover before it counts as never (at most 3600)."),
     ] = 30.0,
     json_path: JsonOpt = None,
 ) -> None:
@@ -86,8 +88,10 @@ def _incident_cell(i: Any, cap: float) -> str:
 @bench_app.command("soak")
 def bench_soak(
     policy: Annotated[str, typer.Option("--policy", help="The sidecar's policy.")] = "pretrained",
-    minutes: Annotated[float, typer.Option("--minutes", help="How long to run.")] = 10.0,
-    gap: Annotated[str, typer.Option("--gap", help="Seconds between faults, MIN,MAX (uniformly random).")] = "10,30",
+    minutes: Annotated[float, typer.Option("--minutes", help="How long to run (at most a day).")] = 10.0,
+    gap: Annotated[
+        str, typer.Option("--gap", help="Seconds between faults, MIN,MAX with 0 < MIN <= MAX (uniformly random).")
+    ] = "10,30",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fault schedule.")] = 0,
     json_path: JsonOpt = None,
 ) -> None:
@@ -99,10 +103,11 @@ def bench_soak(
     """
     from deeplops.sidecar import trial
 
+    minutes = bounds.number(minutes, "--minutes", 0.0, bounds.MAX_SECONDS / 60, open_low=True)
     try:
         low, high = (float(x) for x in gap.split(","))
     except ValueError:
-        raise ConfigError(f"--gap expects MIN,MAX seconds, got {gap!r}") from None
+        raise ConfigError(f"--gap expects MIN,MAX seconds, got {bounds.shown(gap)}") from None
     result = trial.soak(policy, minutes * 60, (low, high), seed, log=lambda line: err.print(line)).to_dict()
     out.print(
         f"soak of {policy}: {result['seconds'] / 60:.1f} min, {result['faults_injected']} faults, "

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from deeplops.cli import app, check_count, err
+from deeplops import bounds
+from deeplops.cli import app, err
 from deeplops.errors import ConfigError
 
 
@@ -22,12 +23,16 @@ def sidecar(
     project: Annotated[
         str,
         typer.Option(
-            "--project", help="Watch containers labelled deeplops.sandbox=NAME or com.docker.compose.project=NAME."
+            "--project",
+            help="Watch containers labelled deeplops.sandbox=NAME or com.docker.compose.project=NAME; one sidecar "
+            "per project (a lock in /run/deeplops).",
         ),
     ],
     interval: Annotated[
         float,
-        typer.Option("--interval", help="Seconds between decisions (trained agents count one tick a second)."),
+        typer.Option(
+            "--interval", help="Seconds between decisions, 0.1 to 3600 (trained agents count one tick a second)."
+        ),
     ] = 1.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and log, touch nothing.")] = False,
     max_actions: Annotated[
@@ -51,9 +56,20 @@ def sidecar(
     metrics_port: Annotated[
         int, typer.Option("--metrics-port", help="Port of /metrics (Prometheus) and /healthz; 0 for none.")
     ] = 9464,
+    metrics_address: Annotated[
+        str,
+        typer.Option(
+            "--metrics-address", help="IP address /metrics and /healthz listen on (0.0.0.0: every interface)."
+        ),
+    ] = "127.0.0.1",
     audit_log: Annotated[
-        Path | None, typer.Option("--audit-log", help="Append the JSON audit log here [default: standard output].")
+        Path | None,
+        typer.Option("--audit-log", help="Append the JSON audit log here, mode 0600 [default: standard output]."),
     ] = None,
+    audit_max_mb: Annotated[
+        float, typer.Option("--audit-max-mb", help="Rotate the audit log past this many MiB (to PATH.1, PATH.2, ...).")
+    ] = 100.0,
+    audit_keep: Annotated[int, typer.Option("--audit-keep", help="Rotated audit files kept.")] = 5,
 ) -> None:
     """Heal a live stack with a trained order agent, behind guard rails, until SIGTERM or Ctrl-C.
 
@@ -77,19 +93,16 @@ def sidecar(
         raise ConfigError("--allow recreate loses the service's data: add --allow-recreate to mean it")
     if allow_recreate and Repair.RECREATE not in repairs:
         repairs += (Repair.RECREATE,)
-    check_count("--max-actions-per-minute", max_actions)
-    check_count("--breaker", breaker)
-    check_count("--metrics-port", metrics_port, minimum=0)
-    if not interval > 0 or cooldown < 0:
-        raise ConfigError(f"expected --interval > 0 and --cooldown >= 0, got {interval} and {cooldown}")
+    bounds.whole(metrics_port, "--metrics-port", 0, bounds.MAX_PORT)  # 0 here is none, not any free port
     guards = GuardConfig(allow=repairs, max_per_minute=max_actions, cooldown_s=cooldown, breaker_failures=breaker,
                          max_cooldown_s=max(300.0, cooldown))  # fmt: skip
-    config = SidecarConfig(project, interval, dry_run, guards, verify, metrics_port or None, audit_log)
+    config = SidecarConfig(project, interval, dry_run, guards, verify, metrics_port or None, metrics_address,
+                           audit_log, audit_max_mb, audit_keep)  # fmt: skip
     daemon = Sidecar(load_policy(policy, Role.ORDER), config, log=lambda line: err.print(line))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    port = f", metrics on :{daemon.server.port}" if daemon.server is not None else ""
+    port = f", metrics on {metrics_address}:{daemon.server.port}" if daemon.server is not None else ""
     err.print(f"sidecar: watching {project} with {policy}{' (dry run)' if dry_run else ''}{port}")
     try:
         daemon.run(stop)

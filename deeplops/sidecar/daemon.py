@@ -1,4 +1,8 @@
-"""The sidecar's loop: every interval, measure the stack, ask the policy, guard, repair, record."""
+"""The sidecar's loop: every interval, measure the stack, ask the policy, guard, repair, record.
+
+Starting takes, in this order, everything that can fail: the project's lock, the stack, the
+metrics port, the audit log. A sidecar that cannot start has written nothing and holds nothing.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import numpy as np
 from docker.errors import DockerException
 from requests.exceptions import RequestException
 
+from deeplops import bounds
 from deeplops.errors import ConfigError, SandboxError
 from deeplops.faults import Repair
 from deeplops.game import N_ORDER_ACTIONS, decode_order, order_action
@@ -22,11 +27,33 @@ from deeplops.observation import MAX_SLOTS, Feature
 from deeplops.policies import Policy
 from deeplops.sidecar import live as live_mod
 from deeplops.sidecar.guards import GuardConfig, Guards
-from deeplops.sidecar.telemetry import Audit, Metrics, Server
+from deeplops.sidecar.lock import ProjectLock, check_project
+from deeplops.sidecar.telemetry import AUDIT_KEEP, METRICS_ADDRESS, Audit, Metrics, Server, check_address
 
 TRANSIENT = (DockerException, RequestException, SandboxError, OSError)
 """Errors a tick may meet while the engine restarts or containers come and go: retried."""
 MAX_BACKOFF_S = 30.0
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.1, 3600.0
+"""Bounds of ``--interval``: faster than 10 decisions a second outruns one measurement of a stack."""
+MAX_AUDIT_MB = 1e6
+"""Largest ``--audit-max-mb`` (a TB): a bound, not advice."""
+SETTLED_FRACTION = 0.9
+"""A reading's counter rates (CPU, network) must span this much of an interval to be decided on."""
+
+
+def unsettled(span_s: float | None, interval_s: float) -> str | None:
+    """Why no decision may be taken on a reading whose counter rates span ``span_s`` seconds (None:
+    the first reading since attaching), or None when one may.
+
+    Rates over a sliver of time are noise: right after attaching, the first reading's CPU came
+    out at a full core for a healthy service on 3 starts in 5, from the attach's own probes
+    divided by a few milliseconds, and a symptom policy restarted it.
+    """
+    if span_s is None:
+        return "first reading since attaching: CPU and network rates need a full interval of history"
+    if span_s < SETTLED_FRACTION * interval_s:
+        return f"CPU and network rates span {span_s:.2f} s, expected a full interval ({interval_s:g} s)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -34,7 +61,7 @@ class SidecarConfig:
     """How the sidecar runs."""
 
     project: str
-    """The sandbox or Compose project to watch (its label value)."""
+    """The sandbox or Compose project to watch (its label value); also the name of its lock."""
     interval_s: float = 1.0
     """Seconds between decisions: trained agents know one tick as one second (since-repair, restarts)."""
     dry_run: bool = False
@@ -45,12 +72,24 @@ class SidecarConfig:
     """A repair whose service is not healthy again within this long did not work (for the breaker)."""
     metrics_port: int | None = 9464
     """Port of /metrics and /healthz; None for none, 0 for any free one."""
+    metrics_address: str = METRICS_ADDRESS
+    """Address /metrics and /healthz listen on: loopback unless told otherwise."""
     audit_log: Path | None = None
     """Where the JSON audit log goes; None for standard output."""
+    audit_max_mb: float = 100.0
+    """Size in MiB past which the audit log is rotated."""
+    audit_keep: int = AUDIT_KEEP
+    """Rotated audit files kept (``PATH.1`` newest)."""
 
     def __post_init__(self) -> None:
-        if self.interval_s <= 0 or self.verify_s <= 0:
-            raise ConfigError(f"expected interval and verify time > 0, got {self.interval_s} and {self.verify_s}")
+        check_project(self.project)
+        bounds.number(self.interval_s, "--interval (seconds)", MIN_INTERVAL_S, MAX_INTERVAL_S)
+        bounds.number(self.verify_s, "--verify (seconds)", MIN_INTERVAL_S, bounds.MAX_SECONDS)
+        if self.metrics_port is not None:
+            bounds.whole(self.metrics_port, "--metrics-port", 0, bounds.MAX_PORT)
+        check_address(self.metrics_address)
+        bounds.number(self.audit_max_mb, "--audit-max-mb", 0.01, MAX_AUDIT_MB)
+        bounds.whole(self.audit_keep, "--audit-keep", 1, 100)
 
 
 @dataclass
@@ -73,16 +112,36 @@ class Sidecar:
         self.policy, self.config, self.log = policy, config, log
         self.guards = Guards(config.guards)
         self.metrics = Metrics()
-        self.audit = Audit(config.audit_log)
         self.alive = threading.Event()
-        self.server = Server(self.metrics, config.metrics_port, self.alive) if config.metrics_port is not None else None
         self.stack: live_mod.LiveStack | None = None
         self._fingerprint: frozenset[str] = frozenset()
+        self._measured_at: float | None = None
         self._pending: dict[str, _Pending] = {}
         self._down_since: dict[str, float] = {}
         self._detected: set[str] = set()
         self._ids = itertools.count(1)
         self.ticks = 0
+        self._closed = False
+        # Whatever can fail, before anything is written: a second sidecar, a stack it cannot
+        # watch, a port in use, a log it may not write. Each is undone if a later one fails.
+        self.lock = ProjectLock(config.project)
+        stack: live_mod.LiveStack | None = None
+        server: Server | None = None
+        audit: Audit | None = None
+        try:
+            stack = live_mod.attach(config.project)
+            fingerprint = stack.fingerprint()
+            if config.metrics_port is not None:
+                server = Server(self.metrics, config.metrics_port, self.alive, config.metrics_address)
+            self.server = server
+            self.audit = audit = Audit(config.audit_log, int(config.audit_max_mb * 2**20), config.audit_keep)
+            self._use(stack, fingerprint)
+        except BaseException:
+            for opened in (audit, server, stack):
+                if opened is not None:
+                    opened.close()
+            self.lock.release()
+            raise
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -109,31 +168,47 @@ class Sidecar:
             self.alive.clear()
 
     def close(self) -> None:
-        """Stop serving metrics and release the stack (its containers stay); the audit log ends with
-        the counters /metrics served, so a reader can check no record is missing."""
-        self._drop_stack()
-        self.audit.write({"event": "stopped", "ticks": self.ticks, "counted": self.metrics.totals()})
-        if self.server is not None:
-            self.server.close()
-        self.audit.close()
+        """Stop serving metrics, release the stack (its containers stay) and the project's lock; the
+        audit log ends with the counters /metrics served, so a reader can check no record is
+        missing (``audit_rotations`` more than ``--audit-keep``: the oldest files were dropped)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._drop_stack()
+            self.audit.write({"event": "stopped", "ticks": self.ticks, "counted": self.metrics.totals(),
+                              "audit_rotations": self.audit.rotations})  # fmt: skip
+        finally:
+            if self.server is not None:
+                self.server.close()
+            self.audit.close()
+            self.lock.release()
 
     def step(self, now: float) -> dict[str, Any]:
         """One decision: measure, judge past repairs, choose, guard, act; returns its audit record."""
         stack = self._ensure_stack()
+        measured = time.monotonic()
         stack.measure()
+        span = None if self._measured_at is None else measured - self._measured_at
+        self._measured_at = measured
         self.ticks += 1
         names = stack.topology.names
         health = {s: bool(h) for s, h in zip(names, stack.health[0], strict=True)}
         self._track(health, now)
         self._judge(health, now)
-        action = int(self.policy.act(self._observation(stack), self._mask(stack))[0])
-        slot, repair = decode_order(action)
         record: dict[str, Any] = {"event": "decision", "tick": self.ticks, "slo": bool(stack.slo[0]),
                                   "saw": self._saw(stack), "chose": None, "did": "nothing"}  # fmt: skip
         self.metrics.decisions.inc()
         self.metrics.slo.set(float(stack.slo[0]))
         self.metrics.unhealthy.set(sum(not h for h in health.values()))
         self.metrics.breaker.set(float(self.guards.breaker_open(now)))
+        why = unsettled(span, self.config.interval_s)
+        if why is not None:  # the policy is not asked: it would answer the noise
+            self.metrics.held.labels("settling").inc()
+            record.update(did="held", reason="settling", why=why)
+            self.audit.write(record)
+            return record
+        slot, repair = decode_order(int(self.policy.act(self._observation(stack), self._mask(stack))[0]))
         if repair is not Repair.NOOP and slot < len(names):
             service = names[slot]
             record["chose"] = {"repair": repair.label, "target": service}
@@ -158,8 +233,15 @@ class Sidecar:
             stack.apply(service, repair)
         except TRANSIENT as exc:
             self.metrics.repairs.labels(repair.label, service, "failed").inc()
+            failed = {"did": "failed", "error": f"{exc.__class__.__name__}: {str(exc)[:200]}"}
+            if self._changed(stack):
+                # Not the repair's failure but the stack's change (a container removed under it):
+                # no strike for the breaker, and the next decision attaches to the stack as it is.
+                self.audit.write({"event": "stack_changed", "during": f"{repair.label} {service}"})
+                self._drop_stack()
+                return {**failed, "stack_changed": True}
             self._fail(service, now)
-            return {"did": "failed", "error": f"{exc.__class__.__name__}: {str(exc)[:200]}"}
+            return failed
         pending = _Pending(next(self._ids), repair, now)
         self._pending[service] = pending
         return {"did": "applied", "repair_id": pending.id}
@@ -205,12 +287,33 @@ class Sidecar:
                 return self.stack
             self.audit.write({"event": "stack_changed", "containers": len(now)})
             self._drop_stack()
-        self.stack = live_mod.attach(self.config.project)
-        self._fingerprint = self.stack.fingerprint()
+        stack = live_mod.attach(self.config.project)
+        try:
+            fingerprint = stack.fingerprint()
+        except BaseException:
+            stack.close()
+            raise
+        return self._use(stack, fingerprint)
+
+    def _use(self, stack: live_mod.LiveStack, fingerprint: frozenset[str]) -> live_mod.LiveStack:
+        """Watch ``stack`` from now on: a fresh policy, and readings that must settle again."""
+        self.stack = stack
+        self._fingerprint = fingerprint
+        self._measured_at = None
         self.policy.reset(1)
-        self.audit.write({"event": "attached", "project": self.config.project,
-                          "services": list(self.stack.topology.names)})  # fmt: skip
-        return self.stack
+        record: dict[str, Any] = {"event": "attached", "project": self.config.project,
+                                  "services": list(stack.topology.names)}  # fmt: skip
+        if stack.ignored:
+            record["ignored"] = list(stack.ignored)
+        self.audit.write(record)
+        return stack
+
+    def _changed(self, stack: live_mod.LiveStack) -> bool:
+        """Whether the stack's containers are no longer those attached to (unknown counts as changed)."""
+        try:
+            return stack.fingerprint() != self._fingerprint
+        except TRANSIENT:
+            return True
 
     def _drop_stack(self) -> None:
         if self.stack is not None:

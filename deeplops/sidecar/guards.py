@@ -8,11 +8,16 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from deeplops import bounds
 from deeplops.errors import ConfigError
 from deeplops.faults import REPAIRS, Repair
 
 SAFE_REPAIRS = tuple(r for r in REPAIRS if r is not Repair.RECREATE)
 """Allowed unless told otherwise: recreate loses the service's data, so it must be asked for."""
+MAX_PER_MINUTE = 600
+"""Most ``--max-actions-per-minute``: one repair per decision at the shortest interval."""
+MAX_BREAKER = 1_000
+"""Most ``--breaker`` failures in a row: a breaker that never opens is no breaker."""
 
 
 @dataclass(frozen=True)
@@ -35,13 +40,17 @@ class GuardConfig:
     """How long an open breaker stays open."""
 
     def __post_init__(self) -> None:
-        if self.max_per_minute < 1 or self.breaker_failures < 1:
-            raise ConfigError(f"expected max_per_minute and breaker_failures >= 1, got "
-                              f"{self.max_per_minute} and {self.breaker_failures}")  # fmt: skip
-        if not 0 <= self.cooldown_s <= self.max_cooldown_s:
+        if not all(isinstance(r, Repair) and r is not Repair.NOOP for r in self.allow):
             raise ConfigError(
-                f"expected 0 <= cooldown_s <= max_cooldown_s, got {self.cooldown_s}, {self.max_cooldown_s}"
+                f"--allow lists repairs (restart, clean_disk, rate_limit, recreate), got {self.allow!r:.80}"
             )
+        bounds.whole(self.max_per_minute, "--max-actions-per-minute", 1, MAX_PER_MINUTE)
+        bounds.whole(self.breaker_failures, "--breaker", 1, MAX_BREAKER)
+        bounds.number(self.cooldown_s, "--cooldown (seconds)", 0.0, bounds.MAX_SECONDS)
+        bounds.number(self.max_cooldown_s, "the longest cooldown (seconds)", self.cooldown_s, bounds.MAX_SECONDS)
+        bounds.number(
+            self.breaker_reset_s, "the breaker's reset time (seconds)", 0.0, bounds.MAX_SECONDS, open_low=True
+        )
 
 
 @dataclass

@@ -9,6 +9,11 @@ comma-separated), entries from ``deeplops.entry=true`` (else the services nothin
 and containers labelled ``deeplops.ignore=true`` (the sidecar's own, when it runs as a service of
 the project) left out; only ``restart`` applies there, since the other repairs need deeplops' own
 volumes and links.
+
+Stacks change under a sidecar: containers are removed, added or recreated by others at any
+moment. What cannot be watched (a container with a sandbox's label but no service label) is
+left out and named; a stack larger than the observation's slots is refused (``attach``); a
+repair that finds its container gone raises ``StackChangedError``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from docker.models.containers import Container
 
 from deeplops.dockerbox import host, mechanisms, stack
 from deeplops.dockerbox.sandbox import RESTART_DECAY, DockerSandbox, counter_rate
-from deeplops.errors import SandboxError
+from deeplops.errors import ConfigError, SandboxError
 from deeplops.faults import Repair
 from deeplops.observation import MAX_SLOTS, N_FEATURES, RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
 from deeplops.sandbox import ArrayState
@@ -35,6 +40,10 @@ COMPOSE_DEPENDS = "com.docker.compose.depends_on"
 DEPENDS = "deeplops.depends_on"
 ENTRY = "deeplops.entry"
 IGNORE = "deeplops.ignore"
+
+
+class StackChangedError(SandboxError):
+    """The stack's containers changed under an operation (one removed, or not a service at all)."""
 
 
 class LiveStack(Protocol):
@@ -54,6 +63,10 @@ class LiveStack(Protocol):
     def apply(self, service: str, repair: Repair) -> None: ...
     def fingerprint(self) -> frozenset[str]: ...
     def close(self) -> None: ...
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        """Containers of the project left out, each with why (audited when attaching)."""
+        ...
 
 
 def project_containers(client: docker.DockerClient, project: str) -> tuple[str, list[Container]]:
@@ -72,15 +85,35 @@ def _labelled(client: docker.DockerClient, label: str, project: str) -> list[Con
 
 
 def attach(project: str) -> LiveStack:
-    """The live stack ``project``, or a SandboxError naming what was looked for."""
+    """The live stack ``project``, or a SandboxError naming what was looked for or what is wrong
+    with it (a topology it cannot hold, more services than the observation's MAX_SLOTS)."""
     client = stack.connect()
     kind, found = project_containers(client, project)
-    if kind == "sandbox":
-        return SandboxStack(DockerSandbox.attach(project))
-    if kind == "compose":
-        return ComposeStack(client, project, found)
+    try:
+        if kind == "sandbox":
+            box = DockerSandbox.attach(project)
+            return SandboxStack(box, _strangers(box.topology, found))
+        if kind == "compose":
+            return ComposeStack(client, project, found)
+    except (ConfigError, ValueError) as exc:  # the stack's labels, not the command line: retried while running
+        raise SandboxError(f"{kind} {project}: {exc}") from None
     raise SandboxError(f"no containers labelled deeplops.sandbox={project} or {COMPOSE_PROJECT}={project}: "
                        "expected a running sandbox or Compose project")  # fmt: skip
+
+
+def check_size(project: str, services: list[str]) -> None:
+    """A SandboxError naming the limit when there are more services than observation slots.
+
+    The sidecar refuses rather than watching the first MAX_SLOTS: a policy shown part of a graph
+    would blame the services it sees for failures of those it does not, and repair the wrong ones.
+    """
+    if len(services) > MAX_SLOTS:
+        shown = ", ".join(sorted(services)[:4])
+        raise SandboxError(
+            f"project {project!r} has {len(services)} services ({shown}, ...): the sidecar watches at most "
+            f"{MAX_SLOTS} (its observation's slots); expected at most {MAX_SLOTS}, or deeplops.ignore=true "
+            "on the containers to leave out"
+        )
 
 
 class SandboxStack:
@@ -88,8 +121,9 @@ class SandboxStack:
 
     repairs: tuple[Repair, ...] = (Repair.RESTART, Repair.CLEAN_DISK, Repair.RATE_LIMIT, Repair.RECREATE)
 
-    def __init__(self, box: DockerSandbox) -> None:
+    def __init__(self, box: DockerSandbox, ignored: tuple[str, ...] = ()) -> None:
         self.box, self.name, self.topology = box, box.name, box.topology
+        self.ignored = ignored
 
     def measure(self) -> None:
         self.box.measure()
@@ -106,11 +140,17 @@ class SandboxStack:
         return self.box.slo
 
     def apply(self, service: str, repair: Repair) -> None:
+        # Recreate makes a container where there is none; every other repair acts on one.
+        if service not in self.box.containers and repair is not Repair.RECREATE:
+            raise StackChangedError(f"{repair.label} of {service}: it has no container in sandbox {self.name}")
         slot = self.topology.index[service]
-        self.box.repair(np.array([slot]), np.array([int(repair)]))
+        try:
+            self.box.repair(np.array([slot]), np.array([int(repair)]))
+        except NotFound:
+            raise StackChangedError(f"{repair.label} of {service}: its container was removed meanwhile") from None
 
     def fingerprint(self) -> frozenset[str]:
-        return _fingerprint(stack.containers(self.box.client, self.name).values())
+        return _fingerprint(_labelled(self.box.client, stack.LABEL_SANDBOX, self.name))
 
     def close(self) -> None:
         self.box.close()  # attached: the containers stay
@@ -125,6 +165,8 @@ class ComposeStack(ArrayState):
     def __init__(self, client: docker.DockerClient, project: str, found: list[Container]) -> None:
         self.client, self.name = client, project
         self.containers = {c.labels.get(COMPOSE_SERVICE, c.name): c for c in found}
+        self.ignored: tuple[str, ...] = ()
+        check_size(project, list(self.containers))
         self.topology = _compose_topology(project, self.containers)
         self.floods: dict[str, Any] = {}  # the restart mechanism holds floods; a Compose stack has none
         n = self.topology.n_services
@@ -167,7 +209,10 @@ class ComposeStack(ArrayState):
     def apply(self, service: str, repair: Repair) -> None:
         if repair is not Repair.RESTART:
             raise SandboxError(f"{repair.label} does not apply to a Compose project: only restart does")
-        mechanisms.restart(self, service)  # type: ignore[arg-type]  # the parts of a DockerSandbox it uses
+        try:
+            mechanisms.restart(self, service)  # type: ignore[arg-type]  # the parts of a DockerSandbox it uses
+        except NotFound:
+            raise StackChangedError(f"restart of {service}: its container was removed meanwhile") from None
         slot = self.topology.index[service]
         self._since[slot] = 0
         self._restarts[slot] += 1
@@ -181,6 +226,18 @@ class ComposeStack(ArrayState):
 
     def close(self) -> None:
         """Nothing held."""
+
+
+def _strangers(topology: Topology, found: list[Container]) -> tuple[str, ...]:
+    """The containers wearing a sandbox's label that are none of its services: never touched."""
+    strangers = []
+    for c in found:
+        service = c.labels.get(stack.LABEL_SERVICE)
+        if not service:
+            strangers.append(f"{c.name} (no {stack.LABEL_SERVICE} label)")
+        elif service not in topology.index:
+            strangers.append(f"{c.name} ({stack.LABEL_SERVICE}={service} is not in the sandbox's topology)")
+    return tuple(strangers)
 
 
 def _compose_topology(project: str, containers: dict[str, Container]) -> Topology:

@@ -3,37 +3,132 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import ipaddress
 import json
+import os
+import socket
+import stat
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from deeplops import bounds
 from deeplops.errors import ConfigError
+
+AUDIT_MAX_BYTES = 100 * 2**20
+"""Size past which the audit log is rotated (``--audit-max-mb``)."""
+AUDIT_KEEP = 5
+"""Rotated audit files kept (``--audit-keep``)."""
+METRICS_ADDRESS = "127.0.0.1"
+"""Where /metrics and /healthz listen unless told: this host only (``--metrics-address``)."""
 
 
 class Audit:
-    """One JSON object per line, flushed at once: nothing is lost when the sidecar is killed."""
+    """One JSON object per line, flushed at once: nothing is lost when the sidecar is killed.
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
+    A file is created mode 0600 (it tells the stack's state and every repair: root's to read; a
+    log shipper that is not root reads standard output instead, with no --audit-log), never
+    through a symlink (``O_NOFOLLOW``: a root process appending wherever a link in a shared
+    folder points is how files get clobbered), and only a regular file owned by this user is
+    appended to. Past ``max_bytes`` it is rotated between two lines: ``PATH`` becomes
+    ``PATH.1``, ``PATH.1`` becomes ``PATH.2`` and so on, ``keep`` old files at most, each whole
+    JSON lines (``read_audit`` reads them all back in order).
+    """
+
+    def __init__(self, path: Path | None, max_bytes: int = AUDIT_MAX_BYTES, keep: int = AUDIT_KEEP) -> None:
+        self.path, self.max_bytes, self.keep = path, max_bytes, keep
+        self.rotations = 0
+        """Times the file was rotated; more than ``keep`` means the oldest records were dropped."""
+        self._size = 0
+        self._fd = -1 if path is None else self._open(path)
+
+    def _open(self, path: Path) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            self._out: IO[str] = path.open("a") if path is not None else sys.stdout
+            fd = os.open(path, flags, 0o600)
         except OSError as exc:
-            raise ConfigError(f"--audit-log {path}: cannot write ({exc.strerror})") from None
+            # ENXIO: a FIFO with no reader (O_NONBLOCK: refused at once rather than waited on).
+            why = {errno.ELOOP: "it is a symbolic link", errno.ENXIO: "expected a regular file"}.get(
+                exc.errno or 0, exc.strerror
+            )
+            raise ConfigError(f"--audit-log {path}: cannot write ({why})") from None
+        st = os.fstat(fd)
+        problem = None
+        if not stat.S_ISREG(st.st_mode):
+            problem = "expected a regular file"
+        elif st.st_uid != os.geteuid():
+            problem = f"owned by uid {st.st_uid}, expected uid {os.geteuid()}: others could read or forge it"
+        if problem is not None:
+            os.close(fd)
+            raise ConfigError(f"--audit-log {path}: {problem}")
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)  # an older log of ours, made before logs were private
+        self._size = st.st_size
+        return fd
 
     def write(self, record: dict[str, Any]) -> None:
-        self._out.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-        self._out.flush()
+        """Append one record; a ConfigError when it cannot be written: a sidecar that cannot record
+        what it does stops (it is not retried like a failed tick)."""
+        line = json.dumps({"time": round(time.time(), 3), **record}) + "\n"
+        try:
+            if self.path is None:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                return
+            data = line.encode()
+            if self._size and self._size + len(data) > self.max_bytes:
+                self._rotate(self.path)
+            os.write(self._fd, data)
+            self._size += len(data)
+        except OSError as exc:
+            raise ConfigError(f"--audit-log {self.path or 'standard output'}: cannot write ({exc.strerror})") from None
+
+    def _rotate(self, path: Path) -> None:
+        os.close(self._fd)
+        self._fd = -1
+        # rename() replaces a link at the target rather than following it.
+        for n in range(self.keep, 0, -1):
+            older = rotated(path, n)
+            if n == self.keep:
+                older.unlink(missing_ok=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    older.rename(rotated(path, n + 1))
+        path.rename(rotated(path, 1))
+        self.rotations += 1
+        self._fd = self._open(path)
 
     def close(self) -> None:
-        if self.path is not None:
-            self._out.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def rotated(path: Path, n: int) -> Path:
+    """The ``n``-th newest rotated file of the audit log at ``path``."""
+    return path.with_name(f"{path.name}.{n}")
+
+
+def read_audit(path: Path) -> list[dict[str, Any]]:
+    """Every whole record of the audit log at ``path``, its rotated files first, oldest first."""
+    files = []
+    n = 1
+    while rotated(path, n).exists():
+        files.append(rotated(path, n))
+        n += 1
+    records: list[dict[str, Any]] = []
+    for file in [*reversed(files), path]:
+        with contextlib.suppress(FileNotFoundError):  # rotated while we read: the next read sees it
+            records += [json.loads(line) for line in file.read_text().splitlines() if line.endswith("}")]
+    return records
 
 
 class Metrics:
@@ -46,6 +141,8 @@ class Metrics:
         self.suppressed = Counter("deeplops_sidecar_suppressed", "Repairs the guards or --dry-run held back",
                                   ["repair", "service", "reason"], registry=r)  # fmt: skip
         self.decisions = Counter("deeplops_sidecar_decisions", "Decisions taken (one per interval)", registry=r)
+        self.held = Counter("deeplops_sidecar_held", "Decisions held back before asking the policy", ["reason"],
+                            registry=r)  # fmt: skip
         self.errors = Counter("deeplops_sidecar_errors", "Failed ticks (Docker API errors), retried", registry=r)
         self.slo = Gauge("deeplops_sidecar_slo_ok", "1 when the stack's users are served", registry=r)
         self.unhealthy = Gauge("deeplops_sidecar_unhealthy_services", "Services failing their health check",
@@ -70,11 +167,30 @@ class Metrics:
         return found
 
 
-class Server:
-    """``/metrics`` (Prometheus text) and ``/healthz`` (200 while the loop runs) on ``port``."""
+def check_address(address: object) -> str:
+    """``address`` when it is an IP address to listen on; otherwise a ConfigError saying so."""
+    try:
+        return str(ipaddress.ip_address(address))  # type: ignore[arg-type]
+    except ValueError:
+        raise ConfigError(
+            f"--metrics-address must be an IP address (127.0.0.1, 0.0.0.0, ::1, ...), got {bounds.shown(address)}"
+        ) from None
 
-    def __init__(self, metrics: Metrics, port: int, alive: threading.Event) -> None:
+
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class Server:
+    """``/metrics`` (Prometheus text) and ``/healthz`` (200 while the loop runs) on ``address:port``.
+
+    Loopback unless told otherwise: the metrics name every service and repair of the stack, and
+    a sidecar runs as root, so reaching it from elsewhere is a choice to make, not a default.
+    """
+
+    def __init__(self, metrics: Metrics, port: int, alive: threading.Event, address: str = METRICS_ADDRESS) -> None:
         registry = metrics.registry
+        address = check_address(address)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -94,10 +210,11 @@ class Server:
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: the audit log is the record."""
 
+        kind = _Server6 if ipaddress.ip_address(address).version == 6 else ThreadingHTTPServer
         try:
-            self.httpd = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+            self.httpd = kind((address, port), Handler)
         except OSError as exc:
-            raise ConfigError(f"--metrics-port {port}: cannot listen ({exc.strerror})") from None
+            raise ConfigError(f"--metrics-port {port} on {address}: cannot listen ({exc.strerror})") from None
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         self.thread.start()

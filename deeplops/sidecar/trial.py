@@ -12,7 +12,6 @@ memory sampled throughout, and its audit log checked against its own Prometheus 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -32,12 +31,14 @@ from typing import Any
 import psutil
 from docker.errors import DockerException
 
+from deeplops import bounds
 from deeplops.chaostoolkit import actions, live
 from deeplops.dockerbox import image, stack
-from deeplops.errors import ConfigError, SandboxError
+from deeplops.errors import SandboxError
 from deeplops.faults import PROPER_REPAIR, Fault
 from deeplops.policies import load_policy
 from deeplops.sidecar.daemon import Sidecar, SidecarConfig
+from deeplops.sidecar.telemetry import read_audit
 from deeplops.topology import load_topology
 
 NONE = "none"
@@ -51,6 +52,10 @@ INCIDENTS: tuple[tuple[Fault, str], ...] = (
 """The faults of the incident trial, each on a shop service it hurts."""
 SETTLED_TICKS = 5
 """Decisions in a row that must see a healthy stack before the next fault."""
+MAX_CAP_S = 3_600.0
+"""Longest ``--cap`` per incident: four faults per policy, so hours at most."""
+MAX_GAP_S = 3_600.0
+"""Longest gap between two faults of a soak."""
 Log = Callable[[str], None]
 
 
@@ -71,8 +76,7 @@ class Incident:
 
 def incidents(policies: list[str], cap_s: float = 30.0, log: Log = print) -> list[Incident]:
     """Each fault of INCIDENTS under each policy, on a fresh shop sandbox per policy."""
-    if cap_s <= 0:
-        raise ConfigError(f"expected a cap > 0 seconds, got {cap_s}")
+    bounds.number(cap_s, "--cap (seconds)", 0.0, MAX_CAP_S, open_low=True)
     loaded = {p: load_policy("noop" if p == NONE else p, "order") for p in policies}  # bad names fail first
     found: list[Incident] = []
     for name, policy in loaded.items():
@@ -176,8 +180,10 @@ class Soak:
 def soak(policy: str, seconds: float, gap_s: tuple[float, float] = (10.0, 30.0), seed: int = 0,
          log: Log = print) -> Soak:  # fmt: skip
     """The sidecar process healing a shop sandbox under a random fault every ``gap_s`` seconds."""
-    if seconds <= 0 or not 0 < gap_s[0] <= gap_s[1]:
-        raise ConfigError(f"expected a duration > 0 and 0 < min gap <= max gap, got {seconds} and {gap_s}")
+    bounds.number(seconds, "the soak's duration (seconds)", 0.0, bounds.MAX_SECONDS, open_low=True)
+    low = bounds.number(gap_s[0], "--gap MIN (seconds)", 0.0, MAX_GAP_S, open_low=True)
+    bounds.number(gap_s[1], "--gap MAX (seconds)", low, MAX_GAP_S)
+    bounds.whole(seed, "--seed", 0, bounds.MAX_SEED)
     load_policy(policy, "order")  # a bad name fails here, not in the child
     rng = random.Random(seed)
     shop = load_topology("shop")
@@ -243,6 +249,7 @@ def _audited(records: list[dict[str, Any]]) -> dict[str, int]:
         "decisions": len(decisions),
         "repairs": sum(r["event"] == "outcome" for r in records) + sum(r["did"] == "failed" for r in decisions),
         "suppressed": sum(r["did"] == "suppressed" for r in decisions),
+        "held": sum(r["did"] == "held" for r in decisions),
         "errors": sum(r["event"] == "error" for r in records),
         "ticks": len({r["tick"] for r in decisions}),
     }
@@ -251,7 +258,7 @@ def _audited(records: list[dict[str, Any]]) -> dict[str, int]:
 def _counted(stopped: dict[str, Any]) -> dict[str, int]:
     """What the sidecar counted (its /metrics counters, in its last audit record)."""
     counted = stopped.get("counted", {})
-    keys = ("decisions", "repairs", "suppressed", "errors")
+    keys = ("decisions", "repairs", "suppressed", "held", "errors")
     return {**{k: int(counted.get(k, -1)) for k in keys}, "ticks": int(stopped.get("ticks", -1))}
 
 
@@ -264,9 +271,7 @@ def _get(port: int, path: str) -> int:
 
 
 def _records(audit: Path) -> list[dict[str, Any]]:
-    if not audit.exists():
-        return []
-    return [json.loads(line) for line in audit.read_text().splitlines() if line.endswith("}")]
+    return read_audit(audit)
 
 
 def _healthy(r: dict[str, Any]) -> bool:
