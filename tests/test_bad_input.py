@@ -338,6 +338,16 @@ def test_json_into_a_folder_is_refused_before_playing(cli, tmp_path):
     assert files(tmp_path) == set()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("bench", "sidecar", "--json"), ("bench", "soak", "--json"), ("sandbox", "compare", "--json"),
+     ("sandbox", "calibrate", "--out")],
+)  # fmt: skip
+def test_a_trial_on_containers_refuses_its_output_path_before_any_container(cli, tmp_path, command):
+    one_line_error(cli(*command, str(tmp_path)), command[-1], "is a folder")
+    assert files(tmp_path) == set()
+
+
 def test_json_under_a_file_is_refused_before_playing(cli, tmp_path):
     (tmp_path / "f").write_text("x")
     one_line_error(cli("evaluate", "--order", "runbook", "--json", str(tmp_path / "f" / "m.json")), "is a file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from deeplops import bounds
 from deeplops.cli import JsonOpt, app, check_json, err, out, write_json
@@ -63,9 +64,11 @@ def bench_sidecar(
     healthy with the SLO met, as the sidecar measures it. Needs root and a Docker engine.
     """
     from rich.table import Table
+    from rich.text import Text
 
     from deeplops.sidecar import trial
 
+    check_json(json_path)
     found = trial.incidents(policy or ["pretrained", "autoheal", trial.NONE], cap, log=lambda line: err.print(line))
     table = Table(title="sidecar: seconds from injection to detection / recovery")
     table.add_column("policy")
@@ -74,7 +77,7 @@ def bench_sidecar(
         table.add_column(column, justify="right")
     for name in dict.fromkeys(i.policy for i in found):
         cells = {f"{i.fault} {i.target}": i for i in found if i.policy == name}
-        table.add_row(name, *(_incident_cell(cells[f], cap) for f in faults))
+        table.add_row(Text(name), *(_incident_cell(cells[f], cap) for f in faults))
     out.print(table)
     write_json(json_path, {"cap_s": cap, "incidents": [vars(i) for i in found]})
 
@@ -108,9 +111,10 @@ def bench_soak(
         low, high = (float(x) for x in gap.split(","))
     except ValueError:
         raise ConfigError(f"--gap expects MIN,MAX seconds, got {bounds.shown(gap)}") from None
+    check_json(json_path)
     result = trial.soak(policy, minutes * 60, (low, high), seed, log=lambda line: err.print(line)).to_dict()
     out.print(
-        f"soak of {policy}: {result['seconds'] / 60:.1f} min, {result['faults_injected']} faults, "
+        f"soak of {escape(policy)}: {result['seconds'] / 60:.1f} min, {result['faults_injected']} faults, "
         f"availability {result['availability']:.3f}\n"
         f"  alive throughout: {result['alive']}; SIGTERM: exit {result['exit_code']} in {result['stop_s']:.2f} s\n"
         f"  resident memory: {result['rss_mb_start']:.1f} MiB at start, {result['rss_mb_end']:.1f} at end, "
