@@ -5,17 +5,13 @@ Importing the package registers ``deeplops/Order-v0`` and ``deeplops/Chaos-v0`` 
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from gymnasium.envs.registration import register, registry
 
 from deeplops.errors import ConfigError, DeeplopsError, PolicyError, SandboxError, ScenarioError
 from deeplops.faults import Fault, Repair
+from deeplops.version import VERSION
 
-try:
-    __version__ = version("deeplops")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0"
+__version__ = VERSION
 
 for _role, _name in (("Order", "Order"), ("Chaos", "Chaos")):
     if f"deeplops/{_name}-v0" not in registry:

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -33,11 +33,9 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from deeplops.actions import N_ACTIONS, OBSERVATION_SPACE, Role
 from deeplops.agent_net import SlotEncoder, SlotPolicy
 from deeplops.errors import PolicyError
-from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS
-from deeplops.observation import chaos_observation_space, order_observation_space
-from deeplops.policies import Role
 
 FORMAT = "deeplops-agent"
 """The format name ``agent.json`` must carry."""
@@ -68,11 +66,6 @@ _COUNT_MAX = 2**53
 """Largest count in ``training`` (JSON numbers are exact up to here)."""
 _SB3_MEMBERS = frozenset({"data", "policy.pth"})
 """What marks stable-baselines3's own zip, whose ``data`` is cloudpickled."""
-_ACTIONS = {Role.ORDER: N_ORDER_ACTIONS, Role.CHAOS: N_CHAOS_ACTIONS}
-_OBSERVATION: dict[Role, Callable[[], spaces.Dict]] = {
-    Role.ORDER: order_observation_space,
-    Role.CHAOS: chaos_observation_space,
-}
 _FLOAT32 = np.dtype("<f4")
 _NPY_HEADER_BYTES = 16 * 2**10
 """Room for one ``.npy`` header (numpy writes under 200 bytes, and reads at most 10,000)."""
@@ -196,7 +189,7 @@ def build_network(role: Role, network: Network, device: str = "cpu") -> SlotPoli
     role = Role(role)
     # Initialising draws from torch's global random stream: loading an agent must not shift it.
     with torch.random.fork_rng(devices=[]):
-        policy = SlotPolicy(_OBSERVATION[role](), spaces.Discrete(_ACTIONS[role]), lambda _: 0.0,
+        policy = SlotPolicy(OBSERVATION_SPACE[role](), spaces.Discrete(N_ACTIONS[role]), lambda _: 0.0,
                             ortho_init=False, **network.kwargs())  # fmt: skip
     return policy.to(device)
 
@@ -210,8 +203,8 @@ def save(path: str | Path, policy: SlotPolicy, role: Role, training: TrainingSta
     """
     path, role = Path(path), Role(role)
     n_actions = int(cast(spaces.Discrete, policy.action_space).n)
-    if n_actions != _ACTIONS[role]:
-        raise ValueError(f"a {role.value} agent has {_ACTIONS[role]} actions, this policy {n_actions}")
+    if n_actions != N_ACTIONS[role]:
+        raise ValueError(f"a {role.value} agent has {N_ACTIONS[role]} actions, this policy {n_actions}")
     network = Network.of(policy)
     problem = network.unsupported()
     if problem:
@@ -371,8 +364,8 @@ def _parse_config(path: Path, raw: bytes) -> tuple[Role, Network, TrainingState,
         _refuse(path, f"{CONFIG}: role must be {' or '.join(repr(r.value) for r in Role)}, got {given}")
     role = Role(doc["role"])
     actions = _integer(path, "actions", doc["actions"], 0, _COUNT_MAX)
-    if actions != _ACTIONS[role]:
-        _refuse(path, f"{CONFIG}: role {role.value} with {actions} actions: expected {_ACTIONS[role]}, the game's "
+    if actions != N_ACTIONS[role]:
+        _refuse(path, f"{CONFIG}: role {role.value} with {actions} actions: expected {N_ACTIONS[role]}, the game's "
                       f"{role.value} actions")  # fmt: skip
     net = _fields(path, "network.", doc["network"], ("hidden", "rounds", "value_layers"))
     widths = net["value_layers"]

@@ -6,9 +6,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from deeplops import bounds
+from deeplops.actions import Role
 from deeplops.catalog import data_dir, read_yaml
 from deeplops.errors import ConfigError
-from deeplops.policies import Role
 
 
 @dataclass(frozen=True)

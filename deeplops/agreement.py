@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from deeplops.actions import Role
 from deeplops.drill import run_drill
-from deeplops.policies import Role, load_policy
+from deeplops.policies import load_policy
 from deeplops.scenario import Scenario
 
 AVAILABILITY_TOLERANCE = 0.05
@@ -21,9 +22,13 @@ class Agreement:
     """One scenario's figures on both backends."""
 
     scenario: str
+    """The scenario's name."""
     availability: tuple[float, float]
+    """Availability on each backend."""
     mttr_mean: tuple[float | None, float | None]
+    """Mean MTTR in ticks on each backend; None where nothing recovered."""
     unrecovered: tuple[int, int]
+    """Faults left unrecovered on each backend."""
     hypothesis: tuple[bool, bool] = (True, True)
     """Whether the scenario's steady-state hypothesis held on each backend."""
 
@@ -68,14 +73,10 @@ def compare(
         out.append(
             Agreement(
                 scenario=scenario.name,
-                availability=(float(a["availability"] or 0), float(b["availability"] or 0)),
-                mttr_mean=(_opt(a["mttr_mean"]), _opt(b["mttr_mean"])),
-                unrecovered=(int(a["unrecovered"] or 0), int(b["unrecovered"] or 0)),
+                availability=(a.availability, b.availability),
+                mttr_mean=(a.mttr_mean, b.mttr_mean),
+                unrecovered=(a.unrecovered, b.unrecovered),
                 hypothesis=(figures[0].passed, figures[1].passed),
             )
         )
     return out
-
-
-def _opt(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]

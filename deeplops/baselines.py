@@ -1,4 +1,4 @@
-"""Baseline policies (DESIGN §7): what a learned order agent must beat, and simple chaos.
+"""Baseline policies (docs/design.md §6): what a learned order agent must beat, and simple chaos.
 
 All act on a whole batch with array operations and keep any memory they need (probe counters,
 back-off timers) as ``(n_envs, MAX_SLOTS)`` arrays, reset at each episode. One action per env
@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplops.faults import PROPER_REPAIR_TABLE, REPAIRS, Repair
+from deeplops.actions import FAULTS_PER_SLOT, Observation, Role, order_actions, order_slots
+from deeplops.faults import PROPER_REPAIR_TABLE, Repair
 from deeplops.observation import MAX_SLOTS, SINCE_REPAIR_SCALE, Feature
-from deeplops.policies import Observation, Role
-
-_NR = len(REPAIRS)
 
 
 def _first_rule(rules: list[tuple[np.ndarray, Repair]], n_envs: int) -> np.ndarray:
@@ -27,7 +25,7 @@ def _first_rule(rules: list[tuple[np.ndarray, Repair]], n_envs: int) -> np.ndarr
     first = stacked.argmax(axis=1)
     rule, slot = np.divmod(first, MAX_SLOTS)
     repair = np.array([int(r) for _, r in rules])[rule]
-    return np.where(stacked.any(axis=1), 1 + slot * _NR + repair - 1, 0).astype(np.int64)
+    return np.where(stacked.any(axis=1), order_actions(slot, repair), 0).astype(np.int64)
 
 
 class _Symptoms:
@@ -136,7 +134,8 @@ class FlappingChaos(_RandomActor):
         if not recent.any():
             return actions
         n = mask.shape[0]
-        candidates = recent[:, :, None] & mask[:, 1:].reshape(n, MAX_SLOTS, -1)
+        # Past the noop, chaos actions run slot by slot (deeplops.actions): a flat index + 1 is an action.
+        candidates = recent[:, :, None] & mask[:, 1:].reshape(n, MAX_SLOTS, FAULTS_PER_SLOT)
         flat = candidates.reshape(n, -1)
         choice = (self._rng.random(flat.shape) + flat).argmax(axis=1) + 1
         return np.where(flat.any(axis=1), choice, actions).astype(np.int64)
@@ -177,7 +176,7 @@ class AutohealPolicy:
         exited = s.present & ~s.running & ~restarting
         actions = _first_rule([(exited, Repair.RESTART), (self._queue, Repair.RESTART)], mask.shape[0])
         acted = actions > 0
-        slots = (actions[acted] - 1) // _NR
+        slots = order_slots(actions[acted])
         self._queue[np.flatnonzero(acted), slots] = False
         return actions
 
@@ -233,7 +232,7 @@ class KubernetesPolicy:
         actions = _first_rule([(due, Repair.RESTART)], mask.shape[0])
         self._wait = np.where(self._wait > 0, self._wait - 1, self._wait)
         acted = np.flatnonzero(actions > 0)
-        slots = (actions[acted] - 1) // _NR
+        slots = order_slots(actions[acted])
         self._wait[acted, slots] = -1
         self._fails[acted, slots] = 0
         self._restarts[acted, slots] += 1
@@ -300,4 +299,4 @@ class OraclePolicy:
         faulted = faults > 0
         slot = faulted.argmax(axis=1)
         repair = PROPER_REPAIR_TABLE[faults[np.arange(faults.shape[0]), slot]]
-        return np.where(faulted.any(axis=1), 1 + slot * _NR + repair - 1, 0).astype(np.int64)
+        return np.where(faulted.any(axis=1), order_actions(slot, repair), 0).astype(np.int64)

@@ -1,10 +1,11 @@
-"""``deeplops bench``: how fast the environments step, beside Gymnasium's CartPole in the same process."""
+"""``deeplops bench``: how fast the environments step and agents train, beside CartPole in the same process."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -22,6 +23,33 @@ class Rate:
     """Envs stepped per call."""
     steps_per_s: float
     """Env-steps per second (calls × n_envs)."""
+    ratio_to_cartpole: float
+    """``steps_per_s`` over CartPole-v1's single-env rate in the same run."""
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What one ``deeplops bench`` measured."""
+
+    cartpole_steps_per_s: float
+    """CartPole-v1's single-env steps/s: the yardstick."""
+    rates: tuple[Rate, ...]
+    """Every configuration's rate, CartPole's first."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The object ``deeplops bench --json`` writes."""
+        return {
+            "cartpole_steps_per_s": self.cartpole_steps_per_s,
+            "results": [
+                {
+                    "env": r.name,
+                    "n_envs": r.n_envs,
+                    "steps_per_s": r.steps_per_s,
+                    "ratio_to_cartpole": r.ratio_to_cartpole,
+                }
+                for r in self.rates
+            ],
+        }
 
 
 def _measure(step: Callable[[], None], n_envs: int, seconds: float) -> float:
@@ -76,7 +104,7 @@ def _batched_of(n_envs: int) -> Callable[[float], float]:
     return lambda seconds: batched("deeplops/Order-v0", n_envs, seconds)
 
 
-def run(seconds: float = 2.0, batch_sizes: tuple[int, ...] = (64, 4096), rounds: int = 3) -> dict[str, object]:
+def run(seconds: float = 2.0, batch_sizes: tuple[int, ...] = (64, 4096), rounds: int = 3) -> Bench:
     """Measure CartPole, Order-v0 and Chaos-v0 singly, and Order-v0 batched; ratios to CartPole.
 
     Every configuration is measured in ``rounds`` slices taken in turn, and its best slice is
@@ -92,17 +120,20 @@ def run(seconds: float = 2.0, batch_sizes: tuple[int, ...] = (64, 4096), rounds:
     for _ in range(rounds):
         for i, (_, _, measure) in enumerate(measures):
             best[i] = max(best[i], measure(seconds / rounds))
-    rates = [Rate(name, n, rate) for (name, n, _), rate in zip(measures, best, strict=True)]
-    cartpole = rates[0].steps_per_s
-    return {
-        "cartpole_steps_per_s": cartpole,
-        "results": [
-            {
-                "env": r.name,
-                "n_envs": r.n_envs,
-                "steps_per_s": r.steps_per_s,
-                "ratio_to_cartpole": r.steps_per_s / cartpole,
-            }
-            for r in rates
-        ],
-    }
+    cartpole = best[0]
+    rates = tuple(Rate(name, n, rate, rate / cartpole) for (name, n, _), rate in zip(measures, best, strict=True))
+    return Bench(cartpole, rates)
+
+
+def cartpole_ppo_rate(seconds: float = 3.0) -> float:
+    """Transitions/s of stable-baselines3 PPO learning CartPole-v1 (8 envs) in this process."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=0), n_steps=128, batch_size=256,
+                n_epochs=4, seed=0, device="cpu", verbose=0)  # fmt: skip
+    steps, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        model.learn(1024, reset_num_timesteps=False)
+        steps += 1024
+    return steps / (time.monotonic() - start)

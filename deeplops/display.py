@@ -8,6 +8,7 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
+from deeplops.metrics import Summary
 from deeplops.observation import Feature
 from deeplops.topology import Topology
 
@@ -29,7 +30,7 @@ def snapshot(topology: Topology, services: np.ndarray, tick: int, slo: bool) -> 
     return "\n".join(lines) + "\n"
 
 
-def metrics_table(rows: Mapping[str, Mapping[str, object]], title: str) -> Table:
+def metrics_table(rows: Mapping[str, Summary], title: str) -> Table:
     """A table with one row per policy (or scenario) and the headline metrics as columns.
 
     avail: availability; MTTR and p95: mean and 95th percentile ticks to recovery; faults,
@@ -42,17 +43,17 @@ def metrics_table(rows: Mapping[str, Mapping[str, object]], title: str) -> Table
     for name, m in rows.items():
         table.add_row(
             Text(name),
-            f"{m['availability']:.3f}",
-            _ticks(m["mttr_mean"]),
-            _ticks(m["mttr_p95"]),
-            str(m["faults_injected"]),
-            str(m["faults_recovered"]),
-            str(m["unrecovered"]),
-            str(m["repairs"]),
-            str(m["wasted_repairs"]),
+            f"{m.availability:.3f}",
+            _ticks(m.mttr_mean),
+            _ticks(m.mttr_p95),
+            str(m.faults_injected),
+            str(m.faults_recovered),
+            str(m.unrecovered),
+            str(m.repairs),
+            str(m.wasted_repairs),
         )
     return table
 
 
-def _ticks(value: object) -> str:
-    return "-" if value is None else f"{float(value):.1f}"  # type: ignore[arg-type]
+def _ticks(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deeplops.actions import Policy
 from deeplops.errors import ScenarioError
 from deeplops.evaluate import Match, play
 from deeplops.faults import Fault
-from deeplops.metrics import summarize
-from deeplops.policies import Policy
+from deeplops.metrics import Summary, summarize
 from deeplops.scenario import Expectation, Scenario, ScheduledFault, ScriptedChaos, load_scenario
 from deeplops.trace import Trace, TraceRecorder, read_trace
 
@@ -57,24 +57,39 @@ def scenario_from_trace(trace: Trace) -> Scenario:
     return Scenario(name, trace.topology, ticks, int(trace.header["seed"]), faults, Expectation())
 
 
-@dataclass
+@dataclass(frozen=True)
 class DrillRun:
     """One order policy's play of a drill."""
 
     label: str
-    metrics: dict[str, Any]
+    """Who played: the order policy's name as given."""
+    metrics: Summary
+    """The play's figures."""
+    scheduled: int
+    """Faults the drill schedules."""
     trace: TraceRecorder
+    """The play, tick by tick."""
     checks: list[tuple[str, bool]]
     """The hypothesis' clauses as (text, met)."""
 
     @property
     def passed(self) -> bool:
+        """Whether every clause of the hypothesis was met."""
         return all(met for _, met in self.checks)
 
     @property
     def skipped_faults(self) -> int:
         """Scheduled faults not injected because their target still had an open fault."""
-        return int(self.metrics.get("scheduled", 0)) - int(self.metrics["faults_injected"] or 0)
+        return self.scheduled - self.metrics.faults_injected
+
+    def to_json(self) -> dict[str, Any]:
+        """The play as ``replay --json`` writes it: the metrics, the schedule, each clause, the verdict."""
+        return {
+            **self.metrics.to_json(),
+            "scheduled": self.scheduled,
+            "expect": [{"clause": text, "met": met} for text, met in self.checks],
+            "passed": self.passed,
+        }
 
 
 def run_drill(
@@ -84,7 +99,6 @@ def run_drill(
     match = Match(scenario.topology, order, ScriptedChaos(scenario), backend, scenario.game_config())
     traces: list[TraceRecorder] = []
     stats = play(match, 1, seed=scenario.seed, on_tick=on_tick, traces=traces)
-    metrics: dict[str, Any] = {**summarize(stats), "scheduled": len(scenario.faults)}
-    availability = float(metrics["availability"] or 0.0)
-    checks = scenario.expect.check(availability, traces[0].rows[-1]) if scenario.expect else []
-    return DrillRun(label, metrics, traces[0], checks)
+    metrics = summarize(stats)
+    checks = scenario.expect.check(metrics.availability, traces[0].rows[-1]) if scenario.expect else []
+    return DrillRun(label, metrics, len(scenario.faults), traces[0], checks)

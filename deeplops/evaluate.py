@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deeplops.actions import Policy
+from deeplops.backends import make_sandbox
 from deeplops.game import Game, GameConfig
 from deeplops.metrics import EpisodeStats
-from deeplops.policies import Policy
-from deeplops.sandbox import make_sandbox
 from deeplops.sim import SimParams
 from deeplops.topology import Topology, topology_to_dict
 from deeplops.trace import TraceRecorder

@@ -1,4 +1,4 @@
-"""The closed sets of faults (chaos) and repairs (order), and their effect tables (DESIGN §4).
+"""The closed sets of faults (chaos) and repairs (order), and their effect tables (docs/design.md §4.2).
 
 Everything that needs to know what a repair does to a fault reads these tables; backends
 implement the mechanisms, not the rules.
@@ -106,8 +106,11 @@ REPAIR_COST: dict[Repair, float] = {
 }
 """Reward the order agent pays per repair, on the scale of one tick of full availability."""
 
-NEEDS_DISK: frozenset[Fault | Repair] = frozenset({Fault.DISK_FULL, Repair.CLEAN_DISK})
-"""Faults and repairs that only make sense on a service with a data volume."""
+FAULTS_NEEDING_DISK: frozenset[Fault] = frozenset({Fault.DISK_FULL})
+"""Faults that only make sense on a service with a data volume."""
+REPAIRS_NEEDING_DISK: frozenset[Repair] = frozenset({Repair.CLEAN_DISK})
+"""Repairs that only make sense on a service with a data volume. (Two sets, not one: Fault and
+Repair codes are both small ints, and a mixed set would hold ``Repair.RECREATE`` as ``DISK_FULL``.)"""
 
 # Dense forms of the tables for array code: index [repair, fault code] (code 0 = no fault).
 CLEARS_TABLE = np.zeros((len(Repair), len(Fault) + 1), dtype=np.bool_)
@@ -117,3 +120,4 @@ for _repair, _faults in CLEARS.items():
 FAULT_COST_TABLE = np.array([0.0] + [FAULT_COST[f] for f in Fault], dtype=np.float64)
 REPAIR_COST_TABLE = np.array([REPAIR_COST[r] for r in Repair], dtype=np.float64)
 PROPER_REPAIR_TABLE = np.array([0] + [PROPER_REPAIR[f] for f in Fault], dtype=np.int64)
+FAULT_NEEDS_DISK_TABLE = np.array([False] + [f in FAULTS_NEEDING_DISK for f in Fault], dtype=np.bool_)

@@ -1,61 +1,47 @@
-"""The chaos-versus-order game over a Sandbox: actions, budget, masks, rewards, metrics.
+"""The chaos-versus-order game over a Sandbox: budget, masks, rewards, metrics, per role.
 
-Each step: chaos acts, order acts, the system advances one tick, health is observed.
-Both agents choose one action per tick from a flat Discrete space laid out per service slot:
-
-- order: ``0`` = noop, ``1 + slot * 4 + (repair - 1)`` for repair in restart, clean_disk,
-  rate_limit, recreate (:class:`~deeplops.faults.Repair` codes 1..4);
-- chaos: ``0`` = noop, ``1 + slot * 5 + (fault - 1)`` for the five :class:`~deeplops.faults.Fault` codes.
-
-A masked (invalid) action is played as a noop and counted. The game is backend-agnostic: it
-reads faults, health and the SLO from the sandbox, and keeps its books in compiled kernels so
-that one env costs a few microseconds per step.
+Each step: chaos acts, order acts, the system advances one tick, health is observed. Both agents
+choose one action per tick in the layout of :mod:`deeplops.actions`; a masked (invalid) action is
+played as a noop and counted. The game answers each role's observation, mask and reward
+(``observe``, ``mask``, ``reward``), so the environments that face one side need not know which.
+It is backend-agnostic: it reads faults, health and the SLO from the sandbox, and keeps its books
+in compiled kernels so that one env costs a few microseconds per step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
+from deeplops.actions import (
+    FAULTS_PER_SLOT,
+    N_CHAOS_ACTIONS,
+    N_ORDER_ACTIONS,
+    REPAIRS_PER_SLOT,
+    Observation,
+    Policy,
+    Role,
+    order_mask,
+    padded_adjacency,
+)
 from deeplops.errors import ConfigError
-from deeplops.faults import FAULT_COST_TABLE, FAULTS, REPAIR_COST_TABLE, REPAIRS, Fault, Repair
+from deeplops.faults import FAULT_COST_TABLE, FAULT_NEEDS_DISK_TABLE, REPAIR_COST_TABLE, Repair
+from deeplops.kernels import checked_array, compiled_for
 from deeplops.metrics import EpisodeStats
 from deeplops.observation import MAX_SLOTS
-from deeplops.policies import Policy, Role
 from deeplops.sandbox import Sandbox
 
-N_ORDER_ACTIONS = 1 + MAX_SLOTS * len(REPAIRS)
-N_CHAOS_ACTIONS = 1 + MAX_SLOTS * len(FAULTS)
-_NR, _NF = len(REPAIRS), len(FAULTS)
-_DISK_FULL, _CLEAN_DISK, _RECREATE = int(Fault.DISK_FULL), int(Repair.CLEAN_DISK), int(Repair.RECREATE)
+_RECREATE = int(Repair.RECREATE)
+_INT64, _BOOL = np.dtype(np.int64), np.dtype(np.bool_)  # built once: numpy converts a type each call
 
 # Columns of the per-env statistics array.
 TICKS, SLO_TICKS, INJECTED, RECOVERED, MTTR_SUM, REPAIRS_TAKEN, WASTED, DATA_LOSS, INVALID = range(9)
 _N_STATS = 9
 _INJECTS, _REPAIRS = 1, 2  # bits of what _admit found to do
-
-
-def order_action(slot: int, repair: Repair) -> int:
-    """The order action that applies ``repair`` to ``slot`` (``Repair.NOOP`` gives 0)."""
-    return 0 if repair == Repair.NOOP else 1 + slot * _NR + int(repair) - 1
-
-
-def chaos_action(slot: int, fault: Fault) -> int:
-    """The chaos action that injects ``fault`` on ``slot``."""
-    return 1 + slot * _NF + int(fault) - 1
-
-
-def decode_order(action: int) -> tuple[int, Repair]:
-    """``(slot, repair)`` of an order action (slot 0 for noop)."""
-    return (0, Repair.NOOP) if action == 0 else ((action - 1) // _NR, Repair(1 + (action - 1) % _NR))
-
-
-def decode_chaos(action: int) -> tuple[int, Fault | None]:
-    """``(slot, fault)`` of a chaos action (``(0, None)`` for noop)."""
-    return (0, None) if action == 0 else ((action - 1) // _NF, Fault(1 + (action - 1) % _NF))
 
 
 @dataclass(frozen=True)
@@ -91,6 +77,7 @@ class Game:
         self.topology = sandbox.topology
         e, n = sandbox.n_envs, sandbox.topology.n_services
         self.n_envs = e
+        self._batch = (e,)
         self.tick = 0
         self.budget_left = np.zeros(e)
         self.fault_start = np.full((e, n), -1, np.int32)
@@ -106,19 +93,46 @@ class Game:
         self._nothing_cleared = np.zeros(e, np.bool_)
         self._has_disk = self.topology.has_disk.copy()
         self._chaos_mask = np.zeros((e, N_CHAOS_ACTIONS), np.bool_)
-        self._order_mask = np.broadcast_to(_static_order_mask(self.topology.has_disk), (e, N_ORDER_ACTIONS))
-        adjacency = np.zeros((MAX_SLOTS, MAX_SLOTS), np.int8)
-        adjacency[:n, :n] = self.topology.adjacency
-        self._adjacency = np.broadcast_to(adjacency, (e, MAX_SLOTS, MAX_SLOTS))
+        self._order_mask = order_mask(self.topology, e)
+        self._adjacency = padded_adjacency(self.topology, e)
         self._faulted = np.zeros((e, MAX_SLOTS), np.float32)
         self._budget_obs = np.zeros((e, 2), np.float32)
         # Built once: the arrays behind them are updated in place every tick.
         self._order_obs = {"services": sandbox.observe(), "adjacency": self._adjacency}
         self._chaos_obs = {**self._order_obs, "faulted": self._faulted, "budget": self._budget_obs}
+        self._views = {Role.ORDER: self._order_obs, Role.CHAOS: self._chaos_obs}
+        self._rewards = {Role.ORDER: self.order_reward, Role.CHAOS: self.chaos_reward}
+        # The kernels' records, over the arrays above (which they update in place), and the
+        # kernels compiled once for their types (deeplops.kernels says why).
+        self._books = Books(self.fault_start, self.budget_left, self.stats, self.mttr_hist)
+        self._admitted = Admitted(self.chaos_slot, self.chaos_fault, self.order_slot, self.order_repair)
+        self._outcome = Outcome(self.order_reward, self.chaos_reward, self._faulted, self._budget_obs)
+        cfg = self.config
+        self._rules = GameRules(
+            n_services=n,
+            has_disk=self._has_disk,
+            valid_orders=self._order_mask[0],
+            fault_cost=FAULT_COST_TABLE,
+            fault_needs_disk=FAULT_NEEDS_DISK_TABLE,
+            repair_cost=REPAIR_COST_TABLE,
+            max_concurrent=cfg.max_concurrent,
+            budget=float(cfg.budget),
+            health_weight=float(cfg.health_weight),
+            fault_cost_weight=float(cfg.fault_cost_weight),
+        )
+        self._measured = _measured(sandbox)
+        actions = np.zeros(e, np.int64)
+        self._admit = compiled_for(_admit, 0, actions, actions, self._books, self._rules, self._admitted)
+        self._account = compiled_for(
+            _account, 0, self._measured, self.cleared, self._books, self._rules, self._admitted, self._outcome
+        )
+        self._fill_chaos_mask = compiled_for(_chaos_mask, self._books, self._rules, self._chaos_mask)
 
     def reset(self, seeds: Sequence[int]) -> None:
         """Start a new episode in every env."""
         self.sandbox.reset(seeds)
+        if not _still(self._measured, self.sandbox):
+            self._measured = _measured(self.sandbox)
         self.tick = 0
         self.budget_left[:] = self.config.budget
         self.fault_start[:] = -1
@@ -131,28 +145,40 @@ class Game:
 
     def step(self, chaos_actions: np.ndarray, order_actions: np.ndarray) -> bool:
         """Play one tick; return whether the episode is over (truncated) in every env."""
-        cfg = self.config
-        acts = _admit(
-            self.tick, chaos_actions, order_actions, self.fault_start, self._has_disk,
-            self.topology.n_services, self.budget_left, FAULT_COST_TABLE, cfg.max_concurrent,
-            self.chaos_slot, self.chaos_fault, self.order_slot, self.order_repair, self.stats,
-        )  # fmt: skip
+        batch = self._batch
+        chaos_actions = checked_array(chaos_actions, _INT64, batch)
+        order_actions = checked_array(order_actions, _INT64, batch)
+        acts = self._admit(self.tick, chaos_actions, order_actions, self._books, self._rules, self._admitted)
         if acts & _INJECTS:
             self.sandbox.inject(self.chaos_slot, self.chaos_fault)
         if acts & _REPAIRS:
-            self.cleared = self.sandbox.repair(self.order_slot, self.order_repair)
+            self.cleared = checked_array(self.sandbox.repair(self.order_slot, self.order_repair), _BOOL, batch)
         else:
             self.cleared = self._nothing_cleared
         self.sandbox.advance()
-        _account(
-            self.tick, self.sandbox.faults, self.sandbox.health, self.sandbox.slo, self.fault_start,
-            self.chaos_fault, self.order_slot, self.order_repair, self.cleared, self._has_disk,
-            self.stats, self.mttr_hist, FAULT_COST_TABLE, REPAIR_COST_TABLE, cfg.health_weight,
-            cfg.fault_cost_weight, self.order_reward, self.chaos_reward, self.budget_left, cfg.budget,
-            cfg.max_concurrent, self._faulted, self._budget_obs,
-        )  # fmt: skip
+        self._account(self.tick, self._measured, self.cleared, self._books, self._rules, self._admitted, self._outcome)
         self.tick += 1
-        return self.tick >= cfg.max_ticks
+        return self.tick >= self.config.max_ticks
+
+    def play(self, role: Role, actions: np.ndarray, opponent_actions: np.ndarray) -> bool:
+        """``step`` with ``role`` playing ``actions`` and its opponent ``opponent_actions``."""
+        if _CHAOS_FIRST[role]:
+            return self.step(actions, opponent_actions)
+        return self.step(opponent_actions, actions)
+
+    def observe(self, role: Role) -> Observation:
+        """``role``'s observation for every env (``order_obs`` or ``chaos_obs``): views updated in
+        place each tick; do not modify."""
+        return self._views[role]
+
+    def mask(self, role: Role) -> np.ndarray:
+        """``role``'s valid actions in every env (``order_mask`` or ``chaos_mask``)."""
+        return _MASK[role](self)
+
+    def reward(self, role: Role) -> np.ndarray:
+        """``(n_envs,)``: ``role``'s reward for the last tick (``order_reward`` or ``chaos_reward``),
+        updated in place each tick."""
+        return self._rewards[role]
 
     def order_mask(self) -> np.ndarray:
         """``(n_envs, N_ORDER_ACTIONS)`` bool: padded slots and clean_disk without a volume are masked."""
@@ -161,8 +187,7 @@ class Game:
     def chaos_mask(self) -> np.ndarray:
         """``(n_envs, N_CHAOS_ACTIONS)`` bool: padded or already-faulted slots, disk_full without a
         volume, and faults over the budget or the concurrency cap are masked."""
-        _chaos_mask(self.fault_start, self._has_disk, self.budget_left, FAULT_COST_TABLE,
-                    self.config.max_concurrent, self._chaos_mask)  # fmt: skip
+        self._fill_chaos_mask(self._books, self._rules, self._chaos_mask)
         return self._chaos_mask
 
     def order_obs(self) -> dict[str, np.ndarray]:
@@ -176,10 +201,7 @@ class Game:
     def decide(self, policy: Policy) -> np.ndarray:
         """``policy``'s actions in every env, from its side's observation and mask; a privileged
         policy also sees the true faults (``obs["faults"]``)."""
-        if policy.role == Role.ORDER:
-            obs, mask = self._order_obs, self.order_mask()
-        else:
-            obs, mask = self._chaos_obs, self.chaos_mask()
+        obs, mask = self._views[policy.role], _MASK[policy.role](self)
         if policy.privileged:
             obs = {**obs, "faults": self.truth()}
         return policy.act(obs, mask)
@@ -226,34 +248,127 @@ class Game:
         return out
 
 
-def _static_order_mask(has_disk: np.ndarray) -> np.ndarray:
-    mask = np.zeros(N_ORDER_ACTIONS, np.bool_)
-    mask[0] = True
-    for slot in range(has_disk.size):
-        for repair in REPAIRS:
-            if repair != Repair.CLEAN_DISK or has_disk[slot]:
-                mask[order_action(slot, repair)] = True
-    mask.setflags(write=False)
-    return mask
+_MASK: dict[Role, Callable[[Game], np.ndarray]] = {Role.ORDER: Game.order_mask, Role.CHAOS: Game.chaos_mask}
+"""Each role's mask, by role (a static one for order, one computed each tick for chaos)."""
+_CHAOS_FIRST: dict[Role, bool] = {Role.CHAOS: True, Role.ORDER: False}
+"""Whether a role's actions are ``step``'s first argument (chaos acts first in a tick)."""
+
+
+class Books(NamedTuple):
+    """Each env's episode so far, kept in place by the kernels."""
+
+    fault_start: np.ndarray
+    """``(n_envs, n_services)`` int32: the tick each open fault was injected at (-1: none open)."""
+    budget_left: np.ndarray
+    """``(n_envs,)`` float64: fault cost points the chaos agent has left."""
+    stats: np.ndarray
+    """``(n_envs, _N_STATS)`` float64: the episode's counts, in the columns TICKS .. INVALID."""
+    mttr_hist: np.ndarray
+    """``(n_envs, max_ticks + 1)`` int32: faults recovered, by their time to recover in ticks."""
+
+
+class GameRules(NamedTuple):
+    """The rules of the game and what the topology allows, as the kernels read them."""
+
+    n_services: int
+    """Services in the topology (slots from here on are padding)."""
+    has_disk: np.ndarray
+    """``(n_services,)`` bool: services with a volume (only they take disk_full, clean_disk)."""
+    valid_orders: np.ndarray
+    """``(N_ORDER_ACTIONS,)`` bool: the order actions the topology allows (the static order mask)."""
+    fault_cost: np.ndarray
+    """``(len(Fault) + 1,)`` float64: budget points of each fault code (0 for none)."""
+    fault_needs_disk: np.ndarray
+    """``(len(Fault) + 1,)`` bool: fault codes that only a service with a volume takes."""
+    repair_cost: np.ndarray
+    """``(len(Repair),)`` float64: what each repair costs the order reward."""
+    max_concurrent: int
+    """Most faults open at once."""
+    budget: float
+    """Fault cost points per episode."""
+    health_weight: float
+    """Weight of the fraction of healthy services in the order reward."""
+    fault_cost_weight: float
+    """Chaos reward paid per fault cost point."""
+
+
+class Admitted(NamedTuple):
+    """The moves admitted this tick, as the sandbox is asked to make them (code 0: none)."""
+
+    chaos_slot: np.ndarray
+    """``(n_envs,)`` int64: the slot chaos injects on."""
+    chaos_fault: np.ndarray
+    """``(n_envs,)`` int64: the Fault code injected."""
+    order_slot: np.ndarray
+    """``(n_envs,)`` int64: the slot order repairs."""
+    order_repair: np.ndarray
+    """``(n_envs,)`` int64: the Repair code applied."""
+
+
+class Outcome(NamedTuple):
+    """What the last tick gave each side: rewards, and the chaos agent's view of its faults and budget."""
+
+    order_reward: np.ndarray
+    """``(n_envs,)`` float64: the order agent's reward."""
+    chaos_reward: np.ndarray
+    """``(n_envs,)`` float64: the chaos agent's reward."""
+    faulted: np.ndarray
+    """``(n_envs, MAX_SLOTS)`` float32: 1 on each slot with an open fault."""
+    budget_obs: np.ndarray
+    """``(n_envs, 2)`` float32: the budget left, and the room for more open faults, as fractions."""
+
+
+class Measured(NamedTuple):
+    """The sandbox's measurements of the last tick, as the kernels read them."""
+
+    faults: np.ndarray
+    """``(n_envs, n_services)`` int8: the fault open on each service (0 = none)."""
+    health: np.ndarray
+    """``(n_envs, n_services)`` bool: each service's /health result."""
+    slo: np.ndarray
+    """``(n_envs,)`` bool: whether user traffic through every entry service succeeded."""
+
+
+def _measured(sandbox: Sandbox) -> Measured:
+    """The sandbox's measurement arrays, checked (and converted if need be) for the kernels."""
+    shape = (sandbox.n_envs, sandbox.topology.n_services)
+    return Measured(
+        faults=checked_array(sandbox.faults, np.int8, shape),
+        health=checked_array(sandbox.health, np.bool_, shape),
+        slo=checked_array(sandbox.slo, np.bool_, shape[:1]),
+    )
+
+
+def _still(measured: Measured, sandbox: Sandbox) -> bool:
+    """Whether ``measured`` still holds the very arrays the sandbox hands over (backends update
+    theirs in place, so the check is made once an episode, not every tick)."""
+    return sandbox.faults is measured.faults and sandbox.health is measured.health and sandbox.slo is measured.slo
 
 
 @njit(cache=True)
 def _admit(
-    tick, chaos_actions, order_actions, fault_start, has_disk, n, budget_left, fault_cost,
-    max_concurrent, c_slot, c_fault, o_slot, o_repair, stats,
-):  # fmt: skip
-    """Decode both agents' actions, drop the invalid ones, charge the chaos budget.
+    tick: int, chaos_actions: np.ndarray, order_actions: np.ndarray, books: Books, rules: GameRules, admitted: Admitted
+) -> int:
+    """Decode both agents' actions into ``admitted``, drop the invalid ones, charge the chaos budget.
+
+    Order actions are checked against ``rules.valid_orders``, the static order mask.
 
     Returns bits saying whether any env injects (_INJECTS) or repairs (_REPAIRS), so the
     sandbox is not called for nothing.
     """
+    fault_start, budget_left, stats = books.fault_start, books.budget_left, books.stats
+    n, has_disk, fault_cost, max_concurrent = rules.n_services, rules.has_disk, rules.fault_cost, rules.max_concurrent
+    needs_disk = rules.fault_needs_disk
+    valid_orders = rules.valid_orders
+    c_slot, c_fault = admitted.chaos_slot, admitted.chaos_fault
+    o_slot, o_repair = admitted.order_slot, admitted.order_repair
     acts = 0
     for e in range(chaos_actions.shape[0]):
         c_slot[e] = 0
         c_fault[e] = 0
         a = chaos_actions[e]
         if a != 0:
-            s, f = (a - 1) // _NF, 1 + (a - 1) % _NF
+            s, f = (a - 1) // FAULTS_PER_SLOT, 1 + (a - 1) % FAULTS_PER_SLOT
             ok = 0 < a < N_CHAOS_ACTIONS and s < n
             if ok:
                 open_faults = 0
@@ -262,7 +377,7 @@ def _admit(
                         open_faults += 1
                 ok = (
                     fault_start[e, s] < 0
-                    and (f != _DISK_FULL or has_disk[s])
+                    and (not needs_disk[f] or has_disk[s])
                     and fault_cost[f] <= budget_left[e] + 1e-9
                     and open_faults < max_concurrent
                 )
@@ -278,8 +393,8 @@ def _admit(
         o_repair[e] = 0
         a = order_actions[e]
         if a != 0:
-            s, r = (a - 1) // _NR, 1 + (a - 1) % _NR
-            if 0 < a < N_ORDER_ACTIONS and s < n and (r != _CLEAN_DISK or has_disk[s]):
+            s, r = (a - 1) // REPAIRS_PER_SLOT, 1 + (a - 1) % REPAIRS_PER_SLOT
+            if 0 < a < N_ORDER_ACTIONS and valid_orders[a]:
                 o_slot[e], o_repair[e] = s, r
                 acts |= _REPAIRS
             else:
@@ -289,12 +404,17 @@ def _admit(
 
 @njit(cache=True)
 def _account(
-    tick, faults, health, slo, fault_start, c_fault, o_slot, o_repair, cleared, has_disk, stats,
-    mttr_hist, fault_cost, repair_cost, health_weight, fault_cost_weight, order_reward, chaos_reward,
-    budget_left, budget, max_concurrent, faulted, budget_obs,
-):  # fmt: skip
+    tick: int, measured: Measured, cleared: np.ndarray, books: Books, rules: GameRules, admitted: Admitted, out: Outcome
+) -> None:
     """After a tick: close recovered faults (MTTR), count repairs, pay rewards, update the
-    chaos agent's view of its open faults and remaining budget."""
+    chaos agent's view of its open faults and remaining budget. ``cleared[e]``: the repair ended a fault."""
+    faults, health, slo = measured.faults, measured.health, measured.slo
+    fault_start, budget_left, stats, mttr_hist = books.fault_start, books.budget_left, books.stats, books.mttr_hist
+    has_disk, fault_cost, repair_cost = rules.has_disk, rules.fault_cost, rules.repair_cost
+    health_weight, fault_cost_weight = rules.health_weight, rules.fault_cost_weight
+    budget, max_concurrent = rules.budget, rules.max_concurrent
+    c_fault, o_slot, o_repair = admitted.chaos_fault, admitted.order_slot, admitted.order_repair
+    order_reward, chaos_reward, faulted, budget_obs = out.order_reward, out.chaos_reward, out.faulted, out.budget_obs
     n_envs, n = faults.shape
     top = mttr_hist.shape[1] - 1
     for e in range(n_envs):
@@ -334,7 +454,11 @@ def _account(
 
 
 @njit(cache=True)
-def _chaos_mask(fault_start, has_disk, budget_left, fault_cost, max_concurrent, mask):  # fmt: skip
+def _chaos_mask(books: Books, rules: GameRules, mask: np.ndarray) -> None:
+    """Fill ``mask`` (``(n_envs, N_CHAOS_ACTIONS)``) with the chaos actions allowed now."""
+    fault_start, budget_left = books.fault_start, books.budget_left
+    has_disk, fault_cost, max_concurrent = rules.has_disk, rules.fault_cost, rules.max_concurrent
+    needs_disk = rules.fault_needs_disk
     n_envs, n = fault_start.shape
     for e in range(n_envs):
         mask[e, :] = False
@@ -348,6 +472,6 @@ def _chaos_mask(fault_start, has_disk, budget_left, fault_cost, max_concurrent, 
         for s in range(n):
             if fault_start[e, s] >= 0:
                 continue
-            for f in range(1, _NF + 1):
-                if fault_cost[f] <= budget_left[e] + 1e-9 and (f != _DISK_FULL or has_disk[s]):
-                    mask[e, 1 + s * _NF + f - 1] = True
+            for f in range(1, FAULTS_PER_SLOT + 1):
+                if fault_cost[f] <= budget_left[e] + 1e-9 and (not needs_disk[f] or has_disk[s]):
+                    mask[e, 1 + s * FAULTS_PER_SLOT + f - 1] = True

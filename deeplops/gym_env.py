@@ -12,15 +12,18 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from deeplops.actions import N_ACTIONS, OBSERVATION_SPACE, OPPONENT, Policy, Role
+from deeplops.backends import make_sandbox
 from deeplops.display import snapshot
-from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, Game, GameConfig
-from deeplops.observation import chaos_observation_space, order_observation_space
-from deeplops.policies import Policy, Role, as_policy
-from deeplops.sandbox import make_sandbox
+from deeplops.game import Game, GameConfig
+from deeplops.policies import as_policy
 from deeplops.sim import SimParams
 from deeplops.topology import Topology, load_topology
 
 SEED_SPACE = 2**31 - 1
+DEFAULT_OPPONENT: dict[Role, str] = {Role.ORDER: "random", Role.CHAOS: "runbook"}
+"""The policy each side plays against unless told: random chaos for the order agent, the runbook
+for the chaos agent."""
 
 
 def resolve_topology(env: str | Path | Topology) -> Topology:
@@ -41,8 +44,6 @@ class _GameEnv(gym.Env[dict[str, np.ndarray], np.int64]):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
     role: Role
-    opponent_role: Role
-    default_opponent: str
 
     def __init__(
         self,
@@ -56,11 +57,13 @@ class _GameEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
-        self.opponent = as_policy(opponent, self.opponent_role, self.default_opponent)
+        self.opponent = as_policy(opponent, OPPONENT[self.role], DEFAULT_OPPONENT[self.role])
         self.game = build_game(env, backend, 1, game, params)
         self.topology = self.game.topology
+        self.observation_space = OBSERVATION_SPACE[self.role]()  # type: ignore[assignment]
+        self.action_space = spaces.Discrete(N_ACTIONS[self.role])
         self._action = np.zeros(1, np.int64)
-        self._adjacency = self.game.order_obs()["adjacency"][0].copy()
+        self._reward = self.game.reward(self.role)  # updated in place each tick
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # type: ignore[override]
         """Start a new episode; the same seed gives the same episode."""
@@ -75,12 +78,8 @@ class _GameEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         game = self.game
         opp = game.decide(self.opponent)
         self._action[0] = action
-        if self.role is Role.ORDER:
-            truncated = game.step(opp, self._action)
-            reward = game.order_reward[0]
-        else:
-            truncated = game.step(self._action, opp)
-            reward = game.chaos_reward[0]
+        truncated = game.play(self.role, self._action, opp)
+        reward = self._reward[0]
         info = self._get_info()
         if truncated:
             info["episode_stats"] = game.episode_stats()[0]
@@ -88,8 +87,7 @@ class _GameEnv(gym.Env[dict[str, np.ndarray], np.int64]):
 
     def action_masks(self) -> np.ndarray:
         """Valid actions now, as sb3-contrib's MaskablePPO reads them."""
-        mask = self.game.order_mask() if self.role is Role.ORDER else self.game.chaos_mask()
-        return mask[0].copy()
+        return self.game.mask(self.role)[0].copy()
 
     def render(self) -> str | None:  # type: ignore[override]
         """A text table of every service's symptoms (``render_mode="ansi"``)."""
@@ -103,7 +101,7 @@ class _GameEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.game.sandbox.close()
 
     def _get_obs(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        return {key: value[0].copy() for key, value in self.game.observe(self.role).items()}
 
     def _get_info(self) -> dict[str, Any]:
         return {"slo": bool(self.game.sandbox.slo[0]), "tick": self.game.tick}
@@ -143,16 +141,6 @@ class OrderEnv(_GameEnv):
     """
 
     role = Role.ORDER
-    opponent_role = Role.CHAOS
-    default_opponent = "random"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.observation_space = order_observation_space()  # type: ignore[assignment]
-        self.action_space = spaces.Discrete(N_ORDER_ACTIONS)
-
-    def _get_obs(self) -> dict[str, np.ndarray]:
-        return {"services": self.game.sandbox.observe()[0].copy(), "adjacency": self._adjacency.copy()}
 
 
 class ChaosEnv(_GameEnv):
@@ -186,19 +174,3 @@ class ChaosEnv(_GameEnv):
     """
 
     role = Role.CHAOS
-    opponent_role = Role.ORDER
-    default_opponent = "runbook"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.observation_space = chaos_observation_space()  # type: ignore[assignment]
-        self.action_space = spaces.Discrete(N_CHAOS_ACTIONS)
-
-    def _get_obs(self) -> dict[str, np.ndarray]:
-        obs = self.game.chaos_obs()
-        return {
-            "services": obs["services"][0].copy(),
-            "adjacency": self._adjacency.copy(),
-            "faulted": obs["faulted"][0].copy(),
-            "budget": obs["budget"][0].copy(),
-        }

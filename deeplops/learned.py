@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from deeplops import agentfile
+from deeplops.actions import N_ACTIONS, Observation
 from deeplops.agent_net import SlotPolicy
 from deeplops.errors import PolicyError
-from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS
-from deeplops.policies import Observation, Role
 
-_ROLE_OF_ACTIONS = {N_ORDER_ACTIONS: Role.ORDER, N_CHAOS_ACTIONS: Role.CHAOS}
+_ROLE_OF_ACTIONS = {n: role for role, n in N_ACTIONS.items()}
+"""A network's role, known by its action count (the roles' counts differ)."""
 
 
 class LearnedPolicy:
@@ -23,7 +23,8 @@ class LearnedPolicy:
     def __init__(self, model: SlotPolicy, name: str = "learned", deterministic: bool = True) -> None:
         n = int(model.action_space.n)  # type: ignore[attr-defined]  # a Discrete space: the game's actions
         if n not in _ROLE_OF_ACTIONS:
-            raise PolicyError(f"{name}: expected an agent with {N_ORDER_ACTIONS} or {N_CHAOS_ACTIONS} actions, got {n}")
+            counts = " or ".join(str(count) for count in N_ACTIONS.values())
+            raise PolicyError(f"{name}: expected an agent with {counts} actions, got {n}")
         self.model = model
         self.role = _ROLE_OF_ACTIONS[n]
         self.name = name

@@ -10,14 +10,16 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from deeplops.actions import N_ACTIONS, OBSERVATION_SPACE, Role
 from deeplops.display import snapshot
-from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, GameConfig
+from deeplops.game import GameConfig
 from deeplops.gym_env import SEED_SPACE, build_game
-from deeplops.observation import chaos_observation_space, order_observation_space
 from deeplops.sim import SimParams
 from deeplops.topology import Topology
 
-CHAOS, ORDER = "chaos", "order"
+CHAOS, ORDER = Role.CHAOS.value, Role.ORDER.value
+_ROLES = {CHAOS: Role.CHAOS, ORDER: Role.ORDER}
+"""Each agent's role, chaos first as it moves first."""
 
 
 class DeeplopsParallelEnv(ParallelEnv[str, dict[str, np.ndarray], np.int64]):
@@ -39,22 +41,24 @@ class DeeplopsParallelEnv(ParallelEnv[str, dict[str, np.ndarray], np.int64]):
         params: SimParams | None = None,
         render_mode: str | None = None,
     ) -> None:
-        self.possible_agents = [CHAOS, ORDER]
+        self.possible_agents = list(_ROLES)
         self.agents: list[str] = []
         self.render_mode = render_mode
         self.game = build_game(env, backend, 1, game, params)
         self.topology = self.game.topology
         self._rng = np.random.default_rng()
+        self._order_keys = tuple(self.game.observe(Role.ORDER))
+        """What order sees: a part of what chaos sees."""
 
     @functools.cache  # noqa: B019 - one space object per agent, as PettingZoo expects
     def observation_space(self, agent: str) -> spaces.Space:
         """Chaos or order observation space."""
-        return chaos_observation_space() if agent == CHAOS else order_observation_space()
+        return OBSERVATION_SPACE[_ROLES[agent]]()
 
     @functools.cache  # noqa: B019
     def action_space(self, agent: str) -> spaces.Space:
         """``Discrete(81)`` for chaos, ``Discrete(65)`` for order."""
-        return spaces.Discrete(N_CHAOS_ACTIONS if agent == CHAOS else N_ORDER_ACTIONS)
+        return spaces.Discrete(N_ACTIONS[_ROLES[agent]])
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):  # type: ignore[override]
         """Start a new episode; the same seed gives the same episode."""
@@ -71,7 +75,7 @@ class DeeplopsParallelEnv(ParallelEnv[str, dict[str, np.ndarray], np.int64]):
         order = np.array([actions.get(ORDER, 0)], np.int64)
         done = game.step(chaos, order)
         observations, infos = self._observations(), self._infos()
-        rewards = {CHAOS: float(game.chaos_reward[0]), ORDER: float(game.order_reward[0])}
+        rewards = {agent: float(game.reward(role)[0]) for agent, role in _ROLES.items()}
         terminations = {a: False for a in self.agents}
         truncations = {a: done for a in self.agents}
         if done:
@@ -93,16 +97,11 @@ class DeeplopsParallelEnv(ParallelEnv[str, dict[str, np.ndarray], np.int64]):
         self.game.sandbox.close()
 
     def _observations(self) -> dict[str, dict[str, np.ndarray]]:
-        c = self.game.chaos_obs()
-        chaos = {k: np.array(v[0]) for k, v in c.items()}
-        order = {"services": chaos["services"], "adjacency": chaos["adjacency"]}
-        return {CHAOS: chaos, ORDER: order}
+        chaos = {k: np.array(v[0]) for k, v in self.game.observe(Role.CHAOS).items()}
+        return {CHAOS: chaos, ORDER: {k: chaos[k] for k in self._order_keys}}  # the same arrays
 
     def _infos(self) -> dict[str, dict[str, Any]]:
-        return {
-            CHAOS: {"action_mask": self.game.chaos_mask()[0].copy()},
-            ORDER: {"action_mask": self.game.order_mask()[0].copy()},
-        }
+        return {agent: {"action_mask": self.game.mask(role)[0].copy()} for agent, role in _ROLES.items()}
 
 
 def parallel_env(**kwargs: Any) -> DeeplopsParallelEnv:

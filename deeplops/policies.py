@@ -1,52 +1,21 @@
-"""The Policy protocol and the registry that turns a POLICY argument into a policy object.
+"""The policy registry: turns a POLICY argument (a baseline, ``pretrained``, a saved agent) into a policy.
 
-A policy acts for a whole batch at once: ``act(obs, mask)`` takes the batched observation
-dict of its role and a ``(n_envs, n_actions)`` bool mask, and returns ``(n_envs,)`` actions.
-Baselines, learned agents, frozen opponents and the sidecar all plug in through it.
+It sits above what it registers (``deeplops.baselines``, ``deeplops.learned``); the Policy
+protocol itself lives in ``deeplops.actions``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-
+from deeplops import baselines
+from deeplops.actions import Policy, Role
 from deeplops.errors import PolicyError
-
-Observation = dict[str, np.ndarray]
-
-
-class Role(str, Enum):
-    """Which side of the game a policy plays."""
-
-    ORDER = "order"
-    CHAOS = "chaos"
-
-
-class Policy(Protocol):
-    """Chooses one action per env, for a batch of envs."""
-
-    name: str
-    """Short name for reports, e.g. ``runbook``."""
-    role: Role
-    """The side it plays."""
-    privileged: bool
-    """If true, ``obs`` also carries ``faults``: ``(n_envs, MAX_SLOTS)`` true fault codes."""
-
-    def reset(self, n_envs: int, seed: int | None = None) -> None:
-        """Forget the last episode and prepare for ``n_envs`` new ones."""
-        ...
-
-    def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
-        """``(n_envs,)`` int64 actions for a batched observation and action mask."""
-        ...
 
 
 def baseline_names(role: Role) -> tuple[str, ...]:
-    """Names of the baselines for ``role``, in the order DESIGN §7 lists them."""
+    """Names of the baselines for ``role``, in the order docs/design.md §6 lists them."""
     return tuple(_registry()[role])
 
 
@@ -67,7 +36,7 @@ def load_policy(ref: str, role: Role | str) -> Policy:
         ref = str(data_dir("agents") / "pretrained" / f"{role.value}.zip")
     if not Path(ref).exists():
         raise PolicyError(f"unknown {role.value} policy {ref!r}: expected one of {names}, or the path of a saved agent")
-    from deeplops.learned import load_agent
+    from deeplops.learned import load_agent  # only here: it brings in torch
 
     agent = load_agent(ref)
     if agent.role is not role:
@@ -76,8 +45,6 @@ def load_policy(ref: str, role: Role | str) -> Policy:
 
 
 def _registry() -> dict[Role, dict[str, Callable[[], Policy]]]:
-    from deeplops import baselines
-
     return {
         Role.ORDER: {
             "noop": lambda: baselines.NoopPolicy(Role.ORDER),
@@ -103,6 +70,9 @@ def as_policy(ref: Policy | str | None, role: Role, default: str) -> Policy:
     return policy
 
 
+_ARTICLE = {Role.ORDER: "an", Role.CHAOS: "a"}
+
+
 def _a(role: Role) -> str:
     """The role with its article: "an order", "a chaos"."""
-    return f"{'an' if role is Role.ORDER else 'a'} {role.value}"
+    return f"{_ARTICLE[role]} {role.value}"

@@ -1,11 +1,14 @@
-"""What a self-play run produced, measured: per-generation figures, cross-play, and the final
-order agent against every baseline where it never trained. Written as report.json, report.md
-and PNG plots."""
+"""A self-play run's report: what it produced, measured, and written as report.json, report.md and plots.
+
+The measures: per-generation figures, cross-play, the final order agent against every baseline
+where it never trained, and (on real containers) a shipped scenario replayed.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,46 +19,198 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from deeplops import outputs
+from deeplops.actions import Policy, Role
+from deeplops.bench import cartpole_ppo_rate
+from deeplops.drill import DrillRun, run_drill
 from deeplops.evaluate import Match, play
-from deeplops.metrics import summarize
+from deeplops.learned import load_agent
+from deeplops.metrics import Summary, summarize
 from deeplops.plot import save_figure
-from deeplops.policies import Policy, Role, load_policy
+from deeplops.policies import load_policy
 from deeplops.scenario import ScriptedChaos, load_scenario, shipped_scenarios
+from deeplops.selfplay import TRAIN_SEEDS, Progress, SelfPlay, SelfPlayConfig
 from deeplops.topogen import random_topology
 from deeplops.topology import Topology, load_topology
 
 BASELINES = ("noop", "autoheal", "k8s", "runbook", "oracle")
-HELD_OUT_SEEDS = range(10_000, 10_010)
+"""The order baselines the final agent is measured beside."""
+HELD_OUT_SEEDS = range(TRAIN_SEEDS, TRAIN_SEEDS + 10)
+"""Random topologies never trained on (training draws seeds below ``TRAIN_SEEDS``)."""
 VS_FINAL_CHAOS = "shop vs the final chaos agent"
 """The section where the bar is the arms race's: beat every baseline but the oracle."""
-"""Random topologies never trained on (training draws seeds below 10,000)."""
+FINAL_FIGURES = ("availability", "mttr_mean", "unrecovered", "wasted_repairs", "episodes")
+"""The metrics report.json keeps of each contender in each section of the final comparison."""
+REAL_FIGURES = ("availability", "mttr_mean", "unrecovered")
+"""The metrics report.json keeps of each play on real containers."""
 
 
-def figures(order: Policy, chaos: Policy, topology: Topology, episodes: int, seed: int) -> dict[str, Any]:
-    """Availability and MTTR of ``order`` against ``chaos`` on ``topology``."""
-    m = summarize(play(Match(topology, order, chaos), episodes, seed=seed))
-    return {"availability": m["availability"], "mttr_mean": m["mttr_mean"], "unrecovered": m["unrecovered"]}
+@dataclass(frozen=True)
+class Generation:
+    """One generation's points on the learning curve, on shop."""
+
+    generation: int
+    """Its number, from 1."""
+    order_vs_random: float
+    """Availability of its order agent against random chaos."""
+    order_vs_own_chaos: float
+    """Availability of its order agent against its chaos agent."""
+    runbook_vs_chaos: float
+    """Availability of the runbook against its chaos agent."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """What training recorded of it besides its number (``<role>_imitation_accuracy``), as the
+    run's state file holds it."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The generation as report.json holds it."""
+        return {
+            "generation": self.generation,
+            **self.training,
+            "order_vs_random": self.order_vs_random,
+            "order_vs_own_chaos": self.order_vs_own_chaos,
+            "runbook_vs_chaos": self.runbook_vs_chaos,
+        }
 
 
-def generation_figures(order: Policy, chaos: Policy, episodes: int, seed: int) -> dict[str, Any]:
-    """The learning curve's points for one generation, on shop."""
+@dataclass(frozen=True)
+class CrossPlay:
+    """Availability of every order policy against every chaos policy, on shop."""
+
+    order: list[str]
+    """The order policies: the rows."""
+    chaos: list[str]
+    """The chaos policies: the columns."""
+    availability: list[list[float]]
+    """Availability by row, then column."""
+
+
+@dataclass(frozen=True)
+class ChaosStrength:
+    """How hard the learned chaos agent is on the runbook, beside random chaos (availability on shop)."""
+
+    random: float
+    """The runbook's availability against random chaos."""
+    learned: float
+    """The runbook's availability against the final chaos agent."""
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """How fast the run trained, beside SB3 PPO on CartPole in the same process."""
+
+    order_steps: int
+    """Transitions the order agent trained on, over every generation."""
+    order_s: float
+    """Seconds that took."""
+    chaos_steps: int
+    """Transitions the chaos agent trained on."""
+    chaos_s: float
+    """Seconds that took."""
+    order_steps_per_s: float
+    """The order agent's training transitions per second (0 when it trained for no time)."""
+    chaos_steps_per_s: float
+    """The chaos agent's."""
+    cartpole_ppo_steps_per_s: float
+    """SB3 PPO's transitions per second on CartPole-v1 in the same process."""
+
+
+@dataclass(frozen=True)
+class RealReplay:
+    """The trained order agent and the runbook on a shipped scenario, on real containers."""
+
+    backend: str
+    """Where the scenario was played: the run's backend."""
+    scenario: str | None
+    """The shortest shipped scenario of the trained topology; None when it has none."""
+    runs: tuple[DrillRun, ...] = ()
+    """The plays, labelled ``learned`` and ``runbook``."""
+    note: str = ""
+    """Why nothing was played, when nothing was."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The replay as report.json holds it."""
+        if self.scenario is None:
+            return {"note": self.note}
+        figures: dict[str, Any] = {"scenario": self.scenario, "backend": self.backend}
+        for run in self.runs:
+            figures[run.label] = {**_pick(run.metrics, REAL_FIGURES), "hypothesis_met": run.passed}
+        return figures
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a self-play run produced, measured: the content of report.json, report.md and the plots."""
+
+    config: SelfPlayConfig
+    """The run's settings."""
+    generations: list[Generation]
+    """The learning curve, one point per generation."""
+    crossplay: CrossPlay
+    """Every order policy against every chaos policy."""
+    final: dict[str, dict[str, Summary]]
+    """The final order agent and every baseline (by name), per section (held-out systems, each
+    shipped scenario, the final chaos agent)."""
+    chaos_strength: ChaosStrength
+    """How hard the final chaos agent is."""
+    throughput: Throughput
+    """Training speed."""
+    wall_s: float = 0.0
+    """Seconds the run took, training and measuring (0 until it is known)."""
+    real: RealReplay | None = None
+    """The scenario replayed on real containers; None for a run on the simulator."""
+
+    @property
+    def bar(self) -> dict[str, dict[str, bool]]:
+        """Each section's checks of the learned agent against the bar (see ``check_bar``)."""
+        return {section: check_bar(section, rows) for section, rows in self.final.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        """The object report.json holds."""
+        report: dict[str, Any] = {
+            "config": {**self.config.record(), "generations": self.config.generations},
+            "generations": [g.to_json() for g in self.generations],
+            "crossplay": asdict(self.crossplay),
+            "final": {
+                section: {name: _pick(m, FINAL_FIGURES) for name, m in rows.items()}
+                for section, rows in self.final.items()
+            },
+            "bar": self.bar,
+            "chaos_strength": asdict(self.chaos_strength),
+            "throughput": asdict(self.throughput),
+            "wall_s": self.wall_s,
+        }
+        if self.real is not None:
+            report["real"] = self.real.to_json()
+        return report
+
+
+def figures(order: Policy, chaos: Policy, topology: Topology, episodes: int, seed: int) -> Summary:
+    """The metrics of ``order`` against ``chaos`` on ``topology``."""
+    return summarize(play(Match(topology, order, chaos), episodes, seed=seed))
+
+
+def generation_figures(
+    generation: int, order: Policy, chaos: Policy, episodes: int, seed: int, training: dict[str, Any] | None = None
+) -> Generation:
+    """The learning curve's points for one generation, on shop (``training``: what training recorded of it)."""
     shop = load_topology("shop")
-    return {
-        "order_vs_random": figures(order, load_policy("random", Role.CHAOS), shop, episodes, seed)["availability"],
-        "order_vs_own_chaos": figures(order, chaos, shop, episodes, seed)["availability"],
-        "runbook_vs_chaos": figures(load_policy("runbook", Role.ORDER), chaos, shop, episodes, seed)["availability"],
-    }
+    return Generation(
+        generation=generation,
+        order_vs_random=figures(order, load_policy("random", Role.CHAOS), shop, episodes, seed).availability,
+        order_vs_own_chaos=figures(order, chaos, shop, episodes, seed).availability,
+        runbook_vs_chaos=figures(load_policy("runbook", Role.ORDER), chaos, shop, episodes, seed).availability,
+        training=dict(training or {}),
+    )
 
 
 def crossplay(orders: list[tuple[str, Callable[[], Policy]]], chaoses: list[tuple[str, Callable[[], Policy]]],
-              episodes: int, seed: int) -> dict[str, Any]:  # fmt: skip
+              episodes: int, seed: int) -> CrossPlay:  # fmt: skip
     """Availability of every order policy against every chaos policy, on shop."""
     shop = load_topology("shop")
-    table = [[figures(o(), c(), shop, episodes, seed)["availability"] for _, c in chaoses] for _, o in orders]
-    return {"order": [n for n, _ in orders], "chaos": [n for n, _ in chaoses], "availability": table}
+    table = [[figures(o(), c(), shop, episodes, seed).availability for _, c in chaoses] for _, o in orders]
+    return CrossPlay(order=[n for n, _ in orders], chaos=[n for n, _ in chaoses], availability=table)
 
 
-def final_comparison(order: Policy, chaos: Policy, episodes: int, seed: int) -> dict[str, Any]:
+def final_comparison(order: Policy, chaos: Policy, episodes: int, seed: int) -> dict[str, dict[str, Summary]]:
     """The learned order agent beside every baseline: on each shipped scenario, on random
     topologies it never trained on, on ``bank`` (never trained on), and against the final chaos agent."""
     contenders: dict[str, Callable[[], Policy]] = {"learned": lambda: order}
@@ -64,63 +219,117 @@ def final_comparison(order: Policy, chaos: Policy, episodes: int, seed: int) -> 
     def random_chaos() -> Policy:
         return load_policy("random", Role.CHAOS)
 
-    sections: dict[str, dict[str, Any]] = {}
+    sections: dict[str, dict[str, Summary]] = {}
     for path in shipped_scenarios():
         s = load_scenario(path)
         sections[f"scenario {s.name}"] = {
-            name: _summary(play(Match(s.topology, make(), ScriptedChaos(s), game=s.game_config()), 1, seed=s.seed))
+            name: summarize(play(Match(s.topology, make(), ScriptedChaos(s), game=s.game_config()), 1, seed=s.seed))
             for name, make in contenders.items()
         }
     held = [random_topology(seed_) for seed_ in HELD_OUT_SEEDS]
     sections["held-out random topologies"] = {
-        name: _summary(
+        name: summarize(
             [ep for t in held for ep in play(Match(t, make(), random_chaos()), max(1, episodes // 4), seed=seed)]
         )
         for name, make in contenders.items()
     }
     bank = load_topology("bank")
     sections["bank (never trained on)"] = {
-        name: _summary(play(Match(bank, make(), random_chaos()), episodes, seed=seed))
+        name: summarize(play(Match(bank, make(), random_chaos()), episodes, seed=seed))
         for name, make in contenders.items()
     }
     shop = load_topology("shop")
     sections[VS_FINAL_CHAOS] = {
-        name: _summary(play(Match(shop, make(), chaos), episodes, seed=seed)) for name, make in contenders.items()
+        name: summarize(play(Match(shop, make(), chaos), episodes, seed=seed)) for name, make in contenders.items()
     }
     return sections
 
 
-def chaos_strength(chaos: Policy, episodes: int, seed: int) -> dict[str, float]:
+def chaos_strength(chaos: Policy, episodes: int, seed: int) -> ChaosStrength:
     """Runbook's availability on shop against random chaos and against the learned chaos agent."""
     shop, runbook = load_topology("shop"), lambda: load_policy("runbook", Role.ORDER)
-    return {
-        "random": figures(runbook(), load_policy("random", Role.CHAOS), shop, episodes, seed)["availability"],
-        "learned": figures(runbook(), chaos, shop, episodes, seed)["availability"],
-    }
+    return ChaosStrength(
+        random=figures(runbook(), load_policy("random", Role.CHAOS), shop, episodes, seed).availability,
+        learned=figures(runbook(), chaos, shop, episodes, seed).availability,
+    )
 
 
-def bar(name: str, section: dict[str, Any]) -> dict[str, bool]:
+def check_bar(name: str, section: dict[str, Summary]) -> dict[str, bool]:
     """The learned agent against the bar. Against the final chaos agent: availability above every
     baseline's but the oracle's. Elsewhere: >= runbook - 0.01, >= autoheal + 0.05, MTTR <= half autoheal's."""
     learned, runbook, autoheal = section["learned"], section["runbook"], section["autoheal"]
     if name == VS_FINAL_CHAOS:
         return {
-            f"availability > {other}": learned["availability"] > section[other]["availability"]
+            f"availability > {other}": learned.availability > section[other].availability
             for other in BASELINES
             if other != "oracle"
         }
-    auto_mttr = autoheal["mttr_mean"]
+    auto_mttr = autoheal.mttr_mean
     return {
-        "availability >= runbook - 0.01": learned["availability"] >= runbook["availability"] - 0.01,
-        "availability >= autoheal + 0.05": learned["availability"] >= autoheal["availability"] + 0.05,
+        "availability >= runbook - 0.01": learned.availability >= runbook.availability - 0.01,
+        "availability >= autoheal + 0.05": learned.availability >= autoheal.availability + 0.05,
         "MTTR <= 0.5 x autoheal": auto_mttr is None
-        or (learned["mttr_mean"] is not None and learned["mttr_mean"] <= 0.5 * auto_mttr),
+        or (learned.mttr_mean is not None and learned.mttr_mean <= 0.5 * auto_mttr),
     }
 
 
-def write(out: Path, report: dict[str, Any]) -> list[Path]:
+def build_report(sp: SelfPlay, episodes: int = 32, progress: Progress | None = None) -> Report:
+    """Measure what the run ``sp`` produced (its wall time and any real replay are added by the caller)."""
+    progress = progress or Progress()
+    cfg, seed = sp.config, sp.config.seed
+    gens = cfg.generations
+    order = {g: sp.frozen(Role.ORDER, g) for g in range(1, gens + 1)}
+    chaos = {g: sp.frozen(Role.CHAOS, g) for g in range(1, gens + 1)}
+    history = []
+    for g in range(1, gens + 1):
+        progress.update("report: generations", g - 1, gens)
+        recorded = sp.history[g - 1] if g - 1 < len(sp.history) else {}
+        training = {key: value for key, value in recorded.items() if key != "generation"}
+        history.append(generation_figures(g, order[g](), chaos[g](), episodes // 2, seed, training))
+    progress.update("report: cross-play", 0, 1)
+    orders = [
+        ("runbook", lambda: load_policy("runbook", Role.ORDER)),
+        ("autoheal", lambda: load_policy("autoheal", Role.ORDER)),
+    ]
+    orders += [(f"order-g{g}", order[g]) for g in order]
+    chaoses = [("random", lambda: load_policy("random", Role.CHAOS))] + [(f"chaos-g{g}", chaos[g]) for g in chaos]
+    cross = crossplay(orders, chaoses, episodes // 2, seed)
+    progress.update("report: final agent vs baselines", 0, 1)
+    final = final_comparison(order[gens](), chaos[gens](), episodes, seed)
+    t = sp.timing
+    throughput = Throughput(
+        order_steps=int(t["order_steps"]),
+        order_s=t["order_s"],
+        chaos_steps=int(t["chaos_steps"]),
+        chaos_s=t["chaos_s"],
+        order_steps_per_s=t["order_steps"] / t["order_s"] if t["order_s"] else 0.0,
+        chaos_steps_per_s=t["chaos_steps"] / t["chaos_s"] if t["chaos_s"] else 0.0,
+        cartpole_ppo_steps_per_s=cartpole_ppo_rate(),
+    )
+    # Measured after CartPole's PPO, which reseeds the global random streams, where it has always been.
+    strength = chaos_strength(chaos[gens](), episodes, seed)
+    return Report(cfg, history, cross, final, strength, throughput)
+
+
+def real_drill(config: SelfPlayConfig, order_path: Path, progress: Progress) -> RealReplay:
+    """The trained order agent and the runbook on the shortest shipped scenario of the trained
+    topology, on the run's backend (real containers)."""
+    topology = load_topology(config.train_on[0])
+    drills = [s for s in map(load_scenario, shipped_scenarios()) if s.topology == topology]
+    if not drills:
+        note = f"no shipped scenario runs on {topology.name}: nothing to replay on {config.backend}"
+        return RealReplay(config.backend, None, note=note)
+    drill = min(drills, key=lambda s: s.ticks)
+    runs = []
+    for name, policy in (("learned", load_agent(order_path)), ("runbook", load_policy("runbook", Role.ORDER))):
+        progress.update(f"replaying {drill.name} on {config.backend}: {name}", 0, 1)
+        runs.append(run_drill(drill, name, policy, config.backend))
+    return RealReplay(config.backend, drill.name, tuple(runs))
+
+
+def write(out: Path, report: Report) -> list[Path]:
     """report.json, report.md and the plots; returns the files written."""
-    outputs.write_text(out / "report.json", json.dumps(report, indent=2) + "\n", "--out")
+    outputs.write_text(out / "report.json", json.dumps(report.to_json(), indent=2) + "\n", "--out")
     plots = [_learning_plot(out / "learning.png", report), _crossplay_plot(out / "crossplay.png", report),
              _baselines_plot(out / "baselines.png", report)]  # fmt: skip
     outputs.write_text(out / "report.md", _markdown(report), "--out")
@@ -132,77 +341,76 @@ def _maker(name: str) -> Callable[[], Policy]:
     return lambda: load_policy(name, Role.ORDER)
 
 
-def _summary(stats: list[Any]) -> dict[str, Any]:
-    m = summarize(stats)
-    return {k: m[k] for k in ("availability", "mttr_mean", "unrecovered", "wasted_repairs", "episodes")}
+def _pick(summary: Summary, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named metrics of ``summary``, in that order."""
+    return {name: getattr(summary, name) for name in names}
 
 
 def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def _markdown(r: dict[str, Any]) -> str:
-    lines = [f"# Self-play report (seed {r['config']['seed']}, {r['config']['generations']} generations)", ""]
-    t = r["throughput"]
+def _markdown(r: Report) -> str:
+    lines = [f"# Self-play report (seed {r.config.seed}, {r.config.generations} generations)", ""]
+    t = r.throughput
     lines += [
         "## Training", "",
-        f"- order: {t['order_steps']:,} steps in {t['order_s']:.0f} s ({t['order_steps_per_s']:,.0f} steps/s); "
-        f"chaos: {t['chaos_steps']:,} steps in {t['chaos_s']:.0f} s ({t['chaos_steps_per_s']:,.0f} steps/s)",
-        f"- SB3 PPO on CartPole-v1 in the same run: {t['cartpole_ppo_steps_per_s']:,.0f} steps/s",
-        f"- wall time of the run: {r['wall_s']:.0f} s", "",
+        f"- order: {t.order_steps:,} steps in {t.order_s:.0f} s ({t.order_steps_per_s:,.0f} steps/s); "
+        f"chaos: {t.chaos_steps:,} steps in {t.chaos_s:.0f} s ({t.chaos_steps_per_s:,.0f} steps/s)",
+        f"- SB3 PPO on CartPole-v1 in the same run: {t.cartpole_ppo_steps_per_s:,.0f} steps/s",
+        f"- wall time of the run: {r.wall_s:.0f} s", "",
         "| generation | order vs random chaos | order vs its chaos | runbook vs that chaos |", "|---:|---:|---:|---:|",
     ]  # fmt: skip
-    for h in r["generations"]:
-        lines.append(f"| {h['generation']} | {_fmt(h['order_vs_random'])} | {_fmt(h['order_vs_own_chaos'])} | "
-                     f"{_fmt(h['runbook_vs_chaos'])} |")  # fmt: skip
-    cp = r["crossplay"]
+    for h in r.generations:
+        lines.append(f"| {h.generation} | {_fmt(h.order_vs_random)} | {_fmt(h.order_vs_own_chaos)} | "
+                     f"{_fmt(h.runbook_vs_chaos)} |")  # fmt: skip
+    cp = r.crossplay
     lines += ["", "## Cross-play (availability on shop; rows: order, columns: chaos)", "",
-              "| | " + " | ".join(cp["chaos"]) + " |", "|---" * (len(cp["chaos"]) + 1) + "|"]  # fmt: skip
+              "| | " + " | ".join(cp.chaos) + " |", "|---" * (len(cp.chaos) + 1) + "|"]  # fmt: skip
     lines += [
         f"| {o} | " + " | ".join(f"{a:.3f}" for a in row) + " |"
-        for o, row in zip(cp["order"], cp["availability"], strict=True)
+        for o, row in zip(cp.order, cp.availability, strict=True)
     ]
     lines += ["", "## The final order agent against the baselines", ""]
-    for section, rows in r["final"].items():
+    bar = r.bar
+    for section, rows in r.final.items():
         lines += [f"### {section}", "", "| policy | availability | MTTR mean | unrecovered | wasted repairs |",
                   "|---|---:|---:|---:|---:|"]  # fmt: skip
         for name, m in rows.items():
-            figures_ = (
-                f"{_fmt(m['availability'])} | {_fmt(m['mttr_mean'])} | {m['unrecovered']} | {m['wasted_repairs']}"
-            )
+            figures_ = f"{_fmt(m.availability)} | {_fmt(m.mttr_mean)} | {m.unrecovered} | {m.wasted_repairs}"
             lines.append(f"| {name} | {figures_} |")
-        checks = r["bar"][section]
+        checks = bar[section]
         lines += ["", "Bar: " + ", ".join(f"{k}: {'yes' if ok else 'NO'}" for k, ok in checks.items()), ""]
-    real = r.get("real")
-    if real and "scenario" in real:
+    real = r.real
+    if real is not None and real.scenario is not None:
         lines += [
-            f"## On real containers ({real['backend']})",
+            f"## On real containers ({real.backend})",
             "",
-            f"Scenario {real['scenario']}, replayed on {real['backend']}:",
+            f"Scenario {real.scenario}, replayed on {real.backend}:",
             "",
             "| policy | availability | MTTR mean | unrecovered | hypothesis met |",
             "|---|---:|---:|---:|---|",
         ]
-        for name in ("learned", "runbook"):
-            m = real[name]
-            lines.append(f"| {name} | {_fmt(m['availability'])} | {_fmt(m['mttr_mean'])} | {m['unrecovered']} | "
-                         f"{'yes' if m['hypothesis_met'] else 'NO'} |")  # fmt: skip
+        for run in real.runs:
+            m = run.metrics
+            lines.append(f"| {run.label} | {_fmt(m.availability)} | {_fmt(m.mttr_mean)} | {m.unrecovered} | "
+                         f"{'yes' if run.passed else 'NO'} |")  # fmt: skip
         lines.append("")
-    elif real:
-        lines += ["## On real containers", "", real["note"], ""]
-    cs = r["chaos_strength"]
+    elif real is not None:
+        lines += ["## On real containers", "", real.note, ""]
+    cs = r.chaos_strength
     lines += ["## The chaos agent", "",
-              f"Runbook's availability on shop, same budget: {cs['random']:.3f} against random chaos, "
-              f"{cs['learned']:.3f} against the learned chaos agent.", ""]  # fmt: skip
+              f"Runbook's availability on shop, same budget: {cs.random:.3f} against random chaos, "
+              f"{cs.learned:.3f} against the learned chaos agent.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
-def _learning_plot(path: Path, r: dict[str, Any]) -> Path:
-    gens = [h["generation"] for h in r["generations"]]
+def _learning_plot(path: Path, r: Report) -> Path:
+    gens = [h.generation for h in r.generations]
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in (("order_vs_random", "order vs random chaos"), ("order_vs_own_chaos", "order vs its chaos"),
                        ("runbook_vs_chaos", "runbook vs that chaos")):  # fmt: skip
-        ax.plot(gens, [h[key] for h in r["generations"]], marker="o", label=label)
+        ax.plot(gens, [getattr(h, key) for h in r.generations], marker="o", label=label)
     ax.set_xlabel("generation")
     ax.set_ylabel("availability (shop)")
     ax.set_xticks(gens)
@@ -212,13 +420,13 @@ def _learning_plot(path: Path, r: dict[str, Any]) -> Path:
     return save_figure(fig, path, "--out")
 
 
-def _crossplay_plot(path: Path, r: dict[str, Any]) -> Path:
-    cp = r["crossplay"]
-    a = np.array(cp["availability"])
-    fig, ax = plt.subplots(figsize=(1.2 * len(cp["chaos"]) + 2, 0.6 * len(cp["order"]) + 1.5))
+def _crossplay_plot(path: Path, r: Report) -> Path:
+    cp = r.crossplay
+    a = np.array(cp.availability)
+    fig, ax = plt.subplots(figsize=(1.2 * len(cp.chaos) + 2, 0.6 * len(cp.order) + 1.5))
     im = ax.imshow(a, cmap="RdYlGn", vmin=0, vmax=1)
-    ax.set_xticks(range(len(cp["chaos"])), cp["chaos"], rotation=30, ha="right")
-    ax.set_yticks(range(len(cp["order"])), cp["order"])
+    ax.set_xticks(range(len(cp.chaos)), cp.chaos, rotation=30, ha="right")
+    ax.set_yticks(range(len(cp.order)), cp.order)
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
             ax.text(j, i, f"{a[i, j]:.2f}", ha="center", va="center", fontsize=8)
@@ -229,13 +437,13 @@ def _crossplay_plot(path: Path, r: dict[str, Any]) -> Path:
     return save_figure(fig, path, "--out")
 
 
-def _baselines_plot(path: Path, r: dict[str, Any]) -> Path:
-    sections = list(r["final"])
-    names = list(r["final"][sections[0]])
+def _baselines_plot(path: Path, r: Report) -> Path:
+    sections = list(r.final)
+    names = list(r.final[sections[0]])
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(sections)), 4.5))
     width = 0.8 / len(names)
     for k, name in enumerate(names):
-        values = [r["final"][s][name]["availability"] for s in sections]
+        values = [r.final[s][name].availability for s in sections]
         ax.bar(np.arange(len(sections)) + k * width, values, width, label=name)
     ax.set_xticks(np.arange(len(sections)) + 0.4 - width / 2, [s.replace(" ", "\n", 1) for s in sections], fontsize=7)
     ax.set_ylabel("availability")

@@ -1,19 +1,21 @@
-"""The Sandbox protocol every backend implements, and the registry of backends.
+"""The Sandbox protocol every backend implements, and the array state backends keep behind it.
 
 A sandbox holds ``n_envs`` copies of one topology and moves them in lock step. It knows
 mechanisms (what a SIGKILL or a full disk does), not rules: budgets, rewards and metrics are
 the game's (``deeplops.game``). Arrays are shaped ``(n_envs, n_services)``; actions name one
-service slot per env, with fault or repair code 0 meaning "nothing".
+service slot per env, with fault or repair code 0 meaning "nothing". ``observe``, ``faults``,
+``health`` and ``slo`` hand over the same arrays tick after tick, updated in place (a backend may
+replace them only in ``reset``): the game reads them without asking again. The backends are made
+by ``deeplops.backends``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
-from deeplops.errors import SandboxError
 from deeplops.topology import Topology
 
 
@@ -94,36 +96,3 @@ class ArrayState:
     def slo(self) -> np.ndarray:
         """Whether user traffic through every entry service succeeded in the last tick, per env."""
         return self._slo
-
-
-BACKENDS = ("sim", "docker")
-
-
-def make_sandbox(backend: str, topology: Topology, n_envs: int = 1, **options: object) -> Sandbox:
-    """Create a sandbox of ``backend`` for ``topology`` with ``n_envs`` copies."""
-    factories: dict[str, Callable[[], Sandbox]] = {
-        "sim": lambda: _sim(topology, n_envs, options),
-        "docker": lambda: _docker(topology, n_envs, options),
-    }
-    if backend not in factories:
-        raise SandboxError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    return factories[backend]()
-
-
-def _docker(topology: Topology, n_envs: int, options: dict[str, object]) -> Sandbox:
-    from deeplops.dockerbox.sandbox import DockerSandbox
-
-    name = options.pop("name", None)
-    if options:
-        raise SandboxError(f"unknown docker option(s) {sorted(options)}: expected name")
-    return DockerSandbox(topology, n_envs=n_envs, name=None if name is None else str(name))
-
-
-def _sim(topology: Topology, n_envs: int, options: dict[str, object]) -> Sandbox:
-    from deeplops.sim import SimParams, SimSandbox
-
-    params = options.pop("params", None) or SimParams()
-    if options:
-        raise SandboxError(f"unknown sim option(s) {sorted(options)}: expected params")
-    assert isinstance(params, SimParams)
-    return SimSandbox(topology, n_envs=n_envs, params=params)

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 
 from deeplops import bounds
+from deeplops.actions import Observation, Role, chaos_action
 from deeplops.bounds import shown, shown_keys
 from deeplops.catalog import data_dir, read_yaml, resolve_env
 from deeplops.errors import ConfigError, ScenarioError
-from deeplops.faults import Fault
-from deeplops.game import GameConfig, chaos_action
+from deeplops.faults import FAULTS_NEEDING_DISK, Fault
+from deeplops.game import GameConfig
 from deeplops.observation import MAX_SLOTS
-from deeplops.policies import Observation, Role
 from deeplops.topology import Topology, load_topology
 
 _KEYS = {"name", "description", "env", "ticks", "seed", "faults", "expect"}
@@ -183,8 +183,9 @@ def _faults(raw: Any, topology: Topology | None, ticks: int | None, problems: li
                 names = ", ".join(topology.names)
                 problems.append(f"{where}: unknown service {shown(target)}: expected one of {names}")
                 continue
-            if fault is Fault.DISK_FULL and not topology.has_disk[topology.index[target]]:
-                problems.append(f"{where}: disk_full needs a service with a data volume (disk_mb), {target!r} has none")
+            if fault in FAULTS_NEEDING_DISK and not topology.has_disk[topology.index[target]]:
+                need = f"{fault.label} needs a service with a data volume (disk_mb)"
+                problems.append(f"{where}: {need}, {target!r} has none")
                 continue
         out.append(ScheduledFault(at=at, fault=fault, target=str(target)))
     return tuple(sorted(out, key=lambda f: f.at))

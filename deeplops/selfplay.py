@@ -18,14 +18,16 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback
 
 from deeplops import agentfile, bounds, outputs
+from deeplops.actions import Policy, Role
 from deeplops.agent_net import SlotPolicy
 from deeplops.agents import AgentConfig, load_agent_config
+from deeplops.backends import BACKENDS
 from deeplops.catalog import MAX_DOCUMENT_BYTES, data_dir, parse_json, read_text
 from deeplops.errors import ConfigError
 from deeplops.game import GameConfig
+from deeplops.imitation import imitate
 from deeplops.learned import load_agent
-from deeplops.policies import Policy, Role, load_policy
-from deeplops.sandbox import BACKENDS
+from deeplops.policies import load_policy
 from deeplops.topogen import random_topology
 from deeplops.topology import Topology, load_topology
 from deeplops.training_env import GameVecEnv
@@ -50,9 +52,9 @@ class SelfPlayConfig:
     """Hand-written topologies trained on (``bank`` is held out for evaluation)."""
     random_share: float = 0.5
     """Share of training games played on random topologies."""
-    order: AgentConfig = field(default_factory=lambda: load_agent_config(Role.ORDER))
-    """The order agent's hyperparameters."""
-    chaos: AgentConfig = field(default_factory=lambda: load_agent_config(Role.CHAOS))
+    order: AgentConfig = field(kw_only=True)
+    """The order agent's hyperparameters (``from_files`` reads the shipped ones)."""
+    chaos: AgentConfig = field(kw_only=True)
     """The chaos agent's hyperparameters."""
     backend: str = "sim"
     """Where games are played: the simulator, or real containers (one game at a time, one tick a
@@ -77,7 +79,7 @@ class SelfPlayConfig:
                 )
             if start is not None:
                 start_agent(start, role)  # a file that is no saved agent of the role is refused now, not later
-            agent = self.order if role is Role.ORDER else self.chaos
+            agent = self.given(role)
             problem = agentfile.Network(agent.hidden, agent.rounds, ()).unsupported()
             if problem:
                 raise ConfigError(f"{role.value} agent: {problem}: a saved agent cannot hold a larger network")
@@ -86,10 +88,23 @@ class SelfPlayConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available here: expected auto or cpu")
 
+    @classmethod
+    def from_files(cls, order: Path | None = None, chaos: Path | None = None, **settings: Any) -> SelfPlayConfig:
+        """A run whose agents' hyperparameters are read from ``order`` and ``chaos`` (by default the
+        shipped ``agents/order.yaml`` and ``agents/chaos.yaml``); ``settings`` are the other fields."""
+        return cls(order=load_agent_config(Role.ORDER, order), chaos=load_agent_config(Role.CHAOS, chaos), **settings)
+
     @property
     def real(self) -> bool:
         """Whether games are played on real containers."""
         return self.backend != "sim"
+
+    def record(self) -> dict[str, Any]:
+        """The settings as a run's state records them, which a resumed run must share: all but
+        ``generations`` (more may be asked for)."""
+        record = json.loads(json.dumps(asdict(self), default=str))
+        record.pop("generations")
+        return record
 
     def start_path(self, role: Role) -> Path | None:
         """The agent generation 1 of ``role`` fine-tunes, or None to start afresh."""
@@ -97,10 +112,14 @@ class SelfPlayConfig:
             return Path(self.start_from) / f"{role.value}.zip"
         return data_dir("agents") / "pretrained" / f"{role.value}.zip" if self.real else None
 
+    def given(self, role: Role) -> AgentConfig:
+        """The role's hyperparameters as given (``order`` or ``chaos``)."""
+        return {Role.ORDER: self.order, Role.CHAOS: self.chaos}[role]
+
     def agent(self, role: Role) -> AgentConfig:
         """The role's hyperparameters, fitted to the backend: on real containers one game of one env,
         rollouts no longer than the run, and no imitation (the agents come trained from the sim)."""
-        agent = self.order if role is Role.ORDER else self.chaos
+        agent = self.given(role)
         if not self.real:
             return agent
         n_steps = max(1, min(agent.n_steps, self.steps))
@@ -217,65 +236,6 @@ def save_model(model: MaskablePPO, role: Role, path: Path) -> None:
     agentfile.save(path, cast(SlotPolicy, model.policy), role, training)
 
 
-def imitate(
-    model: MaskablePPO, env: GameVecEnv, teacher: str, steps: int, epochs: int, seed: int, repair_weight: float = 10.0
-) -> float:
-    """Clone ``teacher``'s play into the model's policy (a warm start); return its final accuracy
-    on the teacher's repairs (noops excluded)."""
-    obs = env.reset()
-    teachers = [load_policy(teacher, env.role) for _ in env.games]
-    for t in teachers:
-        t.reset(env.envs_per_game, seed=seed)
-    k = env.envs_per_game
-    data: dict[str, list[np.ndarray]] = {key: [] for key in obs}
-    masks: list[np.ndarray] = []
-    actions: list[np.ndarray] = []
-    while len(actions) * env.num_envs < steps:
-        mask = env.action_masks()
-        act = np.concatenate([t.act({key: v[i * k : (i + 1) * k] for key, v in obs.items()}, mask[i * k : (i + 1) * k])
-                              for i, t in enumerate(teachers)])  # fmt: skip
-        for key, value in obs.items():
-            data[key].append(value.copy())
-        masks.append(mask.copy())
-        actions.append(act)
-        stepped, _, dones, _ = env.step(act)
-        obs = stepped  # type: ignore[assignment]  # a dict: GameVecEnv's observations are dicts
-        if dones.any():
-            for t in teachers:
-                t.reset(env.envs_per_game, seed=seed)
-    policy = model.policy
-    device = policy.device
-    tensors = {key: torch.as_tensor(np.concatenate(v), device=device) for key, v in data.items()}
-    all_masks = np.concatenate(masks)
-    target = torch.as_tensor(np.concatenate(actions), device=device)
-    acting = target > 0
-    # Repairs are rare beside noops; weigh them up so they are learnt, not averaged away.
-    weight = torch.where(acting, repair_weight, 1.0)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    rng = np.random.default_rng(seed)
-    n = len(target)
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        for start in range(0, n, 1024):
-            idx = torch.as_tensor(order[start : start + 1024], device=device)
-            batch = {key: value[idx] for key, value in tensors.items()}
-            dist = policy.get_distribution(batch, action_masks=all_masks[order[start : start + 1024]])
-            loss = -(dist.log_prob(target[idx]) * weight[idx]).sum() / weight[idx].sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
-        hits, total = 0, 0
-        for start in range(0, n, 4096):
-            idx = torch.arange(start, min(n, start + 4096), device=device)
-            batch = {key: value[idx] for key, value in tensors.items()}
-            pred = policy.get_distribution(batch, action_masks=all_masks[start : start + 4096]).mode()
-            sel = acting[idx]
-            hits += int((pred[sel] == target[idx][sel]).sum())
-            total += int(sel.sum())
-    return hits / max(total, 1)
-
-
 class SelfPlay:
     """A self-play run writing into ``out``: checkpoints, TensorBoard logs, and its state."""
 
@@ -303,7 +263,7 @@ class SelfPlay:
         )
         if not isinstance(saved, dict) or not {"completed", "config"} <= set(saved):
             raise ConfigError(f"{state}: expected {expected}, with completed and config")
-        if saved["config"] != self._config_record():
+        if saved["config"] != self.config.record():
             raise ConfigError(
                 f"{self.out} holds a run with other settings: expected an empty --out or the same settings"
             )
@@ -328,14 +288,14 @@ class SelfPlay:
 
     def order_pool(self, upto: int) -> list[Callable[[], Policy]]:
         """Opponents of the chaos agent: the runbook and every order generation up to ``upto``."""
-        return [lambda: load_policy("runbook", Role.ORDER)] + [self._frozen(Role.ORDER, g) for g in range(1, upto + 1)]
+        return [lambda: load_policy("runbook", Role.ORDER)] + [self.frozen(Role.ORDER, g) for g in range(1, upto + 1)]
 
     def chaos_pool(self, upto: int) -> list[Callable[[], Policy]]:
         """Opponents of the order agent: random chaos, flapping chaos (services that fail again right
         after a repair, which a repairer that waits too long loses to) and every chaos generation up
         to ``upto``."""
         scripted = [lambda: load_policy("random", Role.CHAOS), lambda: load_policy("flapping", Role.CHAOS)]
-        return scripted + [self._frozen(Role.CHAOS, g) for g in range(1, upto + 1)]
+        return scripted + [self.frozen(Role.CHAOS, g) for g in range(1, upto + 1)]
 
     def _generation(self, g: int) -> None:
         cfg = self.config
@@ -378,14 +338,15 @@ class SelfPlay:
             self.timing[f"{role.value}_steps"] += cfg.steps
             save_model(model, role, self._agent(role, g))
         self.history.append(record)
-        state = {"completed": g, "config": self._config_record(), "history": self.history, "timing": self.timing}
+        state = {"completed": g, "config": self.config.record(), "history": self.history, "timing": self.timing}
         # A generation counts once its state is written whole.
         outputs.write_text(self.out / "state.json", json.dumps(state, indent=2), "--out")
 
     def _agent(self, role: Role, g: int) -> Path:
         return self.checkpoints / f"{role.value}-g{g}.zip"
 
-    def _frozen(self, role: Role, g: int) -> Callable[[], Policy]:
+    def frozen(self, role: Role, g: int) -> Callable[[], Policy]:
+        """A maker of generation ``g``'s agent of ``role``, each call a fresh copy from its checkpoint."""
         path = self._agent(role, g)
 
         def load() -> Policy:
@@ -396,108 +357,3 @@ class SelfPlay:
             return agent
 
         return load
-
-    def _config_record(self) -> dict[str, Any]:
-        """The settings a resumed run must share (more generations may be asked for)."""
-        record = json.loads(json.dumps(asdict(self.config), default=str))
-        record.pop("generations")
-        return record
-
-
-def cartpole_ppo_rate(seconds: float = 3.0) -> float:
-    """Transitions/s of stable-baselines3 PPO learning CartPole-v1 (8 envs) in this process."""
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
-
-    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=0), n_steps=128, batch_size=256,
-                n_epochs=4, seed=0, device="cpu", verbose=0)  # fmt: skip
-    steps, start = 0, time.monotonic()
-    while time.monotonic() - start < seconds:
-        model.learn(1024, reset_num_timesteps=False)
-        steps += 1024
-    return steps / (time.monotonic() - start)
-
-
-def build_report(sp: SelfPlay, episodes: int = 32, progress: Progress | None = None) -> dict[str, Any]:
-    """Measure what the run produced (see ``deeplops.report``)."""
-    from deeplops import report
-
-    progress = progress or Progress()
-    cfg, seed = sp.config, sp.config.seed
-    gens = cfg.generations
-    order = {g: sp._frozen(Role.ORDER, g) for g in range(1, gens + 1)}
-    chaos = {g: sp._frozen(Role.CHAOS, g) for g in range(1, gens + 1)}
-    history = []
-    for g in range(1, gens + 1):
-        progress.update("report: generations", g - 1, gens)
-        extra = sp.history[g - 1] if g - 1 < len(sp.history) else {}
-        history.append(
-            {**extra, "generation": g, **report.generation_figures(order[g](), chaos[g](), episodes // 2, seed)}
-        )
-    progress.update("report: cross-play", 0, 1)
-    orders = [
-        ("runbook", lambda: load_policy("runbook", Role.ORDER)),
-        ("autoheal", lambda: load_policy("autoheal", Role.ORDER)),
-    ]
-    orders += [(f"order-g{g}", order[g]) for g in order]
-    chaoses = [("random", lambda: load_policy("random", Role.CHAOS))] + [(f"chaos-g{g}", chaos[g]) for g in chaos]
-    cross = report.crossplay(orders, chaoses, episodes // 2, seed)
-    progress.update("report: final agent vs baselines", 0, 1)
-    final = report.final_comparison(order[gens](), chaos[gens](), episodes, seed)
-    t = sp.timing
-    throughput = {
-        **t,
-        "order_steps_per_s": t["order_steps"] / t["order_s"] if t["order_s"] else 0.0,
-        "chaos_steps_per_s": t["chaos_steps"] / t["chaos_s"] if t["chaos_s"] else 0.0,
-        "cartpole_ppo_steps_per_s": cartpole_ppo_rate(),
-    }
-    return {
-        "config": sp._config_record(),
-        "generations": history,
-        "crossplay": cross,
-        "final": final,
-        "bar": {section: report.bar(section, rows) for section, rows in final.items()},
-        "chaos_strength": report.chaos_strength(chaos[gens](), episodes, seed),
-        "throughput": throughput,
-    }
-
-
-def train_and_report(config: SelfPlayConfig, out: Path, progress: Progress | None = None,
-                     episodes: int = 32) -> dict[str, Any]:  # fmt: skip
-    """A whole ``deeplops selfplay``: train (or resume), measure, and write agents, report and plots."""
-    import shutil
-
-    from deeplops import report as report_mod
-
-    start = time.monotonic()
-    run = SelfPlay(config, out, progress)
-    order_path, chaos_path = run.run()
-    result = build_report(run, episodes=episodes, progress=progress)
-    result["config"]["generations"] = config.generations
-    result["wall_s"] = time.monotonic() - start
-    shutil.copyfile(order_path, out / "order.zip")
-    shutil.copyfile(chaos_path, out / "chaos.zip")
-    if config.real:
-        result["real"] = real_drill(config, order_path, progress or Progress())
-    result["files"] = [p.name for p in report_mod.write(out, result)]
-    return result
-
-
-def real_drill(config: SelfPlayConfig, order_path: Path, progress: Progress) -> dict[str, Any]:
-    """The trained order agent and the runbook on the shortest shipped scenario of the trained
-    topology, on the run's backend (real containers)."""
-    from deeplops.drill import run_drill
-    from deeplops.scenario import load_scenario, shipped_scenarios
-
-    topology = load_topology(config.train_on[0])
-    drills = [s for s in map(load_scenario, shipped_scenarios()) if s.topology == topology]
-    if not drills:
-        return {"note": f"no shipped scenario runs on {topology.name}: nothing to replay on {config.backend}"}
-    drill = min(drills, key=lambda s: s.ticks)
-    figures: dict[str, Any] = {"scenario": drill.name, "backend": config.backend}
-    for name, policy in (("learned", load_agent(order_path)), ("runbook", load_policy("runbook", Role.ORDER))):
-        progress.update(f"replaying {drill.name} on {config.backend}: {name}", 0, 1)
-        run = run_drill(drill, name, policy, config.backend)
-        figures[name] = {**{k: run.metrics[k] for k in ("availability", "mttr_mean", "unrecovered")},
-                         "hypothesis_met": run.passed}  # fmt: skip
-    return figures

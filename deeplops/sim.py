@@ -15,8 +15,17 @@ import numpy as np
 from deeplops import simkernel
 from deeplops.errors import ConfigError, SandboxError
 from deeplops.faults import CLEARS_TABLE, Fault, Repair
+from deeplops.kernels import checked_array, compiled_for
 from deeplops.observation import MAX_SLOTS, N_FEATURES, Feature
 from deeplops.sandbox import ArrayState
+from deeplops.system import (
+    COUNTS_AS_RESTART,
+    DATA_FRACTION,
+    NEVER_REPAIRED,
+    PROBE_TIMEOUT_S,
+    RESTART_HALF_LIFE_TICKS,
+    SLO_LATENCY_S,
+)
 from deeplops.topology import Topology
 
 
@@ -72,21 +81,21 @@ class SimParams:
     """Ticks a restarted service is down: 0 when a restart completes within the tick it is taken."""
     recreate_ticks: int = 0
     """Ticks a recreated service is down: new container, new volume."""
-    probe_timeout_s: float = 0.5
+    probe_timeout_s: float = PROBE_TIMEOUT_S
     """Timeout of the /health probe and of the pings it makes to dependencies."""
-    slo_latency_s: float = 0.5
+    slo_latency_s: float = SLO_LATENCY_S
     """A user request slower than this counts as failed for the SLO."""
     disk_fill_per_tick: float = 1.0
     """Fraction of the volume a disk_full fault writes per tick until the disk is full."""
     disk_full_at: float = 0.98
     """Disk usage at and above which writes fail (ENOSPC)."""
-    data_fraction: tuple[float, float] = (0.2, 0.5)
+    data_fraction: tuple[float, float] = DATA_FRACTION
     """Range of the volume's initial usage by real data, drawn per service at reset."""
     probe_noise: float = 0.0
     """Chance that a reported health result is flipped (flaky probes)."""
     probe_delay: int = 0
     """Ticks between a health result and its report (monitoring lag)."""
-    restart_half_life: float = 30.0
+    restart_half_life: float = RESTART_HALF_LIFE_TICKS
     """Half-life in ticks of the recent-restarts count."""
     healthy: Symptoms = Symptoms(
         latency_s=(0.0025, 0.0135), cpu=(0.027, 0.079), net_rx=(0.0043, 0.0141), probe_fail=0.0, serve_fail=0.0
@@ -135,16 +144,20 @@ class SimParams:
         except TypeError as exc:
             raise ConfigError(f"calibration: {exc}") from None
 
-    def vector(self) -> np.ndarray:
-        """The scalar parameters as the float vector the kernels read (layout in ``simkernel``)."""
-        p = np.zeros(simkernel.N_PARAMS)
-        p[simkernel.P_PROBE_TIMEOUT] = self.probe_timeout_s
-        p[simkernel.P_SLO_LATENCY] = self.slo_latency_s
-        p[simkernel.P_DISK_FILL] = self.disk_fill_per_tick
-        p[simkernel.P_DISK_FULL_AT] = self.disk_full_at
-        p[simkernel.P_PROBE_NOISE] = self.probe_noise
-        p[simkernel.P_RESTART_DECAY] = 0.5 ** (1.0 / self.restart_half_life) if self.restart_half_life else 0.0
-        return p
+    def rules(self) -> simkernel.Rules:
+        """These parameters as the tick's kernels read them (numbers as floats: one compiled kernel for all)."""
+        lo, hi = self.data_fraction
+        return simkernel.Rules(
+            probe_timeout=float(self.probe_timeout_s),
+            slo_latency=float(self.slo_latency_s),
+            disk_fill=float(self.disk_fill_per_tick),
+            disk_full_at=float(self.disk_full_at),
+            probe_noise=float(self.probe_noise),
+            restart_decay=0.5 ** (1.0 / self.restart_half_life) if self.restart_half_life else 0.0,
+            data_lo=float(lo),
+            data_hi=float(hi),
+            symptoms=self.symptoms(),
+        )
 
     def symptoms(self) -> np.ndarray:
         """The symptom table: one row per fault code, plus one for a service that is not running."""
@@ -164,17 +177,17 @@ class SimParams:
         return table
 
     def repairs(self) -> np.ndarray:
-        """What each repair's mechanism does to a service, one row per Repair code (DESIGN §4)."""
-        rows = {  # downtime ticks, wipes junk, wipes data, counts as a restart
-            Repair.NOOP: (0, 0, 0, 0),
-            Repair.RESTART: (self.restart_ticks, 0, 0, 1),
-            Repair.CLEAN_DISK: (0, 1, 0, 0),
-            Repair.RATE_LIMIT: (0, 0, 0, 0),
-            Repair.RECREATE: (self.recreate_ticks, 1, 1, 1),  # new container, new (empty) volume
+        """What each repair's mechanism does to a service, one row per Repair code (docs/design.md §4.2)."""
+        rows = {  # downtime ticks, wipes junk, wipes data (whether it counts as a restart: COUNTS_AS_RESTART)
+            Repair.NOOP: (0, 0, 0),
+            Repair.RESTART: (self.restart_ticks, 0, 0),
+            Repair.CLEAN_DISK: (0, 1, 0),
+            Repair.RATE_LIMIT: (0, 0, 0),
+            Repair.RECREATE: (self.recreate_ticks, 1, 1),  # new container, new (empty) volume
         }
         table = np.zeros((len(Repair), simkernel.N_REPAIR_EFFECTS))
         for repair, row in rows.items():
-            table[repair] = row
+            table[repair] = (*row, repair in COUNTS_AS_RESTART)
         return table
 
 
@@ -187,44 +200,54 @@ class SimSandbox(ArrayState):
         self.topology = topology
         self.n_envs = n_envs
         self.params = params or SimParams()
-        self._p = self.params.vector()
-        self._symptoms = self.params.symptoms()
-        self._repair_effects = self.params.repairs()
         e, n = n_envs, topology.n_services
-        self._has_disk = topology.has_disk.copy()
-        self._entries = topology.entries.copy()
-        self._adjacency = topology.adjacency.copy()
-        self._fault = np.zeros((e, n), np.int8)
-        self._down = np.zeros((e, n), np.int32)
-        self._since = np.zeros((e, n), np.int32)
-        self._junk = np.zeros((e, n), np.float64)
-        self._data = np.zeros((e, n), np.float64)
-        self._restarts = np.zeros((e, n), np.float64)
-        self._health = np.ones((e, n), np.bool_)
-        self._history = np.ones((e, self.params.probe_delay + 1, n), np.bool_)
-        self._rng = np.zeros(e, np.uint64)
-        self._slo = np.ones(e, np.bool_)
+        self._rules = self.params.rules()
+        self._repair_rules = simkernel.RepairRules(effects=self.params.repairs(), clears=CLEARS_TABLE)
+        self._layout = simkernel.Layout(
+            has_disk=topology.has_disk.copy(), entries=topology.entries.copy(), adjacency=topology.adjacency.copy()
+        )
+        self._state = simkernel.SystemState(
+            fault=np.zeros((e, n), np.int8),
+            down=np.zeros((e, n), np.int32),
+            since=np.zeros((e, n), np.int32),
+            junk=np.zeros((e, n), np.float64),
+            data=np.zeros((e, n), np.float64),
+            restarts=np.zeros((e, n), np.float64),
+            health=np.ones((e, n), np.bool_),
+            history=np.ones((e, self.params.probe_delay + 1, n), np.bool_),
+            rng=np.zeros(e, np.uint64),
+        )
+        self._readings = simkernel.Readings(
+            features=np.zeros((e, MAX_SLOTS, N_FEATURES), np.float32), slo=np.ones(e, np.bool_)
+        )
+        self._readings.features[:, :n, Feature.PRESENT] = 1.0
+        self._readings.features[:, :n, Feature.HAS_DISK] = topology.has_disk
+        self._readings.features[:, :n, Feature.ENTRY] = topology.entries
+        self._fault, self._health = self._state.fault, self._state.health  # what ArrayState reads
+        self._feats, self._slo = self._readings.features, self._readings.slo
         self._cleared = np.zeros(e, np.bool_)
         self._tick = 0
-        self._feats = np.zeros((e, MAX_SLOTS, N_FEATURES), np.float32)
-        self._feats[:, :n, Feature.PRESENT] = 1.0
-        self._feats[:, :n, Feature.HAS_DISK] = topology.has_disk
-        self._feats[:, :n, Feature.ENTRY] = topology.entries
+        # The records live as long as the sandbox, so each kernel is looked up once for their
+        # types and called without numba's per-call typing (deeplops.kernels says why).
+        per_env = np.zeros(e, np.int64)
+        self._advance = compiled_for(simkernel.advance, self._state, self._layout, self._rules, 0, self._readings)
+        self._repair = compiled_for(simkernel.repair, self._state, self._repair_rules, per_env, per_env, self._cleared)
+        self._seed_streams = compiled_for(simkernel.seed_streams, self._state, self._layout, self._rules, per_env)
 
     def reset(self, seeds: Sequence[int]) -> None:
         """Fresh, healthy systems; env e's randomness comes from ``seeds[e]`` alone."""
-        seeds_arr = np.asarray(seeds, dtype=np.int64)
+        seeds_arr = np.array(seeds, dtype=np.int64)  # a fresh array: contiguous, as the kernel takes it
         if seeds_arr.shape != (self.n_envs,) or (seeds_arr < 0).any():
             raise ConfigError(f"reset needs {self.n_envs} seeds >= 0, got {list(seeds)!r}")
-        lo, hi = self.params.data_fraction
-        simkernel.seed_streams(self._rng, seeds_arr, self._has_disk, lo, hi, self._data)
-        self._fault[:] = 0
-        self._down[:] = 0
-        self._since[:] = 10 * int(simkernel.SINCE_REPAIR_SCALE)  # "never repaired"
-        self._junk[:] = 0.0
-        self._restarts[:] = 0.0
-        self._health[:] = True
-        self._history[:] = True
+        state = self._state
+        self._seed_streams(state, self._layout, self._rules, seeds_arr)
+        state.fault[:] = 0
+        state.down[:] = 0
+        state.since[:] = NEVER_REPAIRED
+        state.junk[:] = 0.0
+        state.restarts[:] = 0.0
+        state.health[:] = True
+        state.history[:] = True
         self._slo[:] = True
         self._tick = 0
         self.advance()
@@ -241,10 +264,9 @@ class SimSandbox(ArrayState):
 
     def repair(self, slots: np.ndarray, repairs: np.ndarray) -> np.ndarray:
         """Apply ``repairs[e]`` to ``slots[e]``; return whether each ended a fault."""
-        bad = simkernel.repair(
-            self._fault, self._down, self._since, self._junk, self._data, self._restarts,
-            slots, repairs, CLEARS_TABLE, self._repair_effects, self._cleared,
-        )  # fmt: skip
+        batch = (self.n_envs,)
+        slots, repairs = checked_array(slots, np.int64, batch), checked_array(repairs, np.int64, batch)
+        bad = self._repair(self._state, self._repair_rules, slots, repairs, self._cleared)
         if bad >= 0:
             raise SandboxError(
                 f"repair in env {bad}: expected a slot in [0, {self.topology.n_services}) and a repair code in 0..4, "
@@ -254,17 +276,13 @@ class SimSandbox(ArrayState):
 
     def advance(self) -> None:
         """One tick for every env."""
-        simkernel.advance(
-            self._fault, self._down, self._since, self._junk, self._data, self._restarts,
-            self._health, self._history, self._rng, self._has_disk, self._entries,
-            self._adjacency, self._p, self._symptoms, self._tick, self._feats, self._slo,
-        )  # fmt: skip
+        self._advance(self._state, self._layout, self._rules, self._tick, self._readings)
         self._tick += 1
 
     @property
     def data_fraction(self) -> np.ndarray:
         """Fraction of each service's volume holding real data (0 after a recreate)."""
-        return self._data
+        return self._state.data
 
     def close(self) -> None:
         """Nothing to release for the simulator."""

@@ -1,12 +1,17 @@
 """Compiled kernels of the simulator's tick: the hot path of everything.
 
-The state is arrays shaped ``(n_envs, n_services)``. One call handles the whole batch, so a
-single env costs one call (about a microsecond) instead of dozens of small numpy operations,
-and a batch of thousands runs at compiled speed. Randomness comes from a splitmix64 stream per
-env, so an env's trajectory depends only on its own seed, never on the batch it runs in.
+The state is arrays shaped ``(n_envs, n_services)``, grouped by meaning into named records: the
+systems as they stand (:class:`SystemState`), the topology (:class:`Layout`), how the system
+behaves (:class:`Rules`, :class:`RepairRules`) and what a tick measured (:class:`Readings`). One
+call handles the whole batch, so a single env costs one call (about a microsecond) instead of
+dozens of small numpy operations, and a batch of thousands runs at compiled speed. Randomness
+comes from a splitmix64 stream per env, so an env's trajectory depends only on its own seed,
+never on the batch it runs in.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -21,15 +26,6 @@ F_HEALTHY, F_RUNNING, F_LATENCY = int(Feature.HEALTHY), int(Feature.RUNNING), in
 F_ERROR, F_DISK, F_CPU, F_NET = int(Feature.ERROR_RATE), int(Feature.DISK_USED), int(Feature.CPU), int(Feature.NET_RX)
 F_RESTARTS, F_SINCE = int(Feature.RESTARTS), int(Feature.SINCE_REPAIR)
 
-# Layout of the float parameter vector handed to the kernels (built by SimParams.vector()).
-P_PROBE_TIMEOUT = 0
-P_SLO_LATENCY = 1
-P_DISK_FILL = 2
-P_DISK_FULL_AT = 3
-P_PROBE_NOISE = 4
-P_RESTART_DECAY = 5
-N_PARAMS = 6
-
 # Columns of the symptom table: one row per fault code (0 = none), plus a row for a process
 # that is not running (killed, or down while restarting). Each symptom is drawn uniformly
 # from [LO, HI] every tick; PROBE_FAIL and SERVE_FAIL are chances that its /health, and a user
@@ -42,6 +38,82 @@ N_SYMPTOMS = 8
 # Repair code). Built by SimParams.repairs().
 R_DOWN_TICKS, R_WIPES_JUNK, R_WIPES_DATA, R_COUNTS_RESTART = range(4)
 N_REPAIR_EFFECTS = 4
+
+
+class SystemState(NamedTuple):
+    """The simulated systems as they stand; the kernels update these arrays in place."""
+
+    fault: np.ndarray
+    """``(n_envs, n_services)`` int8: the fault open on each service (0 = none)."""
+    down: np.ndarray
+    """``(n_envs, n_services)`` int32: ticks each service stays down, restarting, before it runs."""
+    since: np.ndarray
+    """``(n_envs, n_services)`` int32: ticks since each service's last repair."""
+    junk: np.ndarray
+    """``(n_envs, n_services)`` float64: fraction of each volume a disk_full fault has written."""
+    data: np.ndarray
+    """``(n_envs, n_services)`` float64: fraction of each volume holding real data."""
+    restarts: np.ndarray
+    """``(n_envs, n_services)`` float64: recent restarts of each service, decaying every tick."""
+    health: np.ndarray
+    """``(n_envs, n_services)`` bool: each /health result of the last tick (what a ping answers)."""
+    history: np.ndarray
+    """``(n_envs, probe_delay + 1, n_services)`` bool: recent health results, a ring by tick."""
+    rng: np.ndarray
+    """``(n_envs,)`` uint64: each env's splitmix64 stream."""
+
+
+class Layout(NamedTuple):
+    """The topology as the kernels read it: the same in every env."""
+
+    has_disk: np.ndarray
+    """``(n_services,)`` bool: services with a data volume."""
+    entries: np.ndarray
+    """``(n_services,)`` bool: services user traffic enters through (where the SLO is measured)."""
+    adjacency: np.ndarray
+    """``(n_services, n_services)`` bool: ``[s, d]`` when s depends directly on d (then d < s)."""
+
+
+class Rules(NamedTuple):
+    """How the simulated system behaves each tick: ``SimParams`` as the kernels read them."""
+
+    probe_timeout: float
+    """Timeout of the /health probe and of its pings, in seconds."""
+    slo_latency: float
+    """A user request slower than this, in seconds, fails the SLO."""
+    disk_fill: float
+    """Fraction of a volume a disk_full fault writes per tick."""
+    disk_full_at: float
+    """Disk usage at and above which writes fail."""
+    probe_noise: float
+    """Chance that a reported health result is flipped."""
+    restart_decay: float
+    """Per-tick factor of the recent-restarts count."""
+    data_lo: float
+    """Least initial usage of a volume by real data."""
+    data_hi: float
+    """Most initial usage of a volume by real data."""
+    symptoms: np.ndarray
+    """``(DOWN_ROW + 1, N_SYMPTOMS)`` float64: symptom ranges per fault code, and when down."""
+
+
+class RepairRules(NamedTuple):
+    """What each repair does to a service, by Repair code."""
+
+    effects: np.ndarray
+    """``(len(Repair), N_REPAIR_EFFECTS)`` float64: downtime, what it wipes, whether it is a restart."""
+    clears: np.ndarray
+    """``(len(Repair), len(Fault) + 1)`` bool: ``[repair, fault]`` when the repair ends the fault."""
+
+
+class Readings(NamedTuple):
+    """What the last tick measured, written by :func:`advance`."""
+
+    features: np.ndarray
+    """``(n_envs, MAX_SLOTS, N_FEATURES)`` float32: the observed symptoms of every service."""
+    slo: np.ndarray
+    """``(n_envs,)`` bool: whether user traffic through every entry service succeeded."""
+
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -71,7 +143,8 @@ def _first_invalid(slots: np.ndarray, codes: np.ndarray, n_services: int, n_code
 
 @njit(cache=True)
 def inject(fault: np.ndarray, slots: np.ndarray, codes: np.ndarray) -> int:
-    """Start fault ``codes[e]`` on ``slots[e]`` (code 0: nothing). Effects unfold in ``advance``.
+    """Start fault ``codes[e]`` on ``slots[e]`` (code 0: nothing) in ``fault`` (``SystemState.fault``).
+    Effects unfold in ``advance``.
 
     Returns the first env whose slot or code is out of range (nothing is applied), or -1.
     """
@@ -85,24 +158,13 @@ def inject(fault: np.ndarray, slots: np.ndarray, codes: np.ndarray) -> int:
 
 
 @njit(cache=True)
-def repair(
-    fault: np.ndarray,
-    down: np.ndarray,
-    since: np.ndarray,
-    junk: np.ndarray,
-    data: np.ndarray,
-    restarts: np.ndarray,
-    slots: np.ndarray,
-    codes: np.ndarray,
-    clears: np.ndarray,
-    effects: np.ndarray,
-    cleared: np.ndarray,
-) -> int:
+def repair(state: SystemState, rules: RepairRules, slots: np.ndarray, codes: np.ndarray, cleared: np.ndarray) -> int:
     """Apply repair ``codes[e]`` to ``slots[e]``; ``cleared[e]`` says whether it ended a fault.
 
     Returns the first env whose slot or code is out of range (nothing is applied), or -1.
     """
-    bad = _first_invalid(slots, codes, fault.shape[1], clears.shape[0])
+    fault = state.fault
+    bad = _first_invalid(slots, codes, fault.shape[1], rules.clears.shape[0])
     if bad >= 0:
         return bad
     for e in range(fault.shape[0]):
@@ -111,40 +173,22 @@ def repair(
         if code == 0:
             continue
         s = slots[e]
-        if clears[code, fault[e, s]]:
+        if rules.clears[code, fault[e, s]]:
             fault[e, s] = 0
             cleared[e] = True
-        effect = effects[code]
-        down[e, s] = max(down[e, s], int(effect[R_DOWN_TICKS]))
+        effect = rules.effects[code]
+        state.down[e, s] = max(state.down[e, s], int(effect[R_DOWN_TICKS]))
         if effect[R_WIPES_JUNK]:
-            junk[e, s] = 0.0
+            state.junk[e, s] = 0.0
         if effect[R_WIPES_DATA]:
-            data[e, s] = 0.0  # a fresh volume: the data is gone
-        restarts[e, s] += effect[R_COUNTS_RESTART]
-        since[e, s] = 0
+            state.data[e, s] = 0.0  # a fresh volume: the data is gone
+        state.restarts[e, s] += effect[R_COUNTS_RESTART]
+        state.since[e, s] = 0
     return -1
 
 
 @njit(cache=True)
-def advance(
-    fault: np.ndarray,
-    down: np.ndarray,
-    since: np.ndarray,
-    junk: np.ndarray,
-    data: np.ndarray,
-    restarts: np.ndarray,
-    health: np.ndarray,
-    history: np.ndarray,
-    rng: np.ndarray,
-    has_disk: np.ndarray,
-    entries: np.ndarray,
-    adjacency: np.ndarray,
-    p: np.ndarray,
-    symptoms: np.ndarray,
-    tick: int,
-    feats: np.ndarray,
-    slo: np.ndarray,
-) -> None:
+def advance(state: SystemState, layout: Layout, rules: Rules, tick: int, readings: Readings) -> None:
     """One tick of every env: faults act, health and the SLO are measured, symptoms written.
 
     Health is dependency-aware as a real service's /health is: its own process answers, its
@@ -153,11 +197,14 @@ def advance(
     does recovery. User requests (the SLO) are deep: they fail at once if any service on the
     path cannot serve.
     """
+    fault, down, since, junk, data = state.fault, state.down, state.since, state.junk, state.data
+    restarts, health, history, rng = state.restarts, state.health, state.history, state.rng
+    symptoms, feats, slo = rules.symptoms, readings.features, readings.slo
     n_envs, n = fault.shape
     depth = history.shape[1]
     write = tick % depth
     read = (tick + 1) % depth  # the oldest row: health as it was (depth - 1) ticks ago
-    probe_timeout = p[P_PROBE_TIMEOUT]
+    probe_timeout = rules.probe_timeout
     latency = np.empty(n)
     responsive = np.empty(n, dtype=np.bool_)
     path_ok = np.empty(n, dtype=np.bool_)
@@ -173,19 +220,19 @@ def advance(
             row = symptoms[f if running else DOWN_ROW]
             lat = row[LAT_LO] + (row[LAT_HI] - row[LAT_LO]) * uniform(rng, e)
             used = 0.0
-            if has_disk[s]:
+            if layout.has_disk[s]:
                 if f == DISK_FULL:
-                    junk[e, s] += p[P_DISK_FILL]
+                    junk[e, s] += rules.disk_fill
                 used = min(1.0, data[e, s] + junk[e, s])
-            disk_ok = used < p[P_DISK_FULL_AT]
+            disk_ok = used < rules.disk_full_at
             ok = awake and disk_ok and lat < probe_timeout
             if ok and row[PROBE_FAIL] > 0.0 and uniform(rng, e) < row[PROBE_FAIL]:
                 ok = False
-            serves = awake and disk_ok and lat < p[P_SLO_LATENCY]
+            serves = awake and disk_ok and lat < rules.slo_latency
             if serves and row[SERVE_FAIL] > 0.0 and uniform(rng, e) < row[SERVE_FAIL]:
                 serves = False
             for d in range(s):  # dependencies occupy lower slots
-                if adjacency[s, d]:
+                if layout.adjacency[s, d]:
                     if not (responsive[d] and latency[d] < probe_timeout and previous[d]):
                         ok = False
                     if not path_ok[d]:
@@ -195,7 +242,7 @@ def advance(
             path_ok[s] = serves
             health[e, s] = ok
             history[e, write, s] = ok
-            if entries[s] and not serves:
+            if layout.entries[s] and not serves:
                 slo_ok = False
 
             u = uniform(rng, e)
@@ -213,7 +260,7 @@ def advance(
             feats[e, s, F_DISK] = used
             feats[e, s, F_CPU] = cpu
             feats[e, s, F_NET] = net
-            restarts[e, s] *= p[P_RESTART_DECAY]
+            restarts[e, s] *= rules.restart_decay
             feats[e, s, F_RESTARTS] = min(1.0, restarts[e, s] / RESTARTS_SCALE)
             feats[e, s, F_SINCE] = min(1.0, since[e, s] / SINCE_REPAIR_SCALE)
             since[e, s] += 1
@@ -222,18 +269,17 @@ def advance(
         slo[e] = slo_ok
         for s in range(n):
             seen = history[e, read, s]
-            if p[P_PROBE_NOISE] > 0.0 and uniform(rng, e) < p[P_PROBE_NOISE]:
+            if rules.probe_noise > 0.0 and uniform(rng, e) < rules.probe_noise:
                 seen = not seen
             feats[e, s, F_HEALTHY] = 1.0 if seen else 0.0
 
 
 @njit(cache=True)
-def seed_streams(
-    rng: np.ndarray, seeds: np.ndarray, has_disk: np.ndarray, lo: float, hi: float, data: np.ndarray
-) -> None:
+def seed_streams(state: SystemState, layout: Layout, rules: Rules, seeds: np.ndarray) -> None:
     """Start env e's random stream from ``seeds[e]`` and draw its initial data usage from it."""
+    rng, data, lo, hi = state.rng, state.data, rules.data_lo, rules.data_hi
     for e in range(rng.shape[0]):
         rng[e] = np.uint64(seeds[e]) * _MIX1 + _GOLDEN
         uniform(rng, e)
         for s in range(data.shape[1]):
-            data[e, s] = lo + (hi - lo) * uniform(rng, e) if has_disk[s] else 0.0
+            data[e, s] = lo + (hi - lo) * uniform(rng, e) if layout.has_disk[s] else 0.0

@@ -123,7 +123,7 @@ def load_topology(ref: str | Path) -> Topology:
 
 
 def topology_from_dict(doc: Any, source: str = "<dict>") -> Topology:
-    """Validate a parsed topology document (DESIGN §5) and build the Topology."""
+    """Validate a parsed topology document (docs/design.md §8) and build the Topology."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a mapping with 'name' and 'services', got {_kind(doc)}")
     if "services" not in doc:  # not a topology at all: name none of its keys, which may be its content
@@ -145,7 +145,7 @@ def topology_from_dict(doc: Any, source: str = "<dict>") -> Topology:
 
 
 def topology_to_dict(topology: Topology) -> dict[str, Any]:
-    """The topology as its YAML document (DESIGN §5): ``topology_from_dict`` of it gives it back."""
+    """The topology as its YAML document (docs/design.md §8): ``topology_from_dict`` of it gives it back."""
     services: dict[str, Any] = {}
     for s in topology.services:
         spec: dict[str, Any] = {}

@@ -1,6 +1,6 @@
 """Per-tick records of an episode: what was injected and repaired, health, observations and the SLO.
 
-A trace is JSON Lines (DESIGN §5): a header object ``{"header": {...}}``, then one object per tick.
+A trace is JSON Lines (docs/design.md §8): a header object ``{"header": {...}}``, then one object per tick.
 ``TraceRecorder`` writes them; ``read_trace`` reads one back, checking every line.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deeplops import __version__, bounds, outputs
+from deeplops import bounds, outputs
 from deeplops.bounds import shown, shown_keys
 from deeplops.catalog import parse_json, read_text
 from deeplops.errors import ConfigError, ScenarioError
@@ -19,6 +19,7 @@ from deeplops.faults import Fault, Repair
 from deeplops.game import Game
 from deeplops.observation import Feature
 from deeplops.topology import Topology, load_topology, topology_from_dict
+from deeplops.version import VERSION
 
 _HEADER_KEYS = ("topology", "services", "seed", "ticks")
 _ROW_KEYS = ("tick", "faults", "repairs", "health", "slo")
@@ -60,7 +61,7 @@ class TraceRecorder:
 
     def write(self, path: Path, option: str = "trace") -> None:
         """Write the header and rows as JSON Lines, whole or not at all."""
-        lines = [json.dumps({"header": {"version": __version__, **self.header}})]
+        lines = [json.dumps({"header": {"version": VERSION, **self.header}})]
         lines += [json.dumps(row) for row in self.rows]
         outputs.write_text(path, "\n".join(lines) + "\n", option)
 

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
+from deeplops.actions import N_ACTIONS, OBSERVATION_SPACE, Policy, Role
+from deeplops.backends import make_sandbox
 from deeplops.errors import SandboxError
-from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, Game, GameConfig
-from deeplops.observation import chaos_observation_space, order_observation_space
-from deeplops.policies import Policy, Role
-from deeplops.sandbox import Sandbox, make_sandbox
+from deeplops.game import Game, GameConfig
+from deeplops.sandbox import Sandbox
 from deeplops.sim import SimParams, SimSandbox
 from deeplops.topology import Topology
 
@@ -53,9 +53,7 @@ class GameVecEnv(VecEnv):
         self.backend = backend
         self._real: list[Sandbox] = []
         """Docker backend: one sandbox per game, made once and reset every episode (a stack is slow to make)."""
-        space = order_observation_space() if role is Role.ORDER else chaos_observation_space()
-        n_actions = N_ORDER_ACTIONS if role is Role.ORDER else N_CHAOS_ACTIONS
-        super().__init__(n_games * envs_per_game, space, spaces.Discrete(n_actions))
+        super().__init__(n_games * envs_per_game, OBSERVATION_SPACE[role](), spaces.Discrete(N_ACTIONS[role]))
         self.games: list[Game] = []
         self.rivals: list[Policy] = []
         self._actions = np.zeros(self.num_envs, np.int64)
@@ -88,12 +86,8 @@ class GameVecEnv(VecEnv):
         for i, (game, rival) in enumerate(zip(self.games, self.rivals, strict=True)):
             mine = self._actions[i * k : (i + 1) * k]
             theirs = game.decide(rival)
-            if self.role is Role.ORDER:
-                done = game.step(theirs, mine)
-                rewards[i * k : (i + 1) * k] = game.order_reward
-            else:
-                done = game.step(mine, theirs)
-                rewards[i * k : (i + 1) * k] = game.chaos_reward
+            done = game.play(self.role, mine, theirs)
+            rewards[i * k : (i + 1) * k] = game.reward(self.role)
         self._returns += rewards
         obs = self._obs()
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
@@ -117,8 +111,7 @@ class GameVecEnv(VecEnv):
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, n_actions)`` valid actions of the learner."""
-        masks = [g.order_mask() if self.role is Role.ORDER else g.chaos_mask() for g in self.games]
-        return np.concatenate(masks)
+        return np.concatenate([g.mask(self.role) for g in self.games])
 
     def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
         """Only ``action_masks`` is served (what MaskablePPO asks for), one row per env."""
@@ -161,5 +154,5 @@ class GameVecEnv(VecEnv):
         return [indices] if isinstance(indices, int) else list(indices)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        views = [g.order_obs() if self.role is Role.ORDER else g.chaos_obs() for g in self.games]
+        views = [g.observe(self.role) for g in self.games]
         return {key: np.concatenate([v[key] for v in views]) for key in views[0]}

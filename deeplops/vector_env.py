@@ -16,10 +16,10 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, GameConfig
-from deeplops.gym_env import SEED_SPACE, build_game
-from deeplops.observation import chaos_observation_space, order_observation_space
-from deeplops.policies import Policy, Role, as_policy
+from deeplops.actions import N_ACTIONS, OBSERVATION_SPACE, OPPONENT, Policy, Role
+from deeplops.game import GameConfig
+from deeplops.gym_env import DEFAULT_OPPONENT, SEED_SPACE, build_game
+from deeplops.policies import as_policy
 from deeplops.sim import SimParams
 from deeplops.topology import Topology
 
@@ -29,8 +29,6 @@ class _GameVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
     role: Role
-    opponent_role: Role
-    default_opponent: str
 
     def __init__(
         self,
@@ -43,9 +41,11 @@ class _GameVectorEnv(VectorEnv):
         copy: bool = True,
     ) -> None:
         self.num_envs = num_envs
-        self.opponent = as_policy(opponent, self.opponent_role, self.default_opponent)
+        self.opponent = as_policy(opponent, OPPONENT[self.role], DEFAULT_OPPONENT[self.role])
         self.game = build_game(env, backend, num_envs, game, params)
         self.copy = copy
+        self.single_observation_space = OBSERVATION_SPACE[self.role]()
+        self.single_action_space = spaces.Discrete(N_ACTIONS[self.role])
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._truncations = np.zeros(num_envs, np.bool_)
@@ -69,12 +69,8 @@ class _GameVectorEnv(VectorEnv):
         game = self.game
         actions = np.asarray(actions, dtype=np.int64)
         opp = game.decide(self.opponent)
-        if self.role is Role.ORDER:
-            done = game.step(opp, actions)
-            rewards = game.order_reward.copy()
-        else:
-            done = game.step(actions, opp)
-            rewards = game.chaos_reward.copy()
+        done = game.play(self.role, actions, opp)
+        rewards = game.reward(self.role).copy()
         obs = self._obs()
         infos: dict[str, Any] = {}
         self._truncations[:] = done
@@ -92,8 +88,7 @@ class _GameVectorEnv(VectorEnv):
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, n_actions)`` bool: valid actions now, per env."""
-        mask = self.game.order_mask() if self.role is Role.ORDER else self.game.chaos_mask()
-        return np.array(mask)
+        return np.array(self.game.mask(self.role))
 
     def close_extras(self, **kwargs: Any) -> None:
         """Release the sandbox."""
@@ -104,7 +99,7 @@ class _GameVectorEnv(VectorEnv):
         self.opponent.reset(self.num_envs, seed=int(self.np_random.integers(SEED_SPACE)))
 
     def _obs(self, copy: bool | None = None) -> dict[str, np.ndarray]:
-        obs = self.game.order_obs() if self.role is Role.ORDER else self.game.chaos_obs()
+        obs = self.game.observe(self.role)
         if self.copy if copy is None else copy:
             return {k: np.array(v) for k, v in obs.items()}
         return obs
@@ -118,17 +113,9 @@ class OrderVectorEnv(_GameVectorEnv):
     """
 
     role = Role.ORDER
-    opponent_role = Role.CHAOS
-    default_opponent = "random"
-    single_observation_space = order_observation_space()
-    single_action_space = spaces.Discrete(N_ORDER_ACTIONS)
 
 
 class ChaosVectorEnv(_GameVectorEnv):
     """Batched ``deeplops/Chaos-v0``: learn to break, against an order policy (default runbook)."""
 
     role = Role.CHAOS
-    opponent_role = Role.ORDER
-    default_opponent = "runbook"
-    single_observation_space = chaos_observation_space()
-    single_action_space = spaces.Discrete(N_CHAOS_ACTIONS)

@@ -154,8 +154,9 @@ def SCENARIO_WITH_ENV(folder: Path, env: Path) -> Path:  # noqa: N802  # reads a
 @pytest.fixture(scope="module")
 def trace_lines(tmp_path_factory) -> list[str]:
     """The lines of one trace recorded by 'evaluate --record'."""
+    from deeplops.actions import Role
     from deeplops.evaluate import Match, play
-    from deeplops.policies import Role, load_policy
+    from deeplops.policies import load_policy
     from deeplops.topology import load_topology
 
     folder = tmp_path_factory.mktemp("trace")

@@ -1,4 +1,4 @@
-"""The baseline policies (DESIGN §7), driven through a real game on the simulated shop.
+"""The baseline policies (docs/design.md §6), driven through a real game on the simulated shop.
 
 Each drill injects one scripted fault at a chosen tick and lets a baseline defend alone, with
 noiseless probes (``SimParams(probe_noise=0.0)``) so that what a rule sees is what happened.
@@ -12,22 +12,23 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from deeplops.actions import Policy, Role, chaos_action
+from deeplops.backends import make_sandbox
 from deeplops.baselines import AutohealPolicy, KubernetesPolicy, OraclePolicy, RunbookPolicy
 from deeplops.errors import PolicyError
 from deeplops.evaluate import Match, play
 from deeplops.faults import Fault, Repair
-from deeplops.game import Game, GameConfig, chaos_action
+from deeplops.game import Game, GameConfig
 from deeplops.metrics import summarize
-from deeplops.policies import Policy, Role, baseline_names, load_policy
-from deeplops.sandbox import make_sandbox
+from deeplops.policies import baseline_names, load_policy
 from deeplops.sim import SimParams
 from deeplops.topology import Topology, load_topology
 
-# DESIGN §6: the POLICY names.
+# docs/design.md §6, §9: the POLICY names.
 ORDER_BASELINES = ("noop", "random", "autoheal", "k8s", "runbook", "oracle")
 CHAOS_BASELINES = ("noop", "random", "flapping")
 
-# DESIGN §4: the proper repair of each fault.
+# docs/design.md §4.2: the proper repair of each fault.
 PROPER_REPAIR = {
     Fault.KILL: Repair.RESTART,
     Fault.PAUSE: Repair.RESTART,
@@ -264,7 +265,7 @@ def test_oracle_applies_the_proper_repair_one_tick_after_injection(shop: Topolog
 def test_availability_ranks_oracle_runbook_autoheal_noop_against_random_chaos(shop: Topology) -> None:
     def availability(order: str) -> float:
         match = Match(shop, load_policy(order, Role.ORDER), load_policy("random", Role.CHAOS))
-        return summarize(play(match, episodes=32, seed=0))["availability"]
+        return summarize(play(match, episodes=32, seed=0)).availability
 
     oracle, runbook, autoheal, noop = (availability(name) for name in ("oracle", "runbook", "autoheal", "noop"))
     assert oracle >= runbook

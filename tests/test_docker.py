@@ -336,9 +336,10 @@ def test_sandbox_up_refuses_an_existing_sandbox_and_leaves_it_running(box, cli):
 def make_stale(name: str) -> None:
     """A chain sandbox recorded as made for this process, but with another start time: a PID reused
     by a later process, which must not pass for the owner."""
-    from deeplops.dockerbox import image, reaper, stack
+    from deeplops.dockerbox import image, stack
+    from deeplops.dockerbox.owner import owner_id
 
-    pid, _, boot, ns = reaper.owner_id(os.getpid()).split(":")
+    pid, _, boot, ns = owner_id(os.getpid()).split(":")
     client = stack.connect()
     stack.up(
         client, load_topology("chain"), name, image.ensure_image(client), {"db": 0.3}, owner=f"{pid}:1:{boot}:{ns}"

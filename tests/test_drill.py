@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from deeplops.actions import Role
 from deeplops.chaostoolkit.experiment import read_experiment, to_experiment
 from deeplops.drill import load_drill, run_drill
 from deeplops.errors import ScenarioError
 from deeplops.evaluate import Match, play
 from deeplops.faults import Fault
-from deeplops.policies import Role, load_policy
+from deeplops.policies import load_policy
 from deeplops.scenario import ScheduledFault, load_scenario, shipped_scenarios
 from deeplops.topology import load_topology
 

@@ -1,4 +1,4 @@
-"""The Gymnasium, vector and PettingZoo faces of the game (DESIGN §2, §6).
+"""The Gymnasium, vector and PettingZoo faces of the game (docs/design.md §2, §4.4, §4.5).
 
 Specifications: the registered envs pass the checkers that ship with Gymnasium,
 stable-baselines3 and PettingZoo; a seed fixes a rollout; masks say which actions are valid;
@@ -19,9 +19,9 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import deeplops
+from deeplops.actions import Role
 from deeplops.baselines import NoopPolicy, RunbookPolicy
 from deeplops.errors import ConfigError, PolicyError, SandboxError
-from deeplops.policies import Role
 
 ORDER_ID, CHAOS_ID = "deeplops/Order-v0", "deeplops/Chaos-v0"
 ENV_IDS = [ORDER_ID, CHAOS_ID]
@@ -104,7 +104,7 @@ def test_stable_baselines3_env_checker_passes(env_id: str, topology: str) -> Non
     env = gym.make(env_id, env=topology).unwrapped
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        # Per-slot matrices are the design (DESIGN §2); SB3 only suggests flattening them.
+        # Per-slot matrices are the design (docs/design.md §4.4); SB3 only suggests flattening them.
         warnings.filterwarnings("ignore", message="Your observation .* has an unconventional shape")
         sb3_check_env(env)
 

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from deeplops.dockerbox import host, reaper, stack
+from deeplops.dockerbox.owner import owner_gone, owner_id
 from deeplops.errors import SandboxError
 from deeplops.topology import Service, Topology, build_topology, load_topology
 
@@ -92,7 +93,8 @@ def test_sandbox_down_all_and_stale_still_check_the_name(cli, state):
 
 
 def test_the_library_refuses_a_bad_name_at_every_door(state):
-    from deeplops.chaostoolkit import live
+    from deeplops.chaostoolkit import actions
+    from deeplops.dockerbox import attached
     from deeplops.dockerbox.sandbox import DockerSandbox
 
     chain = load_topology("chain")
@@ -106,7 +108,8 @@ def test_the_library_refuses_a_bad_name_at_every_door(state):
         "DockerSandbox (empty)": lambda: DockerSandbox(chain, name=""),
         "DockerSandbox.attach": lambda: DockerSandbox.attach("/"),
         "reaper": lambda: reaper.main("1:1:x:1", "../victim"),
-        "chaostoolkit": lambda: live.sandbox("../victim"),
+        "attached.sandbox": lambda: attached.sandbox("../victim"),
+        "chaostoolkit": lambda: actions.inject_fault("kill", "db", "../victim"),
     }
     for door, call in doors.items():
         with pytest.raises(SandboxError, match="is invalid"):
@@ -299,45 +302,45 @@ def test_stack_up_refuses_volumes_that_do_not_fit_before_anything_starts(state, 
 
 
 def test_a_live_owner_is_not_gone():
-    assert not reaper.owner_gone(reaper.owner_id(os.getpid()))
+    assert not owner_gone(owner_id(os.getpid()))
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_owner():
-    pid, start, boot, ns = reaper.owner_id(os.getpid()).split(":")
-    assert reaper.owner_gone(f"{pid}:{int(start) + 1}:{boot}:{ns}")
+    pid, start, boot, ns = owner_id(os.getpid()).split(":")
+    assert owner_gone(f"{pid}:{int(start) + 1}:{boot}:{ns}")
 
 
 def test_an_exited_owner_is_gone():
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-    owner = reaper.owner_id(child.pid)
-    assert not reaper.owner_gone(owner)
+    owner = owner_id(child.pid)
+    assert not owner_gone(owner)
     child.communicate()
-    assert reaper.owner_gone(owner)
+    assert owner_gone(owner)
 
 
 def test_a_zombie_owner_is_gone():
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-    owner = reaper.owner_id(child.pid)
+    owner = owner_id(child.pid)
     os.kill(child.pid, signal.SIGKILL)
     while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # not yet waited for
         os.sched_yield()
-    assert reaper.owner_gone(owner)
+    assert owner_gone(owner)
     child.wait()
 
 
 def test_an_owner_from_an_earlier_boot_is_gone():
-    pid, start, _, ns = reaper.owner_id(os.getpid()).split(":")
-    assert reaper.owner_gone(f"{pid}:{start}:another-boot:{ns}")
+    pid, start, _, ns = owner_id(os.getpid()).split(":")
+    assert owner_gone(f"{pid}:{start}:another-boot:{ns}")
 
 
 def test_an_owner_in_another_pid_namespace_cannot_be_judged_so_is_not_gone():
-    _, start, boot, _ = reaper.owner_id(os.getpid()).split(":")
-    assert not reaper.owner_gone(f"999999:{start}:{boot}:1")
+    _, start, boot, _ = owner_id(os.getpid()).split(":")
+    assert not owner_gone(f"999999:{start}:{boot}:1")
 
 
 @pytest.mark.parametrize("record", ["", "garbage", "1:2:3", "x:1:b:1"])
 def test_an_owner_record_not_written_by_deeplops_is_not_gone(record):
-    assert not reaper.owner_gone(record)
+    assert not owner_gone(record)
 
 
 # -- signals while a sandbox comes up ------------------------------------------------------

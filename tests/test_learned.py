@@ -19,12 +19,13 @@ import torch
 from test_cli import assert_one_line_error
 
 from deeplops import agentfile
+from deeplops.actions import N_ACTIONS, N_CHAOS_ACTIONS, N_ORDER_ACTIONS, OPPONENT, Policy, Role
 from deeplops.agent_net import SlotPolicy
 from deeplops.agents import AgentConfig
 from deeplops.errors import ConfigError, PolicyError
-from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, Game
+from deeplops.game import Game
 from deeplops.learned import load_agent
-from deeplops.policies import Policy, Role, load_policy
+from deeplops.policies import load_policy
 from deeplops.selfplay import SelfPlay, SelfPlayConfig
 from deeplops.sim import SimSandbox
 from deeplops.topology import load_topology
@@ -66,10 +67,7 @@ def observations(role: Role, n: int = 6, ticks: int = 30) -> list[tuple[dict[str
         chaos.reset(n, seed=1)
         order.reset(n, seed=1)
         for _ in range(ticks):
-            if role is Role.ORDER:
-                seen.append((game.order_obs(), game.order_mask()))
-            else:
-                seen.append((game.chaos_obs(), game.chaos_mask()))
+            seen.append((game.observe(role), game.mask(role)))
             game.step(game.decide(chaos), game.decide(order))
     return seen
 
@@ -377,7 +375,7 @@ def test_the_shipped_agents_are_saved_agents_of_their_role(role):
     assert shipped.adam.steps > 0 and shipped.training.timesteps > 0
     agent = load_policy("pretrained", role)
     assert agent.role is role
-    assert agent.model.action_space.n == (N_ORDER_ACTIONS if role is Role.ORDER else N_CHAOS_ACTIONS)
+    assert agent.model.action_space.n == N_ACTIONS[role]
 
 
 # Self-play through the format, at a tiny size.
@@ -441,7 +439,7 @@ def test_selfplay_fine_tunes_the_agents_of_another_run(two_generations, tmp_path
 
 def test_selfplay_from_a_directory_of_the_wrong_agents_is_a_one_line_error(cli, saved, tmp_path):
     for role in Role:  # each file is the other role's agent
-        other = Role.CHAOS if role is Role.ORDER else Role.ORDER
+        other = OPPONENT[role]
         (tmp_path / f"{role.value}.zip").write_bytes(saved[other].read_bytes())
     result = cli("selfplay", "--from", str(tmp_path), "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "order.zip", "holds the chaos agent: expected the order agent")

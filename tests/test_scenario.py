@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from deeplops.actions import Role, chaos_action
 from deeplops.drill import run_drill
 from deeplops.errors import ScenarioError
 from deeplops.faults import Fault
-from deeplops.game import chaos_action
-from deeplops.policies import Role, load_policy
+from deeplops.policies import load_policy
 from deeplops.scenario import ScriptedChaos, load_scenario, shipped_scenarios
 
 
@@ -31,7 +31,7 @@ def test_the_library_covers_every_fault_on_several_topologies():
 def test_every_shipped_scenario_holds_for_the_runbook_on_the_sim(path):
     run = run_drill(load_scenario(path), "runbook", load_policy("runbook", Role.ORDER))
     assert run.checks and run.passed, run.checks
-    assert run.metrics["faults_injected"] == len(load_scenario(path).faults)
+    assert run.metrics.faults_injected == len(load_scenario(path).faults)
 
 
 def test_a_hypothesis_fails_clause_by_clause(tmp_path):

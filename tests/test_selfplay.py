@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deeplops.actions import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, Role
 from deeplops.agents import AgentConfig
 from deeplops.errors import ConfigError, PolicyError
-from deeplops.game import N_CHAOS_ACTIONS, N_ORDER_ACTIONS, Game
-from deeplops.policies import Role, load_policy
+from deeplops.game import Game
+from deeplops.learn import train_and_report
+from deeplops.policies import load_policy
+from deeplops.report import Report
 from deeplops.scenario import shipped_scenarios
-from deeplops.selfplay import Progress, SelfPlay, SelfPlayConfig, train_and_report
+from deeplops.selfplay import Progress, SelfPlay, SelfPlayConfig
 from deeplops.sim import SimSandbox
 from deeplops.topology import load_topology
 
@@ -31,9 +34,10 @@ def tiny(generations: int = 2, seed: int = 0) -> SelfPlayConfig:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> tuple[Path, dict]:
+def run(tmp_path_factory) -> tuple[Path, Report]:
     out = tmp_path_factory.mktemp("selfplay")
-    return out, train_and_report(tiny(), out, episodes=2)
+    report, _ = train_and_report(tiny(), out, episodes=2)
+    return out, report
 
 
 @pytest.mark.slow
@@ -124,9 +128,38 @@ def test_a_run_with_other_settings_is_not_resumed_into(run):
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_report_figures(run, tmp_path):
     _, first = run
-    again = train_and_report(tiny(), tmp_path, episodes=2)
+    again, _ = train_and_report(tiny(), tmp_path, episodes=2)
     for key in ("generations", "crossplay", "final", "chaos_strength"):
-        assert again[key] == first[key], key
+        assert getattr(again, key) == getattr(first, key), key
+
+
+@pytest.mark.slow
+def test_the_real_replay_section_reads_the_same_on_any_backend(run, tmp_path):
+    from dataclasses import replace
+
+    from deeplops.report import real_drill, write
+
+    out, report = run
+    replay = real_drill(tiny(), out / "order.zip", Progress())  # the sim stands in for real containers
+    data = replay.to_json()
+    assert list(data) == ["scenario", "backend", "learned", "runbook"] and data["backend"] == "sim"
+    assert list(data["learned"]) == ["availability", "mttr_mean", "unrecovered", "hypothesis_met"]
+    write(tmp_path, replace(report, real=replay))
+    assert json.loads((tmp_path / "report.json").read_text())["real"] == data
+    assert f"Scenario {data['scenario']}, replayed on sim:" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_topology_without_a_shipped_scenario_is_noted_in_the_real_replay_section(run, tmp_path):
+    from dataclasses import replace
+
+    from deeplops.report import real_drill
+
+    out, _ = run
+    lone = tmp_path / "lone.yaml"
+    lone.write_text("name: lone\nservices:\n  web: {entry: true}\n")
+    replay = real_drill(replace(tiny(), train_on=(str(lone),)), out / "order.zip", Progress())
+    assert replay.to_json() == {"note": "no shipped scenario runs on lone: nothing to replay on sim"}
 
 
 def test_a_file_that_is_not_an_agent_is_a_clear_error(tmp_path):
@@ -139,6 +172,23 @@ def test_a_file_that_is_not_an_agent_is_a_clear_error(tmp_path):
         z.writestr("readme.txt", "not an agent")
     with pytest.raises(PolicyError, match="not a saved agent"):
         load_policy(str(other), Role.ORDER)
+
+
+def test_a_selfplay_config_reads_no_file_unless_asked(monkeypatch):
+    def no_reading(*args: object) -> None:
+        raise AssertionError("an agent config file was read")
+
+    monkeypatch.setattr("deeplops.selfplay.load_agent_config", no_reading)
+    config = SelfPlayConfig(device="cpu", order=TINY_ORDER, chaos=TINY)
+    assert (config.order, config.chaos) == (TINY_ORDER, TINY)
+
+
+def test_a_selfplay_config_from_files_holds_the_shipped_agent_configs():
+    from deeplops.agents import load_agent_config
+
+    config = SelfPlayConfig.from_files(generations=2, device="cpu")
+    assert config.order == load_agent_config(Role.ORDER) and config.chaos == load_agent_config(Role.CHAOS)
+    assert config.generations == 2
 
 
 def test_selfplay_refuses_cuda_where_there_is_none(monkeypatch):
@@ -163,12 +213,13 @@ def test_selfplay_on_docker_fine_tunes_on_real_containers(run, docker_engine, tm
     config = SelfPlayConfig(generations=1, steps=12, ticks=12, seed=0, device="cpu", order=TINY_ORDER, chaos=TINY,
                             backend="docker", start_from=str(start))  # fmt: skip
     out = tmp_path / "real"
-    report = train_and_report(config, out, episodes=2)
+    report, _ = train_and_report(config, out, episodes=2)
     assert (out / "order.zip").is_file() and (out / "chaos.zip").is_file()
-    assert report["throughput"]["order_steps"] == 12 and report["throughput"]["chaos_steps"] == 12
+    assert report.throughput.order_steps == 12 and report.throughput.chaos_steps == 12
     # Real time: at least one second a tick, for both roles.
-    assert report["throughput"]["order_s"] >= 12 and report["throughput"]["chaos_s"] >= 12
-    real = report["real"]
+    assert report.throughput.order_s >= 12 and report.throughput.chaos_s >= 12
+    assert report.real is not None
+    real = report.real.to_json()
     assert real["backend"] == "docker" and real["runbook"]["hypothesis_met"] is True
     assert set(real["learned"]) == {"availability", "mttr_mean", "unrecovered", "hypothesis_met"}
     assert "On real containers (docker)" in (out / "report.md").read_text()

@@ -17,10 +17,9 @@ import pytest
 from test_sidecar import Running, stable
 from test_sidecar_startup import non_loopback_address, status
 
+from deeplops.actions import Role, order_action
 from deeplops.errors import SandboxError
 from deeplops.faults import Repair
-from deeplops.game import order_action
-from deeplops.policies import Role
 from deeplops.sidecar.lock import LOCK_DIR
 from deeplops.sidecar.telemetry import read_audit, rotated
 

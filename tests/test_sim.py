@@ -1,4 +1,4 @@
-"""Specification of SimSandbox: every fault and repair of DESIGN §4, driven through the Sandbox protocol."""
+"""Specification of SimSandbox: every fault and repair of docs/design.md §4.2, driven through the Sandbox protocol."""
 
 from __future__ import annotations
 
@@ -412,6 +412,24 @@ def test_repair_on_a_slot_out_of_range_is_rejected(shop: Topology) -> None:
     with pytest.raises(DeeplopsError):
         sandbox.repair(np.array([shop.n_services, 0]), np.array([Repair.RESTART, 0]))
     assert sandbox.faults[1, 0] == Fault.KILL
+
+
+def test_repair_takes_slots_and_codes_of_any_integer_type(shop: Topology) -> None:
+    as_int64, as_int32 = make(shop, seeds=(1, 2)), make(shop, seeds=(1, 2))
+    for sandbox, dtype in ((as_int64, np.int64), (as_int32, np.int32)):
+        sandbox.inject(np.array([0, 1]), np.array([Fault.KILL, Fault.PAUSE]))
+        cleared = sandbox.repair(np.array([0, 1], dtype), np.array([Repair.RESTART, Repair.RESTART], dtype))
+        assert cleared.tolist() == [True, True]
+        advance(sandbox, 2)
+    np.testing.assert_array_equal(as_int64.observe(), as_int32.observe())
+
+
+def test_repair_refuses_arrays_that_are_not_one_entry_per_env(shop: Topology) -> None:
+    sandbox = make(shop, seeds=(1, 2))
+    with pytest.raises(ValueError, match="shape"):
+        sandbox.repair(np.zeros((2, 1), np.int64), np.zeros((2, 1), np.int64))
+    with pytest.raises(ValueError, match="shape"):
+        sandbox.repair(np.array([0]), np.array([Repair.RESTART]))
 
 
 # --- determinism ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Specification of topology loading (DESIGN §5): shipped files, derived arrays, validation errors."""
+"""Specification of topology loading (docs/design.md §4.1, §8): shipped files, derived arrays, validation errors."""
 
 from __future__ import annotations
 

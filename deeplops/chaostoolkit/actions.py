@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from deeplops.chaostoolkit import live
+from deeplops.dockerbox import attached
 from deeplops.errors import SandboxError
 from deeplops.faults import Fault, Repair
 
@@ -21,8 +19,7 @@ def inject_fault(fault: str, target: str, sandbox: str) -> dict[str, Any]:
     """Inject ``fault`` (kill, pause, cpu_hog, disk_full, net_saturation) into service ``target``
     of the live sandbox ``sandbox``."""
     code = Fault.parse(fault, SandboxError)
-    box = live.sandbox(sandbox)
-    box.inject(np.array([live.slot(box, target)]), np.array([int(code)]))
+    attached.inject(sandbox, code, target)
     return {"fault": code.label, "target": target, "sandbox": sandbox}
 
 
@@ -30,6 +27,5 @@ def repair(repair: str, target: str, sandbox: str) -> dict[str, Any]:
     """Apply ``repair`` (restart, clean_disk, rate_limit, recreate) to service ``target`` of the
     live sandbox ``sandbox``."""
     code = Repair.parse(repair, SandboxError)
-    box = live.sandbox(sandbox)
-    box.repair(np.array([live.slot(box, target)]), np.array([int(code)]))
+    attached.repair(sandbox, code, target)
     return {"repair": code.label, "target": target, "sandbox": sandbox}

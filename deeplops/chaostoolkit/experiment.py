@@ -14,13 +14,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from deeplops import __version__, bounds
+from deeplops import bounds
 from deeplops.bounds import shown, shown_keys
 from deeplops.catalog import MAX_DOCUMENT_BYTES, parse_json, read_text, resolve_env
 from deeplops.errors import ConfigError, ScenarioError
 from deeplops.faults import Fault
 from deeplops.scenario import Expectation, Scenario, ScheduledFault
 from deeplops.topology import load_topology
+from deeplops.version import VERSION
 
 ACTIONS = "deeplops.chaostoolkit.actions"
 PROBES = "deeplops.chaostoolkit.probes"
@@ -211,7 +212,7 @@ def to_experiment(scenario: Scenario, env: str | None = None) -> dict[str, Any]:
         "description": scenario.description or f"deeplops drill {scenario.name}",
         "tags": ["deeplops", scenario.topology.name],
         "configuration": {SANDBOX_VAR: {"type": "env", "key": "DEEPLOPS_SANDBOX", "default": "deeplops-drill"}},
-        "extensions": [{**extension, "exported_by": f"deeplops {__version__}"}],
+        "extensions": [{**extension, "exported_by": f"deeplops {VERSION}"}],
         "method": method,
         "rollbacks": [],
     }

@@ -6,21 +6,21 @@ probe; user requests through the entry services within the SLO latency).
 
 from __future__ import annotations
 
-from deeplops.chaostoolkit import live
+from deeplops.dockerbox import attached
 
 __all__ = ["service_healthy", "slo_ok"]
 
 
 def slo_ok(sandbox: str) -> bool:
     """Whether user requests through every entry service succeed within the SLO latency."""
-    box = live.sandbox(sandbox)
+    box = attached.sandbox(sandbox)
     box.measure()
     return bool(box.slo[0])
 
 
 def service_healthy(target: str, sandbox: str) -> bool:
     """Whether service ``target`` passes its /health check."""
-    box = live.sandbox(sandbox)
-    index = live.slot(box, target)
+    box = attached.sandbox(sandbox)
+    index = attached.slot(box, target)
     box.measure()
     return bool(box.health[0, index])

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from deeplops import bounds
-from deeplops.cli import JsonOpt, app, check_json, err, out, write_json
+from deeplops.cli.common import JsonOpt, app, check_json, err, out, write_json
 from deeplops.errors import ConfigError
 
 bench_app = typer.Typer(
@@ -35,13 +35,13 @@ def bench(
     check_json(json_path)
     with err.status("measuring..."):
         result = b.run(seconds=seconds)
-    table = Table(title=f"deeplops bench (CartPole-v1: {result['cartpole_steps_per_s']:,.0f} steps/s)")
+    table = Table(title=f"deeplops bench (CartPole-v1: {result.cartpole_steps_per_s:,.0f} steps/s)")
     for column in ("env", "n_envs", "env-steps/s", "× CartPole"):
         table.add_column(column, justify="left" if column == "env" else "right")
-    for r in result["results"]:  # type: ignore[attr-defined]
-        table.add_row(r["env"], str(r["n_envs"]), f"{r['steps_per_s']:,.0f}", f"{r['ratio_to_cartpole']:.2f}")
+    for r in result.rates:
+        table.add_row(r.name, str(r.n_envs), f"{r.steps_per_s:,.0f}", f"{r.ratio_to_cartpole:.2f}")
     out.print(table)
-    write_json(json_path, result)
+    write_json(json_path, result.to_json())
 
 
 @bench_app.command("sidecar")

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from deeplops import bounds, outputs
-from deeplops.cli import (
+from deeplops.cli.common import (
     BackendOpt,
     Bar,
     JsonOpt,
@@ -58,9 +58,10 @@ def evaluate(
 ) -> None:
     """Play an order policy against chaos (or scripted scenarios) and report availability and MTTR."""
     from deeplops import evaluate as ev
+    from deeplops.actions import Role
     from deeplops.display import metrics_table
-    from deeplops.metrics import summarize
-    from deeplops.policies import Role, load_policy
+    from deeplops.metrics import Summary, summarize
+    from deeplops.policies import load_policy
     from deeplops.scenario import ScriptedChaos, load_scenario
     from deeplops.topology import load_topology
 
@@ -95,16 +96,16 @@ def evaluate(
     else:
         match = ev.Match(load_topology(env), order_policy, load_policy(chaos, Role.CHAOS), backend)
         plays = [(order, match, episodes or 30, seed)]
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, Summary] = {}
     all_stats = []
     with Bar(sum(n * m.game.max_ticks for _, m, n, _ in plays), "playing") as advance:
         for label, match, n, first_seed in plays:
             stats = ev.play(match, n, seed=first_seed, on_tick=advance, traces=traces)
             rows[label] = summarize(stats)
             all_stats += stats
-    result: dict[str, Any] = {**summarize(all_stats), "order": order, "backend": backend}
+    result: dict[str, Any] = {**summarize(all_stats).to_json(), "order": order, "backend": backend}
     if scenario:
-        result["scenarios"] = rows
+        result["scenarios"] = {label: summary.to_json() for label, summary in rows.items()}
     else:
         result.update(chaos=chaos, env=plays[0][1].topology.name, seed=seed)
     against = "scenarios" if scenario else f"chaos={chaos} on {plays[0][1].topology.name}"
@@ -148,9 +149,10 @@ def replay(
     tick (for deterministic policies: every baseline but random, and saved agents). Exits 1 when
     the drill's hypothesis fails for any policy, so a drill can gate a pipeline.
     """
+    from deeplops.actions import Role
     from deeplops.display import metrics_table
     from deeplops.drill import load_drill, run_drill
-    from deeplops.policies import Role, load_policy
+    from deeplops.policies import load_policy
 
     check_backend(backend)
     check_json(json_path)
@@ -179,10 +181,7 @@ def replay(
             [(r.label, r.trace) for r in runs], plot, title=f"{drill.name} ({drill.topology.name}, {backend})"
         )
         out.print(f"wrote {escape(str(plot))}")
-    results = {
-        r.label: {**r.metrics, "expect": [{"clause": t, "met": m} for t, m in r.checks], "passed": r.passed}
-        for r in runs
-    }
+    results = {r.label: r.to_json() for r in runs}
     first = runs[0]
     write_json(json_path, {**results[first.label], "drill": drill.name, "file": str(file), "order": first.label,
                             "backend": backend, "policies": results})  # fmt: skip

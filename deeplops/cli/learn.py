@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from deeplops import bounds, outputs
-from deeplops.cli import BackendOpt, SeedOpt, app, check_backend, check_count, check_seed, err, on_interrupt, out
+from deeplops.cli.common import BackendOpt, SeedOpt, app, check_backend, check_count, check_seed, err, on_interrupt, out
 
 
 @app.command()
@@ -45,7 +45,8 @@ def selfplay(
     --backend docker plays every training game on real containers (the --env topology, one tick a
     second, as root): it fine-tunes trained agents, and its report adds a scenario replayed for real.
     """
-    from deeplops import selfplay as sp_mod
+    from deeplops.learn import train_and_report
+    from deeplops.selfplay import SelfPlay, SelfPlayConfig
     from deeplops.topology import load_topology
 
     check_backend(backend)
@@ -56,16 +57,18 @@ def selfplay(
     outputs.check_dir(out_dir, "--out")
     load_topology(env)
     train_on = tuple(dict.fromkeys([env, "shop", "chain"]))
-    config = sp_mod.SelfPlayConfig(generations=generations, steps=steps, seed=seed, device=device, train_on=train_on,
-                                   backend=backend, start_from=None if start_from is None else str(start_from),
-                                   ticks=ticks or (200 if backend == "sim" else 60))  # fmt: skip
-    sp_mod.SelfPlay(config, out_dir).completed()  # a run there with other settings, or a corrupt state, fails now
+    config = SelfPlayConfig.from_files(generations=generations, steps=steps, seed=seed, device=device,
+                                       train_on=train_on, backend=backend,
+                                       start_from=None if start_from is None else str(start_from),
+                                       ticks=ticks or (200 if backend == "sim" else 60))  # fmt: skip
+    SelfPlay(config, out_dir).completed()  # a run there with other settings, or a corrupt state, fails now
     on_interrupt(f"generations completed are kept in {out_dir}: the same command resumes from the last one")
     with _Phases() as progress:
-        report = sp_mod.train_and_report(config, out_dir, progress)
+        report, files = train_and_report(config, out_dir, progress)
     shown = escape(str(out_dir))
-    out.print(f"wrote {shown}/order.zip, chaos.zip and {', '.join(report['files'])} in {report['wall_s']:.0f} s")
-    for section, checks in report["bar"].items():
+    names = ", ".join(p.name for p in files)
+    out.print(f"wrote {shown}/order.zip, chaos.zip and {names} in {report.wall_s:.0f} s")
+    for section, checks in report.bar.items():
         verdict = "[green]meets the bar[/]" if all(checks.values()) else "[red]below the bar[/]"
         out.print(f"{section}: {verdict}")
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from deeplops import outputs
-from deeplops.cli import JsonOpt, SeedOpt, app, check_json, err, on_interrupt, out, write_json
+from deeplops.cli.common import JsonOpt, SeedOpt, app, check_json, err, on_interrupt, out, write_json
 
 if TYPE_CHECKING:
     from deeplops.dockerbox.stack import Found
@@ -205,7 +205,8 @@ def sandbox_compare(
     from rich.text import Text
 
     from deeplops import agreement
-    from deeplops.policies import Role, load_policy
+    from deeplops.actions import Role
+    from deeplops.policies import load_policy
     from deeplops.scenario import load_scenario, shipped_scenarios
 
     load_policy(order, Role.ORDER)  # a bad name fails before anything starts

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from deeplops import outputs
 from deeplops.bounds import shown
-from deeplops.cli import Bar, app, err, out
+from deeplops.cli.common import Bar, app, err, out
 from deeplops.errors import ConfigError, ScenarioError
 
 scenario_app = typer.Typer(help="Failure drills: list the shipped scenarios, export one for other tools.",
@@ -34,8 +34,9 @@ def scenario_list(
     from rich.table import Table
     from rich.text import Text
 
+    from deeplops.actions import Role
     from deeplops.drill import run_drill
-    from deeplops.policies import Role, load_policy
+    from deeplops.policies import load_policy
     from deeplops.scenario import load_scenario, shipped_scenarios
 
     scenarios = [load_scenario(p) for p in shipped_scenarios()]
@@ -48,8 +49,8 @@ def scenario_list(
             cells = [s.name, s.topology.name, faults, s.description]
             for _, policy in policies:
                 m = run_drill(s, "", policy, on_tick=advance).metrics
-                mttr = "-" if m["mttr_mean"] is None else f"{m['mttr_mean']:.1f}"
-                cells.append(f"{m['availability']:.3f} / {mttr}")
+                mttr = "-" if m.mttr_mean is None else f"{m.mttr_mean:.1f}"
+                cells.append(f"{m.availability:.3f} / {mttr}")
             rows.append(cells)
     if markdown:
         out.print("| " + " | ".join(columns) + " |", soft_wrap=True, markup=False)

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from deeplops import bounds
-from deeplops.cli import app, err
+from deeplops.cli.common import app, err
 from deeplops.errors import ConfigError
 
 
@@ -81,8 +81,9 @@ def sidecar(
     import signal
     import threading
 
+    from deeplops.actions import Role
     from deeplops.faults import Repair
-    from deeplops.policies import Role, load_policy
+    from deeplops.policies import load_policy
     from deeplops.sidecar.daemon import Sidecar, SidecarConfig
     from deeplops.sidecar.guards import GuardConfig
 

@@ -291,12 +291,19 @@ def block(ip: str, tag: str) -> None:
 def unblock(tag_prefix: str) -> None:
     """Remove every block whose comment starts with ``tag_prefix``."""
     try:
-        rules = run("iptables", "-w", "5", "-S", _IPTABLES_CHAIN).splitlines()
+        listing = run("iptables", "-w", "5", "-S", _IPTABLES_CHAIN)
     except SandboxError:
         return
-    for rule in rules:
+    for args in tagged_rules(listing, tag_prefix):
+        # -w: Docker edits iptables too (networks come and go); wait for its lock, never skip.
+        subprocess.run(["iptables", "-w", "5", "-D", _IPTABLES_CHAIN, *args], capture_output=True, timeout=10)
+
+
+def tagged_rules(listing: str, tag_prefix: str) -> list[list[str]]:
+    """The rules of an ``iptables -S CHAIN`` listing whose comment starts with ``tag_prefix``, each as
+    the arguments that delete it after ``-D CHAIN`` (its ``-A CHAIN`` dropped, quotes taken off)."""
+    found = []
+    for rule in listing.splitlines():
         if f'--comment "{tag_prefix}' in rule or f"--comment {tag_prefix}" in rule:
-            args = rule.split()[2:]  # drop "-A OUTPUT"
-            args = [a.strip('"') for a in args]
-            # -w: Docker edits iptables too (networks come and go); wait for its lock, never skip.
-            subprocess.run(["iptables", "-w", "5", "-D", _IPTABLES_CHAIN, *args], capture_output=True, timeout=10)
+            found.append([a.strip('"') for a in rule.split()[2:]])
+    return found

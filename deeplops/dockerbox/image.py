@@ -2,7 +2,7 @@
 system with python3, imported as the base, plus ``sandbox/service.py``) and the sidecar's (the
 same base plus deeplops installed with ``pip install --target``, ``sandbox/sidecar/Dockerfile``).
 Each is tagged with a digest of its inputs, rebuilt only when they change, and also tagged
-``latest`` for Compose files to name.
+``latest`` for Compose files to name. Engine errors leave as EngineError (``engine.edge``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from docker.errors import APIError, BuildError, ImageNotFound
 
 from deeplops.catalog import data_dir
 from deeplops.dockerbox import host
+from deeplops.dockerbox.engine import ENGINE_ERRORS, edge, translate
 from deeplops.errors import SandboxError
 
 BASE_IMAGE = "deeplops/base:bookworm"
@@ -50,6 +51,7 @@ def service_tag(base: str = BASE_IMAGE) -> str:
     return f"{SERVICE_REPO}:{digest[:12]}"
 
 
+@edge
 def ensure_image(
     client: docker.DockerClient, base: str = BASE_IMAGE, log: Callable[[str], None] = print, force: bool = False
 ) -> str:
@@ -98,6 +100,7 @@ def _generated(rel: Path) -> bool:
     return "__pycache__" in rel.parts or rel.suffix == ".pyc"
 
 
+@edge
 def ensure_sidecar_image(
     client: docker.DockerClient, base: str = BASE_IMAGE, log: Callable[[str], None] = print, force: bool = False
 ) -> str:
@@ -136,7 +139,11 @@ def ensure_sidecar_image(
 
 
 def _drop_older(client: docker.DockerClient, repo: str, keep: str, log: Callable[[str], None]) -> None:
-    """Remove the repo's other builds (1.5 GB each for the sidecar); one a container uses stays."""
+    """Remove the repo's other builds (1.5 GB each for the sidecar); one a container uses stays.
+
+    Tidying only: the new image is built, so an engine slow to delete an old one (the client times
+    out after a minute) leaves it in place for the next build, and says so.
+    """
     for old in client.images.list(name=repo):
         if keep in old.tags:
             continue
@@ -145,7 +152,9 @@ def _drop_older(client: docker.DockerClient, repo: str, keep: str, log: Callable
                 client.images.remove(ref)
                 log(f"removed the older {ref}")
             except APIError:
-                pass
+                pass  # in use by a container: kept
+            except ENGINE_ERRORS as exc:
+                log(f"left the older {ref} in place: {translate(exc)}")
 
 
 def _ensure_base(client: docker.DockerClient, base: str, log: Callable[[str], None], force: bool) -> None:
@@ -155,6 +164,7 @@ def _ensure_base(client: docker.DockerClient, base: str, log: Callable[[str], No
         raise SandboxError(f"base image {base!r} is not present: pull it first, or use the default debootstrap base")
 
 
+@edge
 def build_base(client: docker.DockerClient, log: Callable[[str], None] = print) -> None:
     """Debootstrap a minimal Debian with python3 and import it as BASE_IMAGE (needs root and debootstrap)."""
     if shutil.which("debootstrap") is None:

@@ -1,8 +1,8 @@
-"""Every fault and repair of DESIGN §4 by its real mechanism, each checked to have taken effect.
+"""Every fault and repair of docs/design.md §4.2 by its real mechanism, each checked to have taken effect.
 
 Dispatch goes through the tables at the bottom (``INJECT[fault]``, ``REPAIR[repair]``). Each
-function acts on one service of a running DockerSandbox and raises SandboxError when the
-mechanism did not take.
+function acts on one service of a live stack through its ``StackHandle`` (a DockerSandbox's, or a
+Compose project's) and raises SandboxError when the mechanism did not take.
 """
 
 from __future__ import annotations
@@ -16,17 +16,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from docker.errors import APIError, ImageNotFound, NotFound
 from docker.models.containers import Container
 
 from deeplops.dockerbox import host, stack
+from deeplops.dockerbox.handle import StackHandle
 from deeplops.errors import SandboxError
 from deeplops.faults import Fault, Repair
-
-if TYPE_CHECKING:
-    from deeplops.dockerbox.sandbox import DockerSandbox
 
 HOG_PROCESSES = 8
 """Busy processes a cpu_hog starts: many, so the service gets a small share of its CPU allowance."""
@@ -51,9 +48,9 @@ def _until(check: Callable[[], bool], what: str, timeout_s: float = _VERIFY_S) -
         time.sleep(0.01)
 
 
-def kill(box: DockerSandbox, service: str) -> None:
+def kill(handle: StackHandle, service: str) -> None:
     """SIGKILL the container's main process (from the host: the engine's kill call waits ~100 ms)."""
-    container = box.containers[service]
+    container = handle.containers[service]
     container.reload()
     pid = container.attrs["State"]["Pid"]
     if not pid:
@@ -71,16 +68,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def pause(box: DockerSandbox, service: str) -> None:
+def pause(handle: StackHandle, service: str) -> None:
     """Freeze every process of the container (cgroup freezer)."""
-    container = box.containers[service]
+    container = handle.containers[service]
     container.pause()
     _until(lambda: (container.reload() or container.status) == "paused", f"pause of {service}")
 
 
-def cpu_hog(box: DockerSandbox, service: str) -> None:
+def cpu_hog(handle: StackHandle, service: str) -> None:
     """Start busy processes inside the container, competing with the service for its CPU allowance."""
-    container = box.containers[service]
+    container = handle.containers[service]
     before = host.cgroup_processes(container.id) or 0
     try:
         container.exec_run(["python3", "-c", _HOG], detach=True)
@@ -90,13 +87,13 @@ def cpu_hog(box: DockerSandbox, service: str) -> None:
     _until(lambda: (host.cgroup_processes(container.id) or 0) > before, f"cpu_hog on {service}")
 
 
-def disk_full(box: DockerSandbox, service: str) -> None:
+def disk_full(handle: StackHandle, service: str) -> None:
     """Write junk into the data volume until the file system says ENOSPC.
 
     The volume is the container's to write, so a name may hold a link it planted to a host file:
     every junk file is made new, relative to the volume's descriptor, never through a link.
     """
-    path = host.volume_dir(box.name, service)
+    path = host.volume_dir(handle.name, service)
     chunk = b"\xff" * 2**20
     with host.open_volume(path) as volume:
         for n in range(_JUNK_NAMES):
@@ -131,52 +128,52 @@ def _fill(volume: int, name: str, chunk: bytes) -> bool:
         os.close(fd)
 
 
-def net_saturation(box: DockerSandbox, service: str) -> None:
+def net_saturation(handle: StackHandle, service: str) -> None:
     """Flood the service with traffic far above its link's capacity, through the tc cap."""
-    host.unblock(stack.block_tag(box.name, service))  # a new flood is not stopped by an old block
-    start_flood(box, service)
+    host.unblock(stack.block_tag(handle.name, service))  # a new flood is not stopped by an old block
+    start_flood(handle, service)
 
 
-def start_flood(box: DockerSandbox, service: str) -> None:
+def start_flood(handle: StackHandle, service: str) -> None:
     """(Re)start the flood process at the service's current address."""
-    stop_flood(box, service)
-    ip = box.ips[service]
+    stop_flood(handle, service)
+    ip = handle.ips[service]
     rate = str(FLOOD_FACTOR * host.LINK_BYTES_PER_S)
     proc = subprocess.Popen(
         [sys.executable, "-m", "deeplops.dockerbox.flood", ip, rate],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    box.floods[service] = proc
+    handle.floods[service] = proc
     time.sleep(0.05)
-    if proc.poll() is not None or not host.link_capped(box.veths[service]):
+    if proc.poll() is not None or not host.link_capped(handle.veths[service]):
         raise SandboxError(f"net_saturation on {service}: the flood did not start")
 
 
-def pause_flood(box: DockerSandbox, service: str) -> bool:
+def pause_flood(handle: StackHandle, service: str) -> bool:
     """Hold a flood while its target's veth is replaced; whether there was one to resume.
 
     While a container restarts, the bridge no longer knows where its address lives and sends
     the flood out of every port: every service would suffer for a tick, which is an artefact
     of one host, not of a flood.
     """
-    flooded = service in box.floods
-    stop_flood(box, service)
+    flooded = service in handle.floods
+    stop_flood(handle, service)
     return flooded
 
 
-def stop_flood(box: DockerSandbox, service: str) -> None:
+def stop_flood(handle: StackHandle, service: str) -> None:
     """Stop the service's flood, if any."""
-    proc = box.floods.pop(service, None)
+    proc = handle.floods.pop(service, None)
     if proc is not None:
         proc.kill()
         proc.wait()
 
 
-def restart(box: DockerSandbox, service: str) -> None:
+def restart(handle: StackHandle, service: str) -> None:
     """Restart the container (SIGTERM, then SIGKILL after 1 s); a frozen one is thawed first."""
-    container = box.containers[service]
+    container = handle.containers[service]
     container.reload()
-    flooded = pause_flood(box, service)
+    flooded = pause_flood(handle, service)
     try:
         if container.status == "paused":
             container.unpause()
@@ -185,7 +182,7 @@ def restart(box: DockerSandbox, service: str) -> None:
         container.start()
     except (APIError, ProcessLookupError) as exc:
         raise SandboxError(f"restart of {service}: {exc}") from None
-    box.rewire(service, resume_flood=flooded)
+    handle.rewire(service, resume_flood=flooded)
 
 
 def _stop(container: Container) -> None:
@@ -223,33 +220,33 @@ def _in_container(pid: int, container_id: str) -> bool:
         return False
 
 
-def clean_disk(box: DockerSandbox, service: str) -> None:
+def clean_disk(handle: StackHandle, service: str) -> None:
     """Delete the junk from the data volume (the data stays): names in the volume itself, each
     unlinked relative to its descriptor, so a link is removed, never followed, and no folder is
     entered."""
-    with host.open_volume(host.volume_dir(box.name, service)) as volume:
+    with host.open_volume(host.volume_dir(handle.name, service)) as volume:
         for name in os.listdir(volume):
             if fnmatch.fnmatchcase(name, _JUNK.format("*")):
                 host.remove_in(volume, name)
 
 
-def rate_limit(box: DockerSandbox, service: str) -> None:
+def rate_limit(handle: StackHandle, service: str) -> None:
     """Block the flood at the service's ingress; a flood that no longer arrives is over."""
-    host.block(box.ips[service], stack.block_tag(box.name, service))
-    stop_flood(box, service)
+    host.block(handle.ips[service], stack.block_tag(handle.name, service))
+    stop_flood(handle, service)
 
 
-def recreate(box: DockerSandbox, service: str) -> None:
+def recreate(handle: StackHandle, service: str) -> None:
     """A new container with a fresh, empty volume: everything but a flood ends, and the data is lost.
 
     The image is the sandbox's own, or on a sandbox attached to (which did not build it) the
     image of the container being replaced (or of another of its services, if that one is gone):
     found, and checked to exist, before anything is removed.
     """
-    spec = box.topology.services[box.topology.index[service]]
-    image = box.image or _image_of(box, service)
-    flooded = pause_flood(box, service)
-    old = box.containers.get(service)
+    spec = handle.topology.services[handle.topology.index[service]]
+    image = handle.image or _image_of(handle, service)
+    flooded = pause_flood(handle, service)
+    old = handle.containers.get(service)
     if old is not None:
         try:
             old.remove(force=True)
@@ -257,19 +254,19 @@ def recreate(box: DockerSandbox, service: str) -> None:
             if not isinstance(exc, NotFound):  # already gone: nothing to remove
                 raise SandboxError(f"recreate of {service}: {exc.explanation or exc}") from None
     if spec.disk_mb:
-        stack.prepare_volume(box.name, spec, 0.0)
-    box.containers[service] = stack.start_service(box.client, box.name, spec, image)
-    box.rewire(service, resume_flood=flooded)
+        stack.prepare_volume(handle.name, spec, 0.0)
+    handle.containers[service] = stack.start_service(handle.client, handle.name, spec, image)
+    handle.rewire(service, resume_flood=flooded)
 
 
-def _image_of(box: DockerSandbox, service: str) -> str:
+def _image_of(handle: StackHandle, service: str) -> str:
     """The image ID the service's container runs (else a sibling's), checked to be on the engine."""
-    ordered = [box.containers.get(service), *box.containers.values()]
+    ordered = [handle.containers.get(service), *handle.containers.values()]
     found = next((c.attrs.get("Image") for c in ordered if c is not None and c.attrs.get("Image")), None)
     if not found:
-        raise SandboxError(f"recreate of {service}: no container of sandbox {box.name} to take the image from")
+        raise SandboxError(f"recreate of {service}: no container of sandbox {handle.name} to take the image from")
     try:
-        box.client.images.get(found)
+        handle.client.images.get(found)
     except ImageNotFound:
         raise SandboxError(f"recreate of {service}: its image {found[:19]} is gone from the engine") from None
     except APIError as exc:
@@ -277,18 +274,18 @@ def _image_of(box: DockerSandbox, service: str) -> str:
     return str(found)
 
 
-def noop(box: DockerSandbox, service: str) -> None:
+def noop(handle: StackHandle, service: str) -> None:
     """Nothing."""
 
 
-INJECT: dict[Fault, Callable[[DockerSandbox, str], None]] = {
+INJECT: dict[Fault, Callable[[StackHandle, str], None]] = {
     Fault.KILL: kill,
     Fault.PAUSE: pause,
     Fault.CPU_HOG: cpu_hog,
     Fault.DISK_FULL: disk_full,
     Fault.NET_SATURATION: net_saturation,
 }
-REPAIR: dict[Repair, Callable[[DockerSandbox, str], None]] = {
+REPAIR: dict[Repair, Callable[[StackHandle, str], None]] = {
     Repair.NOOP: noop,
     Repair.RESTART: restart,
     Repair.CLEAN_DISK: clean_disk,

@@ -3,8 +3,9 @@
 Observations are measured, in the layout and units of ``deeplops.observation``: /health and
 /ping probes, user requests (``/work``) to every service (error rate) and through the entry
 services (the SLO), Docker state, cgroup CPU time, the veth's receive counter, and statvfs of
-the data volume. Faults and repairs are real (``mechanisms``); the sandbox also keeps the book
-of which faults are open, as the simulator does, since a real system does not say.
+the data volume. Faults and repairs are real (``mechanisms``, acting on the sandbox's
+``StackHandle``); the sandbox also keeps the book of which faults are open, as the simulator does,
+since a real system does not say. Every operation translates engine errors (``engine.edge``).
 """
 
 from __future__ import annotations
@@ -20,27 +21,24 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import docker
 import numpy as np
 from docker.models.containers import Container
 
-from deeplops.dockerbox import host, image, mechanisms, reaper, stack
+from deeplops.dockerbox import host, image, mechanisms, owner, stack
+from deeplops.dockerbox.engine import edge
+from deeplops.dockerbox.handle import StackHandle
 from deeplops.errors import SandboxError
 from deeplops.faults import CLEARS_TABLE, Fault, Repair
 from deeplops.observation import MAX_SLOTS, N_FEATURES, RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
 from deeplops.sandbox import ArrayState
+from deeplops.system import COUNTS_AS_RESTART, NEVER_REPAIRED, PROBE_TIMEOUT_S, RESTART_DECAY, SLO_LATENCY_S, TICK_S
 from deeplops.topology import Topology
 
-TICK_S = 1.0
-PROBE_TIMEOUT_S = 0.5
-"""Timeout of the /health probe (as the services' own dependency pings)."""
 REQUEST_TIMEOUT_S = 0.9
 """Timeout of /ping and /work requests; a timeout reads as latency 1 (the feature's cap)."""
-SLO_LATENCY_S = 0.5
-"""A user request slower than this fails the SLO, as in the simulator."""
 REQUESTS_PER_TICK = 2
 """User requests sent to every service each tick (the error rate's denominator)."""
-RESTART_DECAY = 0.5 ** (1.0 / 30.0)
-"""Per-tick decay of the recent-restarts count: a 30-tick half-life, as in the simulator."""
 
 
 @dataclass
@@ -68,32 +66,29 @@ class DockerSandbox(ArrayState):
     ) -> None:
         if n_envs != 1:
             raise SandboxError(f"the docker backend runs one env at a time, got n_envs={n_envs}")
-        self.name = host.check_name(f"deeplops-{os.getpid()}" if name is None else name)
+        name = host.check_name(f"deeplops-{os.getpid()}" if name is None else name)
         host.require_root()
         if not attach:
             stack.check_memory(topology)  # before an image is built
         self.topology = topology
         self.n_envs = 1
         self._log = log
-        self.client = stack.connect()
+        self.handle = StackHandle(stack.connect(), name, topology, self.rewire)
+        """The sandbox's containers, addresses, links and floods: what the mechanisms act on."""
         self.owned = not attach
         """Whether this object made the stack (and tears it down), or attached to a live one."""
-        self.image = image.ensure_image(self.client, base, log) if self.owned else ""
+        self.handle.image = image.ensure_image(self.client, base, log) if self.owned else ""
         n = topology.n_services
         self._fault = np.zeros((1, n), np.int8)
         self._health = np.ones((1, n), np.bool_)
         self._slo = np.ones(1, np.bool_)
         self._cleared = np.zeros(1, np.bool_)
-        self._since = np.full(n, 10 * SINCE_REPAIR_SCALE)
+        self._since = np.full(n, NEVER_REPAIRED, np.float64)
         self._restarts = np.zeros(n)
         self._feats = np.zeros((1, MAX_SLOTS, N_FEATURES), np.float32)
         self._feats[0, :n, Feature.PRESENT] = 1.0
         self._feats[0, :n, Feature.HAS_DISK] = topology.has_disk
         self._feats[0, :n, Feature.ENTRY] = topology.entries
-        self.containers: dict[str, Container] = {}
-        self.ips: dict[str, str] = {}
-        self.veths: dict[str, str] = {}
-        self.floods: dict[str, subprocess.Popen[bytes]] = {}
         self._cpu: dict[str, tuple[float, int]] = {}
         self._rx: dict[str, tuple[float, int]] = {}
         self._pool = ThreadPoolExecutor(max_workers=4 * n + 4)
@@ -106,6 +101,7 @@ class DockerSandbox(ArrayState):
             self._guard_signals()
 
     @classmethod
+    @edge
     def attach(cls, name: str) -> DockerSandbox:
         """The live sandbox ``name`` (made by ``deeplops sandbox up``), to act on and measure without
         owning it: ``close`` leaves its containers running. Its faults are not known, so all read 0."""
@@ -115,7 +111,7 @@ class DockerSandbox(ArrayState):
         # Only the topology's services: a container wearing the sandbox's label without being one
         # of them (no service label, or an unknown one) is not ours to measure or repair.
         found = client.containers.list(all=True, sparse=False, filters={"label": f"{stack.LABEL_SANDBOX}={name}"})
-        box.containers = {
+        box.handle.containers = {
             c.labels[stack.LABEL_SERVICE]: c for c in found if c.labels.get(stack.LABEL_SERVICE) in box.topology.index
         }
         for service in box.topology.names:
@@ -125,8 +121,24 @@ class DockerSandbox(ArrayState):
         box._measure()
         return box
 
+    @property
+    def name(self) -> str:
+        """The sandbox's name: its network, the prefix of its containers."""
+        return self.handle.name
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The engine's client."""
+        return self.handle.client
+
+    @property
+    def containers(self) -> dict[str, Container]:
+        """Each service's container, by service name."""
+        return self.handle.containers
+
     # -- the Sandbox protocol --------------------------------------------------------------
 
+    @edge
     def reset(self, seeds: Sequence[int]) -> None:
         """A fresh system: every container recreated, volumes refilled with data, all healthy."""
         seed = int(seeds[0])
@@ -134,25 +146,27 @@ class DockerSandbox(ArrayState):
         stack.down(self.name, self.client)
         self._start_reaper()
         data = stack.data_fractions(self.topology, seed)
-        stack.up(self.client, self.topology, self.name, self.image, data, owner=reaper.owner_id(os.getpid()))
-        self.containers = stack.containers(self.client, self.name)
+        stack.up(self.client, self.topology, self.name, self.handle.image, data, owner=owner.owner_id(os.getpid()))
+        self.handle.containers = stack.containers(self.client, self.name)
         for service in self.topology.names:
             self.rewire(service)
         self._fault[:] = 0
-        self._since[:] = 10 * SINCE_REPAIR_SCALE
+        self._since[:] = NEVER_REPAIRED
         self._restarts[:] = 0.0
         self._next_tick = time.monotonic()
         self._measure()
 
+    @edge
     def inject(self, slots: np.ndarray, faults: np.ndarray) -> None:
         """Start the fault for real, and check that it took."""
         code = int(faults[0])
         if code == 0:
             return
         slot = self._slot(int(slots[0]))
-        mechanisms.INJECT[Fault(code)](self, self.topology.names[slot])
+        mechanisms.INJECT[Fault(code)](self.handle, self.topology.names[slot])
         self._fault[0, slot] = code
 
+    @edge
     def repair(self, slots: np.ndarray, repairs: np.ndarray) -> np.ndarray:
         """Apply the repair for real; return whether it ended the service's open fault."""
         code = int(repairs[0])
@@ -162,16 +176,17 @@ class DockerSandbox(ArrayState):
         slot = self._slot(int(slots[0]))
         repair = Repair(code)
         fault = int(self._fault[0, slot])
-        mechanisms.REPAIR[repair](self, self.topology.names[slot])
+        mechanisms.REPAIR[repair](self.handle, self.topology.names[slot])
         if CLEARS_TABLE[repair, fault]:
             self._fault[0, slot] = 0
             self._cleared[0] = True
             if fault == Fault.NET_SATURATION:
-                mechanisms.stop_flood(self, self.topology.names[slot])
+                mechanisms.stop_flood(self.handle, self.topology.names[slot])
         self._since[slot] = 0
-        self._restarts[slot] += repair in (Repair.RESTART, Repair.RECREATE)
+        self._restarts[slot] += repair in COUNTS_AS_RESTART
         return self._cleared
 
+    @edge
     def advance(self) -> None:
         """Wait for the end of the tick (one second after the last), then measure the system."""
         self._next_tick += TICK_S
@@ -184,14 +199,15 @@ class DockerSandbox(ArrayState):
         self._measure()
         self.measure_s = time.monotonic() - start
 
+    @edge
     def close(self) -> None:
         """Remove every container, network, volume and block of the sandbox (attached: only stop the
         floods this process started). Safe to call twice."""
         if self._closed:
             return
         self._closed = True
-        for service in list(self.floods):  # floods this process started, attached or not
-            mechanisms.stop_flood(self, service)
+        for service in list(self.handle.floods):  # floods this process started, attached or not
+            mechanisms.stop_flood(self.handle, service)
         if not self.owned:
             self._pool.shutdown(wait=False, cancel_futures=True)
             return
@@ -203,12 +219,14 @@ class DockerSandbox(ArrayState):
                 self._reaper.kill()
                 self._reaper.wait()
 
+    @edge
     def measure(self) -> None:
         """Measure the system now, outside the tick clock (for probes of a live sandbox)."""
         self._measure()
 
     # -- used by the mechanisms ------------------------------------------------------------
 
+    @edge
     def rewire(self, service: str, resume_flood: bool = False) -> None:
         """After a (re)start: refresh the container's address and veth, re-cap its link (a restart
         drops the qdisc), and resume a flood that is still on."""
@@ -217,13 +235,13 @@ class DockerSandbox(ArrayState):
         ip = stack.ip_of(container, self.name)
         if ip is None or not container.attrs["State"]["Pid"]:
             raise SandboxError(f"{service} is not running after its (re)start")
-        self.ips[service] = ip
-        self.veths[service] = host.veth_of(container.attrs["State"]["Pid"])
-        host.cap_link(self.veths[service])
+        self.handle.ips[service] = ip
+        self.handle.veths[service] = host.veth_of(container.attrs["State"]["Pid"])
+        host.cap_link(self.handle.veths[service])
         self._rx.pop(service, None)
         self._cpu.pop(service, None)
         if resume_flood:
-            mechanisms.start_flood(self, service)
+            mechanisms.start_flood(self.handle, service)
 
     # -- measurement -----------------------------------------------------------------------
 
@@ -244,7 +262,7 @@ class DockerSandbox(ArrayState):
             )
             f[Feature.CPU] = counter_rate(self._cpu, service, now, self._cpu_ns(service), 1e9 * stack.CPU_LIMIT)
             f[Feature.NET_RX] = counter_rate(
-                self._rx, service, now, host.tx_bytes(self.veths.get(service, "")), host.LINK_BYTES_PER_S
+                self._rx, service, now, host.tx_bytes(self.handle.veths.get(service, "")), host.LINK_BYTES_PER_S
             )
             self._restarts[slot] *= RESTART_DECAY
             f[Feature.RESTARTS] = min(1.0, self._restarts[slot] / RESTARTS_SCALE)
@@ -256,7 +274,7 @@ class DockerSandbox(ArrayState):
 
     def _probe(self, service: str, state: str) -> list[Future[tuple[bool | None, float]]]:
         """Start this tick's requests to a running service: /health, /ping, then the user requests."""
-        ip = self.ips.get(service)
+        ip = self.handle.ips.get(service)
         if state != "running" or ip is None:
             return []
         return [
@@ -309,7 +327,7 @@ class DockerSandbox(ArrayState):
     def _start_reaper(self) -> None:
         if self._reaper is None or self._reaper.poll() is not None:
             self._reaper = subprocess.Popen(
-                [sys.executable, "-m", "deeplops.dockerbox.reaper", reaper.owner_id(os.getpid()), self.name],
+                [sys.executable, "-m", "deeplops.dockerbox.reaper", owner.owner_id(os.getpid()), self.name],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
 

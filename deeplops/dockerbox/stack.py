@@ -6,9 +6,11 @@ A sandbox NAME is: a network ``NAME``; one container ``NAME-SERVICE`` per servic
 ``down`` removes all of it, whoever created it. NAME passes ``host.check_name`` first, always.
 
 A sandbox made for a process (a DockerSandbox) records that process as its owner
-(``deeplops.owner``, see ``reaper.owner_id``); once the owner is gone the sandbox is stale, and
+(``deeplops.owner``, see ``owner.owner_id``); once the owner is gone the sandbox is stale, and
 ``reap_stale`` removes it, for when its reaper was killed along with its owner. A sandbox made by
 ``deeplops sandbox up`` has no owner and lives until ``down``.
+
+Every public function here is an edge of the backend: engine errors leave it as EngineError.
 """
 
 from __future__ import annotations
@@ -27,35 +29,38 @@ from typing import Any
 
 import docker
 import psutil
-from docker.errors import APIError, DockerException, NotFound
+from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
-from deeplops.dockerbox import host, reaper
-from deeplops.errors import SandboxError
+from deeplops.dockerbox import host
+from deeplops.dockerbox.engine import ENGINE_ERRORS, edge
+from deeplops.dockerbox.owner import owner_gone, owner_pid
+from deeplops.errors import EngineError, SandboxError
+from deeplops.system import DATA_FRACTION, PROBE_TIMEOUT_S, TICK_S
 from deeplops.topology import Service, Topology, topology_from_dict, topology_to_dict
 
 LABEL_SANDBOX = "deeplops.sandbox"
 LABEL_SERVICE = "deeplops.service"
 LABEL_TOPOLOGY = "deeplops.topology"
-"""On the sandbox's network: its topology as JSON (DESIGN §5's document), so others can attach."""
+"""On the sandbox's network: its topology as JSON (the document of docs/design.md §8), so others can attach."""
 LABEL_OWNER = "deeplops.owner"
-"""On the network and containers of a sandbox made for a process: that process (``reaper.owner_id``)."""
+"""On the network and containers of a sandbox made for a process: that process (``owner.owner_id``)."""
 MEMORY_SHARE = 0.5
 """Most of the host's available memory one sandbox's volumes may take: they are tmpfs, in memory."""
 PORT = 8080
 CPU_LIMIT = 0.25
 """CPU allowance of every service, in cores: small, so a CPU hog inside really starves it."""
-DEP_TIMEOUT_S = 0.5
-HEALTH_INTERVAL_S = 1.0
+HEALTH_INTERVAL_S = TICK_S
+"""How often each service refreshes the health its /ping answers: a failure climbs one hop a tick."""
 
 
 def connect() -> docker.DockerClient:
-    """A client of the local Docker engine, or a SandboxError saying how to get one."""
+    """A client of the local Docker engine, or an EngineError saying how to get one."""
     try:
         client = docker.from_env(timeout=30)
         client.ping()
-    except DockerException as exc:
-        raise SandboxError(f"Docker engine not reachable ({exc.__class__.__name__}): start dockerd and retry") from None
+    except ENGINE_ERRORS as exc:
+        raise EngineError(f"Docker engine not reachable ({exc.__class__.__name__}): start dockerd and retry") from None
     return client
 
 
@@ -69,6 +74,7 @@ def block_tag(sandbox: str, service: str = "") -> str:
     return f"deeplops:{sandbox}:{service}"
 
 
+@edge
 def start_service(
     client: docker.DockerClient, sandbox: str, service: Service, image: str, owner: str | None = None
 ) -> Container:
@@ -86,7 +92,7 @@ def start_service(
                 "DEEPLOPS_SERVICE": service.name,
                 "DEEPLOPS_DEPENDS": depends,
                 "DEEPLOPS_DATA": "/data" if service.disk_mb else "",
-                "DEEPLOPS_TIMEOUT": str(DEP_TIMEOUT_S),
+                "DEEPLOPS_TIMEOUT": str(PROBE_TIMEOUT_S),
                 "DEEPLOPS_HEALTH_INTERVAL": str(HEALTH_INTERVAL_S),
             },
             network=sandbox,
@@ -101,6 +107,7 @@ def start_service(
     return container
 
 
+@edge
 def up(
     client: docker.DockerClient,
     topology: Topology,
@@ -110,7 +117,7 @@ def up(
     owner: str | None = None,
 ) -> None:
     """Start the whole topology as sandbox ``sandbox``; ``data[service]`` is the fraction of its
-    volume to fill with data; ``owner`` (``reaper.owner_id``) the process it is made for, if any.
+    volume to fill with data; ``owner`` (``owner.owner_id``) the process it is made for, if any.
     Returns once every service answers /health. Whole or nothing: on any failure or interruption
     it removes what it made (and never touches a sandbox that was already there)."""
     host.check_name(sandbox)
@@ -159,12 +166,11 @@ def check_memory(topology: Topology) -> None:
 
 
 def data_fractions(topology: Topology, seed: int) -> dict[str, float]:
-    """How full of data each service's volume starts, drawn from ``seed`` as the simulator draws it."""
+    """How full of data each service's volume starts, drawn from ``seed`` in DATA_FRACTION (the
+    simulator's default range)."""
     import numpy as np
 
-    from deeplops.sim import SimParams
-
-    lo, hi = SimParams().data_fraction
+    lo, hi = DATA_FRACTION
     rng = np.random.default_rng(seed)
     return {s.name: float(rng.uniform(lo, hi)) for s in topology.services if s.disk_mb}
 
@@ -182,6 +188,7 @@ def prepare_volume(sandbox: str, service: Service, fraction: float) -> None:
             f.write(b"\1" * size)
 
 
+@edge
 def topology_of(client: docker.DockerClient, sandbox: str) -> Topology:
     """The topology sandbox ``sandbox`` runs, from its network's label."""
     for network in client.networks.list(filters={"label": f"{LABEL_SANDBOX}={sandbox}"}):
@@ -192,6 +199,7 @@ def topology_of(client: docker.DockerClient, sandbox: str) -> Topology:
     raise SandboxError(f"no live sandbox {sandbox!r}: expected one made by 'deeplops sandbox up' (running: {running})")
 
 
+@edge
 def containers(client: docker.DockerClient, sandbox: str) -> dict[str, Container]:
     """The sandbox's containers by service name (any state); one with the sandbox's label but no
     service label is not one of its services, and is left out."""
@@ -222,6 +230,7 @@ def http_json(ip: str, path: str, timeout: float) -> tuple[int, dict[str, Any]]:
         return 0, {}
 
 
+@edge
 def wait_healthy(client: docker.DockerClient, sandbox: str, topology: Topology, timeout_s: float) -> None:
     """Block until every service's /health passes, or fail naming those that do not."""
     deadline = time.monotonic() + timeout_s
@@ -230,7 +239,7 @@ def wait_healthy(client: docker.DockerClient, sandbox: str, topology: Topology, 
         found = containers(client, sandbox)
         for name in list(pending):
             ip = ip_of(found[name], sandbox) if name in found else None
-            if ip and http_json(ip, "/health", 0.5)[0] == 200:
+            if ip and http_json(ip, "/health", PROBE_TIMEOUT_S)[0] == 200:
                 pending.discard(name)
         if pending:
             time.sleep(0.2)
@@ -248,6 +257,7 @@ class ServiceStatus:
     ip: str | None
 
 
+@edge
 def status(client: docker.DockerClient, sandbox: str) -> list[ServiceStatus]:
     """State and health of each container of ``sandbox``."""
     found = containers(client, sandbox)
@@ -255,7 +265,9 @@ def status(client: docker.DockerClient, sandbox: str) -> list[ServiceStatus]:
     def one(item: tuple[str, Container]) -> ServiceStatus:
         name, container = item
         ip = ip_of(container, sandbox)
-        healthy = container.status == "running" and ip is not None and http_json(ip, "/health", 0.5)[0] == 200
+        healthy = (
+            container.status == "running" and ip is not None and http_json(ip, "/health", PROBE_TIMEOUT_S)[0] == 200
+        )
         return ServiceStatus(name, container.status, healthy, ip)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -275,6 +287,7 @@ class Found:
     """Whether that process is certainly gone (and its reaper with it): nothing will remove it but ``down``."""
 
 
+@edge
 def survey(client: docker.DockerClient) -> list[Found]:
     """Every sandbox on this engine with a valid name, by name, with its owner and whether it is stale."""
     found: dict[str, list[dict[str, str]]] = {}
@@ -288,12 +301,13 @@ def survey(client: docker.DockerClient) -> list[Found]:
         owners = {
             labels[LABEL_OWNER] for labels in [*found.get(name, []), networks.get(name, {})] if LABEL_OWNER in labels
         }
-        stale = bool(owners) and all(reaper.owner_gone(o) for o in owners)
-        pids = sorted(pid for pid in map(reaper.owner_pid, owners) if pid is not None)
+        stale = bool(owners) and all(owner_gone(o) for o in owners)
+        pids = sorted(pid for pid in map(owner_pid, owners) if pid is not None)
         result.append(Found(name, len(found.get(name, [])), pids[0] if pids else None, stale))
     return result
 
 
+@edge
 def reap_stale(client: docker.DockerClient, log: Callable[[str], None] = lambda line: None) -> list[str]:
     """Remove every stale sandbox (its owner is gone, and its reaper with it); their names."""
     reaped = []
@@ -302,7 +316,7 @@ def reap_stale(client: docker.DockerClient, log: Callable[[str], None] = lambda 
             continue
         try:
             down(found.sandbox, client)
-        except (SandboxError, DockerException) as exc:  # this run goes on; 'sandbox down' says more
+        except SandboxError as exc:  # this run goes on; 'sandbox down' says more
             log(f"could not remove stale sandbox {found.sandbox}: {exc}")
             continue
         log(f"removed stale sandbox {found.sandbox} (its owner, process {found.owner}, is gone)")
@@ -310,6 +324,7 @@ def reap_stale(client: docker.DockerClient, log: Callable[[str], None] = lambda 
     return reaped
 
 
+@edge
 def sandboxes(client: docker.DockerClient) -> set[str]:
     """Names of every sandbox with a container or network on this engine (valid names only: a label
     no deeplops wrote is left to 'docker rm')."""
@@ -336,6 +351,7 @@ def _valid(name: str) -> bool:
     return True
 
 
+@edge
 def down(sandbox: str, client: docker.DockerClient | None = None) -> list[str]:
     """Remove every container, network, volume and block of ``sandbox``; return what was removed.
     Safe to run while another cleanup of the same sandbox (its reaper) runs."""

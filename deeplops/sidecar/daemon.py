@@ -16,22 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from docker.errors import DockerException
-from requests.exceptions import RequestException
 
 from deeplops import bounds
+from deeplops.actions import Policy, decode_order, order_mask, padded_adjacency
 from deeplops.errors import ConfigError, SandboxError
 from deeplops.faults import Repair
-from deeplops.game import N_ORDER_ACTIONS, decode_order, order_action
-from deeplops.observation import MAX_SLOTS, Feature
-from deeplops.policies import Policy
+from deeplops.observation import Feature
 from deeplops.sidecar import live as live_mod
 from deeplops.sidecar.guards import GuardConfig, Guards
 from deeplops.sidecar.lock import ProjectLock, check_project
 from deeplops.sidecar.telemetry import AUDIT_KEEP, METRICS_ADDRESS, Audit, Metrics, Server, check_address
 
-TRANSIENT = (DockerException, RequestException, SandboxError, OSError)
-"""Errors a tick may meet while the engine restarts or containers come and go: retried."""
+TRANSIENT = (SandboxError, OSError)
+"""Errors a tick may meet while the engine restarts or containers come and go: retried. The engine's
+arrive as EngineError (a SandboxError, translated at the Docker backend's edge); an OSError is the
+host's (a volume or interface gone with its container, a full disk under the audit log)."""
 MAX_BACKOFF_S = 30.0
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.1, 3600.0
 """Bounds of ``--interval``: faster than 10 decisions a second outruns one measurement of a stack."""
@@ -322,22 +321,13 @@ class Sidecar:
 
     @staticmethod
     def _observation(stack: live_mod.LiveStack) -> dict[str, np.ndarray]:
-        n = stack.topology.n_services
-        adjacency = np.zeros((1, MAX_SLOTS, MAX_SLOTS), np.int8)
-        adjacency[0, :n, :n] = stack.topology.adjacency
-        return {"services": stack.observe(), "adjacency": adjacency}
+        return {"services": stack.observe(), "adjacency": padded_adjacency(stack.topology)}
 
     @staticmethod
     def _mask(stack: live_mod.LiveStack) -> np.ndarray:
         """Noop, and the repairs this kind of stack supports on each present service (clean_disk
         only where there is a volume)."""
-        mask = np.zeros((1, N_ORDER_ACTIONS), np.bool_)
-        mask[0, 0] = True
-        for slot in range(stack.topology.n_services):
-            for repair in stack.repairs:
-                if repair is not Repair.CLEAN_DISK or stack.topology.has_disk[slot]:
-                    mask[0, order_action(slot, repair)] = True
-        return mask
+        return order_mask(stack.topology, repairs=stack.repairs)
 
     @staticmethod
     def _saw(stack: live_mod.LiveStack) -> dict[str, dict[str, Any]]:

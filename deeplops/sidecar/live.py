@@ -13,7 +13,8 @@ volumes and links.
 Stacks change under a sidecar: containers are removed, added or recreated by others at any
 moment. What cannot be watched (a container with a sandbox's label but no service label) is
 left out and named; a stack larger than the observation's slots is refused (``attach``); a
-repair that finds its container gone raises ``StackChangedError``.
+repair that finds its container gone raises ``StackChangedError``. Every operation on a stack
+translates engine errors (``EngineError``), so a caller catches ``SandboxError`` alone.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ from docker.errors import NotFound
 from docker.models.containers import Container
 
 from deeplops.dockerbox import host, mechanisms, stack
-from deeplops.dockerbox.sandbox import RESTART_DECAY, DockerSandbox, counter_rate
-from deeplops.errors import ConfigError, SandboxError
+from deeplops.dockerbox.engine import edge
+from deeplops.dockerbox.handle import StackHandle
+from deeplops.dockerbox.sandbox import DockerSandbox, counter_rate
+from deeplops.errors import ConfigError, EngineError, SandboxError
 from deeplops.faults import Repair
 from deeplops.observation import MAX_SLOTS, N_FEATURES, RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
 from deeplops.sandbox import ArrayState
+from deeplops.system import COUNTS_AS_RESTART, NEVER_REPAIRED, RESTART_DECAY
 from deeplops.topology import Service, Topology, build_topology
 
 COMPOSE_PROJECT = "com.docker.compose.project"
@@ -69,6 +73,7 @@ class LiveStack(Protocol):
         ...
 
 
+@edge
 def project_containers(client: docker.DockerClient, project: str) -> tuple[str, list[Container]]:
     """('sandbox' or 'compose', the project's containers); never a container outside it."""
     for kind, label in (("sandbox", stack.LABEL_SANDBOX), ("compose", COMPOSE_PROJECT)):
@@ -146,9 +151,12 @@ class SandboxStack:
         slot = self.topology.index[service]
         try:
             self.box.repair(np.array([slot]), np.array([int(repair)]))
-        except NotFound:
+        except EngineError as exc:
+            if not exc.not_found:
+                raise
             raise StackChangedError(f"{repair.label} of {service}: its container was removed meanwhile") from None
 
+    @edge
     def fingerprint(self) -> frozenset[str]:
         return _fingerprint(_labelled(self.box.client, stack.LABEL_SANDBOX, self.name))
 
@@ -164,11 +172,12 @@ class ComposeStack(ArrayState):
 
     def __init__(self, client: docker.DockerClient, project: str, found: list[Container]) -> None:
         self.client, self.name = client, project
-        self.containers = {c.labels.get(COMPOSE_SERVICE, c.name): c for c in found}
+        containers = {c.labels.get(COMPOSE_SERVICE, c.name): c for c in found}
         self.ignored: tuple[str, ...] = ()
-        check_size(project, list(self.containers))
-        self.topology = _compose_topology(project, self.containers)
-        self.floods: dict[str, Any] = {}  # the restart mechanism holds floods; a Compose stack has none
+        check_size(project, list(containers))
+        self.topology = _compose_topology(project, containers)
+        self.handle = StackHandle(client, project, self.topology, self._rewire, containers=containers)
+        """What the restart mechanism acts on: the project's containers (no deeplops network, links or floods)."""
         n = self.topology.n_services
         self._fault = np.zeros((1, n), np.int8)
         self._health = np.ones((1, n), np.bool_)
@@ -176,14 +185,15 @@ class ComposeStack(ArrayState):
         self._feats = np.zeros((1, MAX_SLOTS, N_FEATURES), np.float32)
         self._feats[0, :n, Feature.PRESENT] = 1.0
         self._feats[0, :n, Feature.ENTRY] = self.topology.entries
-        self._since = np.full(n, 10 * SINCE_REPAIR_SCALE)
+        self._since = np.full(n, NEVER_REPAIRED, np.float64)
         self._restarts = np.zeros(n)
         self._cpu: dict[str, tuple[float, int]] = {}
 
+    @edge
     def measure(self) -> None:
         now = time.monotonic()
         for slot, service in enumerate(self.topology.names):
-            f, container = self._feats[0, slot], self.containers[service]
+            f, container = self._feats[0, slot], self.handle.containers[service]
             try:
                 container.reload()
                 state = container.attrs["State"]
@@ -206,21 +216,24 @@ class ComposeStack(ArrayState):
             self._since[slot] += 1
         self._slo[0] = bool(self._health[0, self.topology.entries].all())
 
+    @edge
     def apply(self, service: str, repair: Repair) -> None:
         if repair is not Repair.RESTART:
             raise SandboxError(f"{repair.label} does not apply to a Compose project: only restart does")
         try:
-            mechanisms.restart(self, service)  # type: ignore[arg-type]  # the parts of a DockerSandbox it uses
+            mechanisms.restart(self.handle, service)
         except NotFound:
             raise StackChangedError(f"restart of {service}: its container was removed meanwhile") from None
         slot = self.topology.index[service]
         self._since[slot] = 0
-        self._restarts[slot] += 1
+        self._restarts[slot] += repair in COUNTS_AS_RESTART
 
-    def rewire(self, service: str, resume_flood: bool = False) -> None:
-        """After a restart (called by the restart mechanism): nothing of deeplops' to re-apply."""
-        self.containers[service].reload()
+    def _rewire(self, service: str, resume_flood: bool = False) -> None:
+        """After a restart (called by the restart mechanism): nothing of deeplops' to re-apply (no
+        capped link, no flood), only the container's new state to read."""
+        self.handle.containers[service].reload()
 
+    @edge
     def fingerprint(self) -> frozenset[str]:
         return _fingerprint(_labelled(self.client, COMPOSE_PROJECT, self.name))
 

@@ -29,13 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from docker.errors import DockerException
 
 from deeplops import bounds
-from deeplops.chaostoolkit import actions, live
-from deeplops.dockerbox import image, stack
+from deeplops.dockerbox import attached, image, stack
 from deeplops.errors import SandboxError
-from deeplops.faults import PROPER_REPAIR, Fault
+from deeplops.faults import FAULTS_NEEDING_DISK, PROPER_REPAIR, Fault
 from deeplops.policies import load_policy
 from deeplops.sidecar.daemon import Sidecar, SidecarConfig
 from deeplops.sidecar.telemetry import read_audit
@@ -101,7 +99,7 @@ def _incident(policy: str, project: str, audit: Path, fault: Fault, target: str,
     _wait(lambda: _settled(_records(audit)), 60, "the stack to settle before the next fault")
     before = len(_records(audit))
     injected = time.time()
-    actions.inject_fault(fault.label, target, project)
+    attached.inject(project, fault, target)
     deadline = time.monotonic() + cap_s
     while True:
         time.sleep(0.2)
@@ -109,7 +107,7 @@ def _incident(policy: str, project: str, audit: Path, fault: Fault, target: str,
         if recovery is not None or time.monotonic() > deadline:
             break
     if recovery is None:  # leave the next incident a healthy stack
-        actions.repair(PROPER_REPAIR[fault].label, target, project)
+        attached.repair(project, PROPER_REPAIR[fault], target)
     return Incident(policy, fault.label, target, _round(detection), _round(recovery), tuple(repairs))
 
 
@@ -188,7 +186,9 @@ def soak(policy: str, seconds: float, gap_s: tuple[float, float] = (10.0, 30.0),
     rng = random.Random(seed)
     shop = load_topology("shop")
     # Every fault on any service, but a full disk only where there is a volume.
-    chances = [(f, s) for f in Fault for i, s in enumerate(shop.names) if f is not Fault.DISK_FULL or shop.has_disk[i]]
+    chances = [
+        (f, s) for f in Fault for i, s in enumerate(shop.names) if f not in FAULTS_NEEDING_DISK or shop.has_disk[i]
+    ]
     with _sandbox(f"dlsoak-{os.getpid()}") as project, tempfile.TemporaryDirectory() as tmp:
         audit, errors, port = Path(tmp) / "audit.jsonl", Path(tmp) / "stderr.log", _free_port()
         proc = subprocess.Popen(
@@ -236,9 +236,9 @@ def soak(policy: str, seconds: float, gap_s: tuple[float, float] = (10.0, 30.0),
 
 def _inject(fault: Fault, target: str, project: str, at: float) -> dict[str, Any]:
     try:
-        actions.inject_fault(fault.label, target, project)
+        attached.inject(project, fault, target)
         return {"at": at, "fault": fault.label, "target": target, "took": True}
-    except (SandboxError, DockerException) as exc:  # e.g. a kill of a service being restarted right now
+    except SandboxError as exc:  # e.g. a kill of a service being restarted right now
         return {"at": at, "fault": fault.label, "target": target, "took": False, "why": str(exc)}
 
 
@@ -300,7 +300,7 @@ def _sandbox(name: str) -> Iterator[str]:
         stack.up(client, load_topology("shop"), name, image.ensure_image(client), {"db": 0.3, "queue": 0.3})
         yield name
     finally:
-        live.release(name)  # its floods: they would outlive the sandbox, sending into the void
+        attached.release(name)  # its floods: they would outlive the sandbox, sending into the void
         stack.down(name, client)
 
 

@@ -1,0 +1,27 @@
+"""The constants of the modelled system, stated once: every backend and the sidecar read them here.
+
+The simulator's calibrated defaults (``SimParams``) start from these, and the Docker backend and
+the sidecar measure with them, so the two backends model one system (``docs/design.md`` §4.3).
+"""
+
+from __future__ import annotations
+
+from deeplops.faults import Repair
+from deeplops.observation import SINCE_REPAIR_SCALE
+
+TICK_S = 1.0
+"""One tick of the game, in seconds of wall time on a real backend."""
+PROBE_TIMEOUT_S = 0.5
+"""Timeout of the /health probe, and of the pings to its direct dependencies a service makes for it."""
+SLO_LATENCY_S = 0.5
+"""A user request slower than this fails the SLO."""
+RESTART_HALF_LIFE_TICKS = 30.0
+"""Half-life, in ticks, of the recent-restarts count (the RESTARTS feature)."""
+RESTART_DECAY = 0.5 ** (1.0 / RESTART_HALF_LIFE_TICKS)
+"""Per-tick factor of the recent-restarts count at that half-life."""
+COUNTS_AS_RESTART: frozenset[Repair] = frozenset({Repair.RESTART, Repair.RECREATE})
+"""Repairs that start the service's process anew, and so count in its recent restarts."""
+NEVER_REPAIRED = 10 * int(SINCE_REPAIR_SCALE)
+"""Ticks since the last repair of a service never repaired: far past where the feature reads 1."""
+DATA_FRACTION: tuple[float, float] = (0.2, 0.5)
+"""Range of a volume's initial usage by real data, drawn per service when a system starts."""

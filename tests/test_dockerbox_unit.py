@@ -1,0 +1,458 @@
+"""The Docker backend's pure pieces, against a fake client: no engine, no root.
+
+Rate counters, the labels a stack is read from, iptables rule parsing, and the translation of
+the client's errors at the backend's edge. The same pieces against a real engine are in the
+tests marked ``docker``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from types import SimpleNamespace
+
+import docker
+import numpy as np
+import pytest
+import requests.exceptions
+import urllib3.exceptions
+from docker.errors import APIError, BuildError, DockerException
+from fake_docker import FakeClient, FakeContainer, FakeNetwork, FakeResponse, not_found
+
+from deeplops.dockerbox import host, image, stack
+from deeplops.dockerbox.engine import edge, engine_errors, translate
+from deeplops.dockerbox.owner import owner_id
+from deeplops.dockerbox.sandbox import counter_rate
+from deeplops.errors import DeeplopsError, EngineError, SandboxError
+from deeplops.faults import Repair
+from deeplops.observation import Feature
+from deeplops.sidecar import daemon
+from deeplops.sidecar.live import ComposeStack, SandboxStack, StackChangedError, _strangers, project_containers
+from deeplops.topology import load_topology
+
+PROJECT = "com.docker.compose.project"
+SERVICE = "com.docker.compose.service"
+
+
+def compose(service: str, project: str = "web", **labels: str) -> FakeContainer:
+    """A container as Docker Compose labels it, plus ``labels``."""
+    return FakeContainer(f"{project}-{service}-1", {PROJECT: project, SERVICE: service, **labels})
+
+
+def sandboxed(sandbox: str, service: str | None, **labels: str) -> FakeContainer:
+    """A container as a deeplops sandbox labels it (no service label when ``service`` is None)."""
+    own = {stack.LABEL_SANDBOX: sandbox} | ({stack.LABEL_SERVICE: service} if service else {})
+    return FakeContainer(f"{sandbox}-{service}", own | labels)
+
+
+# -- rate counters ------------------------------------------------------------------------
+
+
+def test_a_counter_reads_zero_on_its_first_reading():
+    last: dict[str, tuple[float, int]] = {}
+    assert counter_rate(last, "api", 10.0, 5_000, 1.0) == 0.0
+    assert last == {"api": (10.0, 5_000)}
+
+
+def test_a_counter_rate_is_its_growth_per_second_in_units():
+    last = {"api": (10.0, 1_000)}
+    assert counter_rate(last, "api", 12.0, 1_000 + 500_000, 1e6) == pytest.approx(0.25)
+
+
+def test_a_counter_rate_is_clamped_to_one():
+    last = {"api": (10.0, 0)}
+    assert counter_rate(last, "api", 11.0, 5_000_000, 1e6) == 1.0
+
+
+def test_a_counter_that_went_down_reads_zero():
+    last = {"api": (10.0, 9_000)}  # a new container's counter starts again from 0
+    assert counter_rate(last, "api", 11.0, 100, 1.0) == 0.0
+
+
+def test_a_counter_read_again_at_the_same_instant_reads_zero():
+    last = {"api": (10.0, 0)}
+    assert counter_rate(last, "api", 10.0, 1_000, 1.0) == 0.0
+
+
+def test_a_counter_that_is_gone_reads_zero_and_starts_afresh():
+    last = {"api": (10.0, 0)}
+    assert counter_rate(last, "api", 11.0, None, 1.0) == 0.0
+    assert "api" not in last
+    assert counter_rate(last, "api", 12.0, 1_000, 1.0) == 0.0  # a first reading again
+
+
+# -- labels: Compose projects --------------------------------------------------------------
+
+
+def test_compose_dependencies_are_read_from_composes_own_label():
+    containers = [
+        compose("web", **{"com.docker.compose.depends_on": "db:service_healthy:false,cache:service_started:false"}),
+        compose("db"),
+        compose("cache"),
+    ]
+    topology = ComposeStack(FakeClient(containers), "web", containers).topology
+    assert topology.services[topology.index["web"]].depends_on == ("db", "cache")
+
+
+def test_the_deeplops_dependency_label_wins_over_composes():
+    containers = [
+        compose("web", **{"deeplops.depends_on": "db", "com.docker.compose.depends_on": "cache:service_started:false"}),
+        compose("db"),
+        compose("cache"),
+    ]
+    topology = ComposeStack(FakeClient(containers), "web", containers).topology
+    assert topology.services[topology.index["web"]].depends_on == ("db",)
+
+
+def test_a_dependency_outside_the_project_is_left_out():
+    containers = [compose("web", **{"deeplops.depends_on": "db,elsewhere"}), compose("db")]
+    topology = ComposeStack(FakeClient(containers), "web", containers).topology
+    assert topology.services[topology.index["web"]].depends_on == ("db",)
+
+
+def test_entries_are_the_services_nothing_depends_on_unless_marked():
+    containers = [compose("web", **{"deeplops.depends_on": "db"}), compose("admin"), compose("db")]
+    topology = ComposeStack(FakeClient(containers), "web", containers).topology
+    assert {s.name for s in topology.services if s.entry} == {"web", "admin"}
+
+
+def test_deeplops_entry_marks_the_only_entries():
+    containers = [compose("web", **{"deeplops.depends_on": "db", "deeplops.entry": "True"}), compose("admin"),
+                  compose("db")]  # fmt: skip
+    topology = ComposeStack(FakeClient(containers), "web", containers).topology
+    assert [s.name for s in topology.services if s.entry] == ["web"]
+
+
+def test_a_container_labelled_deeplops_ignore_is_not_part_of_the_project():
+    containers = [compose("web"), compose("sidecar", **{"deeplops.ignore": "TRUE"}), compose("db")]
+    kind, found = project_containers(FakeClient(containers), "web")
+    assert kind == "compose"
+    assert sorted(c.labels[SERVICE] for c in found) == ["db", "web"]
+
+
+def test_a_sandbox_label_is_found_before_a_compose_one_and_nothing_else_is_taken():
+    containers = [sandboxed("web", "api"), compose("db"), compose("db", project="other")]
+    kind, found = project_containers(FakeClient(containers), "web")
+    assert (kind, [c.name for c in found]) == ("sandbox", ["web-api"])
+    assert project_containers(FakeClient(containers), "nothing") == ("", [])
+
+
+def test_containers_wearing_a_sandboxs_label_but_none_of_its_services_are_named_as_strangers():
+    shop = load_topology("shop")
+    found = [sandboxed("demo", "api"), sandboxed("demo", None), sandboxed("demo", "mystery")]
+    strangers = _strangers(shop, found)
+    assert len(strangers) == 2
+    assert "no deeplops.service label" in strangers[0] and "mystery is not in the sandbox's topology" in strangers[1]
+
+
+def test_a_sandboxs_containers_are_those_with_a_service_label():
+    client = FakeClient([sandboxed("demo", "api"), sandboxed("demo", None), sandboxed("other", "api")])
+    assert list(stack.containers(client, "demo")) == ["api"]
+
+
+# -- labels: the owner, and the topology of a live sandbox ------------------------------------
+
+
+def gone_owner() -> str:
+    """An owner record of this PID with another start time: some earlier process, long gone."""
+    pid, start, boot, ns = owner_id(os.getpid()).split(":")
+    return f"{pid}:{int(start) + 1}:{boot}:{ns}"
+
+
+def test_a_sandbox_whose_recorded_owner_is_gone_is_stale():
+    client = FakeClient([
+        sandboxed("gone", "api", **{stack.LABEL_OWNER: gone_owner()}),
+        sandboxed("mine", "api", **{stack.LABEL_OWNER: owner_id(os.getpid())}),
+        sandboxed("kept", "api"),
+    ])  # fmt: skip
+    found = {f.sandbox: f for f in stack.survey(client)}
+    assert found["gone"].stale and found["gone"].owner == os.getpid()
+    assert not found["mine"].stale and found["mine"].owner == os.getpid()
+    assert not found["kept"].stale and found["kept"].owner is None  # made by 'sandbox up': lives until down
+
+
+def test_a_sandbox_owned_by_a_process_in_another_pid_namespace_is_never_stale():
+    _, start, boot, _ = owner_id(os.getpid()).split(":")
+    client = FakeClient([sandboxed("far", "api", **{stack.LABEL_OWNER: f"999999:{start}:{boot}:1"})])
+    assert not stack.survey(client)[0].stale
+
+
+def test_a_network_alone_is_a_sandbox_and_its_owner_label_counts():
+    network = FakeNetwork("half", {stack.LABEL_SANDBOX: "half", stack.LABEL_OWNER: gone_owner()})
+    found = stack.survey(FakeClient(networks=[network]))
+    assert [(f.sandbox, f.containers, f.stale) for f in found] == [("half", 0, True)]
+
+
+def test_labels_that_are_not_valid_sandbox_names_are_left_alone():
+    client = FakeClient([sandboxed("../etc", "api"), sandboxed("ok", "api"), sandboxed("UPPER", "api")])
+    assert stack.sandboxes(client) == {"ok"}
+    assert [f.sandbox for f in stack.survey(client)] == ["ok"]
+
+
+def test_a_live_sandboxs_topology_is_read_from_its_networks_label():
+    import json
+
+    from deeplops.topology import topology_to_dict
+
+    shop = load_topology("shop")
+    labels = {stack.LABEL_SANDBOX: "demo", stack.LABEL_TOPOLOGY: json.dumps(topology_to_dict(shop))}
+    client = FakeClient(networks=[FakeNetwork("demo", labels)])
+    assert stack.topology_of(client, "demo").names == shop.names
+    with pytest.raises(SandboxError, match=r"no live sandbox 'other'.*\(running: demo\)"):
+        stack.topology_of(client, "other")
+
+
+# -- a Compose stack measured and restarted through its handle --------------------------------
+
+
+def two_services() -> tuple[FakeClient, list[FakeContainer]]:
+    containers = [compose("web", **{"deeplops.depends_on": "db"}), compose("db")]
+    return FakeClient(containers), containers
+
+
+def test_a_compose_stack_reads_health_from_healthcheck_and_the_slo_from_its_entries():
+    client, (web, db) = two_services()
+    box = ComposeStack(client, "web", [web, db])
+    web.health, db.health = "healthy", "unhealthy"
+    box.measure()
+    slots = box.topology.index
+    assert box.health[0, slots["web"]] and not box.health[0, slots["db"]]
+    assert box.slo[0]  # only web is an entry
+    web.status = "paused"
+    box.measure()
+    assert not box.slo[0]
+    assert box.observe()[0, slots["web"], Feature.LATENCY] == 1.0  # frozen: every request times out
+
+
+def test_a_compose_stack_hands_the_mechanisms_its_containers_and_nothing_of_deeplops():
+    client, containers = two_services()
+    box = ComposeStack(client, "web", containers)
+    assert set(box.handle.containers) == {"web", "db"}
+    assert (box.handle.floods, box.handle.ips, box.handle.veths, box.handle.image) == ({}, {}, {}, "")
+
+
+def test_a_compose_restart_stops_and_starts_the_container_and_counts_as_a_restart():
+    import signal
+
+    client, (web, db) = two_services()
+    box = ComposeStack(client, "web", [web, db])
+    box.apply("db", Repair.RESTART)
+    assert db.signals == [signal.SIGTERM] and db.starts == 1 and db.status == "running"
+    box.measure()
+    slot = box.topology.index["db"]
+    assert box.observe()[0, slot, Feature.RESTARTS] > 0
+    assert box.observe()[0, slot, Feature.SINCE_REPAIR] == 0.0
+
+
+def test_a_compose_restart_of_a_removed_container_is_a_changed_stack():
+    client, (web, db) = two_services()
+    box = ComposeStack(client, "web", [web, db])
+    db.removed = True
+    with pytest.raises(StackChangedError, match="restart of db: its container was removed meanwhile"):
+        box.apply("db", Repair.RESTART)
+
+
+def test_a_compose_stack_refuses_every_repair_but_restart():
+    client, containers = two_services()
+    box = ComposeStack(client, "web", containers)
+    with pytest.raises(SandboxError, match="clean_disk does not apply to a Compose project"):
+        box.apply("db", Repair.CLEAN_DISK)
+
+
+def test_a_sandbox_repair_whose_container_is_gone_is_a_changed_stack():
+    class Box:  # what SandboxStack reads of a DockerSandbox; its repair is an edge, as the real one's
+        name, topology, client = "demo", load_topology("shop"), FakeClient()
+        containers = {"db": FakeContainer("demo-db")}
+
+        @edge
+        def repair(self, slots: np.ndarray, repairs: np.ndarray) -> np.ndarray:
+            raise not_found("demo-db")
+
+    with pytest.raises(StackChangedError, match="restart of db: its container was removed meanwhile"):
+        SandboxStack(Box()).apply("db", Repair.RESTART)
+
+
+# -- iptables rules ------------------------------------------------------------------------
+
+LISTING = """-P OUTPUT ACCEPT
+-A OUTPUT -d 172.18.0.3/32 -p udp -m comment --comment "deeplops:demo:api" -j DROP
+-A OUTPUT -d 172.18.0.4/32 -p udp -m comment --comment deeplops:demo:db -j DROP
+-A OUTPUT -d 172.19.0.2/32 -p udp -m comment --comment "deeplops:demo2:api" -j DROP
+-A OUTPUT -d 10.0.0.1/32 -j ACCEPT
+"""
+
+
+def test_a_sandboxs_blocks_are_found_by_their_comment_quoted_or_not():
+    assert host.tagged_rules(LISTING, stack.block_tag("demo")) == [
+        ["-d", "172.18.0.3/32", "-p", "udp", "-m", "comment", "--comment", "deeplops:demo:api", "-j", "DROP"],
+        ["-d", "172.18.0.4/32", "-p", "udp", "-m", "comment", "--comment", "deeplops:demo:db", "-j", "DROP"],
+    ]
+
+
+def test_a_services_block_is_found_alone():
+    assert [r[1] for r in host.tagged_rules(LISTING, stack.block_tag("demo", "api"))] == ["172.18.0.3/32"]
+
+
+def test_a_sandbox_whose_name_extends_another_keeps_its_blocks():
+    assert [r[1] for r in host.tagged_rules(LISTING, stack.block_tag("demo2"))] == ["172.19.0.2/32"]
+
+
+def test_a_listing_without_blocks_gives_nothing():
+    assert host.tagged_rules("-P OUTPUT ACCEPT\n", stack.block_tag("demo")) == []
+    assert host.tagged_rules("", stack.block_tag("demo")) == []
+
+
+def test_unblock_deletes_each_tagged_rule_by_its_own_arguments(monkeypatch):
+    deleted: list[list[str]] = []
+    monkeypatch.setattr(host, "run", lambda *cmd: LISTING)
+    monkeypatch.setattr(host.subprocess, "run", lambda cmd, **_: deleted.append(cmd))
+    host.unblock(stack.block_tag("demo"))
+    assert [cmd[:5] for cmd in deleted] == [["iptables", "-w", "5", "-D", "OUTPUT"]] * 2
+    assert [cmd[5:] for cmd in deleted] == host.tagged_rules(LISTING, stack.block_tag("demo"))
+
+
+# -- engine errors, translated at the edge -------------------------------------------------
+
+
+def test_a_missing_object_is_an_engine_error_that_says_so():
+    error = translate(not_found("demo-db"))
+    assert isinstance(error, EngineError) and isinstance(error, SandboxError) and isinstance(error, DeeplopsError)
+    assert error.not_found
+    assert str(error) == "Docker engine refused the call (404): No such container: demo-db"
+
+
+def test_a_refused_call_names_the_status_and_the_engines_explanation():
+    error = translate(APIError("500 Server Error", response=FakeResponse(500), explanation="driver failed"))
+    assert not error.not_found
+    assert str(error) == "Docker engine refused the call (500): driver failed"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        requests.exceptions.ConnectionError("Connection aborted"),
+        requests.exceptions.ReadTimeout("read timed out"),
+        urllib3.exceptions.ProtocolError("Connection broken"),
+    ],
+)
+def test_an_engine_that_does_not_answer_is_an_engine_error(exc):
+    error = translate(exc)
+    assert str(error).startswith(f"Docker engine not reachable ({type(exc).__name__}: ")
+    assert not error.not_found
+
+
+def test_a_failed_build_and_the_clients_own_errors_are_engine_errors():
+    assert str(translate(BuildError("step 2 failed", build_log=[]))) == "Docker engine failed a build: step 2 failed"
+    assert str(translate(DockerException("bad config"))) == "Docker engine: bad config"
+
+
+def test_an_engine_error_is_one_line_of_bounded_length():
+    error = translate(APIError("500", response=FakeResponse(500), explanation="line one\nline two\n" + "x" * 1000))
+    assert "\n" not in str(error) and len(str(error)) <= 300
+    assert "line one line two" in str(error)
+
+
+def test_the_edge_translates_the_clients_errors_and_keeps_the_original_as_the_cause():
+    original = requests.exceptions.ConnectionError("Connection refused")
+
+    @edge
+    def call() -> None:
+        raise original
+
+    with pytest.raises(EngineError) as caught:
+        call()
+    assert caught.value.__cause__ is original
+
+
+@pytest.mark.parametrize("exc", [SandboxError("a sandbox error"), ValueError("a bug"), FileNotFoundError("x")])
+def test_the_edge_lets_every_other_error_through_unchanged(exc):
+    with pytest.raises(type(exc)) as caught, engine_errors():
+        raise exc
+    assert caught.value is exc
+
+
+def test_an_engine_error_survives_pickling():
+    error = pickle.loads(pickle.dumps(EngineError("gone", not_found=True)))
+    assert (str(error), error.not_found) == ("gone", True)
+
+
+def test_the_sidecar_retries_an_engine_error():
+    assert isinstance(EngineError("engine restarting"), daemon.TRANSIENT)
+
+
+def test_an_unreachable_engine_on_connect_is_an_engine_error(monkeypatch):
+    def refuse(**_: object) -> None:
+        raise DockerException("Error while fetching server API version: Connection refused")
+
+    monkeypatch.setattr(docker, "from_env", refuse)
+    with pytest.raises(EngineError, match=r"Docker engine not reachable \(DockerException\): start dockerd"):
+        stack.connect()
+
+
+def test_an_engine_that_breaks_off_after_connecting_is_an_engine_error(monkeypatch):
+    client = FakeClient()
+
+    def broken(**_: object) -> list[object]:
+        raise requests.exceptions.ConnectionError("Connection aborted")
+
+    monkeypatch.setattr(client.api, "containers", broken)
+    with pytest.raises(EngineError, match="not reachable"):
+        stack.survey(client)
+
+
+def test_the_cli_reports_an_engine_error_in_one_line(cli, monkeypatch):
+    client = FakeClient()
+
+    def broken(**_: object) -> list[object]:
+        raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")
+
+    monkeypatch.setattr(client.api, "containers", broken)
+    monkeypatch.setattr(docker, "from_env", lambda **_: client)
+    result = cli("sandbox", "status", "--name", "demo")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert result.err.strip().splitlines() == [
+        "deeplops: error: Docker engine not reachable (ProtocolError: Connection broken: IncompleteRead): "
+        "is dockerd running?"
+    ]
+
+
+# --- tidying old images -----------------------------------------------------------------------------
+
+
+class _Image:
+    def __init__(self, *tags: str) -> None:
+        self.tags = list(tags)
+
+
+class _Images:
+    """The engine's images, whose removal fails as told (by tag)."""
+
+    def __init__(self, images: list[_Image], fails: dict[str, Exception]) -> None:
+        self.images, self.fails, self.removed = images, fails, []
+
+    def list(self, name: str) -> list[_Image]:
+        return [i for i in self.images if any(t.startswith(name + ":") for t in i.tags)]
+
+    def remove(self, ref: str) -> None:
+        if ref in self.fails:
+            raise self.fails[ref]
+        self.removed.append(ref)
+
+
+def test_older_builds_are_removed_and_one_the_engine_is_slow_to_delete_is_left_with_a_word():
+    images = _Images(
+        [_Image("deeplops/sidecar:new"), _Image("deeplops/sidecar:old1"), _Image("deeplops/sidecar:old2")],
+        {"deeplops/sidecar:old1": requests.exceptions.ReadTimeout("Read timed out. (read timeout=60)")},
+    )
+    said: list[str] = []
+    image._drop_older(SimpleNamespace(images=images), "deeplops/sidecar", "deeplops/sidecar:new", said.append)  # type: ignore[arg-type]
+    assert images.removed == ["deeplops/sidecar:old2"]
+    assert any("left the older deeplops/sidecar:old1 in place" in line and "not reachable" in line for line in said)
+
+
+def test_an_older_build_a_container_uses_is_kept_silently():
+    in_use = APIError("409 Client Error", response=FakeResponse(409, "Conflict"), explanation="image is being used")
+    images = _Images([_Image("deeplops/service:a"), _Image("deeplops/service:b")], {"deeplops/service:b": in_use})
+    said: list[str] = []
+    image._drop_older(SimpleNamespace(images=images), "deeplops/service", "deeplops/service:a", said.append)  # type: ignore[arg-type]
+    assert images.removed == [] and said == []
