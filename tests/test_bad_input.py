@@ -461,6 +461,9 @@ def test_ctrl_c_says_it_was_interrupted_and_what_was_kept(tmp_path):
         [sys.executable, "-m", "deeplops", "evaluate", "--order", "runbook", "--episodes", "100000",
          "--json", str(json_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as in a terminal, even where the test run was started in the background
+        # (which leaves SIGINT ignored, and an ignored signal stays ignored across exec).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     # Wait until it is playing (its progress is silent off a terminal: poll its state instead).
     deadline = 120

@@ -348,9 +348,14 @@ def test_an_owner_record_not_written_by_deeplops_is_not_gone(record):
 
 def test_signals_during_a_cleanup_are_held_until_it_is_done():
     done = []
-    with pytest.raises(KeyboardInterrupt), stack.deferred_signals():
-        os.kill(os.getpid(), signal.SIGINT)
-        done.append("cleanup finished")
+    # Ctrl-C as in a terminal, even where the test run was started in the background (SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), stack.deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("cleanup finished")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert done == ["cleanup finished"]
 
 
