@@ -54,8 +54,9 @@ class _GameEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         params: SimParams | None = None,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        # Gymnasium's convention: a mode the env does not render is accepted (``gym.make`` warns),
+        # and ``render()`` then returns None. Loaders such as SB3's ``make_vec_env`` ask for
+        # ``rgb_array`` first and fall back only on a TypeError.
         self.render_mode = render_mode
         self.opponent = as_policy(opponent, OPPONENT[self.role], DEFAULT_OPPONENT[self.role])
         self.game = build_game(env, backend, 1, game, params)
@@ -92,6 +93,7 @@ class _GameEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     def render(self) -> str | None:  # type: ignore[override]
         """A text table of every service's symptoms (``render_mode="ansi"``)."""
         if self.render_mode != "ansi":
+            gym.logger.warn(f"render() draws only with render_mode='ansi'; this env has {self.render_mode!r}")
             return None
         game = self.game
         return snapshot(self.topology, game.sandbox.observe()[0], game.tick, bool(game.sandbox.slo[0]))

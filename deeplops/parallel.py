@@ -26,8 +26,9 @@ class DeeplopsParallelEnv(ParallelEnv[str, dict[str, np.ndarray], np.int64]):
     """Chaos injects faults, order repairs them, both in the same tick.
 
     Observations, actions and rewards are as in ``deeplops/Chaos-v0`` and ``deeplops/Order-v0``.
-    Each agent's ``infos[agent]["action_mask"]`` lists its valid actions; an invalid action is
-    played as noop. Every episode is truncated after ``GameConfig.max_ticks`` ticks, when
+    Each agent's ``infos[agent]["action_mask"]`` marks its valid actions with 1, as an int8 array
+    (PettingZoo's convention: ``env.action_space(agent).sample(mask)`` takes it); an invalid
+    action is played as noop. Every episode is truncated after ``GameConfig.max_ticks`` ticks, when
     ``agents`` becomes empty.
     """
 
@@ -101,7 +102,7 @@ class DeeplopsParallelEnv(ParallelEnv[str, dict[str, np.ndarray], np.int64]):
         return {CHAOS: chaos, ORDER: {k: chaos[k] for k in self._order_keys}}  # the same arrays
 
     def _infos(self) -> dict[str, dict[str, Any]]:
-        return {agent: {"action_mask": self.game.mask(role)[0].copy()} for agent, role in _ROLES.items()}
+        return {agent: {"action_mask": self.game.mask(role)[0].astype(np.int8)} for agent, role in _ROLES.items()}
 
 
 def parallel_env(**kwargs: Any) -> DeeplopsParallelEnv:
