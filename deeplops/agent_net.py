@@ -34,11 +34,21 @@ class GraphLayer(nn.Module):
         self.from_deps = nn.Linear(hidden, hidden, bias=False)
         self.from_dependents = nn.Linear(hidden, hidden, bias=False)
 
-    def forward(self, h: torch.Tensor, adj: torch.Tensor, n_deps: torch.Tensor, n_up: torch.Tensor) -> torch.Tensor:
-        """``h`` (B, S, H); ``adj`` (B, S, S) with adj[b, i, j] = 1 when i depends on j."""
-        down = torch.bmm(adj, h) / n_deps.clamp(min=1.0)
-        up = torch.bmm(adj.transpose(1, 2), h) / n_up.clamp(min=1.0)
-        return h + torch.relu(self.own(h) + self.from_deps(down) + self.from_dependents(up))
+    def forward(self, h: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """``h`` (B, S, H); ``means`` (B, S, 2S) from :func:`neighbour_means`.
+
+        Computes ``own(h) + from_deps(mean over dependencies) + from_dependents(mean over
+        dependents)``; the two maps have no bias, so by linearity each slot's message is mapped
+        first and both means are one batched product (the network is most of training's cost).
+        """
+        neighbours = torch.cat([self.from_deps(h), self.from_dependents(h)], 1)  # (B, 2S, H)
+        return h + torch.relu(self.own(h) + torch.bmm(means, neighbours))
+
+
+def neighbour_means(adj: torch.Tensor, n_deps: torch.Tensor, n_up: torch.Tensor) -> torch.Tensor:
+    """``(B, S, 2S)``: row i averages slot i's dependencies (first S columns) and its dependents
+    (last S), so one batched product gives both means of a round of messages."""
+    return torch.cat([adj / n_deps.clamp(min=1.0), adj.transpose(1, 2) / n_up.clamp(min=1.0)], -1)
 
 
 class SlotEncoder(BaseFeaturesExtractor):
@@ -67,8 +77,9 @@ class SlotEncoder(BaseFeaturesExtractor):
         if self.has_faulted:
             parts.append(obs["faulted"].unsqueeze(-1))
         h = torch.relu(self.embed(torch.cat(parts, -1))) * present
+        means = neighbour_means(adj, n_deps, n_up)
         for layer in self.layers:
-            h = layer(h, adj, n_deps, n_up) * present
+            h = layer(h, means) * present
         pooled = h.sum(1) / present.sum(1).clamp(min=1.0)
         if self.has_budget:
             pooled = torch.cat([pooled, obs["budget"]], -1)
@@ -87,8 +98,9 @@ class SlotHead(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, 1 + MAX_SLOTS * per_slot) logits."""
-        slots = latent[:, : MAX_SLOTS * self.hidden].reshape(-1, MAX_SLOTS, self.hidden)
-        summary = latent[:, MAX_SLOTS * self.hidden :]
+        # split, not slicing: its gradient is one concatenation, not a zeroed copy per slice
+        slots, summary = torch.split(latent, [MAX_SLOTS * self.hidden, self.hidden], dim=1)
+        slots = slots.reshape(-1, MAX_SLOTS, self.hidden)
         return torch.cat([self.noop(summary), self.slot(slots).flatten(1)], -1)
 
 

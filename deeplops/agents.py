@@ -13,7 +13,7 @@ from deeplops.errors import ConfigError
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """How one role's agent is built and trained (MaskablePPO on the slot network)."""
+    """How one role's agent is built and trained (masked PPO, deeplops/ppo.py, on the slot network)."""
 
     learning_rate: float = 3e-4
     """Adam step size."""

@@ -137,3 +137,58 @@ def cartpole_ppo_rate(seconds: float = 3.0) -> float:
         model.learn(1024, reset_num_timesteps=False)
         steps += 1024
     return steps / (time.monotonic() - start)
+
+
+@dataclass(frozen=True)
+class TrainRate:
+    """What one ``deeplops bench train`` measured: the order agent's training beside SB3 PPO on CartPole."""
+
+    order_transitions_per_s: float
+    """Order-agent training transitions/s, rollout and update, end to end, as ``deeplops selfplay`` trains."""
+    cartpole_ppo_transitions_per_s: float
+    """SB3 PPO learning CartPole-v1 (8 envs) in the same process: the yardstick."""
+    n_envs: int
+    """Envs the order agent trains on at once (the shipped ``n_games × envs_per_game``)."""
+
+    @property
+    def ratio(self) -> float:
+        """The order agent's rate over CartPole PPO's."""
+        return self.order_transitions_per_s / self.cartpole_ppo_transitions_per_s
+
+    def to_json(self) -> dict[str, Any]:
+        """The object ``deeplops bench train --json`` writes."""
+        return {
+            "order_transitions_per_s": self.order_transitions_per_s,
+            "cartpole_ppo_transitions_per_s": self.cartpole_ppo_transitions_per_s,
+            "ratio_to_cartpole_ppo": self.ratio,
+            "n_envs": self.n_envs,
+        }
+
+
+def order_training_rate(seconds: float = 10.0) -> tuple[float, int]:
+    """Transitions/s of the order agent's training as self-play runs it (shipped hyperparameters, the
+    training topologies, random chaos), over whole rollouts after a first one; and its env count."""
+    from deeplops.actions import Role
+    from deeplops.game import GameConfig
+    from deeplops.policies import load_policy
+    from deeplops.selfplay import SelfPlayConfig, make_model, pool_sampler, topology_sampler
+    from deeplops.training_env import GameVecEnv
+
+    config = SelfPlayConfig.from_files()
+    agent = config.agent(Role.ORDER)
+    chaos = pool_sampler([lambda: load_policy("random", Role.CHAOS)])
+    env = GameVecEnv(Role.ORDER, topology_sampler(config), chaos, agent.n_games, agent.envs_per_game, GameConfig())
+    model = make_model(Role.ORDER, agent, env, 0, "cpu")
+    per_rollout = agent.n_steps * agent.n_envs
+    model.learn(per_rollout)  # compiles the kernels, warms the allocator
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model.learn(per_rollout)
+        steps += per_rollout
+    return steps / (time.perf_counter() - start), agent.n_envs
+
+
+def train(seconds: float = 10.0) -> TrainRate:
+    """Measure the order agent's training and SB3 PPO on CartPole, ``seconds`` each, in this process."""
+    order, n_envs = order_training_rate(seconds)
+    return TrainRate(order, cartpole_ppo_rate(seconds), n_envs)

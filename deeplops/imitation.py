@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sb3_contrib import MaskablePPO
 
 from deeplops.policies import load_policy
+from deeplops.ppo import PPO
 from deeplops.training_env import GameVecEnv
 
 
 def imitate(
-    model: MaskablePPO, env: GameVecEnv, teacher: str, steps: int, epochs: int, seed: int, repair_weight: float = 10.0
+    model: PPO, env: GameVecEnv, teacher: str, steps: int, epochs: int, seed: int, repair_weight: float = 10.0
 ) -> float:
     """Clone ``teacher``'s play into the model's policy (a warm start); return its final accuracy
     on the teacher's repairs (noops excluded)."""

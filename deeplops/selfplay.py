@@ -14,8 +14,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from sb3_contrib import MaskablePPO
-from stable_baselines3.common.callbacks import BaseCallback
 
 from deeplops import agentfile, bounds, outputs
 from deeplops.actions import Policy, Role
@@ -28,6 +26,7 @@ from deeplops.game import GameConfig
 from deeplops.imitation import imitate
 from deeplops.learned import load_agent
 from deeplops.policies import load_policy
+from deeplops.ppo import PPO, PPOSettings
 from deeplops.topogen import random_topology
 from deeplops.topology import Topology, load_topology
 from deeplops.training_env import GameVecEnv
@@ -134,30 +133,6 @@ class Progress:
     update: Callable[[str, int, int], None] = lambda label, done, total: None
 
 
-class _Watch(BaseCallback):
-    """Logs game figures (availability, MTTR) to TensorBoard and drives the progress display."""
-
-    def __init__(self, label: str, total: int, progress: Progress) -> None:
-        super().__init__()
-        self.label, self.total, self.progress = label, total, progress
-        self.start = 0
-
-    def _on_training_start(self) -> None:
-        self.start = self.num_timesteps
-
-    def _on_step(self) -> bool:
-        self.progress.update(self.label, self.num_timesteps - self.start, self.total)
-        return True
-
-    def _on_rollout_end(self) -> None:
-        env = self.training_env
-        finished = getattr(env, "finished", [])
-        if finished:
-            self.logger.record("game/availability", float(np.mean([f["availability"] for f in finished])))
-            self.logger.record("game/mttr", float(np.nanmean([f["mttr"] for f in finished])))
-            finished.clear()
-
-
 def topology_sampler(config: SelfPlayConfig) -> Callable[[np.random.Generator], Topology]:
     """Training topologies: the hand-written ones, and random ones from the training seeds (on real
     containers, the first hand-written one only: a stack is made once per game)."""
@@ -197,15 +172,14 @@ def make_model(
     env: GameVecEnv,
     seed: int,
     device: str,
-    tb: Path | None,
     start: agentfile.SavedAgent | None = None,
-) -> MaskablePPO:
-    """A MaskablePPO on the slot network: fresh, or going on from the saved agent ``start`` (its
-    network, weights, Adam state and counters; this run's hyperparameters)."""
+) -> PPO:
+    """PPO on the slot network: fresh, or going on from the saved agent ``start`` (its network,
+    weights, Adam state and counters; this run's hyperparameters)."""
     network = start.network.kwargs() if start else {"hidden": agent.hidden, "rounds": agent.rounds}
-    model = MaskablePPO(
-        SlotPolicy,
-        env,
+    torch.manual_seed(seed)  # the network's first weights
+    policy = SlotPolicy(env.observation_space, env.action_space, lambda _: agent.learning_rate, **network).to(device)
+    settings = PPOSettings(
         learning_rate=agent.learning_rate,
         n_steps=agent.n_steps,
         batch_size=agent.batch_size,
@@ -214,25 +188,18 @@ def make_model(
         gae_lambda=agent.gae_lambda,
         ent_coef=agent.ent_coef,
         clip_range=agent.clip_range,
-        policy_kwargs=network,
-        tensorboard_log=str(tb) if tb else None,
-        seed=seed,
-        device=device,
-        verbose=0,
     )
     if start is not None:
-        start.restore(cast(SlotPolicy, model.policy))
-        model.num_timesteps = start.training.timesteps
-        model._n_updates = start.training.updates
-        # Building the network drew from the global random streams: seed them again, so training
-        # starts from the same random state whether or not it starts from a saved agent.
-        model.set_random_seed(seed)
+        start.restore(policy)
+    model = PPO(policy, env, settings, seed=seed)
+    if start is not None:
+        model.num_timesteps, model.n_updates = start.training.timesteps, start.training.updates
     return model
 
 
-def save_model(model: MaskablePPO, role: Role, path: Path) -> None:
+def save_model(model: PPO, role: Role, path: Path) -> None:
     """Write ``model`` as a saved agent: its network's weights, Adam state and counters."""
-    training = agentfile.TrainingState(model.num_timesteps, model._n_updates)
+    training = agentfile.TrainingState(model.num_timesteps, model.n_updates)
     agentfile.save(path, cast(SlotPolicy, model.policy), role, training)
 
 
@@ -315,7 +282,7 @@ class SelfPlay:
             saved = start_agent(previous, role) if previous is not None else None  # before any container
             env = GameVecEnv(role, topologies, pool_sampler(pool), agent.n_games, agent.envs_per_game, game,
                              seed=env_seed, backend=cfg.backend)  # fmt: skip
-            model = make_model(role, agent, env, seed, self.device, tb, saved)
+            model = make_model(role, agent, env, seed, self.device, saved)
             if agent.imitate and agent.imitation_steps:
                 # Every generation: the teacher's play on the states this generation's opponents
                 # lead to (mostly random chaos, so nothing learnt before is crowded out), so the
@@ -330,8 +297,11 @@ class SelfPlay:
             try:
                 if cfg.steps:
                     label = f"g{g} {role.value}"
-                    model.learn(cfg.steps, callback=_Watch(label, cfg.steps, self.progress),
-                                tb_log_name=f"{role.value}", reset_num_timesteps=g == 1)  # fmt: skip
+
+                    def progressed(done: int, label: str = label) -> None:
+                        self.progress.update(label, done, cfg.steps)
+
+                    model.learn(cfg.steps, on_rollout=progressed, log_dir=tb / f"{role.value}_g{g}")
             finally:
                 env.close()  # real containers go even when training fails
             self.timing[f"{role.value}_s"] += time.monotonic() - start

@@ -142,3 +142,20 @@ def test_the_action_layout_imports_nothing_above_it() -> None:
 def test_the_game_and_the_baselines_do_not_import_the_policy_registry() -> None:
     assert "deeplops.policies" not in _imported_by("deeplops.game")
     assert "deeplops.policies" not in _imported_by("deeplops.baselines")
+
+
+def test_every_module_of_the_package_has_a_place_in_the_import_layers() -> None:
+    # lint-imports checks only the modules its layers name: a module left out is never checked.
+    import pkgutil
+    from pathlib import Path
+
+    import tomllib
+
+    import deeplops
+
+    root = Path(deeplops.__file__).parent
+    config = tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in config["contracts"] if c["type"] == "layers")["layers"]
+    named = {module.strip() for layer in layers for module in layer.split(":")}
+    modules = {m.name for m in pkgutil.iter_modules([str(root)])}
+    assert modules - named == set()

@@ -305,6 +305,8 @@ OPTION_CASES = {
     ),
     "bench for inf seconds": (("bench", "--seconds", "inf"), ("--seconds", "inf")),
     "bench for nan seconds": (("bench", "--seconds", "nan"), ("--seconds", "nan")),
+    "bench train for no time": (("bench", "train", "--seconds", "0"), ("--seconds", "0")),
+    "bench train for inf seconds": (("bench", "train", "--seconds", "inf"), ("--seconds", "inf")),
 }
 
 
@@ -341,7 +343,8 @@ def test_json_into_a_folder_is_refused_before_playing(cli, tmp_path):
 
 @pytest.mark.parametrize(
     "command",
-    [("bench", "sidecar", "--json"), ("bench", "soak", "--json"), ("sandbox", "compare", "--json"),
+    [("bench", "sidecar", "--json"), ("bench", "soak", "--json"), ("bench", "train", "--json"),
+     ("sandbox", "compare", "--json"),
      ("sandbox", "calibrate", "--out")],
 )  # fmt: skip
 def test_a_trial_on_containers_refuses_its_output_path_before_any_container(cli, tmp_path, command):

@@ -220,17 +220,18 @@ def test_a_file_carrying_a_pickle_payload_is_refused_without_running_it(cli, sav
 
 
 def test_an_agent_in_the_old_pickled_format_is_refused_with_what_to_do(cli, tmp_path):
-    from deeplops.selfplay import make_model
-    from deeplops.training_env import GameVecEnv
+    from sb3_contrib import MaskablePPO
 
-    tiny = AgentConfig(n_steps=8, batch_size=8, n_epochs=1, hidden=8, rounds=1, n_games=1, envs_per_game=1)
+    from deeplops.agent_net import SlotPolicy
+    from deeplops.training_env import GameVecEnv
 
     def chaos(rng: np.random.Generator) -> Policy:
         return load_policy("random", Role.CHAOS)
 
     env = GameVecEnv(Role.ORDER, lambda rng: load_topology("chain"), chaos, 1, 1)
     old = tmp_path / "order.zip"
-    make_model(Role.ORDER, tiny, env, 0, "cpu", None).save(old)  # stable-baselines3's own writer
+    # How agents were written before: stable-baselines3's own (pickling) writer.
+    MaskablePPO(SlotPolicy, env, n_steps=8, batch_size=8, policy_kwargs={"hidden": 8, "rounds": 1}).save(old)
     result = cli("evaluate", "--order", str(old), "--episodes", "1")
     assert_one_line_error(result, str(old), "old pickled format", "retrain it with deeplops selfplay")
 

@@ -12,7 +12,8 @@ from deeplops.cli.common import JsonOpt, app, check_json, err, out, write_json
 from deeplops.errors import ConfigError
 
 bench_app = typer.Typer(
-    help="Measure: env steps/s (bare 'deeplops bench'), or the sidecar on real containers (bench sidecar, bench soak).",
+    help="Measure: env steps/s (bare 'deeplops bench'), training (bench train), or the sidecar on real containers "
+    "(bench sidecar, bench soak).",
     invoke_without_command=True,
 )
 app.add_typer(bench_app, name="bench")
@@ -41,6 +42,30 @@ def bench(
     for r in result.rates:
         table.add_row(r.name, str(r.n_envs), f"{r.steps_per_s:,.0f}", f"{r.ratio_to_cartpole:.2f}")
     out.print(table)
+    write_json(json_path, result.to_json())
+
+
+@bench_app.command("train")
+def bench_train(
+    json_path: JsonOpt = None,
+    seconds: Annotated[float, typer.Option("--seconds", help="Measuring time of each trainer.")] = 10.0,
+) -> None:
+    """Order-agent training transitions/s (rollout and update, end to end) beside SB3 PPO on CartPole."""
+    from rich.table import Table
+
+    from deeplops import bench as b
+
+    bounds.number(seconds, "--seconds", 0.0, bounds.MAX_SECONDS, open_low=True)
+    check_json(json_path)
+    with err.status("measuring the order agent's training, then SB3 PPO on CartPole..."):
+        result = b.train(seconds)
+    table = Table(title="deeplops bench train")
+    for column in ("trainer", "envs", "transitions/s"):
+        table.add_column(column, justify="left" if column == "trainer" else "right")
+    table.add_row("order agent (selfplay)", str(result.n_envs), f"{result.order_transitions_per_s:,.0f}")
+    table.add_row("SB3 PPO, CartPole-v1", "8", f"{result.cartpole_ppo_transitions_per_s:,.0f}")
+    out.print(table)
+    out.print(f"ratio to CartPole PPO: {result.ratio:.2f}")
     write_json(json_path, result.to_json())
 
 

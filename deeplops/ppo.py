@@ -1,0 +1,308 @@
+"""A lean PPO with action masks, over a whole batch of envs per tick: what self-play trains with.
+
+It computes what stable-baselines3's (Maskable)PPO computes — clipped surrogate, value loss,
+masked entropy, GAE with timeouts bootstrapped, per-minibatch advantage normalisation, gradient
+clipping, the policy's own Adam — on an SB3 actor-critic policy object, so saved agents and the
+network are unchanged. What it leaves out is the per-tick bookkeeping: rollouts live in
+preallocated tensors, one forward serves every env in a tick, masks come as one array, and the
+value of every timed-out env is one batched forward. Any SB3 ``VecEnv`` with a Discrete action
+space serves (``action_masks()`` is read when the env has it), so it is checked against SB3 on
+CartPole as well as on the game.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecEnv
+from torch.nn import functional
+
+ActorCritic = Any
+"""An SB3 actor-critic policy: ``ActorCriticPolicy`` or sb3-contrib's ``MaskableActorCriticPolicy``
+(which share the parts used here but no base class that types them)."""
+
+_MASKED = -1e8
+"""Logit of a masked action (as sb3-contrib's MaskableCategorical sets it)."""
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """PPO's hyperparameters, named and defaulted as stable-baselines3 names them."""
+
+    learning_rate: float = 3e-4
+    n_steps: int = 64
+    """Ticks per env per rollout."""
+    batch_size: int = 1024
+    n_epochs: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    ent_coef: float = 0.0
+    clip_range: float = 0.2
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+
+
+@dataclass
+class UpdateStats:
+    """What the last update measured, averaged over its minibatches."""
+
+    policy_loss: float = 0.0
+    value_loss: float = 0.0
+    entropy: float = 0.0
+    approx_kl: float = 0.0
+    clip_fraction: float = 0.0
+
+
+class PPO:
+    """Trains ``policy`` on ``env``: ``learn(n)`` runs whole rollouts until ``n`` more transitions."""
+
+    def __init__(self, policy: ActorCritic, env: VecEnv, settings: PPOSettings, seed: int = 0) -> None:
+        self.policy, self.env, self.settings = policy, env, settings
+        self.seed = seed
+        self.num_timesteps = 0
+        """Transitions trained on so far (stable-baselines3's name)."""
+        self.n_updates = 0
+        """Gradient steps taken so far."""
+        self.stats = UpdateStats()
+        self._masked = callable(getattr(env, "action_masks", None))
+        self._rng = np.random.default_rng(seed)
+        self._sampler = torch.Generator().manual_seed(seed)
+        self._last_obs: Any = None
+        self._first = torch.ones(env.num_envs)
+        self.device = policy.device
+        """Where the network runs; rollouts are kept on the CPU, beside the envs."""
+        for group in policy.optimizer.param_groups:
+            group["lr"] = settings.learning_rate
+
+    def learn(
+        self,
+        steps: int,
+        on_rollout: Callable[[int], None] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        """Train on at least ``steps`` more transitions (whole rollouts). ``on_rollout(done)`` is called
+        after each rollout's update; ``log_dir`` gets TensorBoard scalars."""
+        writer = _writer(log_dir)
+        per_rollout = self.settings.n_steps * self.env.num_envs
+        done = 0
+        if self._last_obs is None:
+            self._last_obs = self.env.reset()
+        try:
+            while done < steps:
+                start = time.perf_counter()
+                self.policy.train(False)
+                batch = self._rollout()
+                self.policy.train(True)
+                self._update(batch)
+                done += per_rollout
+                self.num_timesteps += per_rollout
+                if writer is not None:
+                    self._log(writer, per_rollout / (time.perf_counter() - start))
+                if on_rollout is not None:
+                    on_rollout(done)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    # --- rollout ---------------------------------------------------------------------------------
+
+    def _rollout(self) -> dict[str, Any]:
+        cfg, env = self.settings, self.env
+        n, b = cfg.n_steps, env.num_envs
+        obs_store = _storage(self._last_obs, n)
+        masks = torch.ones((n, b, int(env.action_space.n)), dtype=torch.bool)  # type: ignore[attr-defined]
+        actions = torch.zeros((n, b), dtype=torch.long)
+        logps, values, rewards = torch.zeros((n, b)), torch.zeros((n, b)), torch.zeros((n, b))
+        starts = torch.zeros((n, b))
+        obs = self._last_obs
+        with torch.inference_mode():
+            for t in range(n):
+                _put(obs_store, t, obs)
+                if self._masked:
+                    masks[t] = torch.from_numpy(np.asarray(env.action_masks(), dtype=np.bool_))  # type: ignore[attr-defined]
+                logits, value = (x.cpu() for x in self._forward(_at(obs_store, t)))
+                logp_all = torch.log_softmax(logits.masked_fill(~masks[t], _MASKED), -1)
+                action = _sample(logp_all.exp(), self._sampler)
+                obs, reward, dones, infos = env.step(action.numpy())
+                reward_t = torch.as_tensor(reward, dtype=torch.float32)
+                if dones.any():
+                    reward_t += cfg.gamma * self._timeout_values(dones, infos)
+                actions[t], values[t], rewards[t] = action, value, reward_t
+                logps[t] = logp_all.gather(1, action[:, None])[:, 0]
+                starts[t] = self._first
+                self._first = torch.as_tensor(dones, dtype=torch.float32)
+            last_value = self._forward(_tensors(obs))[1].cpu()
+        self._last_obs = obs
+        advantages = _gae(rewards, values, starts, last_value, self._first, cfg.gamma, cfg.gae_lambda)
+        return {
+            "obs": {key: value.flatten(0, 1) for key, value in obs_store.items()} if isinstance(obs_store, dict)
+            else obs_store.flatten(0, 1),
+            "masks": masks.flatten(0, 1),
+            "actions": actions.flatten(),
+            "logps": logps.flatten(),
+            "advantages": advantages.flatten(),
+            "returns": (advantages + values).flatten(),
+        }  # fmt: skip
+
+    def _timeout_values(self, dones: np.ndarray, infos: list[dict[str, Any]]) -> torch.Tensor:
+        """The value of each timed-out env's last observation (0 elsewhere), in one forward."""
+        out = torch.zeros(len(dones))
+        timed_out = [i for i, info in enumerate(infos) if dones[i] and info.get("TimeLimit.truncated", False)
+                     and info.get("terminal_observation") is not None]  # fmt: skip
+        if timed_out:
+            last = [infos[i]["terminal_observation"] for i in timed_out]
+            if isinstance(last[0], dict):
+                batch: Any = {key: np.stack([o[key] for o in last]) for key in last[0]}
+            else:
+                batch = np.stack(last)
+            out[timed_out] = self._forward(_tensors(batch))[1].cpu()
+        return out
+
+    def _forward(self, obs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (unmasked) and values of a batch of observations."""
+        policy = self.policy
+        features = policy.extract_features(_to(obs, self.device))  # type: ignore[arg-type]
+        latent_pi, latent_vf = policy.mlp_extractor(features)
+        return policy.action_net(latent_pi), policy.value_net(latent_vf).flatten()
+
+    # --- update ----------------------------------------------------------------------------------
+
+    def _update(self, batch: dict[str, Any]) -> None:
+        cfg, policy = self.settings, self.policy
+        batch = _to(batch, self.device)
+        total = len(batch["actions"])
+        sums = np.zeros(5)
+        count = 0
+        for _ in range(cfg.n_epochs):
+            order = torch.from_numpy(self._rng.permutation(total)).to(self.device)
+            for begin in range(0, total, cfg.batch_size):
+                idx = order[begin : begin + cfg.batch_size]
+                logits, values = self._forward(_rows(batch["obs"], idx))
+                logp_all = torch.log_softmax(logits.masked_fill(~batch["masks"][idx], _MASKED), -1)
+                logp = logp_all.gather(1, batch["actions"][idx, None])[:, 0]
+                entropy = -torch.where(batch["masks"][idx], logp_all.exp() * logp_all, 0.0).sum(-1)
+                adv = batch["advantages"][idx]
+                if len(idx) > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                ratio = torch.exp(logp - batch["logps"][idx])
+                clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
+                policy_loss = -torch.min(adv * ratio, adv * clipped).mean()
+                value_loss = functional.mse_loss(batch["returns"][idx], values)
+                loss = policy_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * value_loss
+                policy.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                policy.optimizer.step()
+                self.n_updates += 1
+                with torch.no_grad():
+                    log_ratio = logp - batch["logps"][idx]
+                    kl = float(((ratio - 1) - log_ratio).mean())
+                    clipped_share = float(((ratio - 1).abs() > cfg.clip_range).float().mean())
+                    sums += [float(policy_loss), float(value_loss), float(entropy.mean()), kl, clipped_share]
+                count += 1
+        self.stats = UpdateStats(*(sums / max(count, 1)))
+
+    def _log(self, writer: Any, fps: float) -> None:
+        step = self.num_timesteps
+        for name, value in vars(self.stats).items():
+            writer.add_scalar(f"train/{name}", value, step)
+        writer.add_scalar("time/fps", fps, step)
+        finished = getattr(self.env, "finished", None)
+        if finished:
+            writer.add_scalar("game/availability", float(np.mean([f["availability"] for f in finished])), step)
+            writer.add_scalar("game/mttr", float(np.nanmean([f["mttr"] for f in finished])), step)
+            finished.clear()
+
+
+def _sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One action per row of ``probs`` (``(B, n)``, rows summing to about 1), by the inverse of the
+    cumulative distribution: several times cheaper than ``torch.multinomial`` on many small rows.
+    An action of probability 0 (a masked one) is never drawn: its cumulative value equals the one
+    before it, and the draw is the first action whose cumulative value exceeds a uniform number
+    below the row's total."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(len(probs), 1, generator=generator) * cdf[:, -1:]
+    return (cdf <= u).sum(-1)
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    """Tensors (or a dict of them, nested) on ``device``; as they are when it is the CPU."""
+    if device.type == "cpu":
+        return value
+    if isinstance(value, dict):
+        return {key: _to(item, device) for key, item in value.items()}
+    return value.to(device)
+
+
+def _writer(log_dir: Path | None) -> Any:
+    if log_dir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(log_dir))
+
+
+def _tensors(obs: Any) -> Any:
+    """Observations as tensors sharing the arrays' memory."""
+    if isinstance(obs, dict):
+        return {key: torch.from_numpy(np.asarray(value)) for key, value in obs.items()}
+    return torch.from_numpy(np.asarray(obs))
+
+
+def _storage(obs: Any, n: int) -> Any:
+    """Room for ``n`` ticks of observations shaped like ``obs``."""
+    if isinstance(obs, dict):
+        return {key: torch.zeros((n, *np.shape(value)), dtype=_dtype(value)) for key, value in obs.items()}
+    return torch.zeros((n, *np.shape(obs)), dtype=_dtype(obs))
+
+
+def _dtype(value: Any) -> torch.dtype:
+    return torch.from_numpy(np.zeros(1, np.asarray(value).dtype)).dtype
+
+
+def _put(store: Any, t: int, obs: Any) -> None:
+    if isinstance(store, dict):
+        for key, value in store.items():
+            value[t] = torch.from_numpy(np.asarray(obs[key]))
+    else:
+        store[t] = torch.from_numpy(np.asarray(obs))
+
+
+def _rows(store: Any, idx: torch.Tensor) -> Any:
+    return {key: value[idx] for key, value in store.items()} if isinstance(store, dict) else store[idx]
+
+
+def _at(store: Any, t: int) -> Any:
+    return {key: value[t] for key, value in store.items()} if isinstance(store, dict) else store[t]
+
+
+def _gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    starts: torch.Tensor,
+    last_value: torch.Tensor,
+    last_done: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
+    """Generalised advantage estimates, ``(n_steps, n_envs)``, as stable-baselines3 computes them:
+    ``starts[t]`` marks the first tick of an episode; ``last_done`` whether the tick after the
+    rollout starts one."""
+    n = len(rewards)
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(last_value)
+    for t in reversed(range(n)):
+        if t == n - 1:
+            not_done, next_value = 1.0 - last_done, last_value
+        else:
+            not_done, next_value = 1.0 - starts[t + 1], values[t + 1]
+        delta = rewards[t] + gamma * next_value * not_done - values[t]
+        running = delta + gamma * lam * not_done * running
+        advantages[t] = running
+    return advantages
