@@ -249,32 +249,44 @@ class RunbookPolicy:
     5. otherwise restart only the deepest unhealthy service: one unhealthy for ``streak``
        ticks running while each of its direct dependencies has been healthy for ``settle``
        ticks, so a cascade is fixed at its root and dependents get time to recover.
-    A service repaired in the last ``grace`` ticks is left alone.
+    A service repaired in the last ``grace`` ticks is left alone, and so is one still coming
+    back from a repair (not seen running since; a PostgreSQL or JVM restart takes seconds):
+    it is judged from when it runs again, and restarted anew only if it has not come back
+    within ``patience`` ticks. Judging a restart before it finishes restarts it again, and
+    again: a storm that never lets it finish.
     """
 
     name = "runbook"
     role = Role.ORDER
     privileged = False
 
-    def __init__(self, streak: int = 2, settle: int = 3, grace: int = 3) -> None:
-        self.streak, self.settle, self.grace = streak, settle, grace
+    def __init__(self, streak: int = 2, settle: int = 3, grace: int = 3, patience: int = 20) -> None:
+        self.streak, self.settle, self.grace, self.patience = streak, settle, grace, patience
         self.reset(1)
 
     def reset(self, n_envs: int, seed: int | None = None) -> None:
-        """Clear health streaks."""
+        """Clear health streaks and what it waits for."""
         self._bad = np.zeros((n_envs, MAX_SLOTS), np.int64)
         self._good = np.zeros((n_envs, MAX_SLOTS), np.int64)
+        self._since = np.full((n_envs, MAX_SLOTS), np.inf)
+        self._back = np.ones((n_envs, MAX_SLOTS), np.bool_)
 
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
         """The first rule that fires, on the deepest service it fires for."""
         s = _Symptoms(obs)
-        self._bad = np.where(s.healthy, 0, self._bad + 1)
+        # A repair since the last tick resets the service's ticks-since-repair: from then on it is
+        # awaited until it is seen running (or for ``patience`` ticks, should it never come back).
+        repaired = (s.since_repair < self._since) | (s.since_repair == 0)
+        self._since = s.since_repair
+        self._back = (self._back & ~repaired) | s.running
+        awaited = ~self._back & (s.since_repair < self.patience)
+        self._bad = np.where(s.healthy | awaited, 0, self._bad + 1)
         self._good = np.where(s.healthy, self._good + 1, 0)
-        settled = s.since_repair >= self.grace
+        settled = (s.since_repair >= self.grace) & ~awaited
         unsettled = (self._good < self.settle).astype(np.float32)
         dep_unsettled = np.einsum("bsd,bd->bs", obs["adjacency"], unsettled) > 0
         rules = [
-            (s.present & ~s.running & (s.since_repair >= 2), Repair.RESTART),
+            (s.present & ~s.running & (s.since_repair >= 2) & ~awaited, Repair.RESTART),
             (s.present & (s.disk >= 0.95), Repair.CLEAN_DISK),
             (s.present & (s.net >= 0.8), Repair.RATE_LIMIT),
             (s.present & s.running & (s.cpu >= 0.9) & settled, Repair.RESTART),

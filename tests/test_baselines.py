@@ -7,6 +7,7 @@ The repairs each baseline takes, and the state the system ends in, are the speci
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,9 +83,10 @@ def drill(
     at: int = INJECT_AT,
     seed: int = 0,
     later: tuple[tuple[int, Fault, str], ...] = (),
+    params: SimParams | None = None,
 ) -> Drill:
     """Inject ``fault`` on ``target`` at tick ``at`` (and each ``(tick, fault, target)`` of ``later``)."""
-    sandbox = make_sandbox("sim", topology, 1, params=SimParams(probe_noise=0.0))
+    sandbox = make_sandbox("sim", topology, 1, params=params or SimParams(probe_noise=0.0))
     game = Game(sandbox, GameConfig(max_ticks=ticks))
     game.reset([seed])
     policy.reset(1, seed=seed)
@@ -155,6 +157,35 @@ def test_runbook_leaves_the_system_healthy_after_a_cascade(shop: Topology, fault
     d = drill(shop, RunbookPolicy(), fault, "db", ticks=INJECT_AT + 16)
     assert d.all_healthy()
     assert d.game.episode_stats()[0].wasted_repairs == 0
+
+
+@pytest.mark.parametrize("restart_ticks", [3, 5, 8])
+def test_runbook_restarts_a_slow_restarting_service_once_and_waits_for_it(shop: Topology, restart_ticks: int) -> None:
+    slow = SimParams(probe_noise=0.0, restart_ticks=restart_ticks)
+    d = drill(shop, RunbookPolicy(), Fault.KILL, "db", ticks=INJECT_AT + restart_ticks + 20, params=slow)
+    assert d.restart_ticks("db") and len(d.restart_ticks("db")) == 1, d.repairs
+    assert {name for _, name, _ in d.repairs} == {"db"}
+    assert d.all_healthy()
+
+
+def test_runbook_restarts_again_a_service_that_has_not_come_back_after_its_patience(shop: Topology) -> None:
+    never_back = SimParams(probe_noise=0.0, restart_ticks=60)  # longer than the drill
+    d = drill(shop, RunbookPolicy(patience=20), Fault.KILL, "db", ticks=INJECT_AT + 50, params=never_back)
+    restarts = d.restart_ticks("db")
+    assert len(restarts) >= 2, d.repairs
+    assert all(later - earlier >= 20 for earlier, later in itertools.pairwise(restarts))
+
+
+@pytest.mark.parametrize("restart_ticks", [3, 8])
+def test_runbook_does_not_storm_against_random_chaos_when_restarts_are_slow(shop: Topology, restart_ticks: int) -> None:
+    def measured(order: str):  # type: ignore[no-untyped-def]
+        match = Match(shop, load_policy(order, Role.ORDER), load_policy("random", Role.CHAOS),
+                      params=SimParams(restart_ticks=restart_ticks))  # fmt: skip
+        return summarize(play(match, episodes=16, seed=0))
+
+    runbook, oracle = measured("runbook"), measured("oracle")
+    assert runbook.repairs <= 2 * runbook.faults_injected  # a storm is more than two repairs per fault
+    assert runbook.availability >= oracle.availability - 0.03
 
 
 def test_runbook_cleans_a_full_disk(shop: Topology) -> None:
