@@ -240,21 +240,22 @@ def test_a_compose_project_of_more_than_16_services_is_refused_naming_the_limit(
 
 def test_a_compose_project_growing_past_16_services_is_an_error_retried_until_it_shrinks(compose_project, tmp_path):
     side = Running(compose_project, tmp_path, "--policy", "runbook")
-    made = sleepers(compose_project, 15)  # 17 with db and web
-    try:
-        # A wait, not a timing check: while the sleepers come up the sidecar may attach to some of
-        # them and measure each one's stats (about a second apiece on a loaded engine) first.
-        side.until(lambda: events(side.records(), "error"), 60, "the error")
-        assert "has 17 services" in events(side.records(), "error")[0]["error"]
-        assert no_traceback(side) and side.get("/healthz")[0] == 200
-    finally:
-        for c in made:
-            c.remove(force=True)
-    try:
+    try:  # the sidecar is stopped however the test ends: a failed wait must not leave it running
+        made = sleepers(compose_project, 15)  # 17 with db and web
+        try:
+            # A wait, not a timing check: while the sleepers come up the sidecar may attach to some
+            # of them and measure each one's stats (about a second apiece on a loaded engine) first.
+            side.until(lambda: events(side.records(), "error"), 60, "the error")
+            assert "has 17 services" in events(side.records(), "error")[0]["error"]
+            assert no_traceback(side) and side.get("/healthz")[0] == 200
+        finally:
+            for c in made:
+                c.remove(force=True)
         side.until(lambda: events(side.records(), "attached")[-1]["services"] == ["db", "web"]
                    and side.records()[-1]["event"] == "decision", 30, "the sidecar to watch the two again")  # fmt: skip
     finally:
-        assert side.stop() == 0
+        code = side.stop()
+    assert code == 0
 
 
 # -- recreate on a sandbox attached to ----------------------------------------------------
