@@ -14,6 +14,7 @@ from deeplops.evaluate import Match, play
 from deeplops.faults import Fault
 from deeplops.metrics import Summary, summarize
 from deeplops.scenario import Expectation, Scenario, ScheduledFault, ScriptedChaos, load_scenario
+from deeplops.sim import SimParams
 from deeplops.trace import Trace, TraceRecorder, read_trace
 
 KINDS = {".yaml": "scenario", ".yml": "scenario", ".jsonl": "trace", ".json": "chaostoolkit"}
@@ -93,10 +94,16 @@ class DrillRun:
 
 
 def run_drill(
-    scenario: Scenario, label: str, order: Policy, backend: str = "sim", on_tick: Callable[[int], None] | None = None
+    scenario: Scenario,
+    label: str,
+    order: Policy,
+    backend: str = "sim",
+    on_tick: Callable[[int], None] | None = None,
+    params: SimParams | None = None,
 ) -> DrillRun:
-    """Play the drill once against ``order`` and check its hypothesis."""
-    match = Match(scenario.topology, order, ScriptedChaos(scenario), backend, scenario.game_config())
+    """Play the drill once against ``order`` and check its hypothesis (on the simulator: with
+    ``params``, or the calibrated defaults)."""
+    match = Match(scenario.topology, order, ScriptedChaos(scenario), backend, scenario.game_config(), params)
     traces: list[TraceRecorder] = []
     stats = play(match, 1, seed=scenario.seed, on_tick=on_tick, traces=traces)
     metrics = summarize(stats)

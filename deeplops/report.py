@@ -29,6 +29,7 @@ from deeplops.plot import save_figure
 from deeplops.policies import load_policy
 from deeplops.scenario import ScriptedChaos, load_scenario, shipped_scenarios
 from deeplops.selfplay import TRAIN_SEEDS, Progress, SelfPlay, SelfPlayConfig
+from deeplops.sim import SimParams
 from deeplops.topogen import random_topology
 from deeplops.topology import Topology, load_topology
 
@@ -183,34 +184,45 @@ class Report:
         return report
 
 
-def figures(order: Policy, chaos: Policy, topology: Topology, episodes: int, seed: int) -> Summary:
-    """The metrics of ``order`` against ``chaos`` on ``topology``."""
-    return summarize(play(Match(topology, order, chaos), episodes, seed=seed))
+def figures(
+    order: Policy, chaos: Policy, topology: Topology, episodes: int, seed: int, params: SimParams | None = None
+) -> Summary:
+    """The metrics of ``order`` against ``chaos`` on ``topology`` (dynamics ``params``, or the calibrated ones)."""
+    return summarize(play(Match(topology, order, chaos, params=params), episodes, seed=seed))
 
 
 def generation_figures(
-    generation: int, order: Policy, chaos: Policy, episodes: int, seed: int, training: dict[str, Any] | None = None
+    generation: int,
+    order: Policy,
+    chaos: Policy,
+    episodes: int,
+    seed: int,
+    training: dict[str, Any] | None = None,
+    params: SimParams | None = None,
 ) -> Generation:
     """The learning curve's points for one generation, on shop (``training``: what training recorded of it)."""
     shop = load_topology("shop")
+    runbook, random_chaos = load_policy("runbook", Role.ORDER), load_policy("random", Role.CHAOS)
     return Generation(
         generation=generation,
-        order_vs_random=figures(order, load_policy("random", Role.CHAOS), shop, episodes, seed).availability,
-        order_vs_own_chaos=figures(order, chaos, shop, episodes, seed).availability,
-        runbook_vs_chaos=figures(load_policy("runbook", Role.ORDER), chaos, shop, episodes, seed).availability,
+        order_vs_random=figures(order, random_chaos, shop, episodes, seed, params).availability,
+        order_vs_own_chaos=figures(order, chaos, shop, episodes, seed, params).availability,
+        runbook_vs_chaos=figures(runbook, chaos, shop, episodes, seed, params).availability,
         training=dict(training or {}),
     )
 
 
 def crossplay(orders: list[tuple[str, Callable[[], Policy]]], chaoses: list[tuple[str, Callable[[], Policy]]],
-              episodes: int, seed: int) -> CrossPlay:  # fmt: skip
+              episodes: int, seed: int, params: SimParams | None = None) -> CrossPlay:  # fmt: skip
     """Availability of every order policy against every chaos policy, on shop."""
     shop = load_topology("shop")
-    table = [[figures(o(), c(), shop, episodes, seed).availability for _, c in chaoses] for _, o in orders]
+    table = [[figures(o(), c(), shop, episodes, seed, params).availability for _, c in chaoses] for _, o in orders]
     return CrossPlay(order=[n for n, _ in orders], chaos=[n for n, _ in chaoses], availability=table)
 
 
-def final_comparison(order: Policy, chaos: Policy, episodes: int, seed: int) -> dict[str, dict[str, Summary]]:
+def final_comparison(
+    order: Policy, chaos: Policy, episodes: int, seed: int, params: SimParams | None = None
+) -> dict[str, dict[str, Summary]]:
     """The learned order agent beside every baseline: on each shipped scenario, on random
     topologies it never trained on, on ``bank`` (never trained on), and against the final chaos agent."""
     contenders: dict[str, Callable[[], Policy]] = {"learned": lambda: order}
@@ -223,34 +235,41 @@ def final_comparison(order: Policy, chaos: Policy, episodes: int, seed: int) -> 
     for path in shipped_scenarios():
         s = load_scenario(path)
         sections[f"scenario {s.name}"] = {
-            name: summarize(play(Match(s.topology, make(), ScriptedChaos(s), game=s.game_config()), 1, seed=s.seed))
+            name: summarize(
+                play(Match(s.topology, make(), ScriptedChaos(s), game=s.game_config(), params=params), 1, seed=s.seed)
+            )
             for name, make in contenders.items()
         }
     held = [random_topology(seed_) for seed_ in HELD_OUT_SEEDS]
     sections["held-out random topologies"] = {
         name: summarize(
-            [ep for t in held for ep in play(Match(t, make(), random_chaos()), max(1, episodes // 4), seed=seed)]
+            [
+                ep
+                for t in held
+                for ep in play(Match(t, make(), random_chaos(), params=params), max(1, episodes // 4), seed=seed)
+            ]
         )
         for name, make in contenders.items()
     }
     bank = load_topology("bank")
     sections["bank (never trained on)"] = {
-        name: summarize(play(Match(bank, make(), random_chaos()), episodes, seed=seed))
+        name: summarize(play(Match(bank, make(), random_chaos(), params=params), episodes, seed=seed))
         for name, make in contenders.items()
     }
     shop = load_topology("shop")
     sections[VS_FINAL_CHAOS] = {
-        name: summarize(play(Match(shop, make(), chaos), episodes, seed=seed)) for name, make in contenders.items()
+        name: summarize(play(Match(shop, make(), chaos, params=params), episodes, seed=seed))
+        for name, make in contenders.items()
     }
     return sections
 
 
-def chaos_strength(chaos: Policy, episodes: int, seed: int) -> ChaosStrength:
+def chaos_strength(chaos: Policy, episodes: int, seed: int, params: SimParams | None = None) -> ChaosStrength:
     """Runbook's availability on shop against random chaos and against the learned chaos agent."""
     shop, runbook = load_topology("shop"), lambda: load_policy("runbook", Role.ORDER)
     return ChaosStrength(
-        random=figures(runbook(), load_policy("random", Role.CHAOS), shop, episodes, seed).availability,
-        learned=figures(runbook(), chaos, shop, episodes, seed).availability,
+        random=figures(runbook(), load_policy("random", Role.CHAOS), shop, episodes, seed, params).availability,
+        learned=figures(runbook(), chaos, shop, episodes, seed, params).availability,
     )
 
 
@@ -285,7 +304,7 @@ def build_report(sp: SelfPlay, episodes: int = 32, progress: Progress | None = N
         progress.update("report: generations", g - 1, gens)
         recorded = sp.history[g - 1] if g - 1 < len(sp.history) else {}
         training = {key: value for key, value in recorded.items() if key != "generation"}
-        history.append(generation_figures(g, order[g](), chaos[g](), episodes // 2, seed, training))
+        history.append(generation_figures(g, order[g](), chaos[g](), episodes // 2, seed, training, cfg.sim))
     progress.update("report: cross-play", 0, 1)
     orders = [
         ("runbook", lambda: load_policy("runbook", Role.ORDER)),
@@ -293,9 +312,9 @@ def build_report(sp: SelfPlay, episodes: int = 32, progress: Progress | None = N
     ]
     orders += [(f"order-g{g}", order[g]) for g in order]
     chaoses = [("random", lambda: load_policy("random", Role.CHAOS))] + [(f"chaos-g{g}", chaos[g]) for g in chaos]
-    cross = crossplay(orders, chaoses, episodes // 2, seed)
+    cross = crossplay(orders, chaoses, episodes // 2, seed, cfg.sim)
     progress.update("report: final agent vs baselines", 0, 1)
-    final = final_comparison(order[gens](), chaos[gens](), episodes, seed)
+    final = final_comparison(order[gens](), chaos[gens](), episodes, seed, cfg.sim)
     t = sp.timing
     throughput = Throughput(
         order_steps=int(t["order_steps"]),
@@ -307,7 +326,7 @@ def build_report(sp: SelfPlay, episodes: int = 32, progress: Progress | None = N
         cartpole_ppo_steps_per_s=cartpole_ppo_rate(),
     )
     # Measured after CartPole's PPO, which reseeds the global random streams, where it has always been.
-    strength = chaos_strength(chaos[gens](), episodes, seed)
+    strength = chaos_strength(chaos[gens](), episodes, seed, cfg.sim)
     return Report(cfg, history, cross, final, strength, throughput)
 
 

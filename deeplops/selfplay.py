@@ -27,6 +27,7 @@ from deeplops.imitation import imitate
 from deeplops.learned import load_agent
 from deeplops.policies import load_policy
 from deeplops.ppo import PPO, PPOSettings
+from deeplops.sim import SimParams
 from deeplops.topogen import random_topology
 from deeplops.topology import Topology, load_topology
 from deeplops.training_env import GameVecEnv
@@ -63,6 +64,9 @@ class SelfPlayConfig:
     backend starts from the shipped pretrained agents when none is given."""
     ticks: int = 200
     """Ticks per training episode."""
+    sim: SimParams | None = None
+    """The simulator's dynamics in training and in the report's games (``--sim FILE``); None for
+    the calibrated defaults."""
 
     def __post_init__(self) -> None:
         if self.generations < 1 or self.steps < 0 or self.ticks < 1:
@@ -70,6 +74,8 @@ class SelfPlayConfig:
                               f"{self.steps} and {self.ticks}")  # fmt: skip
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if self.sim is not None and self.real:
+            raise ConfigError(f"--sim applies to the simulator only: expected --backend sim, got {self.backend}")
         for role in Role:
             start = self.start_path(role)
             if start is not None and not start.is_file():
@@ -281,7 +287,7 @@ class SelfPlay:
             previous = self._agent(role, g - 1) if g > 1 else cfg.start_path(role)
             saved = start_agent(previous, role) if previous is not None else None  # before any container
             env = GameVecEnv(role, topologies, pool_sampler(pool), agent.n_games, agent.envs_per_game, game,
-                             seed=env_seed, backend=cfg.backend)  # fmt: skip
+                             cfg.sim, seed=env_seed, backend=cfg.backend)  # fmt: skip
             model = make_model(role, agent, env, seed, self.device, saved)
             if agent.imitate and agent.imitation_steps:
                 # Every generation: the teacher's play on the states this generation's opponents
@@ -289,7 +295,7 @@ class SelfPlay:
                 # student is not lost where past chaos agents took it (DAgger's point).
                 mix = [pool[0]] * 3 + pool[1:]
                 teach_env = GameVecEnv(role, topologies, pool_sampler(mix), agent.n_games, agent.envs_per_game, game,
-                                       seed=env_seed + 1)  # fmt: skip
+                                       cfg.sim, seed=env_seed + 1)  # fmt: skip
                 self.progress.update(f"g{g} {role.value}: imitating {agent.imitate}", 0, cfg.steps)
                 record[f"{role.value}_imitation_accuracy"] = imitate(
                     model, teach_env, agent.imitate, agent.imitation_steps, agent.imitation_epochs, seed)  # fmt: skip

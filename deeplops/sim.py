@@ -7,12 +7,14 @@ Its parameters (:class:`SimParams`) are set from timings measured on real contai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deeplops import simkernel
+from deeplops.catalog import read_yaml
 from deeplops.errors import ConfigError, SandboxError
 from deeplops.faults import CLEARS_TABLE, Fault, Repair
 from deeplops.kernels import checked_array, compiled_for
@@ -27,6 +29,13 @@ from deeplops.system import (
     SLO_LATENCY_S,
 )
 from deeplops.topology import Topology
+
+MAX_DOWN_TICKS = 3600
+"""Most ticks a restart or recreate may keep a service down (an hour of ticks)."""
+MAX_PROBE_DELAY = 60
+"""Most ticks of monitoring lag (each env keeps that many ticks of health results)."""
+MAX_SIM_NUMBER = 1e6
+"""Bound of the simulator's other numbers (timeouts, fill rate, half-life)."""
 
 
 def _check_range(name: str, value: object, top: float | None = None) -> None:
@@ -115,18 +124,55 @@ class SimParams:
     """A service whose link is saturated by a flood."""
 
     def __post_init__(self) -> None:
-        for name in ("restart_ticks", "recreate_ticks", "probe_delay"):
+        for name, most in (("restart_ticks", MAX_DOWN_TICKS), ("recreate_ticks", MAX_DOWN_TICKS),
+                           ("probe_delay", MAX_PROBE_DELAY)):  # fmt: skip
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"sim parameter {name} must be a whole number of ticks >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+                raise ConfigError(f"sim parameter {name} must be a whole number of ticks in [0, {most}], got {value!r}")
         for name in ("probe_timeout_s", "slo_latency_s", "disk_fill_per_tick", "restart_half_life"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"sim parameter {name} must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_SIM_NUMBER:
+                raise ConfigError(f"sim parameter {name} must be a number in [0, {MAX_SIM_NUMBER}], got {value!r}")
         _check_chance("disk_full_at", self.disk_full_at)
         _check_range("data_fraction", self.data_fraction, 1.0)
         if not 0.0 <= self.probe_noise <= 0.5:
             raise ConfigError(f"sim parameter probe_noise must be in [0, 0.5], got {self.probe_noise!r}")
+
+    @classmethod
+    def from_file(cls, path: Path) -> SimParams:
+        """The calibrated defaults with the fields a YAML file sets (``--sim FILE``), e.g.
+        ``restart_ticks: 3`` or ``cpu_hog: {probe_fail: 0.3}`` (a symptom table's other fields kept).
+
+        Raises:
+            ConfigError: the file is unreadable, not a mapping, names an unknown field, or sets a
+                value out of its range; the message names the field.
+        """
+        expected = "a YAML mapping of simulator fields (SimParams)"
+        doc = read_yaml(path, ConfigError, expected)
+        if not isinstance(doc, dict):
+            raise ConfigError(f"--sim {path}: expected {expected}, got {type(doc).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(str(k) for k in doc if k not in known)
+        if unknown:
+            raise ConfigError(f"--sim {path}: unknown field {unknown[0]!r}: expected some of {', '.join(known)}")
+        base = cls()
+        changes: dict[str, Any] = {}
+        for key, value in doc.items():
+            current = getattr(base, key)
+            try:
+                if isinstance(current, Symptoms):
+                    if not isinstance(value, dict):
+                        raise ConfigError(f"expected a mapping of {', '.join(f.name for f in fields(Symptoms))}")
+                    parts: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+                    changes[key] = replace(current, **parts)
+                else:
+                    changes[key] = tuple(value) if isinstance(value, list) else value
+            except (TypeError, ConfigError) as exc:
+                raise ConfigError(f"--sim {path}: field {key!r}: {exc}") from None
+        try:
+            return replace(base, **changes)
+        except ConfigError as exc:
+            raise ConfigError(f"--sim {path}: {exc}") from None
 
     @classmethod
     def from_calibration(cls, fields_: dict[str, Any]) -> SimParams:

@@ -11,6 +11,13 @@ import pytest
 
 from deeplops.cli import main
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    # Each pytest-xdist worker trains with one thread: two workers of two spinning OpenMP threads
+    # each on a 2-core machine slowed a tiny self-play from 18 s to 360 s.
+    torch.set_num_threads(1)
+
 
 @dataclass
 class CliResult:

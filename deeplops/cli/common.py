@@ -53,6 +53,14 @@ OrderOpt = Annotated[
 ]
 BackendOpt = Annotated[str, typer.Option("--backend", help=f"Sandbox backend: {', '.join(BACKENDS)}.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the first episode; episode k uses seed + k.")]
+SimOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--sim",
+        help="A YAML file of simulator fields to change from the calibrated defaults (SimParams), "
+        "e.g. 'restart_ticks: 3'.",
+    ),
+]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object to this file.")]
 
 
@@ -74,6 +82,17 @@ def check_seed(seed: int, episodes: int = 1) -> None:
     if seed + episodes - 1 > bounds.MAX_SEED:
         raise ConfigError(f"--seed {seed} with {episodes} episodes reaches seed {seed + episodes - 1}: "
                           f"expected seed + episodes - 1 <= {bounds.MAX_SEED}")  # fmt: skip
+
+
+def sim_params(path: Path | None, backend: str) -> Any:
+    """The SimParams of ``--sim FILE`` (None when not given), checked before any work."""
+    if path is None:
+        return None
+    if backend != "sim":
+        raise ConfigError(f"--sim applies to the simulator only: expected --backend sim, got {backend}")
+    from deeplops.sim import SimParams
+
+    return SimParams.from_file(path)
 
 
 def check_json(path: Path | None) -> None:

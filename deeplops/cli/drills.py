@@ -15,6 +15,7 @@ from deeplops.cli.common import (
     JsonOpt,
     OrderOpt,
     SeedOpt,
+    SimOpt,
     app,
     check_backend,
     check_count,
@@ -22,6 +23,7 @@ from deeplops.cli.common import (
     check_seed,
     on_interrupt,
     out,
+    sim_params,
     write_json,
 )  # fmt: skip
 from deeplops.errors import ConfigError
@@ -55,6 +57,7 @@ def evaluate(
     record: Annotated[
         Path | None, typer.Option("--record", help="Write one JSON Lines trace per episode here.")
     ] = None,
+    sim: SimOpt = None,
 ) -> None:
     """Play an order policy against chaos (or scripted scenarios) and report availability and MTTR."""
     from deeplops import evaluate as ev
@@ -69,6 +72,7 @@ def evaluate(
     check_count("--episodes", episodes, maximum=bounds.MAX_EPISODES)
     check_seed(seed, episodes or 30)
     check_json(json_path)
+    params = sim_params(sim, backend)
     if record is not None:
         outputs.check_dir(record, "--record")
     if scenario and (chaos is not None or env is not None):
@@ -87,14 +91,14 @@ def evaluate(
         plays = [
             (
                 s.name,
-                ev.Match(s.topology, order_policy, ScriptedChaos(s), backend, s.game_config()),
+                ev.Match(s.topology, order_policy, ScriptedChaos(s), backend, s.game_config(), params),
                 episodes or 1,
                 s.seed,
             )
             for s in scenarios
         ]
     else:
-        match = ev.Match(load_topology(env), order_policy, load_policy(chaos, Role.CHAOS), backend)
+        match = ev.Match(load_topology(env), order_policy, load_policy(chaos, Role.CHAOS), backend, params=params)
         plays = [(order, match, episodes or 30, seed)]
     rows: dict[str, Summary] = {}
     all_stats = []
@@ -104,6 +108,8 @@ def evaluate(
             rows[label] = summarize(stats)
             all_stats += stats
     result: dict[str, Any] = {**summarize(all_stats).to_json(), "order": order, "backend": backend}
+    if sim is not None:
+        result["sim"] = str(sim)
     if scenario:
         result["scenarios"] = {label: summary.to_json() for label, summary in rows.items()}
     else:
@@ -142,6 +148,7 @@ def replay(
     ] = None,
     json_path: JsonOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Draw the timelines to this PNG file.")] = None,
+    sim: SimOpt = None,
 ) -> None:
     """Play a drill's fault timeline against one or more order policies and check its steady-state hypothesis.
 
@@ -156,6 +163,7 @@ def replay(
 
     check_backend(backend)
     check_json(json_path)
+    params = sim_params(sim, backend)
     if plot is not None:
         outputs.check_file(plot, "--plot", outputs.PICTURE_SUFFIXES)
     drill = load_drill(file, env)
@@ -164,7 +172,7 @@ def replay(
     runs = []
     with Bar(drill.ticks * len(policies), f"replaying {drill.name}") as advance:
         for name, policy in policies:
-            runs.append(run_drill(drill, name, policy, backend, on_tick=advance))
+            runs.append(run_drill(drill, name, policy, backend, on_tick=advance, params=params))
     title = f"replay {drill.name} on {drill.topology.name} ({backend}): {len(drill.faults)} scheduled fault(s)"
     out.print(metrics_table({r.label: r.metrics for r in runs}, title=title))
     for r in runs:

@@ -10,7 +10,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from deeplops import bounds, outputs
-from deeplops.cli.common import BackendOpt, SeedOpt, app, check_backend, check_count, check_seed, err, on_interrupt, out
+from deeplops.cli.common import (
+    BackendOpt,
+    SeedOpt,
+    SimOpt,
+    app,
+    check_backend,
+    check_count,
+    check_seed,
+    err,
+    on_interrupt,
+    out,
+    sim_params,
+)
 
 
 @app.command()
@@ -36,6 +48,7 @@ def selfplay(
     ticks: Annotated[
         int | None, typer.Option("--ticks", help="Ticks per training episode [sim: 200, docker: 60].")
     ] = None,
+    sim: SimOpt = None,
 ) -> None:
     """Train the order and chaos agents in alternating self-play, then measure them.
 
@@ -54,13 +67,14 @@ def selfplay(
     check_count("--steps", steps, minimum=0)
     check_seed(seed)
     check_count("--ticks", ticks, maximum=bounds.MAX_TICKS)
+    params = sim_params(sim, backend)
     outputs.check_dir(out_dir, "--out")
     load_topology(env)
     train_on = tuple(dict.fromkeys([env, "shop", "chain"]))
     config = SelfPlayConfig.from_files(generations=generations, steps=steps, seed=seed, device=device,
                                        train_on=train_on, backend=backend,
                                        start_from=None if start_from is None else str(start_from),
-                                       ticks=ticks or (200 if backend == "sim" else 60))  # fmt: skip
+                                       ticks=ticks or (200 if backend == "sim" else 60), sim=params)  # fmt: skip
     SelfPlay(config, out_dir).completed()  # a run there with other settings, or a corrupt state, fails now
     on_interrupt(f"generations completed are kept in {out_dir}: the same command resumes from the last one")
     with _Phases() as progress:
