@@ -8,6 +8,8 @@ are in dependency order, so the lowest slot is never a dependent of a higher one
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from deeplops.actions import FAULTS_PER_SLOT, Observation, Role, order_actions, order_slots
@@ -24,8 +26,14 @@ def _first_rule(rules: list[tuple[np.ndarray, Repair]], n_envs: int) -> np.ndarr
     stacked = np.stack([candidates for candidates, _ in rules], axis=1).reshape(n_envs, -1)
     first = stacked.argmax(axis=1)
     rule, slot = np.divmod(first, MAX_SLOTS)
-    repair = np.array([int(r) for _, r in rules])[rule]
+    repair = _codes(tuple(r for _, r in rules))[rule]
     return np.where(stacked.any(axis=1), order_actions(slot, repair), 0).astype(np.int64)
+
+
+@functools.cache
+def _codes(repairs: tuple[Repair, ...]) -> np.ndarray:
+    """The repairs' codes as an array (made once per list of rules: the baselines act every tick)."""
+    return np.array([int(r) for r in repairs])
 
 
 class _Symptoms:
@@ -274,23 +282,25 @@ class RunbookPolicy:
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
         """The first rule that fires, on the deepest service it fires for."""
         s = _Symptoms(obs)
-        # A repair since the last tick resets the service's ticks-since-repair: from then on it is
-        # awaited until it is seen running (or for ``patience`` ticks, should it never come back).
-        repaired = (s.since_repair < self._since) | (s.since_repair == 0)
-        self._since = s.since_repair
-        self._back = (self._back & ~repaired) | s.running
-        awaited = ~self._back & (s.since_repair < self.patience)
-        self._bad = np.where(s.healthy | awaited, 0, self._bad + 1)
+        # A repair since the last tick stops the service's ticks-since-repair from growing: from
+        # then on it is awaited until it is seen running (or for ``patience`` ticks, should it never
+        # come back). Few array operations: the runbook is the chaos env's opponent every tick.
+        since = s.since_repair
+        self._back = (self._back & (since > self._since)) | s.running
+        self._since = since
+        free = self._back | (since >= self.patience)  # not awaited
+        self._bad = np.where(s.healthy, 0, self._bad + 1) * free
         self._good = np.where(s.healthy, self._good + 1, 0)
-        settled = (s.since_repair >= self.grace) & ~awaited
-        unsettled = (self._good < self.settle).astype(np.float32)
-        dep_unsettled = np.einsum("bsd,bd->bs", obs["adjacency"], unsettled) > 0
+        up = s.present & s.running
+        settled = up & (since >= self.grace) & free
+        unsettled = (self._good < self.settle).astype(np.int8)
+        deps_settled = np.matmul(obs["adjacency"], unsettled[..., None])[..., 0] == 0
         rules = [
-            (s.present & ~s.running & (s.since_repair >= 2) & ~awaited, Repair.RESTART),
+            (s.present & ~s.running & (since >= 2) & free, Repair.RESTART),
             (s.present & (s.disk >= 0.95), Repair.CLEAN_DISK),
             (s.present & (s.net >= 0.8), Repair.RATE_LIMIT),
-            (s.present & s.running & (s.cpu >= 0.9) & settled, Repair.RESTART),
-            (s.present & s.running & (self._bad >= self.streak) & ~dep_unsettled & settled, Repair.RESTART),
+            (settled & (s.cpu >= 0.9), Repair.RESTART),
+            (settled & (self._bad >= self.streak) & deps_settled, Repair.RESTART),
         ]
         return _first_rule(rules, mask.shape[0])
 
