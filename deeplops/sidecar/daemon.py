@@ -129,7 +129,7 @@ class Sidecar:
         audit: Audit | None = None
         try:
             stack = live_mod.attach(config.project)
-            fingerprint = stack.fingerprint()
+            fingerprint = stack.built_from
             if config.metrics_port is not None:
                 server = Server(self.metrics, config.metrics_port, self.alive, config.metrics_address)
             self.server = server
@@ -287,12 +287,7 @@ class Sidecar:
             self.audit.write({"event": "stack_changed", "containers": len(now)})
             self._drop_stack()
         stack = live_mod.attach(self.config.project)
-        try:
-            fingerprint = stack.fingerprint()
-        except BaseException:
-            stack.close()
-            raise
-        return self._use(stack, fingerprint)
+        return self._use(stack, stack.built_from)
 
     def _use(self, stack: live_mod.LiveStack, fingerprint: frozenset[str]) -> live_mod.LiveStack:
         """Watch ``stack`` from now on: a fresh policy, and readings that must settle again."""

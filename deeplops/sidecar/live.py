@@ -57,6 +57,8 @@ class LiveStack(Protocol):
     topology: Topology
     repairs: tuple[Repair, ...]
     """Repairs that can be applied to this kind of stack."""
+    built_from: frozenset[str]
+    """The fingerprint of the containers it was attached from (set by ``attach``)."""
 
     def measure(self) -> None: ...
     def observe(self) -> np.ndarray: ...
@@ -94,14 +96,20 @@ def attach(project: str) -> LiveStack:
     with it (a topology it cannot hold, more services than the observation's MAX_SLOTS)."""
     client = stack.connect()
     kind, found = project_containers(client, project)
+    made: LiveStack | None = None
     try:
         if kind == "sandbox":
             box = DockerSandbox.attach(project)
-            return SandboxStack(box, _strangers(box.topology, found))
-        if kind == "compose":
-            return ComposeStack(client, project, found)
+            made = SandboxStack(box, _strangers(box.topology, found))
+        elif kind == "compose":
+            made = ComposeStack(client, project, found)
     except (ConfigError, ValueError) as exc:  # the stack's labels, not the command line: retried while running
         raise SandboxError(f"{kind} {project}: {exc}") from None
+    if made is not None:
+        # The listing it was made from, not a fresh one: a container added meanwhile must read as
+        # a change at the next tick (a fresh listing would take it in, and it would never be seen).
+        made.built_from = _fingerprint(found)
+        return made
     raise SandboxError(f"no containers labelled deeplops.sandbox={project} or {COMPOSE_PROJECT}={project}: "
                        "expected a running sandbox or Compose project")  # fmt: skip
 
@@ -123,6 +131,9 @@ def check_size(project: str, services: list[str]) -> None:
 
 class SandboxStack:
     """A deeplops sandbox, measured and repaired as the environment does."""
+
+    built_from: frozenset[str] = frozenset()
+    """The fingerprint of the containers it was attached from (``attach`` sets it)."""
 
     repairs: tuple[Repair, ...] = (Repair.RESTART, Repair.CLEAN_DISK, Repair.RATE_LIMIT, Repair.RECREATE)
 
@@ -167,6 +178,9 @@ class SandboxStack:
 class ComposeStack(ArrayState):
     """A Compose project: topology from labels, health from HEALTHCHECK, restarts through the
     Docker backend's restart (SIGTERM, a short grace, SIGKILL, start)."""
+
+    built_from: frozenset[str] = frozenset()
+    """The fingerprint of the containers it was attached from (``attach`` sets it)."""
 
     repairs: tuple[Repair, ...] = (Repair.RESTART,)
 
