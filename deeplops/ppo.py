@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,6 @@ class PPO:
 
     def __init__(self, policy: ActorCritic, env: VecEnv, settings: PPOSettings, seed: int = 0) -> None:
         self.policy, self.env, self.settings = policy, env, settings
-        self.seed = seed
         self.num_timesteps = 0
         """Transitions trained on so far (stable-baselines3's name)."""
         self.n_updates = 0
@@ -126,7 +126,7 @@ class PPO:
                 _put(obs_store, t, obs)
                 if self._masked:
                     masks[t] = torch.from_numpy(np.asarray(env.action_masks(), dtype=np.bool_))  # type: ignore[attr-defined]
-                logits, value = (x.cpu() for x in self._forward(_at(obs_store, t)))
+                logits, value = (x.cpu() for x in self._forward(_each(obs_store, itemgetter(t))))
                 logp_all = torch.log_softmax(logits.masked_fill(~masks[t], _MASKED), -1)
                 action = _sample(logp_all.exp(), self._sampler)
                 obs, reward, dones, infos = env.step(action.numpy())
@@ -137,12 +137,11 @@ class PPO:
                 logps[t] = logp_all.gather(1, action[:, None])[:, 0]
                 starts[t] = self._first
                 self._first = torch.as_tensor(dones, dtype=torch.float32)
-            last_value = self._forward(_tensors(obs))[1].cpu()
+            last_value = self._forward(_each(obs, _tensor))[1].cpu()
         self._last_obs = obs
         advantages = _gae(rewards, values, starts, last_value, self._first, cfg.gamma, cfg.gae_lambda)
         return {
-            "obs": {key: value.flatten(0, 1) for key, value in obs_store.items()} if isinstance(obs_store, dict)
-            else obs_store.flatten(0, 1),
+            "obs": _each(obs_store, lambda value: value.flatten(0, 1)),
             "masks": masks.flatten(0, 1),
             "actions": actions.flatten(),
             "logps": logps.flatten(),
@@ -161,7 +160,7 @@ class PPO:
                 batch: Any = {key: np.stack([o[key] for o in last]) for key in last[0]}
             else:
                 batch = np.stack(last)
-            out[timed_out] = self._forward(_tensors(batch))[1].cpu()
+            out[timed_out] = self._forward(_each(batch, _tensor))[1].cpu()
         return out
 
     def _forward(self, obs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,14 +182,15 @@ class PPO:
             order = torch.from_numpy(self._rng.permutation(total)).to(self.device)
             for begin in range(0, total, cfg.batch_size):
                 idx = order[begin : begin + cfg.batch_size]
-                logits, values = self._forward(_rows(batch["obs"], idx))
-                logp_all = torch.log_softmax(logits.masked_fill(~batch["masks"][idx], _MASKED), -1)
+                logits, values = self._forward(_each(batch["obs"], itemgetter(idx)))
+                mask, old_logp = batch["masks"][idx], batch["logps"][idx]
+                logp_all = torch.log_softmax(logits.masked_fill(~mask, _MASKED), -1)
                 logp = logp_all.gather(1, batch["actions"][idx, None])[:, 0]
-                entropy = -torch.where(batch["masks"][idx], logp_all.exp() * logp_all, 0.0).sum(-1)
+                entropy = -torch.where(mask, logp_all.exp() * logp_all, 0.0).sum(-1)
                 adv = batch["advantages"][idx]
                 if len(idx) > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                ratio = torch.exp(logp - batch["logps"][idx])
+                ratio = torch.exp(logp - old_logp)
                 clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
                 policy_loss = -torch.min(adv * ratio, adv * clipped).mean()
                 value_loss = functional.mse_loss(batch["returns"][idx], values)
@@ -201,7 +201,7 @@ class PPO:
                 policy.optimizer.step()
                 self.n_updates += 1
                 with torch.no_grad():
-                    log_ratio = logp - batch["logps"][idx]
+                    log_ratio = logp - old_logp
                     kl = float(((ratio - 1) - log_ratio).mean())
                     clipped_share = float(((ratio - 1).abs() > cfg.clip_range).float().mean())
                     sums += [float(policy_loss), float(value_loss), float(entropy.mean()), kl, clipped_share]
@@ -235,9 +235,7 @@ def _to(value: Any, device: torch.device) -> Any:
     """Tensors (or a dict of them, nested) on ``device``; as they are when it is the CPU."""
     if device.type == "cpu":
         return value
-    if isinstance(value, dict):
-        return {key: _to(item, device) for key, item in value.items()}
-    return value.to(device)
+    return _each(value, lambda item: _to(item, device) if isinstance(item, dict) else item.to(device))
 
 
 def _writer(log_dir: Path | None) -> Any:
@@ -248,38 +246,27 @@ def _writer(log_dir: Path | None) -> Any:
     return SummaryWriter(str(log_dir))
 
 
-def _tensors(obs: Any) -> Any:
-    """Observations as tensors sharing the arrays' memory."""
-    if isinstance(obs, dict):
-        return {key: torch.from_numpy(np.asarray(value)) for key, value in obs.items()}
-    return torch.from_numpy(np.asarray(obs))
+def _each(obs: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn`` of each array of an observation: a dict of them (the game's) or one (CartPole's)."""
+    return {key: fn(value) for key, value in obs.items()} if isinstance(obs, dict) else fn(obs)
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    """An array as a tensor sharing its memory."""
+    return torch.from_numpy(np.asarray(value))
 
 
 def _storage(obs: Any, n: int) -> Any:
     """Room for ``n`` ticks of observations shaped like ``obs``."""
-    if isinstance(obs, dict):
-        return {key: torch.zeros((n, *np.shape(value)), dtype=_dtype(value)) for key, value in obs.items()}
-    return torch.zeros((n, *np.shape(obs)), dtype=_dtype(obs))
-
-
-def _dtype(value: Any) -> torch.dtype:
-    return torch.from_numpy(np.zeros(1, np.asarray(value).dtype)).dtype
+    return _each(obs, lambda value: torch.zeros((n, *np.shape(value)), dtype=_tensor(value).dtype))
 
 
 def _put(store: Any, t: int, obs: Any) -> None:
     if isinstance(store, dict):
         for key, value in store.items():
-            value[t] = torch.from_numpy(np.asarray(obs[key]))
+            value[t] = _tensor(obs[key])
     else:
-        store[t] = torch.from_numpy(np.asarray(obs))
-
-
-def _rows(store: Any, idx: torch.Tensor) -> Any:
-    return {key: value[idx] for key, value in store.items()} if isinstance(store, dict) else store[idx]
-
-
-def _at(store: Any, t: int) -> Any:
-    return {key: value[t] for key, value in store.items()} if isinstance(store, dict) else store[t]
+        store[t] = _tensor(obs)
 
 
 def _gae(
