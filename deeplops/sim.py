@@ -38,6 +38,16 @@ MAX_SIM_NUMBER = 1e6
 """Bound of the simulator's other numbers (timeouts, fill rate, half-life)."""
 
 
+def _pair(value: Any) -> Any:
+    """A (low, high) range as files write it (a list) as SimParams holds it (a tuple)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _pairs(fields_: dict[str, Any]) -> dict[str, Any]:
+    """A symptom table's fields as Symptoms holds them."""
+    return {key: _pair(value) for key, value in fields_.items()}
+
+
 def _check_range(name: str, value: object, top: float | None = None) -> None:
     if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int | float) for v in value)):
         raise ConfigError(f"{name} must be a (low, high) pair of numbers, got {value!r}")
@@ -163,10 +173,9 @@ class SimParams:
                 if isinstance(current, Symptoms):
                     if not isinstance(value, dict):
                         raise ConfigError(f"expected a mapping of {', '.join(f.name for f in fields(Symptoms))}")
-                    parts: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-                    changes[key] = replace(current, **parts)
+                    changes[key] = replace(current, **_pairs(value))
                 else:
-                    changes[key] = tuple(value) if isinstance(value, list) else value
+                    changes[key] = _pair(value)
             except (TypeError, ConfigError) as exc:
                 raise ConfigError(f"--sim {path}: field {key!r}: {exc}") from None
         try:
@@ -179,12 +188,7 @@ class SimParams:
         """SimParams from the ``sim_params`` section of a calibration file."""
         kwargs: dict[str, Any] = {}
         for key, value in fields_.items():
-            if isinstance(value, dict):
-                parts: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-                value = Symptoms(**parts)
-            elif isinstance(value, list):
-                value = tuple(value)
-            kwargs[key] = value
+            kwargs[key] = Symptoms(**_pairs(value)) if isinstance(value, dict) else _pair(value)
         try:
             return cls(**kwargs)
         except TypeError as exc:
