@@ -108,8 +108,9 @@ class SlotPolicy(MaskableActorCriticPolicy):
     """MaskablePPO's actor-critic with the slot encoder and the slot head (weights shared by slots)."""
 
     def __init__(self, *args: Any, hidden: int = 32, rounds: int = 2, value_layers: tuple[int, ...] = (64,),
-                 **kwargs: Any) -> None:  # fmt: skip
+                 noop_bias: float = 0.0, **kwargs: Any) -> None:  # fmt: skip
         self.slot_hidden = hidden
+        self.noop_bias = noop_bias
         kwargs.setdefault("features_extractor_class", SlotEncoder)
         kwargs.setdefault("features_extractor_kwargs", {"hidden": hidden, "rounds": rounds})
         kwargs.setdefault("net_arch", {"pi": [], "vf": list(value_layers)})
@@ -122,4 +123,5 @@ class SlotPolicy(MaskableActorCriticPolicy):
         for layer in (self.action_net.noop, self.action_net.slot):
             nn.init.orthogonal_(layer.weight, gain=0.01)
             nn.init.zeros_(layer.bias)
+        nn.init.constant_(self.action_net.noop.bias, self.noop_bias)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]

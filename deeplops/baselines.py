@@ -13,7 +13,7 @@ import functools
 import numpy as np
 
 from deeplops.actions import FAULTS_PER_SLOT, Observation, Role, order_actions, order_slots
-from deeplops.faults import PROPER_REPAIR_TABLE, Repair
+from deeplops.faults import CLEARS_TABLE, PROPER_REPAIR_TABLE, REPAIR_COST_TABLE, Repair
 from deeplops.observation import MAX_SLOTS, SINCE_REPAIR_SCALE, Feature
 
 
@@ -47,6 +47,7 @@ class _Symptoms:
         self.disk = s[..., Feature.DISK_USED]
         self.cpu = s[..., Feature.CPU]
         self.net = s[..., Feature.NET_RX]
+        self.failing = s[..., Feature.ERROR_RATE] >= 0.5
         self.since_repair = np.rint(s[..., Feature.SINCE_REPAIR] * SINCE_REPAIR_SCALE)
 
 
@@ -256,7 +257,9 @@ class RunbookPolicy:
     4. a service burning a full core: restart it;
     5. otherwise restart only the deepest unhealthy service: one unhealthy for ``streak``
        ticks running while each of its direct dependencies has been healthy for ``settle``
-       ticks, so a cascade is fixed at its root and dependents get time to recover.
+       ticks, so a cascade is fixed at its root and dependents get time to recover. Unhealthy
+       means its probe fails *and* most of its requests fail: a flaky or late probe alone
+       does not restart anything.
     A service repaired in the last ``grace`` ticks is left alone, and so is one still coming
     back from a repair (not seen running since; a PostgreSQL or JVM restart takes seconds):
     it is judged from when it runs again, and restarted anew only if it has not come back
@@ -289,7 +292,8 @@ class RunbookPolicy:
         self._back = (self._back & (since > self._since)) | s.running
         self._since = since
         free = self._back | (since >= self.patience)  # not awaited
-        self._bad = np.where(s.healthy, 0, self._bad + 1) * free
+        # Bad: its probe fails and its users see errors. A probe alone can lie (flaky, or late).
+        self._bad = np.where(s.healthy | ~s.failing, 0, self._bad + 1) * free
         self._good = np.where(s.healthy, self._good + 1, 0)
         up = s.present & s.running
         settled = up & (since >= self.grace) & free
@@ -316,9 +320,19 @@ class OraclePolicy:
         """Nothing to forget."""
 
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
-        """The proper repair for the deepest faulted service."""
+        """For the deepest faulted service, the repair that ends its fault soonest without
+        destroying data (cheapest first among equals), where the backend tells each repair's
+        downtime; the proper repair where it does not."""
         faults = obs["faults"]
         faulted = faults > 0
+        rows = np.arange(faults.shape[0])
         slot = faulted.argmax(axis=1)
-        repair = PROPER_REPAIR_TABLE[faults[np.arange(faults.shape[0]), slot]]
+        fault = faults[rows, slot]
+        repair = PROPER_REPAIR_TABLE[fault]
+        if "downtime" in obs:
+            ends = CLEARS_TABLE[:, fault].T  # (n_envs, len(Repair))
+            has_disk = obs["services"][rows, slot, Feature.HAS_DISK] > 0.5
+            ends[:, Repair.RECREATE] &= ~has_disk  # a recreate would destroy its data
+            score = np.where(ends, obs["downtime"][rows, slot] + REPAIR_COST_TABLE, np.inf)
+            repair = np.where(ends.any(axis=1), score.argmin(axis=1), repair)
         return np.where(faulted.any(axis=1), order_actions(slot, repair), 0).astype(np.int64)

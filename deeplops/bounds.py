@@ -18,12 +18,16 @@ MAX_SEED = 2**32 - 1
 """Largest seed; an episode's seed (``seed + episode``) must stay within it too."""
 MAX_EPISODES = 100_000
 """Most episodes one command plays."""
+MAX_SUITE_EPISODES = 10_000
+"""Most episodes per suite of ``deeplops benchmark`` (every policy plays every suite that many)."""
 MAX_GENERATIONS = 1_000
 """Most self-play generations."""
 MAX_STEPS = 1_000_000_000
 """Most reinforcement-learning transitions per role per generation."""
 MAX_DISK_MB = 1_024
 """Largest data volume of one service, in MiB (a tmpfs: it lives in the host's memory)."""
+MAX_RESTART_S = 60.0
+"""Longest a service's restart may take (its topology's ``restart_s``), in seconds: a minute."""
 MAX_SECONDS = 86_400.0
 """Longest interval, timeout, cooldown or measuring time, in seconds (a day)."""
 MAX_PORT = 65_535

@@ -99,10 +99,12 @@ FAULT_COST: dict[Fault, float] = {
 
 REPAIR_COST: dict[Repair, float] = {
     Repair.NOOP: 0.0,
-    Repair.RESTART: 0.02,
-    Repair.CLEAN_DISK: 0.01,
-    Repair.RATE_LIMIT: 0.01,
-    Repair.RECREATE: 0.2,  # data loss
+    # Every repair is a change to a running system, and one that ends nothing is risk for no gain:
+    # priced high enough that "repairing" a service while it restarts is no cheap way to wait.
+    Repair.RESTART: 0.05,
+    Repair.CLEAN_DISK: 0.05,
+    Repair.RATE_LIMIT: 0.05,
+    Repair.RECREATE: 0.2,  # and a volume's data, which only a restore brings back
 }
 """Reward the order agent pays per repair, on the scale of one tick of full availability."""
 

@@ -200,10 +200,17 @@ class Game:
 
     def decide(self, policy: Policy) -> np.ndarray:
         """``policy``'s actions in every env, from its side's observation and mask; a privileged
-        policy also sees the true faults (``obs["faults"]``)."""
+        policy also sees the true faults (``obs["faults"]``) and, where the backend knows them,
+        the ticks each repair would keep each service from serving (``obs["downtime"]``,
+        ``(n_envs, MAX_SLOTS, len(Repair))``)."""
         obs, mask = self._views[policy.role], _MASK[policy.role](self)
         if policy.privileged:
             obs = {**obs, "faults": self.truth()}
+            downtime = getattr(self.sandbox, "downtime", None)
+            if downtime is not None:
+                padded = np.zeros((self.n_envs, MAX_SLOTS, len(Repair)), np.int64)
+                padded[:, : self.topology.n_services] = downtime()
+                obs["downtime"] = padded
         return policy.act(obs, mask)
 
     def truth(self) -> np.ndarray:

@@ -25,12 +25,16 @@ from deeplops.errors import ConfigError
 from deeplops.game import GameConfig
 from deeplops.imitation import imitate
 from deeplops.learned import load_agent
-from deeplops.policies import load_policy
+from deeplops.policies import baseline_names, load_policy
 from deeplops.ppo import PPO, PPOSettings
-from deeplops.sim import SimParams
+from deeplops.sim import Randomisation, SimParams
 from deeplops.topogen import random_topology
 from deeplops.topology import Topology, load_topology
 from deeplops.training_env import GameVecEnv
+
+ORDER_NOOP_BIAS = 4.0
+"""Starting logit of a fresh order agent's noop (the others start near 0): on a six-service system
+it first picks noop about three times in four."""
 
 TRAIN_SEEDS = 10_000
 """Random topologies with seeds below this may be trained on; seeds from here up are held back."""
@@ -67,6 +71,10 @@ class SelfPlayConfig:
     sim: SimParams | None = None
     """The simulator's dynamics in training and in the report's games (``--sim FILE``); None for
     the calibrated defaults."""
+    randomise: bool = True
+    """Draw the dynamics of every training episode (restart and recreate times per service,
+    probe noise and lag, symptoms) from ranges around ``sim`` (its ``randomise`` ranges, or the
+    defaults of ``Randomisation``), so the agents meet many worlds; the report plays ``sim`` as it is."""
 
     def __post_init__(self) -> None:
         if self.generations < 1 or self.steps < 0 or self.ticks < 1:
@@ -121,6 +129,14 @@ class SelfPlayConfig:
         """The role's hyperparameters as given (``order`` or ``chaos``)."""
         return {Role.ORDER: self.order, Role.CHAOS: self.chaos}[role]
 
+    @property
+    def training_sim(self) -> SimParams:
+        """The dynamics training games are played under."""
+        params = self.sim or SimParams()
+        if self.randomise and params.randomise is None:
+            params = replace(params, randomise=Randomisation())
+        return params if self.randomise else replace(params, randomise=None)
+
     def agent(self, role: Role) -> AgentConfig:
         """The role's hyperparameters, fitted to the backend: on real containers one game of one env,
         rollouts no longer than the run, and no imitation (the agents come trained from the sim)."""
@@ -137,6 +153,20 @@ class Progress:
     """What a run reports while it goes: called with (phase label, transitions done, transitions total)."""
 
     update: Callable[[str, int, int], None] = lambda label, done, total: None
+
+
+def teacher(name: str) -> str | None:
+    """The order baseline ``--imitate`` names (None for ``none``).
+
+    Raises:
+        ConfigError: ``name`` is no order baseline that sees only what the agent sees.
+    """
+    if name == "none":
+        return None
+    allowed = [b for b in baseline_names(Role.ORDER) if not load_policy(b, Role.ORDER).privileged]
+    if name not in allowed:
+        raise ConfigError(f"--imitate: expected none or one of {', '.join(allowed)}, got {bounds.shown(name)}")
+    return name
 
 
 def topology_sampler(config: SelfPlayConfig) -> Callable[[np.random.Generator], Topology]:
@@ -184,7 +214,12 @@ def make_model(
     weights, Adam state and counters; this run's hyperparameters)."""
     network = start.network.kwargs() if start else {"hidden": agent.hidden, "rounds": agent.rounds}
     torch.manual_seed(seed)  # the network's first weights
-    policy = SlotPolicy(env.observation_space, env.action_space, lambda _: agent.learning_rate, **network).to(device)
+    # A fresh order agent starts mostly doing nothing: from uniform odds over every repair of every
+    # service it would restart something nearly every tick, and learn in a storm of its own making.
+    noop_bias = ORDER_NOOP_BIAS if role is Role.ORDER and start is None else 0.0
+    policy = SlotPolicy(
+        env.observation_space, env.action_space, lambda _: agent.learning_rate, noop_bias=noop_bias, **network
+    ).to(device)
     settings = PPOSettings(
         learning_rate=agent.learning_rate,
         n_steps=agent.n_steps,
@@ -286,8 +321,9 @@ class SelfPlay:
             )
             previous = self._agent(role, g - 1) if g > 1 else cfg.start_path(role)
             saved = start_agent(previous, role) if previous is not None else None  # before any container
+            sim = None if cfg.real else cfg.training_sim
             env = GameVecEnv(role, topologies, pool_sampler(pool), agent.n_games, agent.envs_per_game, game,
-                             cfg.sim, seed=env_seed, backend=cfg.backend)  # fmt: skip
+                             sim, seed=env_seed, backend=cfg.backend)  # fmt: skip
             model = make_model(role, agent, env, seed, self.device, saved)
             if agent.imitate and agent.imitation_steps:
                 # Every generation: the teacher's play on the states this generation's opponents
@@ -295,7 +331,7 @@ class SelfPlay:
                 # student is not lost where past chaos agents took it (DAgger's point).
                 mix = [pool[0]] * 3 + pool[1:]
                 teach_env = GameVecEnv(role, topologies, pool_sampler(mix), agent.n_games, agent.envs_per_game, game,
-                                       cfg.sim, seed=env_seed + 1)  # fmt: skip
+                                       sim, seed=env_seed + 1)  # fmt: skip
                 self.progress.update(f"g{g} {role.value}: imitating {agent.imitate}", 0, cfg.steps)
                 record[f"{role.value}_imitation_accuracy"] = imitate(
                     model, teach_env, agent.imitate, agent.imitation_steps, agent.imitation_epochs, seed)  # fmt: skip

@@ -7,7 +7,7 @@ Its parameters (:class:`SimParams`) are set from timings measured on real contai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ from deeplops.system import (
     NEVER_REPAIRED,
     PROBE_TIMEOUT_S,
     RESTART_HALF_LIFE_TICKS,
+    RESTORE_TICKS_PER_VOLUME,
     SLO_LATENCY_S,
+    TICK_S,
 )
 from deeplops.topology import Topology
 
@@ -35,7 +37,9 @@ MAX_DOWN_TICKS = 3600
 MAX_PROBE_DELAY = 60
 """Most ticks of monitoring lag (each env keeps that many ticks of health results)."""
 MAX_SIM_NUMBER = 1e6
-"""Bound of the simulator's other numbers (timeouts, fill rate, half-life)."""
+"""Bound of the simulator's other numbers (timeouts, fill rate, half-life, restore time)."""
+MAX_PROBE_NOISE = 0.5
+"""Most probe noise: at one half a health report says nothing."""
 
 
 def _pair(value: Any) -> Any:
@@ -88,6 +92,46 @@ class Symptoms:
         return (*self.latency_s, *self.cpu, *self.net_rx, self.probe_fail, self.serve_fail)
 
 
+def _check_ticks(name: str, value: object, most: int) -> None:
+    if not (isinstance(value, tuple) and len(value) == 2 and all(_is_whole(v) for v in value)):
+        raise ConfigError(f"randomise.{name} must be a (low, high) pair of whole numbers of ticks, got {value!r}")
+    lo, hi = value
+    if not 0 <= lo <= hi <= most:
+        raise ConfigError(f"randomise.{name} must satisfy 0 <= low <= high <= {most}, got {value!r}")
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Randomisation:
+    """Ranges a system's dynamics are drawn from at every reset, per env and (for times) per
+    service, so that an agent trained on them meets many worlds rather than one calibration.
+    The draws come from each env's own stream: an episode still depends on its seed alone."""
+
+    restart_ticks: tuple[int, int] = (0, 8)
+    """Ticks a restart keeps a service down (a service's own ``restart_s`` is kept as it is)."""
+    recreate_ticks: tuple[int, int] = (0, 8)
+    """Ticks a recreate keeps a service down (never less than its own ``restart_s``)."""
+    probe_noise: tuple[float, float] = (0.0, 0.2)
+    """Chance a reported health result is flipped, drawn per episode."""
+    probe_delay: tuple[int, int] = (0, 3)
+    """Monitoring lag in ticks, drawn per episode."""
+    symptom_jitter: float = 0.2
+    """Every calibrated symptom number strictly between 0 and 1 is scaled by a factor drawn per
+    episode from [1 - jitter, 1 + jitter] (0 and 1 are limits, not measurements)."""
+
+    def __post_init__(self) -> None:
+        _check_ticks("restart_ticks", self.restart_ticks, MAX_DOWN_TICKS)
+        _check_ticks("recreate_ticks", self.recreate_ticks, MAX_DOWN_TICKS)
+        _check_ticks("probe_delay", self.probe_delay, MAX_PROBE_DELAY)
+        _check_range("randomise.probe_noise", self.probe_noise, MAX_PROBE_NOISE)
+        jitter = self.symptom_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0.0 <= jitter <= 0.5:
+            raise ConfigError(f"randomise.symptom_jitter must be a number in [0, 0.5], got {jitter!r}")
+
+
 @dataclass(frozen=True)
 class SimParams:
     """How the simulated system behaves. Times are in ticks (one tick = one second).
@@ -116,6 +160,12 @@ class SimParams:
     """Ticks between a health result and its report (monitoring lag)."""
     restart_half_life: float = RESTART_HALF_LIFE_TICKS
     """Half-life in ticks of the recent-restarts count."""
+    restore_ticks: float = RESTORE_TICKS_PER_VOLUME
+    """Ticks to restore a full volume from backup after a recreate destroyed its data: the
+    service fails its users for this times the fraction of its volume that held data."""
+    randomise: Randomisation | None = None
+    """Ranges to draw the restart, recreate and probe dynamics and the symptoms from at every
+    reset (training); None keeps the fields above for every episode."""
     healthy: Symptoms = Symptoms(
         latency_s=(0.0025, 0.0135), cpu=(0.027, 0.079), net_rx=(0.0043, 0.0141), probe_fail=0.0, serve_fail=0.0
     )
@@ -139,19 +189,28 @@ class SimParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
                 raise ConfigError(f"sim parameter {name} must be a whole number of ticks in [0, {most}], got {value!r}")
-        for name in ("probe_timeout_s", "slo_latency_s", "disk_fill_per_tick", "restart_half_life"):
+        for name in ("probe_timeout_s", "slo_latency_s", "disk_fill_per_tick", "restart_half_life", "restore_ticks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_SIM_NUMBER:
                 raise ConfigError(f"sim parameter {name} must be a number in [0, {MAX_SIM_NUMBER}], got {value!r}")
         _check_chance("disk_full_at", self.disk_full_at)
         _check_range("data_fraction", self.data_fraction, 1.0)
-        if not 0.0 <= self.probe_noise <= 0.5:
-            raise ConfigError(f"sim parameter probe_noise must be in [0, 0.5], got {self.probe_noise!r}")
+        if not 0.0 <= self.probe_noise <= MAX_PROBE_NOISE:
+            raise ConfigError(f"sim parameter probe_noise must be in [0, {MAX_PROBE_NOISE}], got {self.probe_noise!r}")
+        if self.randomise is not None and not isinstance(self.randomise, Randomisation):
+            raise ConfigError(f"sim parameter randomise must be ranges of Randomisation, got {self.randomise!r}")
+
+    @property
+    def history_depth(self) -> int:
+        """Ticks of health results each env keeps: one more than the longest monitoring lag."""
+        most = self.probe_delay if self.randomise is None else max(self.probe_delay, self.randomise.probe_delay[1])
+        return most + 1
 
     @classmethod
     def from_file(cls, path: Path) -> SimParams:
         """The calibrated defaults with the fields a YAML file sets (``--sim FILE``), e.g.
-        ``restart_ticks: 3`` or ``cpu_hog: {probe_fail: 0.3}`` (a symptom table's other fields kept).
+        ``restart_ticks: 3``, ``cpu_hog: {probe_fail: 0.3}`` (a symptom table's other fields kept)
+        or ``randomise: {restart_ticks: [0, 8]}`` (the other ranges at their defaults).
 
         Raises:
             ConfigError: the file is unreadable, not a mapping, names an unknown field, or sets a
@@ -168,11 +227,11 @@ class SimParams:
         base = cls()
         changes: dict[str, Any] = {}
         for key, value in doc.items():
-            current = getattr(base, key)
+            current = Randomisation() if key == "randomise" else getattr(base, key)
             try:
-                if isinstance(current, Symptoms):
+                if is_dataclass(current) and not isinstance(current, type):
                     if not isinstance(value, dict):
-                        raise ConfigError(f"expected a mapping of {', '.join(f.name for f in fields(Symptoms))}")
+                        raise ConfigError(f"expected a mapping of {', '.join(f.name for f in fields(current))}")
                     changes[key] = replace(current, **_pairs(value))
                 else:
                     changes[key] = _pair(value)
@@ -202,11 +261,39 @@ class SimParams:
             slo_latency=float(self.slo_latency_s),
             disk_fill=float(self.disk_fill_per_tick),
             disk_full_at=float(self.disk_full_at),
-            probe_noise=float(self.probe_noise),
             restart_decay=0.5 ** (1.0 / self.restart_half_life) if self.restart_half_life else 0.0,
             data_lo=float(lo),
             data_hi=float(hi),
+        )
+
+    def draws(self, topology: Topology) -> simkernel.Draws:
+        """What each reset sets an env's dynamics from on ``topology``: these fields, a service's
+        own ``restart_s``, and the ranges of ``randomise`` when set."""
+        n = topology.n_services
+        down = np.repeat(self.repairs()[:, simkernel.R_DOWN_TICKS].astype(np.int64)[None, :], n, axis=0)
+        lo, hi = down.copy(), down.copy()
+        ranges = self.randomise
+        if ranges is not None:
+            lo[:, Repair.RESTART], hi[:, Repair.RESTART] = ranges.restart_ticks
+            lo[:, Repair.RECREATE], hi[:, Repair.RECREATE] = ranges.recreate_ticks
+        for slot, seconds in enumerate(topology.restart_s):
+            if seconds is not None:  # the service's own start-up time: a recreate starts it too
+                ticks = round(seconds / TICK_S)
+                lo[slot, Repair.RESTART] = hi[slot, Repair.RESTART] = ticks
+                lo[slot, Repair.RECREATE] = max(lo[slot, Repair.RECREATE], ticks)
+                hi[slot, Repair.RECREATE] = max(hi[slot, Repair.RECREATE], ticks)
+        noise = (self.probe_noise, self.probe_noise) if ranges is None else ranges.probe_noise
+        delay = (self.probe_delay, self.probe_delay) if ranges is None else ranges.probe_delay
+        return simkernel.Draws(
+            randomise=ranges is not None,
+            down_lo=lo,
+            down_hi=hi,
             symptoms=self.symptoms(),
+            jitter=float(ranges.symptom_jitter) if ranges else 0.0,
+            noise_lo=float(noise[0]),
+            noise_hi=float(noise[1]),
+            delay_lo=int(delay[0]),
+            delay_hi=int(delay[1]),
         )
 
     def symptoms(self) -> np.ndarray:
@@ -252,7 +339,9 @@ class SimSandbox(ArrayState):
         self.params = params or SimParams()
         e, n = n_envs, topology.n_services
         self._rules = self.params.rules()
-        self._repair_rules = simkernel.RepairRules(effects=self.params.repairs(), clears=CLEARS_TABLE)
+        self._repair_rules = simkernel.RepairRules(
+            effects=self.params.repairs(), clears=CLEARS_TABLE, restore_full=float(self.params.restore_ticks)
+        )
         self._layout = simkernel.Layout(
             has_disk=topology.has_disk.copy(), entries=topology.entries.copy(), adjacency=topology.adjacency.copy()
         )
@@ -263,9 +352,17 @@ class SimSandbox(ArrayState):
             junk=np.zeros((e, n), np.float64),
             data=np.zeros((e, n), np.float64),
             restarts=np.zeros((e, n), np.float64),
+            restore=np.zeros((e, n), np.int32),
             health=np.ones((e, n), np.bool_),
-            history=np.ones((e, self.params.probe_delay + 1, n), np.bool_),
+            history=np.ones((e, self.params.history_depth, n), np.bool_),
             rng=np.zeros(e, np.uint64),
+        )
+        self._draws = self.params.draws(topology)
+        self._dyn = simkernel.Dynamics(
+            down=np.zeros((e, n, len(Repair)), np.int32),
+            symptoms=np.zeros((e, *self._draws.symptoms.shape), np.float64),
+            probe_noise=np.zeros(e, np.float64),
+            probe_delay=np.zeros(e, np.int64),
         )
         self._readings = simkernel.Readings(
             features=np.zeros((e, MAX_SLOTS, N_FEATURES), np.float32), slo=np.ones(e, np.bool_)
@@ -280,9 +377,10 @@ class SimSandbox(ArrayState):
         # The records live as long as the sandbox, so each kernel is looked up once for their
         # types and called without numba's per-call typing (deeplops.kernels says why).
         per_env = np.zeros(e, np.int64)
-        self._advance = compiled_for(simkernel.advance, self._state, self._layout, self._rules, 0, self._readings)
-        self._repair = compiled_for(simkernel.repair, self._state, self._repair_rules, per_env, per_env, self._cleared)
-        self._seed_streams = compiled_for(simkernel.seed_streams, self._state, self._layout, self._rules, per_env)
+        state, layout, rules, dyn = self._state, self._layout, self._rules, self._dyn
+        self._advance = compiled_for(simkernel.advance, state, layout, rules, dyn, 0, self._readings)
+        self._repair = compiled_for(simkernel.repair, state, self._repair_rules, dyn, per_env, per_env, self._cleared)
+        self._start = compiled_for(simkernel.start, state, layout, rules, self._draws, per_env, dyn)
 
     def reset(self, seeds: Sequence[int]) -> None:
         """Fresh, healthy systems; env e's randomness comes from ``seeds[e]`` alone."""
@@ -290,12 +388,13 @@ class SimSandbox(ArrayState):
         if seeds_arr.shape != (self.n_envs,) or (seeds_arr < 0).any():
             raise ConfigError(f"reset needs {self.n_envs} seeds >= 0, got {list(seeds)!r}")
         state = self._state
-        self._seed_streams(state, self._layout, self._rules, seeds_arr)
+        self._start(state, self._layout, self._rules, self._draws, seeds_arr, self._dyn)
         state.fault[:] = 0
         state.down[:] = 0
         state.since[:] = NEVER_REPAIRED
         state.junk[:] = 0.0
         state.restarts[:] = 0.0
+        state.restore[:] = 0
         state.health[:] = True
         state.history[:] = True
         self._slo[:] = True
@@ -316,7 +415,7 @@ class SimSandbox(ArrayState):
         """Apply ``repairs[e]`` to ``slots[e]``; return whether each ended a fault."""
         batch = (self.n_envs,)
         slots, repairs = checked_array(slots, np.int64, batch), checked_array(repairs, np.int64, batch)
-        bad = self._repair(self._state, self._repair_rules, slots, repairs, self._cleared)
+        bad = self._repair(self._state, self._repair_rules, self._dyn, slots, repairs, self._cleared)
         if bad >= 0:
             raise SandboxError(
                 f"repair in env {bad}: expected a slot in [0, {self.topology.n_services}) and a repair code in 0..4, "
@@ -326,8 +425,17 @@ class SimSandbox(ArrayState):
 
     def advance(self) -> None:
         """One tick for every env."""
-        self._advance(self._state, self._layout, self._rules, self._tick, self._readings)
+        self._advance(self._state, self._layout, self._rules, self._dyn, self._tick, self._readings)
         self._tick += 1
+
+    def downtime(self) -> np.ndarray:
+        """``(n_envs, n_services, len(Repair))`` ticks each repair would keep each service from
+        serving now, a restore of destroyed data included: what a privileged policy may read."""
+        out = self._dyn.down.astype(np.int64)
+        wiped = self.params.repairs()[:, simkernel.R_WIPES_DATA] > 0
+        restore = np.ceil(self._state.data * self.params.restore_ticks).astype(np.int64)
+        out[:, :, wiped] += restore[:, :, None]
+        return out
 
     @property
     def data_fraction(self) -> np.ndarray:

@@ -35,7 +35,8 @@ DOWN_ROW = int(Fault.NET_SATURATION) + 1
 N_SYMPTOMS = 8
 
 # Columns of the repair table: what each repair's mechanism does to a service (one row per
-# Repair code). Built by SimParams.repairs().
+# Repair code). Built by SimParams.repairs(). The downtime column is the calibrated default; a
+# sandbox's envs read theirs from Dynamics.down, which may be drawn per episode and service.
 R_DOWN_TICKS, R_WIPES_JUNK, R_WIPES_DATA, R_COUNTS_RESTART = range(4)
 N_REPAIR_EFFECTS = 4
 
@@ -55,6 +56,9 @@ class SystemState(NamedTuple):
     """``(n_envs, n_services)`` float64: fraction of each volume holding real data."""
     restarts: np.ndarray
     """``(n_envs, n_services)`` float64: recent restarts of each service, decaying every tick."""
+    restore: np.ndarray
+    """``(n_envs, n_services)`` int32: ticks of a restore from backup left once the service runs
+    (after a recreate destroyed its data); it fails its users until then."""
     health: np.ndarray
     """``(n_envs, n_services)`` bool: each /health result of the last tick (what a ping answers)."""
     history: np.ndarray
@@ -85,16 +89,50 @@ class Rules(NamedTuple):
     """Fraction of a volume a disk_full fault writes per tick."""
     disk_full_at: float
     """Disk usage at and above which writes fail."""
-    probe_noise: float
-    """Chance that a reported health result is flipped."""
     restart_decay: float
     """Per-tick factor of the recent-restarts count."""
     data_lo: float
     """Least initial usage of a volume by real data."""
     data_hi: float
     """Most initial usage of a volume by real data."""
+
+
+class Dynamics(NamedTuple):
+    """How each env's system behaves this episode: set at reset by :func:`start`, from
+    :class:`Draws` (drawn from the env's own stream when randomised, the calibration otherwise)."""
+
+    down: np.ndarray
+    """``(n_envs, n_services, len(Repair))`` int32: ticks each repair keeps each service down."""
     symptoms: np.ndarray
-    """``(DOWN_ROW + 1, N_SYMPTOMS)`` float64: symptom ranges per fault code, and when down."""
+    """``(n_envs, DOWN_ROW + 1, N_SYMPTOMS)`` float64: symptom ranges per fault code, and when down."""
+    probe_noise: np.ndarray
+    """``(n_envs,)`` float64: chance that a reported health result is flipped."""
+    probe_delay: np.ndarray
+    """``(n_envs,)`` int64: ticks between a health result and its report (< the history's depth)."""
+
+
+class Draws(NamedTuple):
+    """What :func:`start` sets each env's :class:`Dynamics` from: the calibration, and the
+    ranges it is drawn from per episode (and per service) when ``randomise`` is set."""
+
+    randomise: bool
+    """Draw from the ranges below; otherwise every env gets ``down_lo``, ``symptoms``, ``noise_lo`` and ``delay_lo``."""
+    down_lo: np.ndarray
+    """``(n_services, len(Repair))`` int64: least downtime of each repair on each service."""
+    down_hi: np.ndarray
+    """``(n_services, len(Repair))`` int64: most downtime (inclusive)."""
+    symptoms: np.ndarray
+    """``(DOWN_ROW + 1, N_SYMPTOMS)`` float64: the calibrated symptom table."""
+    jitter: float
+    """Each symptom number strictly inside (0, 1) is scaled by a factor drawn from [1 - jitter, 1 + jitter]."""
+    noise_lo: float
+    """Least probe noise."""
+    noise_hi: float
+    """Most probe noise."""
+    delay_lo: int
+    """Least monitoring lag, in ticks."""
+    delay_hi: int
+    """Most monitoring lag, in ticks (inclusive)."""
 
 
 class RepairRules(NamedTuple):
@@ -104,6 +142,8 @@ class RepairRules(NamedTuple):
     """``(len(Repair), N_REPAIR_EFFECTS)`` float64: downtime, what it wipes, whether it is a restart."""
     clears: np.ndarray
     """``(len(Repair), len(Fault) + 1)`` bool: ``[repair, fault]`` when the repair ends the fault."""
+    restore_full: float
+    """Ticks to restore a full volume from backup after a repair destroyed its data."""
 
 
 class Readings(NamedTuple):
@@ -158,8 +198,11 @@ def inject(fault: np.ndarray, slots: np.ndarray, codes: np.ndarray) -> int:
 
 
 @njit(cache=True)
-def repair(state: SystemState, rules: RepairRules, slots: np.ndarray, codes: np.ndarray, cleared: np.ndarray) -> int:
+def repair(
+    state: SystemState, rules: RepairRules, dyn: Dynamics, slots: np.ndarray, codes: np.ndarray, cleared: np.ndarray
+) -> int:
     """Apply repair ``codes[e]`` to ``slots[e]``; ``cleared[e]`` says whether it ended a fault.
+    A repair that wipes a volume holding data starts a restore of that data from backup.
 
     Returns the first env whose slot or code is out of range (nothing is applied), or -1.
     """
@@ -177,39 +220,41 @@ def repair(state: SystemState, rules: RepairRules, slots: np.ndarray, codes: np.
             fault[e, s] = 0
             cleared[e] = True
         effect = rules.effects[code]
-        state.down[e, s] = max(state.down[e, s], int(effect[R_DOWN_TICKS]))
+        state.down[e, s] = max(state.down[e, s], dyn.down[e, s, code])
         if effect[R_WIPES_JUNK]:
             state.junk[e, s] = 0.0
-        if effect[R_WIPES_DATA]:
-            state.data[e, s] = 0.0  # a fresh volume: the data is gone
+        if effect[R_WIPES_DATA] and state.data[e, s] > 0.0:
+            # A fresh, empty volume: the data comes back only by a restore that grows with it.
+            need = int(np.ceil(state.data[e, s] * rules.restore_full))
+            state.restore[e, s] = max(state.restore[e, s], need)
         state.restarts[e, s] += effect[R_COUNTS_RESTART]
         state.since[e, s] = 0
     return -1
 
 
 @njit(cache=True)
-def advance(state: SystemState, layout: Layout, rules: Rules, tick: int, readings: Readings) -> None:
+def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tick: int, readings: Readings) -> None:
     """One tick of every env: faults act, health and the SLO are measured, symptoms written.
 
     Health is dependency-aware as a real service's /health is: its own process answers, its
     disk takes a write, and every direct dependency answers a shallow ping. A ping returns the
     dependency's last health result, so a failure climbs the graph one hop per tick, and so
     does recovery. User requests (the SLO) are deep: they fail at once if any service on the
-    path cannot serve.
+    path cannot serve. A service restoring its data runs but serves nothing until done.
     """
     fault, down, since, junk, data = state.fault, state.down, state.since, state.junk, state.data
-    restarts, health, history, rng = state.restarts, state.health, state.history, state.rng
-    symptoms, feats, slo = rules.symptoms, readings.features, readings.slo
+    restarts, health, history, rng, restore = state.restarts, state.health, state.history, state.rng, state.restore
+    feats, slo = readings.features, readings.slo
     n_envs, n = fault.shape
     depth = history.shape[1]
     write = tick % depth
-    read = (tick + 1) % depth  # the oldest row: health as it was (depth - 1) ticks ago
     probe_timeout = rules.probe_timeout
     latency = np.empty(n)
     responsive = np.empty(n, dtype=np.bool_)
     path_ok = np.empty(n, dtype=np.bool_)
     previous = np.empty(n, dtype=np.bool_)
     for e in range(n_envs):
+        symptoms = dyn.symptoms[e]
         for s in range(n):
             previous[s] = health[e, s]
         slo_ok = True
@@ -217,6 +262,7 @@ def advance(state: SystemState, layout: Layout, rules: Rules, tick: int, reading
             f = fault[e, s]
             running = f != KILL and down[e, s] == 0
             awake = running and f != PAUSE
+            restoring = running and restore[e, s] > 0
             row = symptoms[f if running else DOWN_ROW]
             lat = row[LAT_LO] + (row[LAT_HI] - row[LAT_LO]) * uniform(rng, e)
             used = 0.0
@@ -224,7 +270,7 @@ def advance(state: SystemState, layout: Layout, rules: Rules, tick: int, reading
                 if f == DISK_FULL:
                     junk[e, s] += rules.disk_fill
                 used = min(1.0, data[e, s] + junk[e, s])
-            disk_ok = used < rules.disk_full_at
+            disk_ok = used < rules.disk_full_at and not restoring
             ok = awake and disk_ok and lat < probe_timeout
             if ok and row[PROBE_FAIL] > 0.0 and uniform(rng, e) < row[PROBE_FAIL]:
                 ok = False
@@ -266,20 +312,51 @@ def advance(state: SystemState, layout: Layout, rules: Rules, tick: int, reading
             since[e, s] += 1
             if down[e, s] > 0:
                 down[e, s] -= 1
+            elif restore[e, s] > 0:
+                restore[e, s] -= 1
         slo[e] = slo_ok
+        read = (tick - dyn.probe_delay[e]) % depth  # health as it was probe_delay ticks ago
+        noise = dyn.probe_noise[e]
         for s in range(n):
             seen = history[e, read, s]
-            if rules.probe_noise > 0.0 and uniform(rng, e) < rules.probe_noise:
+            if noise > 0.0 and uniform(rng, e) < noise:
                 seen = not seen
             feats[e, s, F_HEALTHY] = 1.0 if seen else 0.0
 
 
 @njit(cache=True)
-def seed_streams(state: SystemState, layout: Layout, rules: Rules, seeds: np.ndarray) -> None:
-    """Start env e's random stream from ``seeds[e]`` and draw its initial data usage from it."""
+def start(state: SystemState, layout: Layout, rules: Rules, draws: Draws, seeds: np.ndarray, dyn: Dynamics) -> None:
+    """Start env e's random stream from ``seeds[e]``, draw its initial data usage from it, and
+    set its episode's dynamics from ``draws`` (drawn from the same stream when randomised)."""
     rng, data, lo, hi = state.rng, state.data, rules.data_lo, rules.data_hi
+    n_repairs = draws.down_lo.shape[1]
     for e in range(rng.shape[0]):
         rng[e] = np.uint64(seeds[e]) * _MIX1 + _GOLDEN
         uniform(rng, e)
         for s in range(data.shape[1]):
             data[e, s] = lo + (hi - lo) * uniform(rng, e) if layout.has_disk[s] else 0.0
+        if not draws.randomise:
+            dyn.down[e] = draws.down_lo
+            dyn.symptoms[e] = draws.symptoms
+            dyn.probe_noise[e] = draws.noise_lo
+            dyn.probe_delay[e] = draws.delay_lo
+            continue
+        for s in range(data.shape[1]):
+            for r in range(n_repairs):
+                dyn.down[e, s, r] = _whole(rng, e, draws.down_lo[s, r], draws.down_hi[s, r])
+        for row in range(draws.symptoms.shape[0]):
+            for col in range(draws.symptoms.shape[1]):
+                x = draws.symptoms[row, col]
+                if 0.0 < x < 1.0:  # 0 and 1 are limits (nothing, certain, timed out), not measurements
+                    x = min(1.0, x * (1.0 + draws.jitter * (2.0 * uniform(rng, e) - 1.0)))
+                dyn.symptoms[e, row, col] = x
+            for col in range(0, PROBE_FAIL, 2):  # keep each range's low end at or below its high end
+                dyn.symptoms[e, row, col] = min(dyn.symptoms[e, row, col], dyn.symptoms[e, row, col + 1])
+        dyn.probe_noise[e] = draws.noise_lo + (draws.noise_hi - draws.noise_lo) * uniform(rng, e)
+        dyn.probe_delay[e] = _whole(rng, e, draws.delay_lo, draws.delay_hi)
+
+
+@njit(cache=True, inline="always")
+def _whole(rng: np.ndarray, e: int, lo: int, hi: int) -> int:
+    """A whole number drawn uniformly from [lo, hi]."""
+    return lo + min(hi - lo, int(uniform(rng, e) * (hi - lo + 1)))

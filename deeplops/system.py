@@ -25,3 +25,8 @@ NEVER_REPAIRED = 10 * int(SINCE_REPAIR_SCALE)
 """Ticks since the last repair of a service never repaired: far past where the feature reads 1."""
 DATA_FRACTION: tuple[float, float] = (0.2, 0.5)
 """Range of a volume's initial usage by real data, drawn per service when a system starts."""
+
+RESTORE_TICKS_PER_VOLUME = 40.0
+"""Ticks to restore a full data volume from backup after a ``recreate`` destroyed it. The service
+fails its users until the restore completes, in time proportional to its data (docs/design.md
+§4.2): destroying data is an incident, never a shortcut."""

@@ -25,7 +25,7 @@ MAX_SERVICES = 16
 """Most services a topology may have: the number of observation and action slots."""
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
-_SERVICE_KEYS = {"depends_on", "entry", "disk_mb"}
+_SERVICE_KEYS = {"depends_on", "entry", "disk_mb", "restart_s"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class Service:
     """Whether user traffic enters here; the SLO is measured through the entry services."""
     disk_mb: int = 0
     """Size of the service's data volume in MiB; 0 means it has none."""
+    restart_s: float | None = None
+    """Seconds the service takes to start before it serves (its restart's downtime, and a
+    recreate's at least); None: unset, the calibrated restart downtime holds."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,11 @@ class Topology:
         return np.array([s.disk_mb > 0 for s in self.services], dtype=np.bool_)
 
     @cached_property
+    def restart_s(self) -> tuple[float | None, ...]:
+        """Each service's ``restart_s`` in slot order; None where the topology does not set it."""
+        return tuple(s.restart_s for s in self.services)
+
+    @cached_property
     def depth(self) -> np.ndarray:
         """``(S,)`` int: length of the longest dependency chain below each service (leaves are 0)."""
         depth = np.zeros(self.n_services, dtype=np.int64)
@@ -155,6 +163,8 @@ def topology_to_dict(topology: Topology) -> dict[str, Any]:
             spec["entry"] = True
         if s.disk_mb:
             spec["disk_mb"] = s.disk_mb
+        if s.restart_s is not None:  # only when set: documents without it read as they always did
+            spec["restart_s"] = s.restart_s
         services[s.name] = spec
     return {"name": topology.name, "services": services}
 
@@ -213,7 +223,10 @@ def _service(source: str, name: object, value: object) -> Service:
     if not isinstance(entry, bool):
         raise ConfigError(f"{where}: 'entry' must be true or false, got {bounds.shown(entry)}")
     disk = bounds.whole(value.get("disk_mb", 0), f"{where}: 'disk_mb' (MiB)", 0, bounds.MAX_DISK_MB)
-    return Service(name=name, depends_on=tuple(deps), entry=entry, disk_mb=disk)
+    restart_s = None
+    if "restart_s" in value:
+        restart_s = bounds.number(value["restart_s"], f"{where}: 'restart_s' (seconds)", 0.0, bounds.MAX_RESTART_S)
+    return Service(name=name, depends_on=tuple(deps), entry=entry, disk_mb=disk, restart_s=restart_s)
 
 
 def _kind(value: object) -> str:

@@ -1,7 +1,8 @@
 """The microservice that runs inside every deeplops sandbox container (standard library only).
 
 It is configured by environment variables (``DEEPLOPS_SERVICE``, ``DEEPLOPS_HOST``, ``DEEPLOPS_PORT``,
-``DEEPLOPS_DEPENDS``, ``DEEPLOPS_DATA``, ``DEEPLOPS_TIMEOUT``, ``DEEPLOPS_HEALTH_INTERVAL``) and answers JSON:
+``DEEPLOPS_DEPENDS``, ``DEEPLOPS_DATA``, ``DEEPLOPS_TIMEOUT``, ``DEEPLOPS_HEALTH_INTERVAL``, and optionally
+``DEEPLOPS_START_S`` and ``DEEPLOPS_RESTORE_PLAN``) and answers JSON:
 
 - ``GET /ping``: shallow; 200 if the last cached health result was healthy, else 503. Calls nothing.
 - ``GET /health``: checks now and caches the result: a 4 KiB write probe of the data volume, and a
@@ -13,6 +14,14 @@ It is configured by environment variables (``DEEPLOPS_SERVICE``, ``DEEPLOPS_HOST
 A background thread refreshes the cached health every interval, so a failure climbs the dependency
 graph one hop per interval. SIGTERM and SIGINT stop the server promptly and exit 0. Bad configuration
 prints one line to stderr and exits 2.
+
+A slow service starts as one does: it listens only ``DEEPLOPS_START_S`` seconds after its process
+started, so until then every request is refused (a booting JVM, a database replaying its log).
+When its data volume holds the restore plan named by ``DEEPLOPS_RESTORE_PLAN`` (written by the host
+when a ``recreate`` destroyed the data), it then restores the data from backup into the volume at
+the plan's rate, answering 503 to ``/health``, ``/ping`` and ``/work`` meanwhile (as a database in
+recovery refuses queries), and deletes the plan when done. A restart part-way resumes where the
+restore stopped: the plan stays until the data is back.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import contextlib
 import errno
 import http.client
 import json
+import math
 import os
 import signal
 import sys
@@ -34,6 +44,10 @@ PROBE_BYTES = 4096
 RECORD_BYTES = 256
 LOG_LIMIT = 256 * 1024
 LOG_NAME = "records.log"
+RESTORE_STEP_S = 0.1
+"""A restore writes its data in a slice every this many seconds, so the volume fills steadily."""
+PLAN_LIMIT = 4096
+"""Largest restore plan read, in bytes."""
 
 
 class ConfigError(Exception):
@@ -58,6 +72,24 @@ class Config:
     """Seconds to wait for a dependency's ``/ping``; ``/work`` calls get twice this."""
     health_interval: float
     """Seconds between background health checks."""
+    start_s: float = 0.0
+    """Seconds after the process started before it listens (a slow start); 0: at once."""
+    restore_plan: str | None = None
+    """Path of the restore plan in the data volume; a restore runs at start when the file is there."""
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What a restore from backup must bring back into the data volume (``DEEPLOPS_RESTORE_PLAN``)."""
+
+    file: str
+    """The data file to restore, a name in the data volume."""
+    size: int
+    """Bytes the file holds once restored."""
+    seconds: float
+    """Seconds a restore of all of it takes: the backup's throughput."""
+    byte: int
+    """The data's content: this byte value, repeated (the data set the sandbox seeds volumes with)."""
 
 
 def _port(text: str, what: str) -> int:
@@ -73,6 +105,16 @@ def _positive(text: str, what: str) -> float:
         value = float("nan")
     if not value > 0:  # also rejects NaN
         raise ConfigError(f"{what} must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _non_negative(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and math.isfinite(value)):  # also rejects NaN
+        raise ConfigError(f"{what} must be a number of seconds, 0 or more, got {text!r}")
     return value
 
 
@@ -99,7 +141,49 @@ def load_config(env: Mapping[str, str]) -> Config:
         data=env.get("DEEPLOPS_DATA") or None,
         timeout=_positive(env.get("DEEPLOPS_TIMEOUT", "0.5"), "DEEPLOPS_TIMEOUT"),
         health_interval=_positive(env.get("DEEPLOPS_HEALTH_INTERVAL", "1.0"), "DEEPLOPS_HEALTH_INTERVAL"),
+        start_s=_non_negative(env.get("DEEPLOPS_START_S", "0"), "DEEPLOPS_START_S"),
+        restore_plan=env.get("DEEPLOPS_RESTORE_PLAN") or None,
     )
+
+
+def load_plan(path: str | None) -> RestorePlan | None:
+    """The restore plan at ``path``, or None when there is none; ConfigError when it is unreadable."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            text = f.read(PLAN_LIMIT + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"DEEPLOPS_RESTORE_PLAN {path!r} cannot be read: {exc.strerror}") from None
+    try:
+        doc = json.loads(text) if len(text) <= PLAN_LIMIT else None
+    except ValueError:
+        doc = None
+    fields: dict[str, type | tuple[type, ...]] = {"file": str, "size": int, "seconds": (int, float), "byte": int}
+    malformed = ConfigError(f"DEEPLOPS_RESTORE_PLAN {path!r} must be a JSON object of {', '.join(fields)}")
+    if not isinstance(doc, dict) or set(doc) != set(fields):
+        raise malformed
+    if not all(isinstance(doc[k], t) and not isinstance(doc[k], bool) for k, t in fields.items()):
+        raise malformed
+    plan = RestorePlan(file=doc["file"], size=doc["size"], seconds=float(doc["seconds"]), byte=doc["byte"])
+    if "/" in plan.file or plan.file in ("", ".", "..") or plan.size < 0 or not 0 <= plan.byte <= 255:
+        raise ConfigError(f"DEEPLOPS_RESTORE_PLAN {path!r}: expected a file name, a size and a byte, got {doc!r:.200}")
+    if not (plan.seconds >= 0 and math.isfinite(plan.seconds)):
+        raise ConfigError(f"DEEPLOPS_RESTORE_PLAN {path!r}: seconds must be 0 or more, got {doc['seconds']!r}")
+    return plan
+
+
+def process_age() -> float:
+    """Seconds since this process started, as the kernel counts them (0 where it does not say), so
+    a slow start includes the interpreter's own start-up instead of adding it on top."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
 
 
 def call(host: str, port: int, path: str, timeout: float) -> str | None:
@@ -157,19 +241,57 @@ def write_probe(data: str) -> None:
 
 
 class Service:
-    """The state of one service: its cached health and its ``/work`` counters."""
+    """The state of one service: its cached health, its ``/work`` counters, and a restore under way."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, plan: RestorePlan | None = None) -> None:
         self.config = config
+        self.plan = plan
         self.healthy: bool | None = None  # None until the first check completes: /ping answers 503
         self.requests = 0
         self.failures = 0
+        self.restoring: str | None = "restoring its data from backup" if plan else None
+        """Why it cannot serve while a restore runs; None when there is none."""
         self._lock = threading.Lock()
         self._log_lock = threading.Lock()  # appends and rotation one at a time, so no record is lost or torn
 
+    def restore(self) -> None:
+        """Write the plan's data back into the volume at its rate, then delete the plan.
+
+        A slice every RESTORE_STEP_S; a slice that fails (the disk is full) is tried again later
+        and delays the rest, as a stalled restore does. It resumes from what an earlier start of
+        the service restored: the file's size.
+        """
+        plan, data = self.plan, self.config.data
+        if plan is None or data is None:
+            return
+        slice_bytes = math.ceil(plan.size * RESTORE_STEP_S / plan.seconds) if plan.seconds > 0 else plan.size
+        fd = os.open(os.path.join(data, plan.file), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            done, total = min(os.fstat(fd).st_size, plan.size), plan.size / 2**20
+            self.restoring = f"restoring {plan.file} from backup: {done / 2**20:.1f} of {total:.1f} MiB"
+            due = time.monotonic()
+            while done < plan.size:
+                due += RESTORE_STEP_S
+                time.sleep(max(0.0, due - time.monotonic()))
+                try:
+                    done += os.pwrite(fd, bytes([plan.byte]) * min(slice_bytes, plan.size - done), done)
+                except OSError as exc:
+                    self.restoring = f"restoring {plan.file} from backup: stalled at {done / 2**20:.1f} MiB: {exc}"
+                    due = time.monotonic()  # a stall delays the rest: it is not made up for
+                    continue
+                self.restoring = f"restoring {plan.file} from backup: {done / 2**20:.1f} of {total:.1f} MiB"
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert self.config.restore_plan is not None  # a plan was read from it
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.config.restore_plan)
+        self.restoring = None
+
     def check_health(self) -> list[str]:
         """Run the dependency-aware check now, cache its result and return the reasons it failed."""
-        failed = []
+        restoring = self.restoring
+        failed = [restoring] if restoring else []
         if self.config.data:
             try:
                 write_probe(self.config.data)
@@ -195,6 +317,12 @@ class Service:
         return 200, {"ok": True, "service": self.config.service, "disk": bool(self.config.data), "depends": deps}
 
     def work(self) -> tuple[int, dict[str, object]]:
+        restoring = self.restoring
+        if restoring:  # refused at once, as a database in recovery refuses queries
+            with self._lock:
+                self.requests += 1
+                self.failures += 1
+            return 503, {"ok": False, "service": self.config.service, "failed": [restoring]}
         # A caller's timeout cannot know how deep the chain below it is, so be generous.
         failed = call_all(self.config.depends, "/work", 2 * self.config.timeout)
         if self.config.data:
@@ -235,9 +363,9 @@ class Server(ThreadingHTTPServer):
 
     request_queue_size = 64  # a burst of /work must not overflow the backlog: a dropped SYN costs a 1 s retransmit
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, plan: RestorePlan | None = None) -> None:
         super().__init__((config.host, config.port), Handler)
-        self.service = Service(config)
+        self.service = Service(config, plan)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -263,21 +391,34 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> int:
     try:
         config = load_config(os.environ)
+        plan = load_plan(config.restore_plan if config.data else None)
     except ConfigError as exc:
         print(f"service.py: bad configuration: {exc}", file=sys.stderr)
         return 2
-    try:
-        server = Server(config)
-    except OSError as exc:
-        print(f"service.py: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
-        return 1
+    stopping = threading.Event()
+    servers: list[Server] = []
 
     def stop(signum: int, frame: object) -> None:
-        # shutdown() waits for serve_forever() to return, which runs in this (the main) thread.
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        stopping.set()
+        for server in servers:
+            # shutdown() waits for serve_forever() to return, which runs in this (the main) thread.
+            threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # A slow start: nothing listens yet, so every request is refused until it is over.
+    if stopping.wait(max(0.0, config.start_s - process_age())):
+        return 0
+    try:
+        server = Server(config, plan)
+    except OSError as exc:
+        print(f"service.py: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    servers.append(server)
+    if stopping.is_set():
+        server.server_close()
+        return 0
+    threading.Thread(target=server.service.restore, daemon=True).start()
     threading.Thread(target=server.service.health_loop, daemon=True).start()
     server.serve_forever(poll_interval=0.05)  # the poll interval bounds how long a shutdown takes
     server.server_close()

@@ -180,7 +180,7 @@ def test_runbook_restarts_again_a_service_that_has_not_come_back_after_its_patie
 def test_runbook_does_not_storm_against_random_chaos_when_restarts_are_slow(shop: Topology, restart_ticks: int) -> None:
     def measured(order: str):  # type: ignore[no-untyped-def]
         match = Match(shop, load_policy(order, Role.ORDER), load_policy("random", Role.CHAOS),
-                      params=SimParams(restart_ticks=restart_ticks))  # fmt: skip
+                      params=SimParams(restart_ticks=restart_ticks, recreate_ticks=restart_ticks))  # fmt: skip
         return summarize(play(match, episodes=16, seed=0))
 
     runbook, oracle = measured("runbook"), measured("oracle")

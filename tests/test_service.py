@@ -87,6 +87,8 @@ def spawn() -> Iterator[Spawn]:
         data: Path | None = None,
         port: int | None = None,
         timeout: float = TIMEOUT,
+        extra: dict[str, str] | None = None,
+        wait: bool = True,
     ) -> ServiceProcess:
         port = port or free_port()
         env = {
@@ -98,10 +100,11 @@ def spawn() -> Iterator[Spawn]:
             "DEEPLOPS_DATA": str(data or ""),
             "DEEPLOPS_TIMEOUT": str(timeout),
             "DEEPLOPS_HEALTH_INTERVAL": str(INTERVAL),
+            **(extra or {}),
         }
         svc = ServiceProcess(subprocess.Popen([sys.executable, str(SERVICE)], env=env), port)
         started.append(svc)
-        assert wait_for(lambda: get(port, "/stats")[0] == 200, within=5.0), f"{name} never answered /stats"
+        assert not wait or wait_for(lambda: get(port, "/stats")[0] == 200, within=5.0), f"{name} never answered /stats"
         return svc
 
     yield start
@@ -263,7 +266,13 @@ def test_sigterm_exits_promptly_with_a_request_stuck_on_a_frozen_dependency(spaw
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("DEEPLOPS_PORT", "abc"), ("DEEPLOPS_DEPENDS", "cache"), ("DEEPLOPS_TIMEOUT", "-1")],
+    [
+        ("DEEPLOPS_PORT", "abc"),
+        ("DEEPLOPS_DEPENDS", "cache"),
+        ("DEEPLOPS_TIMEOUT", "-1"),
+        ("DEEPLOPS_START_S", "-1"),
+        ("DEEPLOPS_START_S", "nan"),
+    ],
 )
 def test_bad_configuration_exits_2_with_one_line(variable: str, value: str) -> None:
     env = {**os.environ, "DEEPLOPS_SERVICE": "api", "DEEPLOPS_PORT": str(free_port()), variable: value}
@@ -278,3 +287,95 @@ def test_service_imports_only_the_standard_library() -> None:
     modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert {m.split(".")[0] for m in modules} <= sys.stdlib_module_names | {"__future__"}
+
+
+# -- a slow start (restart_s) ---------------------------------------------------------------------
+
+
+def test_a_slow_start_refuses_every_request_until_its_start_time_has_passed(spawn: Spawn) -> None:
+    started = time.monotonic()
+    svc = spawn("db", extra={"DEEPLOPS_START_S": "1.5"}, wait=False)
+    assert get(svc.port, "/health") == (None, {})  # nothing listens yet: refused, as a booting service is
+    assert get(svc.port, "/work") == (None, {})
+    assert wait_for(lambda: get(svc.port, "/health")[0] == 200, within=5.0)
+    assert time.monotonic() - started >= 1.3  # and not before its start time
+
+
+def test_sigterm_during_a_slow_start_exits_zero_promptly(spawn: Spawn) -> None:
+    svc = spawn("db", extra={"DEEPLOPS_START_S": "30"}, wait=False)
+    time.sleep(0.5)
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.proc.wait(timeout=1.0) == 0
+
+
+# -- a restore from backup after a recreate --------------------------------------------------------
+
+PLAN = ".restore-plan.json"
+
+
+def write_plan(data: Path, size: int, seconds: float, file: str = "data.bin") -> Path:
+    plan = data / PLAN
+    plan.write_text(json.dumps({"file": file, "size": size, "seconds": seconds, "byte": 1}))
+    return plan
+
+
+def restoring(spawn: Spawn, data: Path) -> ServiceProcess:
+    return spawn("db", data=data, extra={"DEEPLOPS_RESTORE_PLAN": str(data / PLAN)})
+
+
+def test_a_restore_fails_health_pings_and_users_until_the_data_is_back(spawn: Spawn, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, size=300_000, seconds=1.5)
+    started = time.monotonic()
+    db = restoring(spawn, tmp_path)
+    status, body = get(db.port, "/health")
+    assert status == 503 and any("restoring data.bin from backup" in reason for reason in body["failed"]), body
+    assert get(db.port, "/work")[0] == 503
+    assert get(db.port, "/ping")[0] == 503
+    assert wait_for(lambda: get(db.port, "/health")[0] == 200, within=5.0)
+    assert time.monotonic() - started >= 1.2  # at the plan's rate, not at once
+    assert (tmp_path / "data.bin").read_bytes() == b"\1" * 300_000
+    assert not plan.exists()  # done: a restart restores nothing more
+    assert get(db.port, "/work")[0] == 200
+    assert wait_for(lambda: get(db.port, "/ping")[0] == 200, within=3 * INTERVAL)
+
+
+def test_a_restore_cut_short_resumes_from_what_was_restored(spawn: Spawn, tmp_path: Path) -> None:
+    (tmp_path / "data.bin").write_bytes(b"\1" * 900_000)
+    write_plan(tmp_path, size=1_000_000, seconds=20.0)  # 1 s for the 100 kB left, not 20 s for all
+    db = restoring(spawn, tmp_path)
+    assert get(db.port, "/health")[0] == 503
+    assert wait_for(lambda: get(db.port, "/health")[0] == 200, within=5.0)
+    assert (tmp_path / "data.bin").stat().st_size == 1_000_000
+
+
+def test_a_restore_stalls_on_a_full_disk_and_finishes_once_it_is_cleaned(spawn: Spawn, tiny_disk: Path) -> None:
+    plan = write_plan(tiny_disk, size=400_000, seconds=0.5)
+    junk = fill(tiny_disk)
+    db = restoring(spawn, tiny_disk)
+    time.sleep(1.0)  # twice the restore's time
+    status, body = get(db.port, "/health")
+    assert status == 503 and any("stalled" in reason for reason in body["failed"]), body
+    junk.unlink()
+    assert wait_for(lambda: get(db.port, "/health")[0] == 200, within=5.0)
+    assert (tiny_disk / "data.bin").stat().st_size == 400_000 and not plan.exists()
+
+
+def test_no_restore_plan_in_the_volume_means_no_restore(spawn: Spawn, tmp_path: Path) -> None:
+    db = restoring(spawn, tmp_path)
+    assert wait_for(lambda: get(db.port, "/health")[0] == 200, within=2.0)
+    assert not (tmp_path / "data.bin").exists()
+
+
+@pytest.mark.parametrize(
+    "plan",
+    ["not json", '{"file": "data.bin"}', '{"file": "../x", "size": 1, "seconds": 1, "byte": 1}',
+     '{"file": "data.bin", "size": -1, "seconds": 1, "byte": 1}',
+     '{"file": "data.bin", "size": 1, "seconds": 1, "byte": 256}'],
+)  # fmt: skip
+def test_a_bad_restore_plan_exits_2_with_one_line(tmp_path: Path, plan: str) -> None:
+    (tmp_path / PLAN).write_text(plan)
+    env = {**os.environ, "DEEPLOPS_SERVICE": "db", "DEEPLOPS_PORT": str(free_port()), "DEEPLOPS_DATA": str(tmp_path),
+           "DEEPLOPS_RESTORE_PLAN": str(tmp_path / PLAN)}  # fmt: skip
+    done = subprocess.run([sys.executable, str(SERVICE)], env=env, capture_output=True, text=True, timeout=5)
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1 and "DEEPLOPS_RESTORE_PLAN" in done.stderr

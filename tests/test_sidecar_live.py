@@ -261,7 +261,7 @@ def test_a_compose_project_growing_past_16_services_is_an_error_retried_until_it
 # -- recreate on a sandbox attached to ----------------------------------------------------
 
 
-def test_recreate_on_an_attached_sandbox_brings_the_service_back_with_a_new_container_and_an_empty_volume(live):
+def test_recreate_on_an_attached_sandbox_brings_the_service_back_with_a_new_container_and_its_data_restored(live):
     from deeplops.dockerbox import host, stack
     from deeplops.sidecar import live as live_mod
 
@@ -269,13 +269,15 @@ def test_recreate_on_an_attached_sandbox_brings_the_service_back_with_a_new_cont
     attached = live_mod.attach(live)
     try:
         before = client.containers.get(f"{live}-db")
-        assert (host.volume_dir(live, "db") / "data.bin").stat().st_size > 0
+        size = (host.volume_dir(live, "db") / "data.bin").stat().st_size
+        assert size > 0
         attached.apply("db", Repair.RECREATE)
-        stack.wait_healthy(client, live, attached.topology, timeout_s=30.0)
+        volume = host.volume_dir(live, "db")
+        assert (volume / "data.bin").stat().st_size == 0  # a fresh volume: the data is gone, until restored
+        stack.wait_healthy(client, live, attached.topology, timeout_s=30.0)  # its restore: 12 ticks for 30 %
         after = client.containers.get(f"{live}-db")
         assert after.id != before.id and after.status == "running"
-        volume = host.volume_dir(live, "db")
-        assert [f.stat().st_size for f in volume.iterdir()] == [0]  # the data is gone: a fresh, empty data.bin
+        assert [(f.name, f.stat().st_size) for f in volume.iterdir()] == [("data.bin", size)]  # back, plan gone
         assert after.attrs["Image"] == before.attrs["Image"]
     finally:
         attached.close()

@@ -236,17 +236,21 @@ def test_clean_disk_keeps_the_data(shop: Topology) -> None:
     assert sandbox.data_fraction[0, shop.index["db"]] == before
 
 
-def test_recreate_clears_disk_full_but_loses_the_data(shop: Topology) -> None:
-    sandbox = make(shop)
+def test_recreate_clears_disk_full_but_its_data_returns_only_by_a_restore(shop: Topology) -> None:
+    sandbox = make(shop, SimParams(probe_noise=0.0, data_fraction=(0.25, 0.25), restore_ticks=40.0))
     queue_data = float(sandbox.data_fraction[0, shop.index["queue"]])
     inject(sandbox, "db", Fault.DISK_FULL)
     advance(sandbox, 3)
     assert repair(sandbox, "db", Repair.RECREATE)
     assert fault_on(sandbox, "db") == 0
-    advance(sandbox, 4)
-    assert sandbox.data_fraction[0, shop.index["db"]] == 0.0
-    assert feature(sandbox, "db", Feature.DISK_USED) == pytest.approx(0.0, abs=1e-6)
-    assert healthy(sandbox, "db")
+    unhealthy = 0
+    for _ in range(15):
+        advance(sandbox)
+        unhealthy += not healthy(sandbox, "db")
+    assert unhealthy == 10  # a quarter of the volume at 40 ticks a volume
+    assert healthy(sandbox, "db") and sandbox.slo[0]
+    assert sandbox.data_fraction[0, shop.index["db"]] == 0.25
+    assert feature(sandbox, "db", Feature.DISK_USED) == pytest.approx(0.25, abs=1e-6)  # the junk went
     assert sandbox.data_fraction[0, shop.index["queue"]] == queue_data  # only the recreated volume
 
 

@@ -41,14 +41,14 @@ def test_an_empty_mapping_is_the_calibrated_defaults(tmp_path):
 
 
 def test_evaluate_plays_under_the_files_dynamics(cli, tmp_path):
-    slow = _file(tmp_path, "restart_ticks: 5\n")
+    slow = _file(tmp_path, "restart_ticks: 5\nrecreate_ticks: 5\n")
     results = {}
     for name, extra in (("default", ()), ("slow", ("--sim", str(slow)))):
         path = tmp_path / f"{name}.json"
         result = cli("evaluate", "--order", "oracle", "--episodes", "8", "--json", str(path), *extra)
         assert result.code == 0, result.err
         results[name] = json.loads(path.read_text())
-    # Each restart keeps its service down 5 ticks instead of 1: faults take longer to recover.
+    # Each restart (and recreate) keeps its service down 5 ticks instead of 1 (0): faults take longer to recover.
     assert results["slow"]["mttr_mean"] > results["default"]["mttr_mean"] + 2
     assert results["slow"]["availability"] < results["default"]["availability"]
     assert results["slow"]["sim"] == str(slow) and "sim" not in results["default"]
@@ -130,7 +130,7 @@ def test_the_report_measures_under_the_runs_dynamics():
         assert summary.mttr_mean is not None
         return summary.mttr_mean
 
-    assert mttr(SimParams(restart_ticks=5)) > mttr(None) + 2
+    assert mttr(SimParams(restart_ticks=5, recreate_ticks=5)) > mttr(None) + 2
 
 
 def test_selfplay_with_a_bad_file_writes_nothing(cli, tmp_path):

@@ -239,3 +239,50 @@ def test_missing_file_is_a_config_error_naming_the_path(tmp_path: Path) -> None:
         load_topology(missing)
     assert "absent.yaml" in str(info.value)
     assert "shop" in str(info.value)  # the shipped names are offered instead
+
+
+# --- restart_s: how long a service takes to start -------------------------------------------------
+
+
+def test_restart_s_is_read_per_service_and_listed_in_slot_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: t\nservices:\n  web: {depends_on: [db], entry: true}\n  db: {restart_s: 3}\n")
+    topo = load_topology(path)
+    assert topo.names == ("db", "web")
+    assert topo.restart_s == (3.0, None)
+    assert isinstance(topo.restart_s[0], float)
+
+
+@pytest.mark.parametrize("value", ["0", "60", "2.5"])
+def test_restart_s_within_its_bound_is_accepted(tmp_path: Path, value: str) -> None:
+    topo = load_topology(write(tmp_path, f"name: t\nservices:\n  web: {{entry: true, restart_s: {value}}}\n"))
+    assert topo.restart_s == (float(value),)
+
+
+@pytest.mark.parametrize(("value", "shown"), [("-1", "-1"), ("60.5", "60.5"), ("slow", "'slow'"), (".nan", "nan"),
+                                              ("true", "True"), ("~", "nothing"), ("[3]", "a list")])  # fmt: skip
+def test_restart_s_out_of_bounds_names_the_service_the_field_the_bound_and_the_value(
+    tmp_path: Path, value: str, shown: str
+) -> None:
+    message = load_error(tmp_path, f"name: t\nservices:\n  web: {{entry: true, restart_s: {value}}}\n")
+    assert "service 'web'" in message
+    assert "'restart_s' (seconds) must be a number in [0, 60]" in message
+    assert message.endswith(f"got {shown}")
+
+
+def test_topology_to_dict_writes_restart_s_only_where_set() -> None:
+    from deeplops.topology import topology_from_dict, topology_to_dict
+
+    doc = {"name": "t", "services": {"web": {"depends_on": ["db"], "entry": True}, "db": {"restart_s": 3}}}
+    topo = topology_from_dict(doc)
+    again = topology_to_dict(topo)
+    assert again["services"] == {"db": {"restart_s": 3.0}, "web": {"depends_on": ["db"], "entry": True}}
+    assert topology_from_dict(again) == topo
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_topology_sets_no_restart_s_and_its_document_is_unchanged(name: str) -> None:
+    from deeplops.topology import topology_to_dict
+
+    topo = load_topology(name)
+    assert topo.restart_s == (None,) * topo.n_services
+    assert all("restart_s" not in spec for spec in topology_to_dict(topo)["services"].values())

@@ -14,7 +14,7 @@ from deeplops.cli.common import app, interrupted_note
 from deeplops.errors import DeeplopsError
 
 # isort: off
-from deeplops.cli import drills, learn, bench, sidecar, scenarios, sandbox  # noqa: F401  (registers them, in this order)
+from deeplops.cli import drills, learn, bench, benchmark, sidecar, scenarios, sandbox  # noqa: F401  (registers them, in this order)
 # isort: on
 
 

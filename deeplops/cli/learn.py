@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,6 +50,23 @@ def selfplay(
         int | None, typer.Option("--ticks", help="Ticks per training episode [sim: 200, docker: 60].")
     ] = None,
     sim: SimOpt = None,
+    imitate: Annotated[
+        str | None,
+        typer.Option(
+            "--imitate",
+            help="Warm-start the order agent each generation by cloning this baseline's play (e.g. runbook), "
+            "or none: learn from rewards alone [default: agents/order.yaml's imitate, none as shipped].",
+            show_default=False,
+        ),
+    ] = None,
+    randomise: Annotated[
+        bool,
+        typer.Option(
+            "--randomise/--no-randomise",
+            help="Draw each training episode's dynamics (restart times per service, probe noise and lag, "
+            "symptoms) from ranges around the calibration (or the --sim file, whose 'randomise' sets them).",
+        ),
+    ] = True,
 ) -> None:
     """Train the order and chaos agents in alternating self-play, then measure them.
 
@@ -59,7 +77,7 @@ def selfplay(
     second, as root): it fine-tunes trained agents, and its report adds a scenario replayed for real.
     """
     from deeplops.learn import train_and_report
-    from deeplops.selfplay import SelfPlay, SelfPlayConfig
+    from deeplops.selfplay import SelfPlay, SelfPlayConfig, teacher
     from deeplops.topology import load_topology
 
     check_backend(backend)
@@ -74,7 +92,10 @@ def selfplay(
     config = SelfPlayConfig.from_files(generations=generations, steps=steps, seed=seed, device=device,
                                        train_on=train_on, backend=backend,
                                        start_from=None if start_from is None else str(start_from),
-                                       ticks=ticks or (200 if backend == "sim" else 60), sim=params)  # fmt: skip
+                                       ticks=ticks or (200 if backend == "sim" else 60), sim=params,
+                                       randomise=randomise)  # fmt: skip
+    if imitate is not None:
+        config = replace(config, order=replace(config.order, imitate=teacher(imitate)))
     SelfPlay(config, out_dir).completed()  # a run there with other settings, or a corrupt state, fails now
     on_interrupt(f"generations completed are kept in {out_dir}: the same command resumes from the last one")
     with _Phases() as progress:

@@ -8,6 +8,7 @@
 - ``engine``: the edge with the engine: the client's errors become ``EngineError``.
 - ``stack``: bringing a sandbox's containers up and down, and finding what is there.
 - ``handle``: ``StackHandle``, the part of a live stack the mechanisms act on.
+- ``restore``: a volume's data, and the restore from backup a ``recreate`` owes it.
 - ``mechanisms``: every fault and repair by its real mechanism.
 - ``sandbox``: ``DockerSandbox``, the Sandbox protocol on top of it all.
 - ``attached``: live sandboxes attached once per process (the Chaos Toolkit actions, the sidecar's trials).

@@ -2,8 +2,11 @@
 
 ``deeplops sandbox calibrate`` runs this on ``shop``: a healthy baseline, then every fault on a
 service with its proper repair, timing each mechanism and reading the symptoms tick by tick.
-The result (``sandbox/calibration.json`` in the repository) holds the raw figures and the
-``SimParams`` fields they give; ``SimParams()``'s defaults are those fields.
+A recreate is timed on a service without a volume (the mechanism's own downtime), and then on one
+with data, whose restore from backup is checked against ``restore.restore_ticks`` (a rule of the
+world, docs/design.md §4.2, not a fitted parameter). The result (``sandbox/calibration.json`` in
+the repository) holds the raw figures and the ``SimParams`` fields they give; ``SimParams()``'s
+defaults are those fields.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from deeplops.dockerbox import restore
 from deeplops.dockerbox.sandbox import DockerSandbox
 from deeplops.faults import PROPER_REPAIR, Fault, Repair
 from deeplops.observation import Feature
@@ -22,6 +26,12 @@ from deeplops.topology import Topology, load_topology
 BASELINE_TICKS = 20
 FAULT_TICKS = 8
 RECOVERY_TICKS = 6
+RECREATE_TARGET = "cache"
+"""Where a recreate's own downtime is timed: a service without a volume, so nothing is restored."""
+RESTORE_TARGET = "db"
+"""Where a restore after a recreate is timed: a service whose volume holds data."""
+RESTORE_SLACK_TICKS = 5
+"""Ticks a restore is watched beyond what it should take."""
 TARGETS = {
     Fault.KILL: "api",
     Fault.PAUSE: "api",
@@ -46,15 +56,19 @@ def calibrate(topology: Topology | None = None, log: Callable[[str], None] = pri
             log(f"{fault.label} on {target}")
             box.reset([0])
             faults[fault.label] = _fault(box, fault, target)
-        log("recreate of db")
+        log(f"recreate of {RECREATE_TARGET}")
         box.reset([0])
-        recreate = _repair_only(box, "db", Repair.RECREATE)
+        recreate = _repair_only(box, RECREATE_TARGET, Repair.RECREATE)
+        log(f"recreate of {RESTORE_TARGET}, and the restore of its data")
+        box.reset([0])
+        restored = _restore(box, RESTORE_TARGET)
         log("cascade: ticks for a kill of db to reach gateway")
         box.reset([0])
         cascade = _cascade(box)
     finally:
         box.close()
-    raw = {"up_s": up_s, "baseline": baseline, "faults": faults, "recreate": recreate, "cascade": cascade}
+    raw = {"up_s": up_s, "baseline": baseline, "faults": faults, "recreate": recreate, "restore": restored,
+           "cascade": cascade}  # fmt: skip
     return {"topology": topology.name, "measured": raw, "sim_params": derive(raw)}
 
 
@@ -158,6 +172,24 @@ def _repair_only(box: DockerSandbox, target: str, repair: Repair) -> dict[str, A
         if box.slo[0] and slo_ticks == RECOVERY_TICKS:
             slo_ticks = tick
     return {"repair": repair.label, "duration_s": duration, "down_ticks": down, "slo_ticks": slo_ticks}
+
+
+def _restore(box: DockerSandbox, target: str) -> dict[str, Any]:
+    """Recreate ``target`` (it holds data); the ticks its restore should take and did, and its data
+    before and after."""
+    slot, spec = box.topology.index[target], box.topology.services[box.topology.index[target]]
+    box.advance()
+    before = restore.data_size(box.name, spec)
+    box.repair(np.array([slot]), np.array([Repair.RECREATE]))
+    expected = restore.restore_ticks(before, spec)
+    down = None
+    for tick in range(expected + RESTORE_SLACK_TICKS):
+        box.advance()
+        if box.health[0, slot]:
+            down = tick
+            break
+    return {"data_bytes": before, "restored_bytes": restore.data_size(box.name, spec), "expected_ticks": expected,
+            "down_ticks": down}  # fmt: skip
 
 
 def _cascade(box: DockerSandbox) -> dict[str, Any]:

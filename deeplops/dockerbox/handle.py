@@ -44,6 +44,9 @@ class StackHandle:
     """Each running service's host-side interface (its link, capped with tc)."""
     floods: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     """The flood process at each service this process flooded."""
+    restores: dict[str, int] = field(default_factory=dict)
+    """Bytes of data each service recreated by this process is restoring from backup, until
+    ``mechanisms.finish_restores`` sees the restore done and checks them back."""
     image: str = ""
     """The image a recreate starts; empty on a stack this process did not build (the replaced
     container's image is used)."""

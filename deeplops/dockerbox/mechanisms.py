@@ -20,7 +20,7 @@ from collections.abc import Callable
 from docker.errors import APIError, ImageNotFound, NotFound
 from docker.models.containers import Container
 
-from deeplops.dockerbox import host, stack
+from deeplops.dockerbox import host, restore, stack
 from deeplops.dockerbox.handle import StackHandle
 from deeplops.errors import SandboxError
 from deeplops.faults import Fault, Repair
@@ -239,9 +239,11 @@ def rate_limit(handle: StackHandle, service: str) -> None:
 def recreate(handle: StackHandle, service: str) -> None:
     """A new container with a fresh, empty volume: everything but a flood ends, and the data is lost.
 
-    The image is the sandbox's own, or on a sandbox attached to (which did not build it) the
-    image of the container being replaced (or of another of its services, if that one is gone):
-    found, and checked to exist, before anything is removed.
+    Lost data is an incident, not a shortcut: a service whose volume held data restores it from
+    backup when it starts, failing its users until the data is back (``restore``; checked by
+    ``finish_restores``). The image is the sandbox's own, or on a sandbox attached to (which did
+    not build it) the image of the container being replaced (or of another of its services, if
+    that one is gone): found, and checked to exist, before anything is removed.
     """
     spec = handle.topology.services[handle.topology.index[service]]
     image = handle.image or _image_of(handle, service)
@@ -254,9 +256,30 @@ def recreate(handle: StackHandle, service: str) -> None:
             if not isinstance(exc, NotFound):  # already gone: nothing to remove
                 raise SandboxError(f"recreate of {service}: {exc.explanation or exc}") from None
     if spec.disk_mb:
+        held = restore.data_held(handle.name, spec)  # read once the old container can write no more
         stack.prepare_volume(handle.name, spec, 0.0)
+        handle.restores.pop(service, None)
+        if held:
+            restore.plan(handle.name, spec, held)
+            handle.restores[service] = held
     handle.containers[service] = stack.start_service(handle.client, handle.name, spec, image)
     handle.rewire(service, resume_flood=flooded)
+
+
+def finish_restores(handle: StackHandle) -> list[str]:
+    """The services whose restore from backup (after a recreate) completed since the last call,
+    each checked to have brought all its data back; a SandboxError naming one that did not."""
+    finished = []
+    for service, size in list(handle.restores.items()):
+        spec = handle.topology.services[handle.topology.index[service]]
+        if restore.planned_size(handle.name, spec) is not None:
+            continue  # still restoring
+        del handle.restores[service]
+        got = restore.data_size(handle.name, spec)
+        if got < size:
+            raise SandboxError(f"restore of {service} ended with {got} of its {size} bytes of data")
+        finished.append(service)
+    return finished
 
 
 def _image_of(handle: StackHandle, service: str) -> str:

@@ -148,6 +148,7 @@ class DockerSandbox(ArrayState):
         data = stack.data_fractions(self.topology, seed)
         stack.up(self.client, self.topology, self.name, self.handle.image, data, owner=owner.owner_id(os.getpid()))
         self.handle.containers = stack.containers(self.client, self.name)
+        self.handle.restores.clear()
         for service in self.topology.names:
             self.rewire(service)
         self._fault[:] = 0
@@ -271,6 +272,8 @@ class DockerSandbox(ArrayState):
             if self.topology.entries[slot] and not r.served:
                 slo = False
         self._slo[0] = slo
+        # After the probes: a service read healthy has ended its restore, so it is checked now.
+        mechanisms.finish_restores(self.handle)  # a restore that ended short of its data fails here
 
     def _probe(self, service: str, state: str) -> list[Future[tuple[bool | None, float]]]:
         """Start this tick's requests to a running service: /health, /ping, then the user requests."""

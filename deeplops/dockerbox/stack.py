@@ -32,7 +32,7 @@ import psutil
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
-from deeplops.dockerbox import host
+from deeplops.dockerbox import host, restore
 from deeplops.dockerbox.engine import ENGINE_ERRORS, edge
 from deeplops.dockerbox.owner import owner_gone, owner_pid
 from deeplops.errors import EngineError, SandboxError
@@ -50,6 +50,11 @@ MEMORY_SHARE = 0.5
 PORT = 8080
 CPU_LIMIT = 0.25
 """CPU allowance of every service, in cores: small, so a CPU hog inside really starves it."""
+MEMORY_MB = 128
+"""Memory of every service, in MiB, besides its volume: what a service writes into its volume (a
+restore of its data) is tmpfs, charged to its memory, so the volume's size is added to it."""
+UP_TIMEOUT_S = 30.0
+"""How long ``up`` waits for every service to pass /health, besides the slowest ``restart_s``."""
 HEALTH_INTERVAL_S = TICK_S
 """How often each service refreshes the health its /ping answers: a failure climbs one hop a tick."""
 
@@ -78,28 +83,36 @@ def block_tag(sandbox: str, service: str = "") -> str:
 def start_service(
     client: docker.DockerClient, sandbox: str, service: Service, image: str, owner: str | None = None
 ) -> Container:
-    """Create and start one service's container on the sandbox network (its volume must be mounted)."""
+    """Create and start one service's container on the sandbox network (its volume must be mounted).
+
+    A service with ``restart_s`` is told to listen only that long after its process starts; one
+    with a volume, where a recreate leaves a restore plan (``restore.PLAN_NAME``)."""
     depends = ",".join(f"{d}:{PORT}" for d in service.depends_on)
     volumes = {str(host.volume_dir(sandbox, service.name)): {"bind": "/data", "mode": "rw"}} if service.disk_mb else {}
     labels = {LABEL_SANDBOX: sandbox, LABEL_SERVICE: service.name} | ({LABEL_OWNER: owner} if owner else {})
+    environment = {
+        "DEEPLOPS_SERVICE": service.name,
+        "DEEPLOPS_DEPENDS": depends,
+        "DEEPLOPS_DATA": "/data" if service.disk_mb else "",
+        "DEEPLOPS_TIMEOUT": str(PROBE_TIMEOUT_S),
+        "DEEPLOPS_HEALTH_INTERVAL": str(HEALTH_INTERVAL_S),
+    }
+    if service.restart_s is not None:
+        environment["DEEPLOPS_START_S"] = repr(service.restart_s)
+    if service.disk_mb:
+        environment["DEEPLOPS_RESTORE_PLAN"] = f"/data/{restore.PLAN_NAME}"
     try:
         container = client.containers.run(
             image,
             name=container_name(sandbox, service.name),
             detach=True,
             labels=labels,
-            environment={
-                "DEEPLOPS_SERVICE": service.name,
-                "DEEPLOPS_DEPENDS": depends,
-                "DEEPLOPS_DATA": "/data" if service.disk_mb else "",
-                "DEEPLOPS_TIMEOUT": str(PROBE_TIMEOUT_S),
-                "DEEPLOPS_HEALTH_INTERVAL": str(HEALTH_INTERVAL_S),
-            },
+            environment=environment,
             network=sandbox,
             networking_config={sandbox: client.api.create_endpoint_config(aliases=[service.name])},
             volumes=volumes,
             nano_cpus=int(CPU_LIMIT * 1e9),
-            mem_limit="128m",
+            mem_limit=f"{MEMORY_MB + service.disk_mb}m",
             stop_signal="SIGTERM",
         )
     except APIError as exc:
@@ -141,7 +154,8 @@ def up(
                 prepare_volume(sandbox, service, data.get(service.name, 0.0))
         for service in topology.services:
             start_service(client, sandbox, service, image, owner)
-        wait_healthy(client, sandbox, topology, timeout_s=30.0)
+        slowest = max((s.restart_s or 0.0 for s in topology.services), default=0.0)
+        wait_healthy(client, sandbox, topology, timeout_s=UP_TIMEOUT_S + slowest)
     except BaseException:
         _undo(client, sandbox)
         raise
@@ -179,13 +193,13 @@ def prepare_volume(sandbox: str, service: Service, fraction: float) -> None:
     """A fresh volume for ``service`` holding ``fraction`` of its size in data."""
     path = host.volume_dir(sandbox, service.name)
     host.mount_volume(path, service.disk_mb)
-    size = int(fraction * service.disk_mb * 2**20)
+    size = int(fraction * restore.volume_bytes(service))
     with host.open_volume(path) as volume:
-        fd = host.create_in(volume, "data.bin")
+        fd = host.create_in(volume, restore.DATA_NAME)
         if fd is None:
-            raise SandboxError(f"cannot create {path / 'data.bin'}: the name is taken by a directory")
+            raise SandboxError(f"cannot create {path / restore.DATA_NAME}: the name is taken by a directory")
         with open(fd, "wb") as f:
-            f.write(b"\1" * size)
+            f.write(bytes([restore.DATA_BYTE]) * size)
 
 
 @edge
