@@ -68,6 +68,11 @@ class SlotEncoder(BaseFeaturesExtractor):
         """(B, MAX_SLOTS * hidden + hidden) features."""
         x = obs["services"]
         adj = obs["adjacency"].float()
+        # Slots past the largest system in the batch are padding in every sample: their embeddings
+        # are zero and they have no edges, so the rounds run on the slots in use and the result is
+        # padded back (the network's cost is most of training's, and most systems are small).
+        used = int(x[..., Feature.PRESENT].sum(-1).max().item()) if x.shape[0] else MAX_SLOTS
+        x, adj = x[:, :used], adj[:, :used, :used]
         present = x[..., Feature.PRESENT].unsqueeze(-1)
         n_deps = adj.sum(-1, keepdim=True)
         n_up = adj.sum(-2).unsqueeze(-1)
@@ -75,7 +80,7 @@ class SlotEncoder(BaseFeaturesExtractor):
         recent = (since <= torch.tensor(RECENT_REPAIR_TICKS, dtype=x.dtype, device=x.device)).to(x.dtype)
         parts = [x, n_deps / 4.0, n_up / 4.0, recent * present]
         if self.has_faulted:
-            parts.append(obs["faulted"].unsqueeze(-1))
+            parts.append(obs["faulted"][:, :used].unsqueeze(-1))
         h = torch.relu(self.embed(torch.cat(parts, -1))) * present
         means = neighbour_means(adj, n_deps, n_up)
         for layer in self.layers:
@@ -84,6 +89,7 @@ class SlotEncoder(BaseFeaturesExtractor):
         if self.has_budget:
             pooled = torch.cat([pooled, obs["budget"]], -1)
         summary = torch.relu(self.summary(pooled))
+        h = nn.functional.pad(h, (0, 0, 0, MAX_SLOTS - used))
         return torch.cat([h.flatten(1), summary], -1)
 
 

@@ -45,6 +45,8 @@ class AgentConfig:
     """Transitions of the baseline's play to clone."""
     imitation_epochs: int = 0
     """Passes over them."""
+    steps_share: float = 1.0
+    """Share of self-play's ``--steps`` this role trains on each generation, in (0, 1]."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -56,6 +58,8 @@ class AgentConfig:
                 bounds.whole(value, f"agent setting {f.name}", 0, bounds.MAX_STEPS)
             else:
                 bounds.number(value, f"agent setting {f.name}", 0.0, 1e6)
+        if not 0.0 < self.steps_share <= 1.0:
+            raise ConfigError(f"agent setting steps_share must be in (0, 1], got {self.steps_share!r}")
         if self.n_games < 1 or self.envs_per_game < 1 or self.n_steps < 1 or self.batch_size < 1:
             raise ConfigError("n_games, envs_per_game, n_steps and batch_size must be >= 1")
 

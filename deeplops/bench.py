@@ -177,7 +177,8 @@ def order_training_rate(seconds: float = 10.0) -> tuple[float, int]:
     config = SelfPlayConfig.from_files()
     agent = config.agent(Role.ORDER)
     chaos = pool_sampler([lambda: load_policy("random", Role.CHAOS)])
-    env = GameVecEnv(Role.ORDER, topology_sampler(config), chaos, agent.n_games, agent.envs_per_game, GameConfig())
+    env = GameVecEnv(Role.ORDER, topology_sampler(config), chaos, agent.n_games, agent.envs_per_game, GameConfig(),
+                     config.training_sim)  # fmt: skip
     model = make_model(Role.ORDER, agent, env, 0, "cpu")
     per_rollout = agent.n_steps * agent.n_envs
     model.learn(per_rollout)  # compiles the kernels, warms the allocator

@@ -39,7 +39,11 @@ HELD_OUT_SEEDS = range(TRAIN_SEEDS, TRAIN_SEEDS + 10)
 """Random topologies never trained on (training draws seeds below ``TRAIN_SEEDS``)."""
 VS_FINAL_CHAOS = "shop vs the final chaos agent"
 """The section where the bar is the arms race's: beat every baseline but the oracle."""
-FINAL_FIGURES = ("availability", "mttr_mean", "unrecovered", "wasted_repairs", "episodes")
+FINAL_FIGURES = (
+    "availability", "mttr_mean", "unrecovered", "repairs", "faults_injected", "wasted_repairs", "data_loss", "episodes",
+)  # fmt: skip
+STORM_REPAIRS_PER_FAULT = 2.0
+"""More repairs than this per injected fault is a storm: a defect whatever the availability."""
 """The metrics report.json keeps of each contender in each section of the final comparison."""
 REAL_FIGURES = ("availability", "mttr_mean", "unrecovered")
 """The metrics report.json keeps of each play on real containers."""
@@ -289,6 +293,9 @@ def check_bar(name: str, section: dict[str, Summary]) -> dict[str, bool]:
         "availability >= autoheal + 0.05": learned.availability >= autoheal.availability + 0.05,
         "MTTR <= 0.5 x autoheal": auto_mttr is None
         or (learned.mttr_mean is not None and learned.mttr_mean <= 0.5 * auto_mttr),
+        f"repairs per fault <= {STORM_REPAIRS_PER_FAULT:g}": learned.repairs
+        <= STORM_REPAIRS_PER_FAULT * learned.faults_injected,
+        "no data lost": learned.data_loss == 0,
     }
 
 
@@ -393,10 +400,12 @@ def _markdown(r: Report) -> str:
     lines += ["", "## The final order agent against the baselines", ""]
     bar = r.bar
     for section, rows in r.final.items():
-        lines += [f"### {section}", "", "| policy | availability | MTTR mean | unrecovered | wasted repairs |",
-                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        header = "| policy | availability | MTTR mean | unrecovered | repairs per fault | wasted repairs | data lost |"
+        lines += [f"### {section}", "", header, "|---|---:|---:|---:|---:|---:|---:|"]
         for name, m in rows.items():
-            figures_ = f"{_fmt(m.availability)} | {_fmt(m.mttr_mean)} | {m.unrecovered} | {m.wasted_repairs}"
+            per_fault = m.repairs / m.faults_injected if m.faults_injected else None
+            figures_ = (f"{_fmt(m.availability)} | {_fmt(m.mttr_mean)} | {m.unrecovered} | {_fmt(per_fault)} | "
+                        f"{m.wasted_repairs} | {m.data_loss}")  # fmt: skip
             lines.append(f"| {name} | {figures_} |")
         checks = bar[section]
         lines += ["", "Bar: " + ", ".join(f"{k}: {'yes' if ok else 'NO'}" for k, ok in checks.items()), ""]

@@ -46,8 +46,8 @@ class SelfPlayConfig:
 
     generations: int = 4
     """Rounds of (train order, then train chaos)."""
-    steps: int = 150_000
-    """Reinforcement-learning transitions per role per generation."""
+    steps: int = 400_000
+    """Reinforcement-learning transitions per generation of each role, times its ``steps_share``."""
     seed: int = 0
     """Seed of everything: the same seed gives the same agents and report on the same machine."""
     device: str = "auto"
@@ -316,6 +316,7 @@ class SelfPlay:
             (Role.CHAOS, self.order_pool(g), int(seeds[2]), int(seeds[3])),
         ):
             agent = cfg.agent(role)
+            steps = round(cfg.steps * agent.steps_share)
             topologies = (
                 topology_sampler(cfg) if role is Role.ORDER or cfg.real else (lambda rng: load_topology("shop"))
             )
@@ -332,22 +333,22 @@ class SelfPlay:
                 mix = [pool[0]] * 3 + pool[1:]
                 teach_env = GameVecEnv(role, topologies, pool_sampler(mix), agent.n_games, agent.envs_per_game, game,
                                        sim, seed=env_seed + 1)  # fmt: skip
-                self.progress.update(f"g{g} {role.value}: imitating {agent.imitate}", 0, cfg.steps)
+                self.progress.update(f"g{g} {role.value}: imitating {agent.imitate}", 0, steps)
                 record[f"{role.value}_imitation_accuracy"] = imitate(
                     model, teach_env, agent.imitate, agent.imitation_steps, agent.imitation_epochs, seed)  # fmt: skip
             start = time.monotonic()
             try:
-                if cfg.steps:
+                if steps:
                     label = f"g{g} {role.value}"
 
-                    def progressed(done: int, label: str = label) -> None:
-                        self.progress.update(label, done, cfg.steps)
+                    def progressed(done: int, label: str = label, steps: int = steps) -> None:
+                        self.progress.update(label, done, steps)
 
-                    model.learn(cfg.steps, on_rollout=progressed, log_dir=tb / f"{role.value}_g{g}")
+                    model.learn(steps, on_rollout=progressed, log_dir=tb / f"{role.value}_g{g}")
             finally:
                 env.close()  # real containers go even when training fails
             self.timing[f"{role.value}_s"] += time.monotonic() - start
-            self.timing[f"{role.value}_steps"] += cfg.steps
+            self.timing[f"{role.value}_steps"] += steps
             save_model(model, role, self._agent(role, g))
         self.history.append(record)
         state = {"completed": g, "config": self.config.record(), "history": self.history, "timing": self.timing}

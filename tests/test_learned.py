@@ -128,6 +128,7 @@ def test_a_round_trip_keeps_every_weight_the_adam_state_and_every_action(tmp_pat
                 assert torch.equal(state[moment], want[moment]), (name, moment)
         agent = load_agent(path)
         assert agent.role is role
+        agent.deterministic = True  # greedy, as predict below (a chaos agent samples by default)
         for obs, mask in observations(role):
             view = {k: obs[k] for k in policy.observation_space.spaces}
             expected, _ = policy.predict(view, action_masks=np.array(mask), deterministic=True)
@@ -452,3 +453,38 @@ def test_selfplay_from_old_pickled_agents_is_a_one_line_error(cli, tmp_path):
     result = cli("selfplay", "--from", str(tmp_path), "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "order.zip", "old pickled format")
     assert not (tmp_path / "ran").exists()
+
+
+# --- how a saved agent acts ---------------------------------------------------------------------
+
+
+def chaos_moves(seed: int, ticks: int = 30) -> np.ndarray:
+    """The shipped chaos agent's moves over ``ticks`` ticks of 8 envs, its samples seeded by ``seed``."""
+    chaos, order = load_policy("pretrained", Role.CHAOS), load_policy("noop", Role.ORDER)
+    game = Game(SimSandbox(load_topology("shop"), 8))
+    game.reset(list(range(8)))
+    chaos.reset(8, seed=seed)
+    moves = []
+    for _ in range(ticks):
+        mask = game.chaos_mask().copy()
+        acts = game.decide(chaos)
+        assert mask[np.arange(8), acts].all()  # sampled, yet always allowed
+        moves.append(acts)
+        game.step(acts, game.decide(order))
+    return np.array(moves)
+
+
+def test_a_chaos_agent_samples_its_moves_reproducibly_from_its_seed():
+    first = chaos_moves(seed=3)
+    np.testing.assert_array_equal(first, chaos_moves(seed=3))
+    assert not np.array_equal(first, chaos_moves(seed=4))
+    assert len({tuple(col) for col in first.T}) > 1  # envs in one state still play differently
+
+
+def test_an_order_agent_acts_greedily():
+    agent = load_policy("pretrained", Role.ORDER)
+    game = Game(SimSandbox(load_topology("shop"), 4))
+    game.reset([0] * 4)  # four copies of one state
+    agent.reset(4, seed=0)
+    actions = game.decide(agent)
+    assert (actions == actions[0]).all()

@@ -255,3 +255,37 @@ def test_the_shipped_chaos_agent_loads_and_acts_within_the_mask():
         actions = game.decide(chaos)
         assert game.chaos_mask()[np.arange(4), actions].all()
         game.step(actions, np.zeros(4, np.int64))
+
+
+def _summary(availability: float, repairs: int = 10, faults: int = 10, data_loss: int = 0, mttr: float = 2.0):
+    from deeplops.metrics import Summary
+
+    return Summary(availability=availability, mttr_mean=mttr, mttr_p95=mttr, faults_injected=faults,
+                   faults_recovered=faults, unrecovered=0, repairs=repairs, wasted_repairs=0, data_loss=data_loss,
+                   invalid_actions=0, episodes=4, ticks=800)  # fmt: skip
+
+
+def _section(learned):
+    from deeplops.metrics import Summary
+
+    rows: dict[str, Summary] = {
+        name: _summary(0.5, mttr=10.0) for name in ("noop", "autoheal", "k8s", "runbook", "oracle")
+    }
+    return {"learned": learned, **rows}
+
+
+@pytest.mark.parametrize(
+    ("learned", "failed"),
+    [
+        (_summary(0.9), set()),
+        (_summary(0.9, repairs=21, faults=10), {"repairs per fault <= 2"}),
+        (_summary(0.9, data_loss=1), {"no data lost"}),
+        (_summary(0.45), {"availability >= runbook - 0.01", "availability >= autoheal + 0.05"}),
+    ],
+    ids=["clean", "a storm", "data lost", "below the runbook"],
+)
+def test_the_reports_bar_fails_a_storm_and_lost_data_whatever_the_availability(learned, failed):
+    from deeplops.report import check_bar
+
+    checks = check_bar("held-out random topologies", _section(learned))
+    assert {name for name, ok in checks.items() if not ok} == failed

@@ -31,7 +31,9 @@ def selfplay(
     env: Annotated[str, typer.Option("--env", help="Topology trained and reported on, besides random ones.")] = "shop",
     backend: BackendOpt = "sim",
     generations: Annotated[int, typer.Option("--generations", help="Rounds of order then chaos training.")] = 4,
-    steps: Annotated[int, typer.Option("--steps", help="RL transitions per role per generation.")] = 150_000,
+    steps: Annotated[
+        int, typer.Option("--steps", help="RL transitions per role per generation (times the role's steps_share).")
+    ] = 400_000,
     out_dir: Annotated[Path, typer.Option("--out", help="Where agents, report, plots and logs go.")] = Path(
         "runs/selfplay"
     ),
