@@ -360,7 +360,7 @@ class SimSandbox(ArrayState):
         self._draws = self.params.draws(topology)
         self._dyn = simkernel.Dynamics(
             down=np.zeros((e, n, len(Repair)), np.int32),
-            symptoms=np.zeros((e, *self._draws.symptoms.shape), np.float64),
+            symptoms=np.zeros((e if self._draws.randomise else 1, *self._draws.symptoms.shape), np.float64),
             probe_noise=np.zeros(e, np.float64),
             probe_delay=np.zeros(e, np.int64),
         )

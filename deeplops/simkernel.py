@@ -104,7 +104,8 @@ class Dynamics(NamedTuple):
     down: np.ndarray
     """``(n_envs, n_services, len(Repair))`` int32: ticks each repair keeps each service down."""
     symptoms: np.ndarray
-    """``(n_envs, DOWN_ROW + 1, N_SYMPTOMS)`` float64: symptom ranges per fault code, and when down."""
+    """``(n_envs, DOWN_ROW + 1, N_SYMPTOMS)`` float64: symptom ranges per fault code, and when down;
+    ``(1, ...)`` when every env shares the calibrated table (less memory to stream each tick)."""
     probe_noise: np.ndarray
     """``(n_envs,)`` float64: chance that a reported health result is flipped."""
     probe_delay: np.ndarray
@@ -253,8 +254,9 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     responsive = np.empty(n, dtype=np.bool_)
     path_ok = np.empty(n, dtype=np.bool_)
     previous = np.empty(n, dtype=np.bool_)
+    shared = dyn.symptoms.shape[0] == 1
     for e in range(n_envs):
-        symptoms = dyn.symptoms[e]
+        symptoms = dyn.symptoms[0 if shared else e]
         for s in range(n):
             previous[s] = health[e, s]
         slo_ok = True
@@ -337,7 +339,7 @@ def start(state: SystemState, layout: Layout, rules: Rules, draws: Draws, seeds:
             data[e, s] = lo + (hi - lo) * uniform(rng, e) if layout.has_disk[s] else 0.0
         if not draws.randomise:
             dyn.down[e] = draws.down_lo
-            dyn.symptoms[e] = draws.symptoms
+            dyn.symptoms[min(e, dyn.symptoms.shape[0] - 1)] = draws.symptoms
             dyn.probe_noise[e] = draws.noise_lo
             dyn.probe_delay[e] = draws.delay_lo
             continue
