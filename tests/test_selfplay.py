@@ -204,6 +204,17 @@ def test_selfplay_rejects_bad_counts_on_the_command_line(cli):
     assert result.code == 2 and "--generations" in result.err
 
 
+@pytest.mark.parametrize("teacher", ["oracle", "nobody"])
+def test_selfplay_refuses_a_teacher_that_is_no_fair_baseline_before_any_work(cli, tmp_path, teacher):
+    out = tmp_path / "run"
+    result = cli("selfplay", "--imitate", teacher, "--out", str(out))
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        f"deeplops: error: --imitate: expected none or one of noop, random, autoheal, k8s, runbook, got '{teacher}'"
+    ]
+    assert not out.exists()
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 def test_selfplay_on_docker_fine_tunes_on_real_containers(run, docker_engine, tmp_path):
