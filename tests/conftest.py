@@ -104,6 +104,8 @@ def compose_project(docker_engine) -> Iterator[str]:
         compose_service(project, "web", depends="db")
         yield project
     finally:
-        for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
+        for c in client.containers.list(
+            all=True, ignore_removed=True, filters={"label": f"com.docker.compose.project={project}"}
+        ):
             c.remove(force=True)
         network.remove()

@@ -218,7 +218,10 @@ def leftovers(name: str) -> list[str]:
     from deeplops.dockerbox import host, stack
 
     client = stack.connect()
-    found = [c.name for c in client.containers.list(all=True, filters={"label": f"deeplops.sandbox={name}"})]
+    found = [
+        c.name
+        for c in client.containers.list(all=True, ignore_removed=True, filters={"label": f"deeplops.sandbox={name}"})
+    ]
     found += [n.name for n in client.networks.list(filters={"label": f"deeplops.sandbox={name}"})]
     if (host.STATE_DIR / name).exists():
         found.append(str(host.STATE_DIR / name))

@@ -478,7 +478,9 @@ def compose_example(docker_engine, tmp_path) -> Iterator[tuple[str, int, Callabl
         yield project, port, compose
     finally:
         compose("down", "-v", "--timeout", "5")
-        left = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
+        left = client.containers.list(
+            all=True, ignore_removed=True, filters={"label": f"com.docker.compose.project={project}"}
+        )
         assert left == []
 
 

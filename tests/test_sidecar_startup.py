@@ -87,7 +87,9 @@ def no_containers_of(*names: str) -> bool:
         client = stack.connect()
     except Exception:
         return True
-    return not any(client.containers.list(all=True, filters={"label": f"deeplops.sandbox={n}"}) for n in names)
+    return not any(
+        client.containers.list(all=True, ignore_removed=True, filters={"label": f"deeplops.sandbox={n}"}) for n in names
+    )
 
 
 BENCH_BOUNDS = [
