@@ -133,9 +133,9 @@ class SelfPlayConfig:
     def training_sim(self) -> SimParams:
         """The dynamics training games are played under."""
         params = self.sim or SimParams()
-        if self.randomise and params.randomise is None:
-            params = replace(params, randomise=Randomisation())
-        return params if self.randomise else replace(params, randomise=None)
+        if not self.randomise:
+            return replace(params, randomise=None)
+        return params if params.randomise else replace(params, randomise=Randomisation())
 
     def agent(self, role: Role) -> AgentConfig:
         """The role's hyperparameters, fitted to the backend: on real containers one game of one env,

@@ -52,12 +52,22 @@ def _pairs(fields_: dict[str, Any]) -> dict[str, Any]:
     return {key: _pair(value) for key, value in fields_.items()}
 
 
-def _check_range(name: str, value: object, top: float | None = None) -> None:
-    if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int | float) for v in value)):
-        raise ConfigError(f"{name} must be a (low, high) pair of numbers, got {value!r}")
+def _check_range(name: str, value: object, top: float | None = None, whole: bool = False) -> None:
+    kind = "whole numbers of ticks" if whole else "numbers"
+    number = _is_whole if whole else _is_number
+    if not (isinstance(value, tuple) and len(value) == 2 and all(number(v) for v in value)):
+        raise ConfigError(f"{name} must be a (low, high) pair of {kind}, got {value!r}")
     lo, hi = value
     if not 0 <= lo <= hi or (top is not None and hi > top):
         raise ConfigError(f"{name} must satisfy 0 <= low <= high{f' <= {top}' if top else ''}, got {value!r}")
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float)
 
 
 def _check_chance(name: str, value: object) -> None:
@@ -92,18 +102,6 @@ class Symptoms:
         return (*self.latency_s, *self.cpu, *self.net_rx, self.probe_fail, self.serve_fail)
 
 
-def _check_ticks(name: str, value: object, most: int) -> None:
-    if not (isinstance(value, tuple) and len(value) == 2 and all(_is_whole(v) for v in value)):
-        raise ConfigError(f"randomise.{name} must be a (low, high) pair of whole numbers of ticks, got {value!r}")
-    lo, hi = value
-    if not 0 <= lo <= hi <= most:
-        raise ConfigError(f"randomise.{name} must satisfy 0 <= low <= high <= {most}, got {value!r}")
-
-
-def _is_whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class Randomisation:
     """Ranges a system's dynamics are drawn from at every reset, per env and (for times) per
@@ -123,9 +121,9 @@ class Randomisation:
     episode from [1 - jitter, 1 + jitter] (0 and 1 are limits, not measurements)."""
 
     def __post_init__(self) -> None:
-        _check_ticks("restart_ticks", self.restart_ticks, MAX_DOWN_TICKS)
-        _check_ticks("recreate_ticks", self.recreate_ticks, MAX_DOWN_TICKS)
-        _check_ticks("probe_delay", self.probe_delay, MAX_PROBE_DELAY)
+        _check_range("randomise.restart_ticks", self.restart_ticks, MAX_DOWN_TICKS, whole=True)
+        _check_range("randomise.recreate_ticks", self.recreate_ticks, MAX_DOWN_TICKS, whole=True)
+        _check_range("randomise.probe_delay", self.probe_delay, MAX_PROBE_DELAY, whole=True)
         _check_range("randomise.probe_noise", self.probe_noise, MAX_PROBE_NOISE)
         jitter = self.symptom_jitter
         if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0.0 <= jitter <= 0.5:
@@ -269,9 +267,8 @@ class SimParams:
     def draws(self, topology: Topology) -> simkernel.Draws:
         """What each reset sets an env's dynamics from on ``topology``: these fields, a service's
         own ``restart_s``, and the ranges of ``randomise`` when set."""
-        n = topology.n_services
-        down = np.repeat(self.repairs()[:, simkernel.R_DOWN_TICKS].astype(np.int64)[None, :], n, axis=0)
-        lo, hi = down.copy(), down.copy()
+        lo = np.repeat(self.repairs()[None, :, simkernel.R_DOWN_TICKS], topology.n_services, axis=0).astype(np.int64)
+        hi = lo.copy()
         ranges = self.randomise
         if ranges is not None:
             lo[:, Repair.RESTART], hi[:, Repair.RESTART] = ranges.restart_ticks
@@ -432,7 +429,7 @@ class SimSandbox(ArrayState):
         """``(n_envs, n_services, len(Repair))`` ticks each repair would keep each service from
         serving now, a restore of destroyed data included: what a privileged policy may read."""
         out = self._dyn.down.astype(np.int64)
-        wiped = self.params.repairs()[:, simkernel.R_WIPES_DATA] > 0
+        wiped = self._repair_rules.effects[:, simkernel.R_WIPES_DATA] > 0
         restore = np.ceil(self._state.data * self.params.restore_ticks).astype(np.int64)
         out[:, :, wiped] += restore[:, :, None]
         return out

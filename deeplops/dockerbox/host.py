@@ -123,6 +123,20 @@ def create_in(dir_fd: int, name: str) -> int | None:
         return None
 
 
+def write_new(path: Path, name: str, content: bytes) -> None:
+    """Write ``content`` as a new file ``name`` in the volume at ``path`` (see :func:`create_in`).
+
+    Raises:
+        SandboxError: the name is held by a directory.
+    """
+    with open_volume(path) as volume:
+        fd = create_in(volume, name)
+        if fd is None:
+            raise SandboxError(f"cannot create {path / name}: the name is taken by a directory")
+        with open(fd, "wb") as f:
+            f.write(content)
+
+
 def remove_in(dir_fd: int, name: str) -> bool:
     """Unlink ``name`` in the directory ``dir_fd`` (a link itself, never its target); whether it went."""
     try:

@@ -22,7 +22,6 @@ import os
 import stat
 
 from deeplops.dockerbox import host
-from deeplops.errors import SandboxError
 from deeplops.system import RESTORE_TICKS_PER_VOLUME, TICK_S
 from deeplops.topology import Service
 
@@ -93,11 +92,5 @@ def plan(sandbox: str, service: Service, size: int) -> int:
     the restore takes."""
     ticks = restore_ticks(size, service)
     doc = {"file": DATA_NAME, "size": size, "seconds": ticks * TICK_S, "byte": DATA_BYTE}
-    path = host.volume_dir(sandbox, service.name)
-    with host.open_volume(path) as volume:
-        fd = host.create_in(volume, PLAN_NAME)
-        if fd is None:
-            raise SandboxError(f"cannot create {path / PLAN_NAME}: the name is taken by a directory")
-        with open(fd, "w") as f:
-            json.dump(doc, f)
+    host.write_new(host.volume_dir(sandbox, service.name), PLAN_NAME, json.dumps(doc).encode())
     return ticks

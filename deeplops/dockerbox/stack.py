@@ -194,12 +194,7 @@ def prepare_volume(sandbox: str, service: Service, fraction: float) -> None:
     path = host.volume_dir(sandbox, service.name)
     host.mount_volume(path, service.disk_mb)
     size = int(fraction * restore.volume_bytes(service))
-    with host.open_volume(path) as volume:
-        fd = host.create_in(volume, restore.DATA_NAME)
-        if fd is None:
-            raise SandboxError(f"cannot create {path / restore.DATA_NAME}: the name is taken by a directory")
-        with open(fd, "wb") as f:
-            f.write(bytes([restore.DATA_BYTE]) * size)
+    host.write_new(path, restore.DATA_NAME, bytes([restore.DATA_BYTE]) * size)
 
 
 @edge
