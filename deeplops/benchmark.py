@@ -7,6 +7,7 @@ Each policy plays every suite, in this order (the ids are stable; ``SUITES`` hol
 |---|---|---|---|
 | ``random-topologies`` | 8 random topologies never trained on (topogen seeds 10000-10007) | random | calibrated |
 | ``bank`` | ``bank`` (never trained on) | random | calibrated |
+| ``real-software`` | ``store`` and ``payments`` (real-software kinds; never trained on) | random | calibrated |
 | ``scenarios`` | every shipped scenario (``scenarios/*.yaml``) | its scripted faults | calibrated |
 | ``slow-restarts`` | ``shop`` and ``bank`` | random | restarts and recreates take 3 ticks |
 | ``very-slow-restarts`` | ``shop`` and ``bank`` | random | restarts and recreates take 8 ticks |
@@ -44,6 +45,7 @@ from deeplops.topology import Topology, load_topology
 SUITES: dict[str, str] = {
     "random-topologies": "8 random topologies never trained on (topogen seeds 10000-10007), random chaos",
     "bank": "the bank topology (never trained on), random chaos",
+    "real-software": "store and payments, on PostgreSQL, Redis and nginx kinds (never trained on), random chaos",
     "scenarios": "every shipped scenario, its scripted faults",
     "slow-restarts": "shop and bank, random chaos; restarts and recreates take 3 ticks",
     "very-slow-restarts": "shop and bank, random chaos; restarts and recreates take 8 ticks",
@@ -53,6 +55,8 @@ SUITES: dict[str, str] = {
     "trained-chaos": "shop against the shipped chaos agent (agents/pretrained/chaos.zip)",
 }
 """The suites, by id in the order they are played, with what each one plays."""
+REAL_SOFTWARE_SYSTEMS = ("store", "payments")
+"""The shipped topologies of real-software kinds the ``real-software`` suite plays."""
 DYNAMICS: dict[str, dict[str, Any]] = {
     "slow-restarts": {"restart_ticks": 3, "recreate_ticks": 3},
     "very-slow-restarts": {"restart_ticks": 8, "recreate_ticks": 8},
@@ -287,6 +291,7 @@ def protocol(episodes: int = DEFAULT_EPISODES, base: SimParams | None = None) ->
     systems: dict[str, list[tuple[Topology, Policy, GameConfig, SimParams | None]]] = {
         "random-topologies": [(random_topology(seed), random_chaos(), free, base) for seed in HELD_OUT_TOPOLOGIES],
         "bank": [(bank, random_chaos(), free, base)],
+        "real-software": [(load_topology(name), random_chaos(), free, base) for name in REAL_SOFTWARE_SYSTEMS],
         "scenarios": [(s.topology, ScriptedChaos(s), s.game_config(), base) for s in scenarios],
     }
     for suite, changes in DYNAMICS.items():

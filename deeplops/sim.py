@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplops import simkernel
+from deeplops import bounds, simkernel
 from deeplops.catalog import read_yaml
 from deeplops.errors import ConfigError, SandboxError
 from deeplops.faults import CLEARS_TABLE, Fault, Repair
@@ -30,10 +30,10 @@ from deeplops.system import (
     SLO_LATENCY_S,
     TICK_S,
 )
-from deeplops.topology import Topology
+from deeplops.topology import KINDS, Topology
 
 MAX_DOWN_TICKS = 3600
-"""Most ticks a restart or recreate may keep a service down (an hour of ticks)."""
+"""Most ticks a restart, recreate or clean_disk may keep a service down (an hour of ticks)."""
 MAX_PROBE_DELAY = 60
 """Most ticks of monitoring lag (each env keeps that many ticks of health results)."""
 MAX_SIM_NUMBER = 1e6
@@ -102,6 +102,98 @@ class Symptoms:
         return (*self.latency_s, *self.cpu, *self.net_rx, self.probe_fail, self.serve_fail)
 
 
+KIND_FIELDS = ("restart_ticks", "recreate_ticks", "clean_disk_ticks")
+"""A kind profile's downtimes, named as the ``SimParams`` fields of the generic service."""
+PROFILE_FIELDS = (*KIND_FIELDS, "cpu_hog", "full_disk_serves_ticks")
+"""Every field a kind profile may set in a file."""
+_DOWN_REPAIRS = (Repair.RESTART, Repair.RECREATE, Repair.CLEAN_DISK)
+"""The repair each of ``KIND_FIELDS`` is the downtime of."""
+
+
+def _check_kind(kind: object) -> None:
+    if kind not in KINDS[1:]:
+        raise ConfigError(
+            f"kinds: expected a kind of {', '.join(KINDS[1:])} (the generic service's downtimes are "
+            f"restart_ticks, recreate_ticks and clean_disk_ticks themselves), got {bounds.shown(kind)}"
+        )
+
+
+@dataclass(frozen=True)
+class KindProfile:
+    """How long one kind of service stays down after each repair that takes it down, in ticks.
+    A field left None is the generic ``service``'s figure (the ``SimParams`` field of that name)."""
+
+    kind: str
+    """The kind (``topology.KINDS``, not ``service``: its figures are ``SimParams``' own)."""
+    restart_ticks: int | None = None
+    """Ticks a restart keeps it down."""
+    recreate_ticks: int | None = None
+    """Ticks a recreate keeps it down."""
+    clean_disk_ticks: int | None = None
+    """Ticks a clean_disk keeps it down (a database that comes back up after its disk is freed)."""
+    cpu_hog: Symptoms | None = None
+    """What it shows starved by a CPU hog, where that differs from the generic service's (a
+    PostgreSQL's processes keep their share and serve); None: the generic ``SimParams.cpu_hog``."""
+    full_disk_serves_ticks: int | None = None
+    """Ticks it goes on serving its users once its disk is full, its own health check failing
+    meanwhile (PostgreSQL writes into pages it already has until a table needs a new one); None:
+    0, the generic program's writes fail at once."""
+
+    def __post_init__(self) -> None:
+        _check_kind(self.kind)
+        grace = self.full_disk_serves_ticks
+        if grace is not None and (
+            isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_DOWN_TICKS
+        ):
+            raise ConfigError(
+                f"kinds.{self.kind}.full_disk_serves_ticks must be a whole number of ticks in [0, {MAX_DOWN_TICKS}], "
+                f"got {grace!r}"
+            )
+        if self.cpu_hog is not None and not isinstance(self.cpu_hog, Symptoms):
+            raise ConfigError(f"kinds.{self.kind}.cpu_hog must be a symptom table, got {self.cpu_hog!r}")
+        for name in KIND_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DOWN_TICKS
+            ):
+                raise ConfigError(
+                    f"kinds.{self.kind}.{name} must be a whole number of ticks in [0, {MAX_DOWN_TICKS}], got {value!r}"
+                )
+
+
+def _kind_profiles(doc: object, base: tuple[KindProfile, ...] = ()) -> tuple[KindProfile, ...]:
+    """Kind profiles as files write them (``{postgres: {restart_ticks: 4}}``), over ``base``'s: a
+    kind's fields not named keep their value in ``base``."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"kinds: expected a mapping of kind to downtimes, got {type(doc).__name__}")
+    profiles = {p.kind: p for p in base}
+    for kind, value in doc.items():
+        _check_kind(kind)
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"kinds.{kind}: expected a mapping of {', '.join(KIND_FIELDS)}, got {type(value).__name__}"
+            )
+        unknown = sorted(str(k) for k in value if k not in PROFILE_FIELDS)
+        if unknown:
+            raise ConfigError(
+                f"kinds.{kind}: unknown field {unknown[0]!r}: expected some of {', '.join(PROFILE_FIELDS)}"
+            )
+        fields_ = dict(value)
+        if "cpu_hog" in fields_:
+            own = profiles.get(kind, KindProfile(kind)).cpu_hog
+            hog = fields_["cpu_hog"]
+            if not isinstance(hog, dict):
+                raise ConfigError(
+                    f"kinds.{kind}.cpu_hog: expected a mapping of symptom fields, got {type(hog).__name__}"
+                )
+            try:
+                fields_["cpu_hog"] = replace(own, **_pairs(hog)) if own is not None else Symptoms(**_pairs(hog))
+            except TypeError as exc:
+                raise ConfigError(f"kinds.{kind}.cpu_hog: {exc}") from None
+        profiles[kind] = replace(profiles.get(kind, KindProfile(kind)), **fields_)
+    return tuple(profiles.values())
+
+
 @dataclass(frozen=True)
 class Randomisation:
     """Ranges a system's dynamics are drawn from at every reset, per env and (for times) per
@@ -109,9 +201,12 @@ class Randomisation:
     The draws come from each env's own stream: an episode still depends on its seed alone."""
 
     restart_ticks: tuple[int, int] = (0, 8)
-    """Ticks a restart keeps a service down (a service's own ``restart_s`` is kept as it is)."""
+    """Ticks a restart keeps a generic service down; a kind whose own restart is slower or quicker
+    than the generic service's has the range shifted by as much (a service's own ``restart_s`` is
+    kept as it is)."""
     recreate_ticks: tuple[int, int] = (0, 8)
-    """Ticks a recreate keeps a service down (never less than its own ``restart_s``)."""
+    """Ticks a recreate keeps a generic service down, shifted per kind as ``restart_ticks`` is
+    (never less than a service's own ``restart_s``)."""
     probe_noise: tuple[float, float] = (0.0, 0.2)
     """Chance a reported health result is flipped, drawn per episode."""
     probe_delay: tuple[int, int] = (0, 3)
@@ -142,6 +237,61 @@ class SimParams:
     """Ticks a restarted service is down: 0 when a restart completes within the tick it is taken."""
     recreate_ticks: int = 0
     """Ticks a recreated service is down: new container, new volume."""
+    clean_disk_ticks: int = 0
+    """Ticks a service is down after its disk is cleaned: 0, the generic program keeps serving."""
+    rate_limit_ticks: int = 1
+    """Ticks a flooded link takes to drain once a rate_limit ends the flood: the service runs but
+    still times out, as flooded, meanwhile."""
+    kinds: tuple[KindProfile, ...] = (
+        KindProfile(
+            "nginx",
+            restart_ticks=0,
+            recreate_ticks=0,
+            cpu_hog=Symptoms(
+                latency_s=(0.1087, 0.2071), cpu=(0.955, 1.0), net_rx=(0.0039, 0.0048), probe_fail=0.0, serve_fail=0.0
+            ),
+        ),
+        KindProfile(
+            "app",
+            restart_ticks=1,
+            recreate_ticks=0,
+            cpu_hog=Symptoms(
+                latency_s=(0.1813, 0.1918), cpu=(0.965, 1.0), net_rx=(0.0043, 0.0086), probe_fail=0.375, serve_fail=0.75
+            ),
+        ),
+        KindProfile(
+            "worker",
+            restart_ticks=0,
+            recreate_ticks=0,
+            cpu_hog=Symptoms(
+                latency_s=(0.1655, 0.4246), cpu=(0.973, 1.0), net_rx=(0.003, 0.0052), probe_fail=0.375, serve_fail=0.0
+            ),
+        ),
+        KindProfile(
+            "postgres",
+            restart_ticks=1,
+            recreate_ticks=0,
+            clean_disk_ticks=0,
+            full_disk_serves_ticks=28,
+            cpu_hog=Symptoms(
+                latency_s=(0.1564, 0.2243), cpu=(0.984, 1.0), net_rx=(0.0044, 0.0057), probe_fail=0.0, serve_fail=0.0
+            ),
+        ),
+        KindProfile(
+            "redis",
+            restart_ticks=1,
+            recreate_ticks=0,
+            clean_disk_ticks=0,
+            full_disk_serves_ticks=2,
+            cpu_hog=Symptoms(
+                latency_s=(0.0839, 0.4441), cpu=(0.95, 1.0), net_rx=(0.0043, 0.0057), probe_fail=0.0, serve_fail=0.0
+            ),
+        ),
+    )
+    """Each real-software kind's own downtimes and CPU-hog symptoms, as calibrated on ``store``
+    (the generic service's are the three fields above and the symptom tables below; at most one
+    profile per kind, kept in ``KINDS`` order); a kind without one, or a field a profile leaves
+    None, takes the generic service's."""
     probe_timeout_s: float = PROBE_TIMEOUT_S
     """Timeout of the /health probe and of the pings it makes to dependencies."""
     slo_latency_s: float = SLO_LATENCY_S
@@ -165,24 +315,25 @@ class SimParams:
     """Ranges to draw the restart, recreate and probe dynamics and the symptoms from at every
     reset (training); None keeps the fields above for every episode."""
     healthy: Symptoms = Symptoms(
-        latency_s=(0.0025, 0.0135), cpu=(0.027, 0.079), net_rx=(0.0043, 0.0141), probe_fail=0.0, serve_fail=0.0
+        latency_s=(0.0021, 0.0093), cpu=(0.023, 0.062), net_rx=(0.0043, 0.0142), probe_fail=0.0, serve_fail=0.0
     )
     """A service with no fault (and one whose disk is full: its failures come from the disk)."""
     paused: Symptoms = Symptoms(
-        latency_s=(1.0, 1.0), cpu=(0.0, 0.001), net_rx=(0.001, 0.0014), probe_fail=1.0, serve_fail=1.0
+        latency_s=(1.0, 1.0), cpu=(0.0, 0.0), net_rx=(0.0009, 0.0014), probe_fail=1.0, serve_fail=1.0
     )
     """A frozen service: everything times out."""
     cpu_hog: Symptoms = Symptoms(
-        latency_s=(0.1563, 0.3875), cpu=(0.974, 1.0), net_rx=(0.0069, 0.0179), probe_fail=0.625, serve_fail=1.0
+        latency_s=(0.1237, 0.3755), cpu=(0.983, 1.0), net_rx=(0.0101, 0.017), probe_fail=0.5, serve_fail=1.0
     )
     """A service starved by a CPU hog."""
     flooded: Symptoms = Symptoms(
-        latency_s=(1.0, 1.0), cpu=(0.014, 0.028), net_rx=(0.951, 1.0), probe_fail=1.0, serve_fail=1.0
+        latency_s=(1.0, 1.0), cpu=(0.009, 0.022), net_rx=(0.9701, 1.0), probe_fail=1.0, serve_fail=1.0
     )
     """A service whose link is saturated by a flood."""
 
     def __post_init__(self) -> None:
         for name, most in (("restart_ticks", MAX_DOWN_TICKS), ("recreate_ticks", MAX_DOWN_TICKS),
+                           ("clean_disk_ticks", MAX_DOWN_TICKS), ("rate_limit_ticks", MAX_DOWN_TICKS),
                            ("probe_delay", MAX_PROBE_DELAY)):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
@@ -197,6 +348,14 @@ class SimParams:
             raise ConfigError(f"sim parameter probe_noise must be in [0, {MAX_PROBE_NOISE}], got {self.probe_noise!r}")
         if self.randomise is not None and not isinstance(self.randomise, Randomisation):
             raise ConfigError(f"sim parameter randomise must be ranges of Randomisation, got {self.randomise!r}")
+        if not isinstance(self.kinds, tuple) or not all(isinstance(p, KindProfile) for p in self.kinds):
+            raise ConfigError(f"sim parameter kinds must be a tuple of KindProfile, got {self.kinds!r}")
+        given = [p.kind for p in self.kinds]
+        twice = sorted({k for k in given if given.count(k) > 1})
+        if twice:
+            raise ConfigError(f"sim parameter kinds: expected one profile per kind, got {twice[0]!r} twice")
+        # One order, so that equal profiles make equal parameters however they were listed.
+        object.__setattr__(self, "kinds", tuple(sorted(self.kinds, key=lambda p: KINDS.index(p.kind))))
 
     @property
     def history_depth(self) -> int:
@@ -208,7 +367,8 @@ class SimParams:
     def from_file(cls, path: Path) -> SimParams:
         """The calibrated defaults with the fields a YAML file sets (``--sim FILE``), e.g.
         ``restart_ticks: 3``, ``cpu_hog: {probe_fail: 0.3}`` (a symptom table's other fields kept)
-        or ``randomise: {restart_ticks: [0, 8]}`` (the other ranges at their defaults).
+        or ``randomise: {restart_ticks: [0, 8]}`` (the other ranges at their defaults), or
+        ``kinds: {postgres: {restart_ticks: 4}}`` (the kind's other downtimes kept).
 
         Raises:
             ConfigError: the file is unreadable, not a mapping, names an unknown field, or sets a
@@ -227,7 +387,9 @@ class SimParams:
         for key, value in doc.items():
             current = Randomisation() if key == "randomise" else getattr(base, key)
             try:
-                if is_dataclass(current) and not isinstance(current, type):
+                if key == "kinds":
+                    changes[key] = _kind_profiles(value, base.kinds)
+                elif is_dataclass(current) and not isinstance(current, type):
                     if not isinstance(value, dict):
                         raise ConfigError(f"expected a mapping of {', '.join(f.name for f in fields(current))}")
                     changes[key] = replace(current, **_pairs(value))
@@ -242,14 +404,35 @@ class SimParams:
 
     @classmethod
     def from_calibration(cls, fields_: dict[str, Any]) -> SimParams:
-        """SimParams from the ``sim_params`` section of a calibration file."""
+        """SimParams from the ``sim_params`` section of a calibration file. Its optional ``kinds``
+        maps a kind to its measured downtimes, e.g. ``{"postgres": {"restart_ticks": 4,
+        "recreate_ticks": 6, "clean_disk_ticks": 2}}``; a kind it leaves out is the generic service."""
         kwargs: dict[str, Any] = {}
-        for key, value in fields_.items():
-            kwargs[key] = Symptoms(**_pairs(value)) if isinstance(value, dict) else _pair(value)
         try:
+            for key, value in fields_.items():
+                if key == "kinds":
+                    kwargs[key] = _kind_profiles(value)
+                else:
+                    kwargs[key] = Symptoms(**_pairs(value)) if isinstance(value, dict) else _pair(value)
             return cls(**kwargs)
-        except TypeError as exc:
+        except (TypeError, ConfigError) as exc:
             raise ConfigError(f"calibration: {exc}") from None
+
+    def downtimes(self, kind: str) -> tuple[int, int, int]:
+        """Ticks a restart, a recreate and a clean_disk keep a service of ``kind`` down (``KIND_FIELDS``):
+        its profile's, the generic service's where it sets none."""
+        own = next((p for p in self.kinds if p.kind == kind), None)
+
+        def ticks(name: str) -> int:
+            value = None if own is None else getattr(own, name)
+            return getattr(self, name) if value is None else value
+
+        return ticks("restart_ticks"), ticks("recreate_ticks"), ticks("clean_disk_ticks")
+
+    def full_disk_serves(self, kind: str) -> int:
+        """Ticks a service of ``kind`` goes on serving once its disk is full (0 for the generic service)."""
+        own = next((p.full_disk_serves_ticks for p in self.kinds if p.kind == kind), None)
+        return 0 if own is None else own
 
     def rules(self) -> simkernel.Rules:
         """These parameters as the tick's kernels read them (numbers as floats: one compiled kernel for all)."""
@@ -265,14 +448,24 @@ class SimParams:
         )
 
     def draws(self, topology: Topology) -> simkernel.Draws:
-        """What each reset sets an env's dynamics from on ``topology``: these fields, a service's
-        own ``restart_s``, and the ranges of ``randomise`` when set."""
-        lo = np.repeat(self.repairs()[None, :, simkernel.R_DOWN_TICKS], topology.n_services, axis=0).astype(np.int64)
+        """What each reset sets an env's dynamics from on ``topology``: these fields, each
+        service's kind profile, its own ``restart_s``, and the ranges of ``randomise`` when set."""
+        generic = self.repairs()[:, simkernel.R_DOWN_TICKS].astype(np.int64)
+        lo = np.repeat(generic[None, :], topology.n_services, axis=0)
+        for slot, kind in enumerate(topology.kinds):
+            lo[slot, _DOWN_REPAIRS] = self.downtimes(kind)
         hi = lo.copy()
         ranges = self.randomise
         if ranges is not None:
-            lo[:, Repair.RESTART], hi[:, Repair.RESTART] = ranges.restart_ticks
-            lo[:, Repair.RECREATE], hi[:, Repair.RECREATE] = ranges.recreate_ticks
+            # The ranges are the generic service's; a kind that comes back slower (or quicker) has
+            # them shifted by as much, so its draws stay centred where it was measured.
+            shift = lo - generic[None, :]
+            for repair, (low, high) in (
+                (Repair.RESTART, ranges.restart_ticks),
+                (Repair.RECREATE, ranges.recreate_ticks),
+            ):
+                lo[:, repair] = np.clip(low + shift[:, repair], 0, MAX_DOWN_TICKS)
+                hi[:, repair] = np.clip(high + shift[:, repair], 0, MAX_DOWN_TICKS)
         for slot, seconds in enumerate(topology.restart_s):
             if seconds is not None:  # the service's own start-up time: a recreate starts it too
                 ticks = round(seconds / TICK_S)
@@ -285,7 +478,7 @@ class SimParams:
             randomise=ranges is not None,
             down_lo=lo,
             down_hi=hi,
-            symptoms=self.symptoms(),
+            symptoms=self.symptoms(topology.kinds)[0],
             jitter=float(ranges.symptom_jitter) if ranges else 0.0,
             noise_lo=float(noise[0]),
             noise_hi=float(noise[1]),
@@ -293,8 +486,12 @@ class SimParams:
             delay_hi=int(delay[1]),
         )
 
-    def symptoms(self) -> np.ndarray:
-        """The symptom table: one row per fault code, plus one for a service that is not running."""
+    def symptoms(self, kinds: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The symptom table, and which of its rows each service of ``kinds`` reads per fault code.
+
+        The table has one row per fault code, plus one for a service that is not running
+        (``simkernel.DOWN_ROW``), then one per kind whose own profile has its own CPU-hog symptoms;
+        ``rows[s, code]`` is the row service ``s`` reads under fault ``code``."""
         down = Symptoms(latency_s=(0.0, 0.0), cpu=(0.0, 0.0), net_rx=(0.0, 0.0), probe_fail=1.0, serve_fail=1.0)
         rows = {
             0: self.healthy,
@@ -305,17 +502,26 @@ class SimParams:
             Fault.NET_SATURATION: self.flooded,
             simkernel.DOWN_ROW: down,  # restarting: not running yet
         }
-        table = np.zeros((len(rows), simkernel.N_SYMPTOMS))
+        own = {p.kind: p.cpu_hog for p in self.kinds if p.cpu_hog is not None and p.kind in kinds}
+        table = np.zeros((len(rows) + len(own), simkernel.N_SYMPTOMS))
         for code, symptoms in rows.items():
             table[code] = symptoms.row()
-        return table
+        extra = {}
+        for i, (kind, hog) in enumerate(own.items()):
+            extra[kind] = len(rows) + i
+            table[extra[kind]] = hog.row()
+        lookup = np.repeat(np.arange(len(rows), dtype=np.int64)[None, :], len(kinds), axis=0)
+        for s, kind in enumerate(kinds):
+            if kind in extra:
+                lookup[s, Fault.CPU_HOG] = extra[kind]
+        return table, lookup
 
     def repairs(self) -> np.ndarray:
         """What each repair's mechanism does to a service, one row per Repair code (docs/design.md §4.2)."""
         rows = {  # downtime ticks, wipes junk, wipes data (whether it counts as a restart: COUNTS_AS_RESTART)
             Repair.NOOP: (0, 0, 0),
             Repair.RESTART: (self.restart_ticks, 0, 0),
-            Repair.CLEAN_DISK: (0, 1, 0),
+            Repair.CLEAN_DISK: (self.clean_disk_ticks, 1, 0),
             Repair.RATE_LIMIT: (0, 0, 0),
             Repair.RECREATE: (self.recreate_ticks, 1, 1),  # new container, new (empty) volume
         }
@@ -337,10 +543,18 @@ class SimSandbox(ArrayState):
         e, n = n_envs, topology.n_services
         self._rules = self.params.rules()
         self._repair_rules = simkernel.RepairRules(
-            effects=self.params.repairs(), clears=CLEARS_TABLE, restore_full=float(self.params.restore_ticks)
+            effects=self.params.repairs(),
+            clears=CLEARS_TABLE,
+            restore_full=float(self.params.restore_ticks),
+            drain_ticks=int(self.params.rate_limit_ticks),
         )
         self._layout = simkernel.Layout(
-            has_disk=topology.has_disk.copy(), entries=topology.entries.copy(), adjacency=topology.adjacency.copy()
+            has_disk=topology.has_disk.copy(),
+            entries=topology.entries.copy(),
+            adjacency=topology.adjacency.copy(),
+            direct=topology.direct_checks.copy(),
+            full_disk_serves=np.array([self.params.full_disk_serves(k) for k in topology.kinds], np.float64),
+            rows=self.params.symptoms(topology.kinds)[1],
         )
         self._state = simkernel.SystemState(
             fault=np.zeros((e, n), np.int8),
@@ -350,6 +564,7 @@ class SimSandbox(ArrayState):
             data=np.zeros((e, n), np.float64),
             restarts=np.zeros((e, n), np.float64),
             restore=np.zeros((e, n), np.int32),
+            drain=np.zeros((e, n), np.int32),
             health=np.ones((e, n), np.bool_),
             history=np.ones((e, self.params.history_depth, n), np.bool_),
             rng=np.zeros(e, np.uint64),
@@ -392,6 +607,7 @@ class SimSandbox(ArrayState):
         state.junk[:] = 0.0
         state.restarts[:] = 0.0
         state.restore[:] = 0
+        state.drain[:] = 0
         state.health[:] = True
         state.history[:] = True
         self._slo[:] = True
@@ -429,6 +645,8 @@ class SimSandbox(ArrayState):
         """``(n_envs, n_services, len(Repair))`` ticks each repair would keep each service from
         serving now, a restore of destroyed data included: what a privileged policy may read."""
         out = self._dyn.down.astype(np.int64)
+        dead = self._state.fault == Fault.KILL
+        out[:, :, Repair.RESTART] -= np.where(dead & (out[:, :, Repair.RESTART] > 0), simkernel.DEAD_START_SAVES, 0)
         wiped = self._repair_rules.effects[:, simkernel.R_WIPES_DATA] > 0
         restore = np.ceil(self._state.data * self.params.restore_ticks).astype(np.int64)
         out[:, :, wiped] += restore[:, :, None]

@@ -16,11 +16,16 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from deeplops.faults import Fault
+from deeplops.faults import Fault, Repair
 from deeplops.observation import RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
 
 KILL, PAUSE = int(Fault.KILL), int(Fault.PAUSE)
 DISK_FULL, NET_SATURATION = int(Fault.DISK_FULL), int(Fault.NET_SATURATION)
+RESTART, RATE_LIMIT = int(Repair.RESTART), int(Repair.RATE_LIMIT)
+DEAD_START_SAVES = 1
+"""Ticks a restart of a killed service is quicker: there is nothing to stop, only to start. On
+Docker every kind comes back the same tick when restarted after a kill, and up to a tick later
+after a pause or a CPU hog, whose stop takes part of the tick (sandbox/calibration.json)."""
 
 F_HEALTHY, F_RUNNING, F_LATENCY = int(Feature.HEALTHY), int(Feature.RUNNING), int(Feature.LATENCY)
 F_ERROR, F_DISK, F_CPU, F_NET = int(Feature.ERROR_RATE), int(Feature.DISK_USED), int(Feature.CPU), int(Feature.NET_RX)
@@ -59,6 +64,9 @@ class SystemState(NamedTuple):
     restore: np.ndarray
     """``(n_envs, n_services)`` int32: ticks of a restore from backup left once the service runs
     (after a recreate destroyed its data); it fails its users until then."""
+    drain: np.ndarray
+    """``(n_envs, n_services)`` int32: ticks a link flooded until a rate_limit still takes to drain;
+    the service times out as flooded meanwhile."""
     health: np.ndarray
     """``(n_envs, n_services)`` bool: each /health result of the last tick (what a ping answers)."""
     history: np.ndarray
@@ -76,6 +84,15 @@ class Layout(NamedTuple):
     """``(n_services,)`` bool: services user traffic enters through (where the SLO is measured)."""
     adjacency: np.ndarray
     """``(n_services, n_services)`` bool: ``[s, d]`` when s depends directly on d (then d < s)."""
+    direct: np.ndarray
+    """``(n_services, n_services)`` bool: the dependencies s checks now with their own client
+    (whether d answers), not through d's last health report (``Topology.direct_checks``)."""
+    full_disk_serves: np.ndarray
+    """``(n_services,)`` float64: ticks each service goes on serving once its disk is full (its
+    kind's; 0 for the generic program, whose writes fail at once)."""
+    rows: np.ndarray
+    """``(n_services, DOWN_ROW + 1)`` int64: the symptom-table row service s reads per fault code
+    (and when down): its kind's own where it has one (``SimParams.symptoms``)."""
 
 
 class Rules(NamedTuple):
@@ -145,6 +162,8 @@ class RepairRules(NamedTuple):
     """``(len(Repair), len(Fault) + 1)`` bool: ``[repair, fault]`` when the repair ends the fault."""
     restore_full: float
     """Ticks to restore a full volume from backup after a repair destroyed its data."""
+    drain_ticks: int
+    """Ticks a flooded link takes to drain once a rate_limit ends the flood."""
 
 
 class Readings(NamedTuple):
@@ -217,11 +236,16 @@ def repair(
         if code == 0:
             continue
         s = slots[e]
+        downtime = dyn.down[e, s, code]
+        if code == RESTART and fault[e, s] == KILL:
+            downtime = max(0, downtime - DEAD_START_SAVES)
+        if code == RATE_LIMIT and fault[e, s] == NET_SATURATION:
+            state.drain[e, s] = rules.drain_ticks
         if rules.clears[code, fault[e, s]]:
             fault[e, s] = 0
             cleared[e] = True
         effect = rules.effects[code]
-        state.down[e, s] = max(state.down[e, s], dyn.down[e, s, code])
+        state.down[e, s] = max(state.down[e, s], downtime)
         if effect[R_WIPES_JUNK]:
             state.junk[e, s] = 0.0
         if effect[R_WIPES_DATA] and state.data[e, s] > 0.0:
@@ -240,7 +264,9 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     Health is dependency-aware as a real service's /health is: its own process answers, its
     disk takes a write, and every direct dependency answers a shallow ping. A ping returns the
     dependency's last health result, so a failure climbs the graph one hop per tick, and so
-    does recovery. User requests (the SLO) are deep: they fail at once if any service on the
+    does recovery. An app or worker checks a PostgreSQL or Redis with its own client instead
+    (``Layout.direct``): whether the store answers now, not its own health report (a store with a
+    full disk still answers a query). User requests (the SLO) are deep: they fail at once if any service on the
     path cannot serve. A service restoring its data runs but serves nothing until done.
     """
     fault, down, since, junk, data = state.fault, state.down, state.since, state.junk, state.data
@@ -252,6 +278,7 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     probe_timeout = rules.probe_timeout
     latency = np.empty(n)
     responsive = np.empty(n, dtype=np.bool_)
+    answers = np.empty(n, dtype=np.bool_)
     path_ok = np.empty(n, dtype=np.bool_)
     previous = np.empty(n, dtype=np.bool_)
     shared = dyn.symptoms.shape[0] == 1
@@ -265,7 +292,8 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             running = f != KILL and down[e, s] == 0
             awake = running and f != PAUSE
             restoring = running and restore[e, s] > 0
-            row = symptoms[f if running else DOWN_ROW]
+            shown = NET_SATURATION if f == 0 and state.drain[e, s] > 0 else f  # still draining: as flooded
+            row = symptoms[layout.rows[s, shown if running else DOWN_ROW]]
             lat = row[LAT_LO] + (row[LAT_HI] - row[LAT_LO]) * uniform(rng, e)
             used = 0.0
             if layout.has_disk[s]:
@@ -276,17 +304,24 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             ok = awake and disk_ok and lat < probe_timeout
             if ok and row[PROBE_FAIL] > 0.0 and uniform(rng, e) < row[PROBE_FAIL]:
                 ok = False
-            serves = awake and disk_ok and lat < rules.slo_latency
+            # Full for this many ticks: the disk fills at disk_fill a tick past what it can hold.
+            full_for = (data[e, s] + junk[e, s] - 1.0) / rules.disk_fill if rules.disk_fill > 0.0 else 0.0
+            grace = layout.full_disk_serves[s]
+            writes_ok = disk_ok or (not restoring and grace > 0.0 and full_for < grace)
+            serves = awake and writes_ok and lat < rules.slo_latency
             if serves and row[SERVE_FAIL] > 0.0 and uniform(rng, e) < row[SERVE_FAIL]:
                 serves = False
             for d in range(s):  # dependencies occupy lower slots
                 if layout.adjacency[s, d]:
-                    if not (responsive[d] and latency[d] < probe_timeout and previous[d]):
+                    # A ping reads d's last health report; a direct check asks d itself, now.
+                    seen = answers[d] if layout.direct[s, d] else previous[d]
+                    if not (responsive[d] and latency[d] < probe_timeout and seen):
                         ok = False
                     if not path_ok[d]:
                         serves = False
             latency[s] = lat
             responsive[s] = awake
+            answers[s] = not restoring  # a store restoring from backup has not started its server yet
             path_ok[s] = serves
             health[e, s] = ok
             history[e, write, s] = ok
@@ -312,6 +347,8 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             feats[e, s, F_RESTARTS] = min(1.0, restarts[e, s] / RESTARTS_SCALE)
             feats[e, s, F_SINCE] = min(1.0, since[e, s] / SINCE_REPAIR_SCALE)
             since[e, s] += 1
+            if state.drain[e, s] > 0:
+                state.drain[e, s] -= 1
             if down[e, s] > 0:
                 down[e, s] -= 1
             elif restore[e, s] > 0:

@@ -3,16 +3,29 @@
 Services are laid out in layers: data stores and caches at the bottom, entry services on
 top, each service calling one to three services below it (at least one in the layer just
 below, so every layer is reached). The same seed always gives the same topology.
+
+Some topologies then run real software (docs/design.md §4.1): each service gets the kind that can
+stand where it is — PostgreSQL or Redis at the bottom, nginx at an entry in front of one HTTP
+service, a worker where a service only drains a queue, the web app elsewhere — and a few stay
+generic. Kinds come from a stream of their own, so a seed's shape is the same with or without them.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from deeplops.errors import ConfigError
-from deeplops.topology import MAX_SERVICES, Service, Topology, build_topology
+from deeplops.topology import HTTP_KINDS, MAX_SERVICES, PLACEMENT, Service, Topology, build_topology
 
 _DISK_SIZES = (32, 64, 128)
+REAL_SHARE = 0.5
+"""Share of random topologies that run real software (kinds other than ``service``)."""
+GENERIC_SHARE = 0.2
+"""Share of the services of such a topology that stay generic, as real stacks mix in their own."""
+_KIND_STREAM = 1
+"""Second word of the kinds' seed: a stream apart from the shape's."""
 
 
 def random_topology(
@@ -64,4 +77,27 @@ def random_topology(
                 disk_mb=int(rng.choice(_DISK_SIZES)) if has_disk else 0,
             )
         )
+    kinds_rng = np.random.default_rng([seed, _KIND_STREAM])
+    if kinds_rng.random() < REAL_SHARE:
+        services = _with_kinds(services, kinds_rng)
     return build_topology(f"random-{seed}", services, source=f"random_topology(seed={seed})")
+
+
+def _with_kinds(services: list[Service], rng: np.random.Generator) -> list[Service]:
+    """``services`` (dependencies first) with the kind of real software that can stand where each is."""
+    kinds: dict[str, str] = {}
+    called = {d for s in services for d in s.depends_on}
+    for s in services:
+        below = [kinds[d] for d in s.depends_on]
+        if rng.random() < GENERIC_SHARE:
+            kind = "service"
+        elif not below:
+            kind = "postgres" if s.disk_mb >= PLACEMENT["postgres"].disk_mb[0] else "redis"
+        elif s.entry and len(below) == 1 and below[0] in HTTP_KINDS and not s.disk_mb:
+            kind = "nginx"
+        elif not s.entry and s.name not in called and "redis" in below and set(below) <= {"redis", "postgres"}:
+            kind = "worker"  # nothing calls it and it calls only stores: it drains a queue
+        else:
+            kind = "app"
+        kinds[s.name] = kind
+    return [replace(s, kind=kinds[s.name]) for s in services]

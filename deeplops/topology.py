@@ -25,7 +25,15 @@ MAX_SERVICES = 16
 """Most services a topology may have: the number of observation and action slots."""
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
-_SERVICE_KEYS = {"depends_on", "entry", "disk_mb", "restart_s"}
+_SERVICE_KEYS = {"kind", "depends_on", "entry", "disk_mb", "restart_s"}
+KINDS = ("service", "nginx", "app", "worker", "postgres", "redis")
+"""The service kinds (docs/design.md §4.1): the program each runs on Docker, and its sim profile."""
+HTTP_KINDS = ("service", "app", "nginx")
+"""Kinds that answer HTTP: what an nginx may proxy to."""
+CLIENT_KINDS = ("app", "worker")
+"""The kinds that reach PostgreSQL and Redis with those servers' own clients."""
+STORE_KINDS = ("postgres", "redis")
+"""The kinds that are data stores, spoken to with their own protocol by CLIENT_KINDS."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class Service:
     restart_s: float | None = None
     """Seconds the service takes to start before it serves (its restart's downtime, and a
     recreate's at least); None: unset, the calibrated restart downtime holds."""
+    kind: str = "service"
+    """What the service runs (one of KINDS): the generic program, or real software."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,19 @@ class Topology:
         return np.array([s.disk_mb > 0 for s in self.services], dtype=np.bool_)
 
     @cached_property
+    def kinds(self) -> tuple[str, ...]:
+        """Each service's kind in slot order."""
+        return tuple(s.kind for s in self.services)
+
+    @cached_property
+    def direct_checks(self) -> np.ndarray:
+        """``(S, S)`` bool: ``[i, j]`` when service i checks its dependency j with j's own client
+        (an app or worker's connection and query to PostgreSQL or Redis): i's health then asks j
+        now, whether it answers, not j's last health report, as a ping of j's /ping does."""
+        kinds = np.array(self.kinds)
+        return self.adjacency & np.isin(kinds, CLIENT_KINDS)[:, None] & np.isin(kinds, STORE_KINDS)[None, :]
+
+    @cached_property
     def restart_s(self) -> tuple[float | None, ...]:
         """Each service's ``restart_s`` in slot order; None where the topology does not set it."""
         return tuple(s.restart_s for s in self.services)
@@ -122,6 +145,52 @@ class Topology:
         g.add_nodes_from(self.names)
         g.add_edges_from((s.name, d) for s in self.services for d in s.depends_on)
         return g
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a service of one kind may stand in a topology: what the real program can do."""
+
+    why: str
+    """What the program is, said in every refusal of a placement."""
+    calls: tuple[str, ...]
+    """Kinds it may depend on."""
+    deps: tuple[int, int] = (0, MAX_SERVICES)
+    """Fewest and most dependencies it may have."""
+    needs: str | None = None
+    """A kind it must depend on at least once."""
+    disk_mb: tuple[int, int] = (0, bounds.MAX_DISK_MB)
+    """Smallest and largest volume it may have (MiB)."""
+    entry: bool = True
+    """Whether user traffic may enter through it."""
+    serves: bool = True
+    """Whether other services may depend on it."""
+
+
+_CALLABLE = ("service", "nginx", "app", "postgres", "redis")
+PLACEMENT = {
+    "service": Placement("the generic program calls any service that serves", calls=_CALLABLE),
+    "nginx": Placement(
+        "an nginx proxies to one HTTP upstream and keeps no data", calls=HTTP_KINDS, deps=(1, 1), disk_mb=(0, 0)
+    ),
+    "app": Placement("the web app calls any service that serves", calls=_CALLABLE),
+    "worker": Placement(
+        "a worker drains a redis queue into redis or postgres, takes no user traffic and serves no one",
+        calls=("redis", "postgres"),
+        needs="redis",
+        entry=False,
+        serves=False,
+    ),
+    "postgres": Placement(
+        "a postgres serves, it calls nothing, and keeps its data directory on its volume",
+        calls=(),
+        deps=(0, 0),
+        disk_mb=(64, bounds.MAX_DISK_MB),
+    ),
+    "redis": Placement("a redis serves, it calls nothing", calls=(), deps=(0, 0)),
+}
+"""Each kind's placement rules (docs/design.md §4.1), checked by ``build_topology``."""
+assert tuple(PLACEMENT) == KINDS, "every kind has its placement"
 
 
 def load_topology(ref: str | Path) -> Topology:
@@ -157,6 +226,8 @@ def topology_to_dict(topology: Topology) -> dict[str, Any]:
     services: dict[str, Any] = {}
     for s in topology.services:
         spec: dict[str, Any] = {}
+        if s.kind != "service":  # only when set: documents without it read as they always did
+            spec["kind"] = s.kind
         if s.depends_on:
             spec["depends_on"] = list(s.depends_on)
         if s.entry:
@@ -181,6 +252,14 @@ def build_topology(name: str, services: list[Service], source: str = "<topology>
                 )
             if dep == s.name:
                 raise ConfigError(f"{source}: service {s.name!r} depends on itself")
+    for s in services:
+        if s.kind not in KINDS:  # a tuple: an unhashable kind is refused, not a TypeError
+            raise ConfigError(
+                f"{source}: service {s.name!r}: 'kind' must be one of {', '.join(KINDS)}, got {bounds.shown(s.kind)}"
+            )
+    by_name = {s.name: s for s in services}
+    for s in services:
+        _check_placement(source, s, by_name)
     if not any(s.entry for s in services):
         raise ConfigError(f"{source}: no entry service: expected at least one service with 'entry: true'")
     g = nx.DiGraph()
@@ -193,11 +272,46 @@ def build_topology(name: str, services: list[Service], source: str = "<topology>
     if cycle:
         path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
         raise ConfigError(f"{source}: dependency cycle {path}: expected an acyclic graph")
-    by_name = {s.name: s for s in services}
     given = {s.name: i for i, s in enumerate(services)}
     # Dependencies first; ties keep the file's order so slots are predictable.
     order = list(nx.lexicographical_topological_sort(g.reverse(copy=False), key=lambda n: given[n]))
     return Topology(name=name, services=tuple(by_name[n] for n in order))
+
+
+def _check_placement(source: str, service: Service, by_name: dict[str, Service]) -> None:
+    """Refuse ``service`` where its kind's program could not stand (``PLACEMENT``), in one line."""
+    rule = PLACEMENT[service.kind]
+    where = f"{source}: service {service.name!r}: {rule.why}"
+    deps = [by_name[d] for d in service.depends_on]
+    given = ", ".join(repr(d.name) for d in deps) or "none"
+    least, most = rule.deps
+    if not least <= len(deps) <= most:
+        wanted = {0: "no dependencies", 1: "exactly one dependency"}.get(most, f"at least {least} dependencies")
+        raise ConfigError(f"{where}: expected {wanted}, got {given}")
+    for dep in deps:
+        if not PLACEMENT[dep.kind].serves:
+            raise ConfigError(
+                f"{source}: service {service.name!r} depends on {dep.name!r} ({dep.kind}): "
+                f"{PLACEMENT[dep.kind].why}: expected no service to depend on a {dep.kind}"
+            )
+        if dep.kind not in rule.calls:
+            raise ConfigError(
+                f"{where}: expected dependencies of kind {_either(rule.calls)}, got {dep.name!r} ({dep.kind})"
+            )
+    if rule.needs is not None and not any(d.kind == rule.needs for d in deps):
+        shown = ", ".join(f"{d.name!r} ({d.kind})" for d in deps) or "none"
+        raise ConfigError(f"{where}: expected at least one dependency of kind {rule.needs}, got {shown}")
+    low, high = rule.disk_mb
+    if not low <= service.disk_mb <= high:
+        wanted = f"disk_mb {low}" if low == high else f"disk_mb >= {low}"
+        raise ConfigError(f"{where}: expected {wanted}, got {service.disk_mb}")
+    if service.entry and not rule.entry:
+        raise ConfigError(f"{where}: expected entry false, got true")
+
+
+def _either(kinds: tuple[str, ...]) -> str:
+    """``a, b or c``."""
+    return " or ".join([", ".join(kinds[:-1]), kinds[-1]]) if len(kinds) > 1 else "".join(kinds)
 
 
 def _service(source: str, name: object, value: object) -> Service:
@@ -214,6 +328,9 @@ def _service(source: str, name: object, value: object) -> Service:
     if unknown:
         keys = bounds.shown_keys(unknown)
         raise ConfigError(f"{where}: unknown key(s) {keys}: expected {', '.join(sorted(_SERVICE_KEYS))}")
+    kind = value.get("kind", "service")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: 'kind' must be one of {', '.join(KINDS)}, got {bounds.shown(kind)}")
     deps = value.get("depends_on", [])
     if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
         raise ConfigError(f"{where}: 'depends_on' must be a list of service names, got {bounds.shown(deps)}")
@@ -226,7 +343,7 @@ def _service(source: str, name: object, value: object) -> Service:
     restart_s = None
     if "restart_s" in value:
         restart_s = bounds.number(value["restart_s"], f"{where}: 'restart_s' (seconds)", 0.0, bounds.MAX_RESTART_S)
-    return Service(name=name, depends_on=tuple(deps), entry=entry, disk_mb=disk, restart_s=restart_s)
+    return Service(name=name, depends_on=tuple(deps), entry=entry, disk_mb=disk, restart_s=restart_s, kind=kind)
 
 
 def _kind(value: object) -> str:

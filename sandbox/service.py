@@ -15,6 +15,10 @@ A background thread refreshes the cached health every interval, so a failure cli
 graph one hop per interval. SIGTERM and SIGINT stop the server promptly and exit 0. Bad configuration
 prints one line to stderr and exits 2.
 
+The other kinds' programs (``app.py``, ``worker.py``, ``launcher.py``) are this service with its
+checks, its work and what it runs replaced (subclasses of ``Service``, run by ``main``): they keep
+its HTTP contract, its slow start and its restore.
+
 A slow service starts as one does: it listens only ``DEEPLOPS_START_S`` seconds after its process
 started, so until then every request is refused (a booting JVM, a database replaying its log).
 When its data volume holds the restore plan named by ``DEEPLOPS_RESTORE_PLAN`` (written by the host
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import http.client
 import json
 import math
@@ -36,7 +41,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -98,7 +103,7 @@ def _port(text: str, what: str) -> int:
     return int(text)
 
 
-def _positive(text: str, what: str) -> float:
+def positive(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -108,7 +113,7 @@ def _positive(text: str, what: str) -> float:
     return value
 
 
-def _non_negative(text: str, what: str) -> float:
+def non_negative(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -118,13 +123,14 @@ def _non_negative(text: str, what: str) -> float:
     return value
 
 
-def _depends(text: str) -> tuple[tuple[str, int], ...]:
+def endpoints(text: str, variable: str = "DEEPLOPS_DEPENDS") -> tuple[tuple[str, int], ...]:
+    """A comma-separated list of ``host:port``, as the environment variable ``variable`` gives it."""
     deps = []
     for entry in filter(None, (part.strip() for part in text.split(","))):
         host, sep, port = entry.rpartition(":")
         if not sep or not host:
-            raise ConfigError(f"DEEPLOPS_DEPENDS entries must be host:port, got {entry!r}")
-        deps.append((host, _port(port, f"port of DEEPLOPS_DEPENDS entry {entry!r}")))
+            raise ConfigError(f"{variable} entries must be host:port, got {entry!r}")
+        deps.append((host, _port(port, f"port of {variable} entry {entry!r}")))
     return tuple(deps)
 
 
@@ -137,11 +143,11 @@ def load_config(env: Mapping[str, str]) -> Config:
         service=service,
         host=env.get("DEEPLOPS_HOST", "0.0.0.0"),
         port=_port(env.get("DEEPLOPS_PORT", "8080"), "DEEPLOPS_PORT"),
-        depends=_depends(env.get("DEEPLOPS_DEPENDS", "")),
+        depends=endpoints(env.get("DEEPLOPS_DEPENDS", "")),
         data=env.get("DEEPLOPS_DATA") or None,
-        timeout=_positive(env.get("DEEPLOPS_TIMEOUT", "0.5"), "DEEPLOPS_TIMEOUT"),
-        health_interval=_positive(env.get("DEEPLOPS_HEALTH_INTERVAL", "1.0"), "DEEPLOPS_HEALTH_INTERVAL"),
-        start_s=_non_negative(env.get("DEEPLOPS_START_S", "0"), "DEEPLOPS_START_S"),
+        timeout=positive(env.get("DEEPLOPS_TIMEOUT", "0.5"), "DEEPLOPS_TIMEOUT"),
+        health_interval=positive(env.get("DEEPLOPS_HEALTH_INTERVAL", "1.0"), "DEEPLOPS_HEALTH_INTERVAL"),
+        start_s=non_negative(env.get("DEEPLOPS_START_S", "0"), "DEEPLOPS_START_S"),
         restore_plan=env.get("DEEPLOPS_RESTORE_PLAN") or None,
     )
 
@@ -205,12 +211,17 @@ def call(host: str, port: int, path: str, timeout: float) -> str | None:
 
 def call_all(deps: tuple[tuple[str, int], ...], path: str, timeout: float) -> list[str]:
     """Call every dependency at once (one thread each) so a slow one costs one timeout, not a sum."""
-    results: list[str | None] = [None] * len(deps)
+    return concurrently([functools.partial(call, host, port, path, timeout) for host, port in deps])
+
+
+def concurrently(tasks: Sequence[Callable[[], str | None]]) -> list[str]:
+    """Run every task at once (one thread each); the reasons those that failed give, in order."""
+    results: list[str | None] = [None] * len(tasks)
 
     def one(i: int) -> None:
-        results[i] = call(*deps[i], path, timeout)
+        results[i] = tasks[i]()
 
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(deps))]
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(tasks))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -241,7 +252,15 @@ def write_probe(data: str) -> None:
 
 
 class Service:
-    """The state of one service: its cached health, its ``/work`` counters, and a restore under way."""
+    """The state of one service: its cached health, its ``/work`` counters, and a restore under way.
+
+    Another kind replaces what it checks (``own_checks``, ``dependency_checks``), what a user
+    request does (``own_work``, ``dependency_work``), and what it runs (``prepare``, ``run``,
+    ``stop``), and keeps the rest.
+    """
+
+    PROGRAM = "service.py"
+    """The program's name, as its one-line errors start."""
 
     def __init__(self, config: Config, plan: RestorePlan | None = None) -> None:
         self.config = config
@@ -251,8 +270,35 @@ class Service:
         self.failures = 0
         self.restoring: str | None = "restoring its data from backup" if plan else None
         """Why it cannot serve while a restore runs; None when there is none."""
+        self.done = threading.Event()
+        """Set when the program is to exit: on SIGTERM or SIGINT, or once what it runs has exited."""
+        self.exit_code = 0
         self._lock = threading.Lock()
         self._log_lock = threading.Lock()  # appends and rotation one at a time, so no record is lost or torn
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Service:
+        """The service the environment describes, with the restore plan its volume holds."""
+        config = load_config(env)
+        return cls(config, load_plan(config.restore_plan if config.data else None))
+
+    def prepare(self) -> bool:
+        """Before it listens: what must hold for it to start at all (nothing here). False: it cannot,
+        and the program exits 1, having said why."""
+        return True
+
+    def run(self) -> None:
+        """Once it listens: restore the data owed, then start what it runs (nothing more here)."""
+        self.restore()
+
+    def stop(self) -> None:
+        """On the way out: stop what it runs, and wait for it (nothing here)."""
+
+    def end(self, code: int = 0) -> None:
+        """Make the program exit with ``code`` (the first call decides it)."""
+        if not self.done.is_set():
+            self.exit_code = code
+            self.done.set()
 
     def restore(self) -> None:
         """Write the plan's data back into the volume at its rate, then delete the plan.
@@ -292,14 +338,23 @@ class Service:
         """Run the dependency-aware check now, cache its result and return the reasons it failed."""
         restoring = self.restoring
         failed = [restoring] if restoring else []
+        failed += self.own_checks()
+        failed += self.dependency_checks()
+        self.healthy = not failed
+        return failed
+
+    def own_checks(self) -> list[str]:
+        """Its own part of the health check: a write probe of its data volume."""
         if self.config.data:
             try:
                 write_probe(self.config.data)
             except OSError as exc:
-                failed.append(f"disk {self.config.data}: write probe failed: {exc}")
-        failed += call_all(self.config.depends, "/ping", self.config.timeout)
-        self.healthy = not failed
-        return failed
+                return [f"disk {self.config.data}: write probe failed: {exc}"]
+        return []
+
+    def dependency_checks(self) -> list[str]:
+        """Its dependencies' part: the cached health (``/ping``) of each."""
+        return call_all(self.config.depends, "/ping", self.config.timeout)
 
     def health_loop(self) -> None:
         while True:
@@ -323,20 +378,7 @@ class Service:
                 self.requests += 1
                 self.failures += 1
             return 503, {"ok": False, "service": self.config.service, "failed": [restoring]}
-        # A caller's timeout cannot know how deep the chain below it is, so be generous.
-        failed = call_all(self.config.depends, "/work", 2 * self.config.timeout)
-        if self.config.data:
-            record = json.dumps({"service": self.config.service, "time": time.time()}).ljust(RECORD_BYTES - 1)
-            log = os.path.join(self.config.data, LOG_NAME)
-            try:
-                # A fresh page first, as a store's write-ahead log takes one: an append into a
-                # page already allocated would still succeed on a full disk.
-                write_probe(self.config.data)
-                with self._log_lock:
-                    if write_synced(log, record.encode() + b"\n", append=True) > LOG_LIMIT:
-                        os.truncate(log, 0)  # rotate, so normal traffic never fills the disk
-            except OSError as exc:
-                failed.append(f"disk {self.config.data}: record write failed: {exc}")
+        failed = self.dependency_work() + self.own_work()
         with self._lock:
             self.requests += 1
             self.failures += bool(failed)
@@ -344,18 +386,36 @@ class Service:
             return 503, {"ok": False, "service": self.config.service, "failed": failed}
         return 200, {"ok": True, "service": self.config.service}
 
+    def dependency_work(self) -> list[str]:
+        """Its dependencies' part of a user request: ``/work`` on each."""
+        # A caller's timeout cannot know how deep the chain below it is, so be generous.
+        return call_all(self.config.depends, "/work", 2 * self.config.timeout)
+
+    def own_work(self) -> list[str]:
+        """Its own part of a user request: a record appended to its data volume."""
+        if not self.config.data:
+            return []
+        record = json.dumps({"service": self.config.service, "time": time.time()}).ljust(RECORD_BYTES - 1)
+        log = os.path.join(self.config.data, LOG_NAME)
+        try:
+            # A fresh page first, as a store's write-ahead log takes one: an append into a
+            # page already allocated would still succeed on a full disk.
+            write_probe(self.config.data)
+            with self._log_lock:
+                if write_synced(log, record.encode() + b"\n", append=True) > LOG_LIMIT:
+                    os.truncate(log, 0)  # rotate, so normal traffic never fills the disk
+        except OSError as exc:
+            return [f"disk {self.config.data}: record write failed: {exc}"]
+        return []
+
     def stats(self) -> tuple[int, dict[str, object]]:
         with self._lock:
             counts = {"requests": self.requests, "failures": self.failures}
         return 200, {"service": self.config.service, **counts, "healthy": bool(self.healthy)}
 
 
-ROUTES: dict[str, Callable[[Service], tuple[int, dict[str, object]]]] = {
-    "/ping": Service.ping,
-    "/health": Service.health,
-    "/work": Service.work,
-    "/stats": Service.stats,
-}
+ROUTES = {"/ping": "ping", "/health": "health", "/work": "work", "/stats": "stats"}
+"""Each path's method of the Service (looked up on the instance: another kind may replace it)."""
 
 
 class Server(ThreadingHTTPServer):
@@ -363,9 +423,9 @@ class Server(ThreadingHTTPServer):
 
     request_queue_size = 64  # a burst of /work must not overflow the backlog: a dropped SYN costs a 1 s retransmit
 
-    def __init__(self, config: Config, plan: RestorePlan | None = None) -> None:
-        super().__init__((config.host, config.port), Handler)
-        self.service = Service(config, plan)
+    def __init__(self, service: Service) -> None:
+        super().__init__((service.config.host, service.config.port), Handler)
+        self.service = service
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -373,7 +433,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         route = ROUTES.get(self.path.split("?", 1)[0])
-        status, body = route(self.server.service) if route else (404, {"error": f"no such path {self.path}"})
+        answer: Callable[[], tuple[int, dict[str, object]]] | None = getattr(self.server.service, route or "", None)
+        status, body = answer() if answer else (404, {"error": f"no such path {self.path}"})
         payload = json.dumps(body).encode()
         try:
             self.send_response(status)
@@ -388,41 +449,40 @@ class Handler(BaseHTTPRequestHandler):
         """Stay quiet per request; errors still go to stderr through log_error."""
 
 
-def main() -> int:
+def main(kind: type[Service] = Service) -> int:
+    """Run a service of ``kind`` until SIGTERM or SIGINT (exit 0), or until what it runs exits."""
     try:
-        config = load_config(os.environ)
-        plan = load_plan(config.restore_plan if config.data else None)
+        service = kind.from_env(os.environ)
     except ConfigError as exc:
-        print(f"service.py: bad configuration: {exc}", file=sys.stderr)
+        print(f"{kind.PROGRAM}: bad configuration: {exc}", file=sys.stderr)
         return 2
-    stopping = threading.Event()
-    servers: list[Server] = []
 
     def stop(signum: int, frame: object) -> None:
-        stopping.set()
-        for server in servers:
-            # shutdown() waits for serve_forever() to return, which runs in this (the main) thread.
-            threading.Thread(target=server.shutdown, daemon=True).start()
+        # From a thread: the handler runs in the main thread, which may hold the event's own lock.
+        threading.Thread(target=service.end, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     # A slow start: nothing listens yet, so every request is refused until it is over.
-    if stopping.wait(max(0.0, config.start_s - process_age())):
+    if service.done.wait(max(0.0, service.config.start_s - process_age())):
         return 0
+    if not service.prepare():
+        return 0 if service.done.is_set() else 1
     try:
-        server = Server(config, plan)
+        server = Server(service)
     except OSError as exc:
-        print(f"service.py: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        print(f"{kind.PROGRAM}: cannot listen on {service.config.host}:{service.config.port}: {exc}", file=sys.stderr)
+        service.stop()
         return 1
-    servers.append(server)
-    if stopping.is_set():
-        server.server_close()
-        return 0
-    threading.Thread(target=server.service.restore, daemon=True).start()
-    threading.Thread(target=server.service.health_loop, daemon=True).start()
-    server.serve_forever(poll_interval=0.05)  # the poll interval bounds how long a shutdown takes
+    threading.Thread(target=service.run, daemon=True).start()
+    threading.Thread(target=service.health_loop, daemon=True).start()
+    # The poll interval bounds how long a shutdown takes.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    service.done.wait()
+    service.stop()  # first: a server it runs is told at once, and gets all of a restart's grace
+    server.shutdown()
     server.server_close()
-    return 0
+    return service.exit_code
 
 
 if __name__ == "__main__":

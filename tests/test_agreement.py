@@ -54,3 +54,36 @@ def test_every_shipped_scenario_holds_on_docker_and_agrees_with_the_simulator(do
     [result] = compare([load_scenario(path)], order="runbook")
     assert result.hypothesis == (True, True), result
     assert result.agrees, result
+
+
+REAL_SOFTWARE = [p for p in shipped_scenarios() if set(load_scenario(p).topology.kinds) != {"service"}]
+"""The drills on topologies of real software (PostgreSQL, Redis, nginx, the app and the worker)."""
+SHIPPED_AGENT = str(data_dir("agents") / "pretrained" / "order.zip")
+
+
+def test_at_least_four_shipped_drills_run_on_real_software():
+    names = {load_scenario(p).topology.name for p in REAL_SOFTWARE}
+    assert len(REAL_SOFTWARE) >= 4 and "store" in names, names
+
+
+KNOWN_GAPS = {
+    "store-gateway-flood": "under a CPU hog the app's requests are slow but answered on Docker (the SLO "
+    "fails, its error rate does not); the simulator fails them outright, and the agent reads the two apart",
+    "store-wal-disk-full": "the agent leaves the database's full disk alone on both backends; Docker's "
+    "users start failing a few ticks before the calibrated 28, within the drill",
+}
+"""Drills where the shipped agent's play on the two backends is known to differ, and why (the
+simulator's gaps, for the next calibration); the runbook agrees on every drill."""
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN_GAPS[p.stem])) if p.stem in KNOWN_GAPS else p
+     for p in REAL_SOFTWARE],
+    ids=lambda p: p.stem,
+)  # fmt: skip
+def test_the_shipped_agent_agrees_with_the_simulator_on_real_software(docker_engine, path):
+    [result] = compare([load_scenario(path)], order=SHIPPED_AGENT)
+    assert result.agrees, result

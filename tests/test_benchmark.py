@@ -20,7 +20,7 @@ from deeplops.policies import load_policy
 from deeplops.sim import SimParams
 
 SUITE_IDS = [
-    "random-topologies", "bank", "scenarios", "slow-restarts", "very-slow-restarts",
+    "random-topologies", "bank", "real-software", "scenarios", "slow-restarts", "very-slow-restarts",
     "noisy-probes", "lagging-probes", "noisy-lagging", "trained-chaos",
 ]  # fmt: skip
 CONTRACT_FIELDS = {
@@ -61,6 +61,13 @@ def test_the_suites_are_the_documented_ones_in_order():
     assert list(bm.SUITES) == SUITE_IDS
 
 
+def test_the_real_software_suite_plays_store_and_payments_whose_services_run_real_kinds():
+    suite = {s.id: s for s in bm.protocol(2)}["real-software"]
+    assert [stage.topology.name for stage in suite.stages] == ["store", "payments"]
+    kinds = {k for stage in suite.stages for k in stage.topology.kinds}
+    assert {"postgres", "redis", "nginx", "app", "worker"} <= kinds
+
+
 def test_random_topologies_are_ones_training_never_draws():
     suite = bm.protocol(2)[0]
     names = [stage.topology.name for stage in suite.stages]
@@ -71,7 +78,8 @@ def test_episodes_are_split_over_a_suites_systems_with_at_least_one_each():
     played = {s.id: [stage.episodes for stage in s.stages] for s in bm.protocol(5)}
     assert played["random-topologies"] == [1] * 8
     assert played["bank"] == [5]
-    assert played["scenarios"] == [1] * 11
+    assert played["real-software"] == [3, 3]
+    assert played["scenarios"] == [1] * 16
     assert played["slow-restarts"] == [3, 3]
     assert played["trained-chaos"] == [5]
 

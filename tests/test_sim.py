@@ -108,18 +108,29 @@ def test_kill_stops_the_service_and_fails_its_health(shop: Topology) -> None:
     assert not healthy(sandbox, "db")
 
 
-def test_restart_clears_kill_and_service_runs_again_after_downtime(shop: Topology) -> None:
+def test_restart_clears_kill_and_service_runs_again_a_tick_sooner_than_a_live_one(shop: Topology) -> None:
     sandbox = make(shop, SimParams(probe_noise=0.0, restart_ticks=2))
     inject(sandbox, "db", Fault.KILL)
     advance(sandbox)
     assert repair(sandbox, "db", Repair.RESTART)
     assert fault_on(sandbox, "db") == 0
-    for _ in range(2):  # restart_ticks of downtime
+    advance(sandbox)  # one tick down: a dead process has nothing to stop, only to start
+    assert feature(sandbox, "db", Feature.RUNNING) == 0.0
+    advance(sandbox)
+    assert feature(sandbox, "db", Feature.RUNNING) == 1.0
+    assert healthy(sandbox, "db")
+
+
+def test_a_restart_of_a_live_service_keeps_it_down_restart_ticks(shop: Topology) -> None:
+    sandbox = make(shop, SimParams(probe_noise=0.0, restart_ticks=2))
+    inject(sandbox, "db", Fault.PAUSE)
+    advance(sandbox)
+    assert repair(sandbox, "db", Repair.RESTART)
+    for _ in range(2):  # restart_ticks of downtime: the frozen process is stopped first
         advance(sandbox)
         assert feature(sandbox, "db", Feature.RUNNING) == 0.0
     advance(sandbox)
     assert feature(sandbox, "db", Feature.RUNNING) == 1.0
-    assert healthy(sandbox, "db")
 
 
 def test_recreate_clears_kill(shop: Topology) -> None:
@@ -293,8 +304,32 @@ def test_rate_limit_clears_net_saturation(shop: Topology) -> None:
     advance(sandbox)
     assert repair(sandbox, "queue", Repair.RATE_LIMIT)
     assert fault_on(sandbox, "queue") == 0
+    advance(sandbox)  # rate_limit_ticks (1): the link still drains, as flooded
+    assert feature(sandbox, "queue", Feature.NET_RX) > 0.9
+    assert not healthy(sandbox, "queue")
+    assert feature(sandbox, "queue", Feature.RUNNING) == 1.0
     advance(sandbox)
     assert feature(sandbox, "queue", Feature.NET_RX) < 0.5
+    assert healthy(sandbox, "queue")
+
+
+def test_a_link_drains_rate_limit_ticks_after_the_flood_is_blocked(shop: Topology) -> None:
+    sandbox = make(shop, SimParams(probe_noise=0.0, rate_limit_ticks=3))
+    inject(sandbox, "queue", Fault.NET_SATURATION)
+    advance(sandbox)
+    repair(sandbox, "queue", Repair.RATE_LIMIT)
+    seen = []
+    for _ in range(4):
+        advance(sandbox)
+        seen.append(healthy(sandbox, "queue"))
+    assert seen == [False, False, False, True]
+
+
+def test_a_rate_limit_with_no_flood_drains_nothing(shop: Topology) -> None:
+    sandbox = make(shop, SimParams(probe_noise=0.0, rate_limit_ticks=3))
+    advance(sandbox)
+    repair(sandbox, "queue", Repair.RATE_LIMIT)
+    advance(sandbox)
     assert healthy(sandbox, "queue")
 
 

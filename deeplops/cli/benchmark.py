@@ -43,7 +43,8 @@ def benchmark(
     """Rank order policies on a fixed protocol of systems, faults and dynamics they never trained on.
 
     Every policy plays every suite: **random-topologies** (8 random topologies never trained on),
-    **bank** (never trained on), **scenarios** (every shipped scenario); on shop and bank,
+    **bank** (never trained on), **real-software** (store and payments: PostgreSQL, Redis, nginx,
+    app and worker kinds, never trained on), **scenarios** (every shipped scenario); on shop and bank,
     **slow-restarts** and **very-slow-restarts** (restarts take 3 and 8 ticks), **noisy-probes**
     (15% of health results flipped), **lagging-probes** (2 ticks late), **noisy-lagging** (10%
     flipped, 3 ticks late); and **trained-chaos** (shop against the shipped chaos agent). Chaos is

@@ -113,7 +113,8 @@ def sandbox_status(
         bool, typer.Option("--all", help="List every sandbox on this engine, its owner, and whether it is stale.")
     ] = False,
 ) -> None:
-    """Each service's container state and health. A line on stderr names each stale sandbox."""
+    """Each service's kind, container state, health and running programs. A line on stderr names
+    each stale sandbox."""
     from dataclasses import asdict
 
     from rich.table import Table
@@ -139,11 +140,11 @@ def sandbox_status(
         out.print(f"sandbox {name}: not running")
         return
     table = Table(title=f"sandbox {name}")
-    for column in ("service", "state", "health", "address"):
+    for column in ("service", "kind", "state", "health", "processes", "address"):
         table.add_column(column)
     for r in rows:
         health = "[green]healthy[/]" if r.healthy else "[red]unhealthy[/]"
-        table.add_row(r.service, r.state, health, r.ip or "-")
+        table.add_row(r.service, r.kind, r.state, health, " ".join(r.processes) or "-", r.ip or "-")
     out.print(table)
 
 
@@ -174,8 +175,10 @@ def sandbox_calibrate(
 ) -> None:
     """Measure the real system (timings, symptoms of every fault) and derive the simulator's parameters.
 
-    Takes about three minutes. The repository keeps its result in sandbox/calibration.json, and
-    SimParams' defaults are the parameters derived there.
+    The generic service is measured on shop, then every other kind (PostgreSQL, Redis, nginx, the
+    app, the worker) on store, into the kinds' profiles. Takes about twelve minutes. The
+    repository keeps its result in sandbox/calibration.json, and SimParams' defaults are the
+    parameters derived there.
     """
     from deeplops.dockerbox.calibrate import calibrate
 

@@ -7,6 +7,11 @@ with data, whose restore from backup is checked against ``restore.restore_ticks`
 world, docs/design.md §4.2, not a fitted parameter). The result (``sandbox/calibration.json`` in
 the repository) holds the raw figures and the ``SimParams`` fields they give; ``SimParams()``'s
 defaults are those fields.
+
+Then every other kind is measured on ``store`` the same way (``calibrate_kinds``): the faults a
+restart ends, a full disk where the kind has a volume, and a recreate, each on the service of that
+kind, and how long users are still served once a kind's disk is full; ``derive_kinds`` turns
+them into the kinds' profiles (``sim_params.kinds``).
 """
 
 from __future__ import annotations
@@ -41,8 +46,31 @@ TARGETS = {
 }
 
 
+KIND_TARGETS = {"postgres": "db", "redis": "queue", "nginx": "gateway", "app": "app", "worker": "worker"}
+"""Where each kind is measured on ``store``: the service of that kind (the Redis with a volume)."""
+KIND_RECREATE_TARGETS = {"redis": "cache"}
+"""Where a kind's recreate is timed when its KIND_TARGETS service holds data (a PostgreSQL always does)."""
+FULL_DISK_WATCH_TICKS = 60
+"""Longest a full disk is watched for the first failed user request."""
+RESTARTED_BY = (Fault.KILL, Fault.PAUSE, Fault.CPU_HOG)
+"""The faults a restart ends, each measured on every kind."""
+LIVE_RESTARTS = ("pause", "cpu_hog")
+"""The faults whose restart stops a live process first: a restart's downtime is the mean over
+them. One of a killed process has nothing to stop, and the simulator takes a tick off it
+(``simkernel.DEAD_START_SAVES``), which the kill's own figures here check."""
+
+
 def calibrate(topology: Topology | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every measurement on a fresh sandbox; return raw figures and the derived sim parameters."""
+    """Measure the generic service on ``shop`` and every other kind on ``store``; return the raw
+    figures and the derived sim parameters (the kinds' under ``sim_params.kinds``)."""
+    result = calibrate_generic(topology, log)
+    result["measured"]["kinds"] = calibrate_kinds(log=log)
+    result["sim_params"]["kinds"] = derive_kinds(result["measured"]["kinds"])
+    return result
+
+
+def calibrate_generic(topology: Topology | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every measurement of the generic service on a fresh sandbox; raw figures and the derived sim parameters."""
     topology = topology or load_topology("shop")
     box = DockerSandbox(topology, name=f"deeplops-calibrate-{int(time.time())}", log=log)
     try:
@@ -72,13 +100,90 @@ def calibrate(topology: Topology | None = None, log: Callable[[str], None] = pri
     return {"topology": topology.name, "measured": raw, "sim_params": derive(raw)}
 
 
+def calibrate_kinds(topology: Topology | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Each kind's own figures on ``store``: what its restart, recreate and clean_disk leave down,
+    its symptoms under every fault, and how long measuring the whole system takes."""
+    topology = topology or load_topology("store")
+    box = DockerSandbox(topology, name=f"deeplops-kinds-{int(time.time())}", log=log)
+    kinds: dict[str, Any] = {}
+    try:
+        box.reset([0])
+        log(f"{topology.name}: baseline for {BASELINE_TICKS} ticks")
+        baseline = _baseline(box)
+        for kind, target in KIND_TARGETS.items():
+            figures: dict[str, Any] = {"target": target, "faults": {}}
+            faults = [*RESTARTED_BY] + ([Fault.DISK_FULL] if _has_disk(box, target) else [])
+            for fault in faults:
+                log(f"{kind}: {fault.label} on {target}")
+                box.reset([0])
+                figures["faults"][fault.label] = _fault(box, fault, target)
+            if _has_disk(box, target):
+                log(f"{kind}: how long users are served with the disk of {target} full")
+                box.reset([0])
+                figures["full_disk"] = _full_disk_serves(box, target)
+            where = KIND_RECREATE_TARGETS.get(kind, target)
+            log(f"{kind}: recreate of {where}")
+            box.reset([0])
+            if _has_disk(box, where):
+                figures["restore"] = _restore(box, where)
+            else:
+                figures["recreate"] = _repair_only(box, where, Repair.RECREATE)
+            kinds[kind] = figures
+    finally:
+        box.close()
+    return {"topology": topology.name, "baseline": baseline, "kinds": kinds}
+
+
+def _full_disk_serves(box: DockerSandbox, target: str) -> dict[str, Any]:
+    """Fill ``target``'s disk and leave it full: the ticks until users are first failed (a real
+    database writes into pages it already has for a while), watched for FULL_DISK_WATCH_TICKS."""
+    slot = box.topology.index[target]
+    box.advance()
+    box.inject(np.array([slot]), np.array([Fault.DISK_FULL]))
+    served = FULL_DISK_WATCH_TICKS
+    for tick in range(FULL_DISK_WATCH_TICKS):
+        box.advance()
+        if not box.slo[0]:
+            served = tick
+            break
+    return {"target": target, "served_ticks": served, "watched_ticks": FULL_DISK_WATCH_TICKS}
+
+
+def _has_disk(box: DockerSandbox, service: str) -> bool:
+    return bool(box.topology.has_disk[box.topology.index[service]])
+
+
+def derive_kinds(raw: dict[str, Any]) -> dict[str, Any]:
+    """Each kind's profile (``sim.KindProfile`` fields) from its raw figures, as ``derive`` does
+    for the generic service: the restart's downtime is the mean over LIVE_RESTARTS; a
+    recreate's is its own, less the restore of the data it destroyed; a clean_disk's, where the
+    kind has a volume, the ticks until it is healthy again."""
+    profiles = {}
+    for kind, m in raw["kinds"].items():
+        faults = m["faults"]
+        restarts = [faults[f]["repair"]["down_ticks"] for f in LIVE_RESTARTS]
+        if "restore" in m:  # it held data: the restore is a rule of the world, not the recreate's own downtime
+            recreate = max(0, (m["restore"]["down_ticks"] or 0) - m["restore"]["expected_ticks"])
+        else:
+            recreate = m["recreate"]["down_ticks"]
+        profile: dict[str, Any] = {"restart_ticks": round(float(np.mean(restarts))), "recreate_ticks": round(recreate)}
+        if "disk_full" in faults:
+            profile["clean_disk_ticks"] = faults["disk_full"]["repair"]["down_ticks"]
+        if "full_disk" in m:
+            profile["full_disk_serves_ticks"] = m["full_disk"]["served_ticks"]
+        profile["cpu_hog"] = _symptoms(faults["cpu_hog"]["symptoms"])
+        profiles[kind] = profile
+    return profiles
+
+
 def derive(raw: dict[str, Any]) -> dict[str, Any]:
     """SimParams fields from raw measurements (this mapping is what calibration means)."""
     faults, base = raw["faults"], raw["baseline"]
-    restarts = [faults[f]["repair"]["down_ticks"] for f in ("kill", "pause", "cpu_hog")]
+    restarts = [faults[f]["repair"]["down_ticks"] for f in LIVE_RESTARTS]
     return {
         "restart_ticks": round(float(np.mean(restarts))),
         "recreate_ticks": round(raw["recreate"]["down_ticks"]),
+        "rate_limit_ticks": faults["net_saturation"]["repair"]["down_ticks"],
         "disk_fill_per_tick": round(min(1.0, faults["disk_full"]["fill_per_tick"]), 3),
         "probe_noise": round(base["false_unhealthy"], 3),
         "healthy": _symptoms(base, probe_fail=0.0, serve_fail=0.0),

@@ -262,7 +262,7 @@ def recreate(handle: StackHandle, service: str) -> None:
         if held:
             restore.plan(handle.name, spec, held)
             handle.restores[service] = held
-    handle.containers[service] = stack.start_service(handle.client, handle.name, spec, image)
+    handle.containers[service] = stack.start_service(handle.client, handle.name, spec, image, topology=handle.topology)
     handle.rewire(service, resume_flood=flooded)
 
 

@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +37,7 @@ from deeplops.dockerbox.engine import ENGINE_ERRORS, edge
 from deeplops.dockerbox.owner import owner_gone, owner_pid
 from deeplops.errors import EngineError, SandboxError
 from deeplops.system import DATA_FRACTION, PROBE_TIMEOUT_S, TICK_S
-from deeplops.topology import Service, Topology, topology_from_dict, topology_to_dict
+from deeplops.topology import CLIENT_KINDS, Service, Topology, topology_from_dict, topology_to_dict
 
 LABEL_SANDBOX = "deeplops.sandbox"
 LABEL_SERVICE = "deeplops.service"
@@ -48,11 +48,26 @@ LABEL_OWNER = "deeplops.owner"
 MEMORY_SHARE = 0.5
 """Most of the host's available memory one sandbox's volumes may take: they are tmpfs, in memory."""
 PORT = 8080
+"""Where every kind answers the service's HTTP contract (/ping, /health, /work, /stats)."""
+NATIVE_PORTS = {"postgres": 5432, "redis": 6379}
+"""Where each of ``STORE_KINDS`` also speaks its own protocol, to ``CLIENT_KINDS`` (every other
+kind calls each dependency's PORT)."""
+PROGRAMS: dict[str, list[str]] = {
+    "service": ["python3", "-u", "/app/service.py"],
+    "app": ["python3", "-u", "/app/app.py"],
+    "worker": ["python3", "-u", "/app/worker.py"],
+    "postgres": ["python3", "-u", "/app/launcher.py", "postgres"],
+    "redis": ["python3", "-u", "/app/launcher.py", "redis"],
+    "nginx": ["python3", "-u", "/app/launcher.py", "nginx"],
+}
+"""Each kind's command in the service image (docs/design.md §4.1; the programs are ``sandbox/``'s)."""
 CPU_LIMIT = 0.25
 """CPU allowance of every service, in cores: small, so a CPU hog inside really starves it."""
 MEMORY_MB = 128
 """Memory of every service, in MiB, besides its volume: what a service writes into its volume (a
-restore of its data) is tmpfs, charged to its memory, so the volume's size is added to it."""
+restore of its data, a PostgreSQL cluster) is tmpfs, charged to its memory, so the volume's size
+is added to it. Enough for every kind: under traffic PostgreSQL peaks at 75 MiB (35 of them its
+cluster in the volume and its shared buffers), the others at 22 (sandbox/README.md)."""
 UP_TIMEOUT_S = 30.0
 """How long ``up`` waits for every service to pass /health, besides the slowest ``restart_s``."""
 HEALTH_INTERVAL_S = TICK_S
@@ -79,35 +94,60 @@ def block_tag(sandbox: str, service: str = "") -> str:
     return f"deeplops:{sandbox}:{service}"
 
 
-@edge
-def start_service(
-    client: docker.DockerClient, sandbox: str, service: Service, image: str, owner: str | None = None
-) -> Container:
-    """Create and start one service's container on the sandbox network (its volume must be mounted).
+def environment(service: Service, kinds: Mapping[str, str]) -> dict[str, str]:
+    """The environment a service's program reads (``sandbox/service.py`` and the kinds' programs);
+    ``kinds`` holds its dependencies' kinds (one missing is taken for a generic service).
 
-    A service with ``restart_s`` is told to listen only that long after its process starts; one
-    with a volume, where a recreate leaves a restore plan (``restore.PLAN_NAME``)."""
-    depends = ",".join(f"{d}:{PORT}" for d in service.depends_on)
-    volumes = {str(host.volume_dir(sandbox, service.name)): {"bind": "/data", "mode": "rw"}} if service.disk_mb else {}
-    labels = {LABEL_SANDBOX: sandbox, LABEL_SERVICE: service.name} | ({LABEL_OWNER: owner} if owner else {})
-    environment = {
+    An app or a worker reaches a PostgreSQL or Redis dependency at its own port with its own
+    client (``DEEPLOPS_POSTGRES``, ``DEEPLOPS_REDIS``); every other dependency, and every
+    dependency of the other kinds, over HTTP at PORT (``DEEPLOPS_DEPENDS``). A service with
+    ``restart_s`` is told to listen only that long after its process starts; one with a volume,
+    where a recreate leaves a restore plan (``restore.PLAN_NAME``)."""
+    by_port: dict[str, list[str]] = {"DEEPLOPS_DEPENDS": [], "DEEPLOPS_POSTGRES": [], "DEEPLOPS_REDIS": []}
+    for dep in service.depends_on:
+        kind = kinds.get(dep, "service")
+        if service.kind in CLIENT_KINDS and kind in NATIVE_PORTS:
+            by_port[f"DEEPLOPS_{kind.upper()}"].append(f"{dep}:{NATIVE_PORTS[kind]}")
+        else:
+            by_port["DEEPLOPS_DEPENDS"].append(f"{dep}:{PORT}")
+    env = {
         "DEEPLOPS_SERVICE": service.name,
-        "DEEPLOPS_DEPENDS": depends,
+        "DEEPLOPS_DEPENDS": ",".join(by_port["DEEPLOPS_DEPENDS"]),
         "DEEPLOPS_DATA": "/data" if service.disk_mb else "",
         "DEEPLOPS_TIMEOUT": str(PROBE_TIMEOUT_S),
         "DEEPLOPS_HEALTH_INTERVAL": str(HEALTH_INTERVAL_S),
     }
+    if service.kind in CLIENT_KINDS:
+        env |= {name: ",".join(by_port[name]) for name in ("DEEPLOPS_POSTGRES", "DEEPLOPS_REDIS")}
     if service.restart_s is not None:
-        environment["DEEPLOPS_START_S"] = repr(service.restart_s)
+        env["DEEPLOPS_START_S"] = repr(service.restart_s)
     if service.disk_mb:
-        environment["DEEPLOPS_RESTORE_PLAN"] = f"/data/{restore.PLAN_NAME}"
+        env["DEEPLOPS_RESTORE_PLAN"] = f"/data/{restore.PLAN_NAME}"
+    return env
+
+
+@edge
+def start_service(
+    client: docker.DockerClient,
+    sandbox: str,
+    service: Service,
+    image: str,
+    owner: str | None = None,
+    topology: Topology | None = None,
+) -> Container:
+    """Create and start one service's container on the sandbox network (its volume must be mounted),
+    running its kind's program; ``topology``, the one it belongs to, tells its dependencies' kinds."""
+    volumes = {str(host.volume_dir(sandbox, service.name)): {"bind": "/data", "mode": "rw"}} if service.disk_mb else {}
+    labels = {LABEL_SANDBOX: sandbox, LABEL_SERVICE: service.name} | ({LABEL_OWNER: owner} if owner else {})
+    kinds = dict(zip(topology.names, topology.kinds, strict=True)) if topology is not None else {}
     try:
         container = client.containers.run(
             image,
+            command=PROGRAMS[service.kind],
             name=container_name(sandbox, service.name),
             detach=True,
             labels=labels,
-            environment=environment,
+            environment=environment(service, kinds),
             network=sandbox,
             networking_config={sandbox: client.api.create_endpoint_config(aliases=[service.name])},
             volumes=volumes,
@@ -153,7 +193,7 @@ def up(
             if service.disk_mb:
                 prepare_volume(sandbox, service, data.get(service.name, 0.0))
         for service in topology.services:
-            start_service(client, sandbox, service, image, owner)
+            start_service(client, sandbox, service, image, owner, topology)
         slowest = max((s.restart_s or 0.0 for s in topology.services), default=0.0)
         wait_healthy(client, sandbox, topology, timeout_s=UP_TIMEOUT_S + slowest)
     except BaseException:
@@ -264,12 +304,45 @@ class ServiceStatus:
     state: str
     healthy: bool
     ip: str | None
+    kind: str = "service"
+    """What it runs (docs/design.md §4.1)."""
+    processes: tuple[str, ...] = ()
+    """The programs running in its container, each named once, in the order of its process list:
+    ``launcher.py`` and ``postgres``, say, for real PostgreSQL under its launcher."""
+
+
+def program_name(command: str) -> str:
+    """The program a process list's command line runs: a Python program by its script's name,
+    and a server by its own name, without the title it gives its children (``postgres: walwriter``)."""
+    words = command.split()
+    if not words:
+        return "?"
+    name = words[0].rsplit("/", 1)[-1].removesuffix(":")
+    if name.startswith("python"):
+        return next((w.rsplit("/", 1)[-1] for w in words[1:] if w.endswith(".py")), name)
+    return name
+
+
+def processes(container: Container) -> tuple[str, ...]:
+    """The programs running in a container (none when it is not running)."""
+    try:
+        listing = container.top()
+    except APIError:  # not running: no process list
+        return ()
+    column = listing.get("Titles", []).index("CMD") if "CMD" in listing.get("Titles", []) else -1
+    names = [program_name(row[column]) for row in listing.get("Processes") or []]
+    return tuple(dict.fromkeys(names))
 
 
 @edge
 def status(client: docker.DockerClient, sandbox: str) -> list[ServiceStatus]:
-    """State and health of each container of ``sandbox``."""
+    """State, health, kind and programs of each container of ``sandbox``."""
     found = containers(client, sandbox)
+    try:
+        topology = topology_of(client, sandbox)
+        kinds = dict(zip(topology.names, topology.kinds, strict=True))
+    except SandboxError:  # containers left without their network: their kinds are not known
+        kinds = {}
 
     def one(item: tuple[str, Container]) -> ServiceStatus:
         name, container = item
@@ -277,7 +350,7 @@ def status(client: docker.DockerClient, sandbox: str) -> list[ServiceStatus]:
         healthy = (
             container.status == "running" and ip is not None and http_json(ip, "/health", PROBE_TIMEOUT_S)[0] == 200
         )
-        return ServiceStatus(name, container.status, healthy, ip)
+        return ServiceStatus(name, container.status, healthy, ip, kinds.get(name, "?"), processes(container))
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return sorted(pool.map(one, found.items()), key=lambda s: s.service)

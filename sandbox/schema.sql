@@ -1,0 +1,7 @@
+-- The tables of the PostgreSQL template (made at image build, in single-user mode: one statement a line).
+-- orders: the app's user requests; jobs_done: the worker's jobs; deeplops_work: the database's own /work;
+-- deeplops_health: its health check's write, emptied each time. Each keeps its last rows only.
+CREATE TABLE orders (id bigserial PRIMARY KEY, service text NOT NULL, request text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE jobs_done (id bigserial PRIMARY KEY, worker text NOT NULL, job text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE deeplops_work (id bigserial PRIMARY KEY, service text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE deeplops_health (at timestamptz NOT NULL DEFAULT now());
