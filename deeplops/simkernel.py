@@ -282,6 +282,7 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     path_ok = np.empty(n, dtype=np.bool_)
     previous = np.empty(n, dtype=np.bool_)
     shared = dyn.symptoms.shape[0] == 1
+    drain, rows, full_serves, direct = state.drain, layout.rows, layout.full_disk_serves, layout.direct
     for e in range(n_envs):
         symptoms = dyn.symptoms[0 if shared else e]
         for s in range(n):
@@ -292,8 +293,10 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             running = f != KILL and down[e, s] == 0
             awake = running and f != PAUSE
             restoring = running and restore[e, s] > 0
-            shown = NET_SATURATION if f == 0 and state.drain[e, s] > 0 else f  # still draining: as flooded
-            row = symptoms[layout.rows[s, shown if running else DOWN_ROW]]
+            code = f if running else DOWN_ROW
+            if running and f == 0 and drain[e, s] > 0:
+                code = NET_SATURATION  # still draining: as flooded
+            row = symptoms[rows[s, code]]
             lat = row[LAT_LO] + (row[LAT_HI] - row[LAT_LO]) * uniform(rng, e)
             used = 0.0
             if layout.has_disk[s]:
@@ -304,17 +307,17 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             ok = awake and disk_ok and lat < probe_timeout
             if ok and row[PROBE_FAIL] > 0.0 and uniform(rng, e) < row[PROBE_FAIL]:
                 ok = False
-            # Full for this many ticks: the disk fills at disk_fill a tick past what it can hold.
-            full_for = (data[e, s] + junk[e, s] - 1.0) / rules.disk_fill if rules.disk_fill > 0.0 else 0.0
-            grace = layout.full_disk_serves[s]
-            writes_ok = disk_ok or (not restoring and grace > 0.0 and full_for < grace)
+            writes_ok = disk_ok
+            if not disk_ok and not restoring and full_serves[s] > 0.0 and rules.disk_fill > 0.0:
+                # Full for this many ticks: the disk fills at disk_fill a tick past what it can hold.
+                writes_ok = (data[e, s] + junk[e, s] - 1.0) / rules.disk_fill < full_serves[s]
             serves = awake and writes_ok and lat < rules.slo_latency
             if serves and row[SERVE_FAIL] > 0.0 and uniform(rng, e) < row[SERVE_FAIL]:
                 serves = False
             for d in range(s):  # dependencies occupy lower slots
                 if layout.adjacency[s, d]:
                     # A ping reads d's last health report; a direct check asks d itself, now.
-                    seen = answers[d] if layout.direct[s, d] else previous[d]
+                    seen = answers[d] if direct[s, d] else previous[d]
                     if not (responsive[d] and latency[d] < probe_timeout and seen):
                         ok = False
                     if not path_ok[d]:
@@ -347,8 +350,8 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             feats[e, s, F_RESTARTS] = min(1.0, restarts[e, s] / RESTARTS_SCALE)
             feats[e, s, F_SINCE] = min(1.0, since[e, s] / SINCE_REPAIR_SCALE)
             since[e, s] += 1
-            if state.drain[e, s] > 0:
-                state.drain[e, s] -= 1
+            if drain[e, s] > 0:
+                drain[e, s] -= 1
             if down[e, s] > 0:
                 down[e, s] -= 1
             elif restore[e, s] > 0:
