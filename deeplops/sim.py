@@ -418,10 +418,14 @@ class SimParams:
         except (TypeError, ConfigError) as exc:
             raise ConfigError(f"calibration: {exc}") from None
 
+    def profile(self, kind: str) -> KindProfile | None:
+        """The profile of ``kind``; None for a kind without one (the generic service's figures hold)."""
+        return next((p for p in self.kinds if p.kind == kind), None)
+
     def downtimes(self, kind: str) -> tuple[int, int, int]:
         """Ticks a restart, a recreate and a clean_disk keep a service of ``kind`` down (``KIND_FIELDS``):
         its profile's, the generic service's where it sets none."""
-        own = next((p for p in self.kinds if p.kind == kind), None)
+        own = self.profile(kind)
 
         def ticks(name: str) -> int:
             value = None if own is None else getattr(own, name)
@@ -431,8 +435,8 @@ class SimParams:
 
     def full_disk_serves(self, kind: str) -> int:
         """Ticks a service of ``kind`` goes on serving once its disk is full (0 for the generic service)."""
-        own = next((p.full_disk_serves_ticks for p in self.kinds if p.kind == kind), None)
-        return 0 if own is None else own
+        own = self.profile(kind)
+        return 0 if own is None or own.full_disk_serves_ticks is None else own.full_disk_serves_ticks
 
     def rules(self) -> simkernel.Rules:
         """These parameters as the tick's kernels read them (numbers as floats: one compiled kernel for all)."""
