@@ -21,6 +21,7 @@ from deeplops.kernels import checked_array, compiled_for
 from deeplops.observation import MAX_SLOTS, N_FEATURES, Feature
 from deeplops.sandbox import ArrayState
 from deeplops.system import (
+    APP_DB_WAIT_S,
     COUNTS_AS_RESTART,
     DATA_FRACTION,
     NEVER_REPAIRED,
@@ -88,7 +89,10 @@ class Symptoms:
     probe_fail: float = 0.0
     """Chance its /health fails for a reason latency does not show (a starved health handler)."""
     serve_fail: float = 0.0
-    """Chance a user request through it fails or is too slow for the SLO."""
+    """Chance a user request through it fails: an error, at it and at every caller on the path."""
+    serve_slow: float = 0.0
+    """Chance a user request through it is answered, but slower than the SLO: the SLO fails while
+    the error rates along the path stay low (a starved process that still answers, late)."""
 
     def __post_init__(self) -> None:
         _check_range("latency_s", self.latency_s, 1.0)
@@ -96,15 +100,21 @@ class Symptoms:
         _check_range("net_rx", self.net_rx, 1.0)
         _check_chance("probe_fail", self.probe_fail)
         _check_chance("serve_fail", self.serve_fail)
+        _check_chance("serve_slow", self.serve_slow)
+        if self.serve_fail + self.serve_slow > 1.0:
+            raise ConfigError(
+                f"serve_fail + serve_slow must be at most 1 (a request fails, is slow, or is served), "
+                f"got {self.serve_fail} + {self.serve_slow}"
+            )
 
     def row(self) -> tuple[float, ...]:
         """The symptom-table row the kernel reads (column order in ``simkernel``)."""
-        return (*self.latency_s, *self.cpu, *self.net_rx, self.probe_fail, self.serve_fail)
+        return (*self.latency_s, *self.cpu, *self.net_rx, self.probe_fail, self.serve_fail, self.serve_slow)
 
 
 KIND_FIELDS = ("restart_ticks", "recreate_ticks", "clean_disk_ticks")
 """A kind profile's downtimes, named as the ``SimParams`` fields of the generic service."""
-PROFILE_FIELDS = (*KIND_FIELDS, "cpu_hog", "full_disk_serves_ticks")
+PROFILE_FIELDS = (*KIND_FIELDS, "cpu_hog", "page_ticks")
 """Every field a kind profile may set in a file."""
 _DOWN_REPAIRS = (Repair.RESTART, Repair.RECREATE, Repair.CLEAN_DISK)
 """The repair each of ``KIND_FIELDS`` is the downtime of."""
@@ -134,20 +144,20 @@ class KindProfile:
     cpu_hog: Symptoms | None = None
     """What it shows starved by a CPU hog, where that differs from the generic service's (a
     PostgreSQL's processes keep their share and serve); None: the generic ``SimParams.cpu_hog``."""
-    full_disk_serves_ticks: int | None = None
-    """Ticks it goes on serving its users once its disk is full, its own health check failing
-    meanwhile (PostgreSQL writes into pages it already has until a table needs a new one); None:
-    0, the generic program's writes fail at once."""
+    page_ticks: int | None = None
+    """Ticks of its users' writes one page of its data files holds. With its disk full it goes on
+    serving them until the page it is filling is full, then fails them until the disk is cleaned,
+    while its own health check, which needs new space, fails at once (PostgreSQL extends a table a
+    page at a time); None: 0, the generic program's every write needs new space."""
 
     def __post_init__(self) -> None:
         _check_kind(self.kind)
-        grace = self.full_disk_serves_ticks
-        if grace is not None and (
-            isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_DOWN_TICKS
+        page = self.page_ticks
+        if page is not None and (
+            isinstance(page, bool) or not isinstance(page, int) or not 0 <= page <= MAX_DOWN_TICKS
         ):
             raise ConfigError(
-                f"kinds.{self.kind}.full_disk_serves_ticks must be a whole number of ticks in [0, {MAX_DOWN_TICKS}], "
-                f"got {grace!r}"
+                f"kinds.{self.kind}.page_ticks must be a whole number of ticks in [0, {MAX_DOWN_TICKS}], got {page!r}"
             )
         if self.cpu_hog is not None and not isinstance(self.cpu_hog, Symptoms):
             raise ConfigError(f"kinds.{self.kind}.cpu_hog must be a symptom table, got {self.cpu_hog!r}")
@@ -245,46 +255,56 @@ class SimParams:
     kinds: tuple[KindProfile, ...] = (
         KindProfile(
             "nginx",
-            restart_ticks=0,
-            recreate_ticks=0,
+            restart_ticks=1,
+            recreate_ticks=1,
             cpu_hog=Symptoms(
-                latency_s=(0.1087, 0.2071), cpu=(0.955, 1.0), net_rx=(0.0039, 0.0048), probe_fail=0.0, serve_fail=0.0
+                latency_s=(0.1457, 0.2509), cpu=(0.971, 1.0), net_rx=(0.0037, 0.0052), probe_fail=0.0, serve_fail=0.0
             ),
         ),
         KindProfile(
             "app",
             restart_ticks=1,
-            recreate_ticks=0,
+            recreate_ticks=1,
             cpu_hog=Symptoms(
-                latency_s=(0.1813, 0.1918), cpu=(0.965, 1.0), net_rx=(0.0043, 0.0086), probe_fail=0.375, serve_fail=0.75
+                latency_s=(0.0263, 0.3855),
+                cpu=(0.971, 1.0),
+                net_rx=(0.0039, 0.0073),
+                probe_fail=0.5,
+                serve_fail=0.25,
+                serve_slow=0.75,
             ),
         ),
         KindProfile(
             "worker",
-            restart_ticks=0,
-            recreate_ticks=0,
+            restart_ticks=1,
+            recreate_ticks=1,
             cpu_hog=Symptoms(
-                latency_s=(0.1655, 0.4246), cpu=(0.973, 1.0), net_rx=(0.003, 0.0052), probe_fail=0.375, serve_fail=0.0
+                latency_s=(0.0761, 0.3002), cpu=(0.972, 1.0), net_rx=(0.003, 0.0049), probe_fail=0.125, serve_fail=0.0
             ),
         ),
         KindProfile(
             "postgres",
             restart_ticks=1,
-            recreate_ticks=0,
+            recreate_ticks=2,
             clean_disk_ticks=0,
-            full_disk_serves_ticks=28,
+            page_ticks=30,
             cpu_hog=Symptoms(
-                latency_s=(0.1564, 0.2243), cpu=(0.984, 1.0), net_rx=(0.0044, 0.0057), probe_fail=0.0, serve_fail=0.0
+                latency_s=(0.1039, 0.4906),
+                cpu=(0.987, 1.0),
+                net_rx=(0.004, 0.0074),
+                probe_fail=0.125,
+                serve_fail=0.0,
+                serve_slow=0.125,
             ),
         ),
         KindProfile(
             "redis",
             restart_ticks=1,
-            recreate_ticks=0,
+            recreate_ticks=1,
             clean_disk_ticks=0,
-            full_disk_serves_ticks=2,
+            page_ticks=4,
             cpu_hog=Symptoms(
-                latency_s=(0.0839, 0.4441), cpu=(0.95, 1.0), net_rx=(0.0043, 0.0057), probe_fail=0.0, serve_fail=0.0
+                latency_s=(0.0327, 0.2042), cpu=(0.965, 1.0), net_rx=(0.0041, 0.0067), probe_fail=0.0, serve_fail=0.0
             ),
         ),
     )
@@ -315,19 +335,24 @@ class SimParams:
     """Ranges to draw the restart, recreate and probe dynamics and the symptoms from at every
     reset (training); None keeps the fields above for every episode."""
     healthy: Symptoms = Symptoms(
-        latency_s=(0.0021, 0.0093), cpu=(0.023, 0.062), net_rx=(0.0043, 0.0142), probe_fail=0.0, serve_fail=0.0
+        latency_s=(0.005, 0.0201), cpu=(0.042, 0.115), net_rx=(0.0043, 0.0141), probe_fail=0.0, serve_fail=0.0
     )
     """A service with no fault (and one whose disk is full: its failures come from the disk)."""
     paused: Symptoms = Symptoms(
-        latency_s=(1.0, 1.0), cpu=(0.0, 0.0), net_rx=(0.0009, 0.0014), probe_fail=1.0, serve_fail=1.0
+        latency_s=(1.0, 1.0), cpu=(0.0, 0.0), net_rx=(0.001, 0.0014), probe_fail=1.0, serve_fail=1.0
     )
     """A frozen service: everything times out."""
     cpu_hog: Symptoms = Symptoms(
-        latency_s=(0.1237, 0.3755), cpu=(0.983, 1.0), net_rx=(0.0101, 0.017), probe_fail=0.5, serve_fail=1.0
+        latency_s=(0.1046, 0.4359),
+        cpu=(0.984, 1.0),
+        net_rx=(0.0086, 0.0164),
+        probe_fail=0.875,
+        serve_fail=0.25,
+        serve_slow=0.75,
     )
     """A service starved by a CPU hog."""
     flooded: Symptoms = Symptoms(
-        latency_s=(1.0, 1.0), cpu=(0.009, 0.022), net_rx=(0.9701, 1.0), probe_fail=1.0, serve_fail=1.0
+        latency_s=(1.0, 1.0), cpu=(0.021, 0.06), net_rx=(0.9506, 1.0), probe_fail=1.0, serve_fail=1.0
     )
     """A service whose link is saturated by a flood."""
 
@@ -433,10 +458,10 @@ class SimParams:
 
         return ticks("restart_ticks"), ticks("recreate_ticks"), ticks("clean_disk_ticks")
 
-    def full_disk_serves(self, kind: str) -> int:
-        """Ticks a service of ``kind`` goes on serving once its disk is full (0 for the generic service)."""
+    def page_ticks(self, kind: str) -> int:
+        """Ticks of writes one page of a ``kind``'s data files holds (0 for the generic service)."""
         own = self.profile(kind)
-        return 0 if own is None or own.full_disk_serves_ticks is None else own.full_disk_serves_ticks
+        return 0 if own is None or own.page_ticks is None else own.page_ticks
 
     def rules(self) -> simkernel.Rules:
         """These parameters as the tick's kernels read them (numbers as floats: one compiled kernel for all)."""
@@ -446,6 +471,7 @@ class SimParams:
             slo_latency=float(self.slo_latency_s),
             disk_fill=float(self.disk_fill_per_tick),
             disk_full_at=float(self.disk_full_at),
+            start_wait=round(APP_DB_WAIT_S / TICK_S),
             restart_decay=0.5 ** (1.0 / self.restart_half_life) if self.restart_half_life else 0.0,
             data_lo=float(lo),
             data_hi=float(hi),
@@ -557,7 +583,8 @@ class SimSandbox(ArrayState):
             entries=topology.entries.copy(),
             adjacency=topology.adjacency.copy(),
             direct=topology.direct_checks.copy(),
-            full_disk_serves=np.array([self.params.full_disk_serves(k) for k in topology.kinds], np.float64),
+            start_needs=topology.start_needs.copy(),
+            page_ticks=np.array([self.params.page_ticks(k) for k in topology.kinds], np.int32),
             rows=self.params.symptoms(topology.kinds)[1],
         )
         self._state = simkernel.SystemState(
@@ -569,6 +596,8 @@ class SimSandbox(ArrayState):
             restarts=np.zeros((e, n), np.float64),
             restore=np.zeros((e, n), np.int32),
             drain=np.zeros((e, n), np.int32),
+            page=np.zeros((e, n), np.int32),
+            waited=np.full((e, n), -1, np.int32),
             health=np.ones((e, n), np.bool_),
             history=np.ones((e, self.params.history_depth, n), np.bool_),
             rng=np.zeros(e, np.uint64),
@@ -612,6 +641,8 @@ class SimSandbox(ArrayState):
         state.restarts[:] = 0.0
         state.restore[:] = 0
         state.drain[:] = 0
+        state.page[:] = 0
+        state.waited[:] = -1
         state.health[:] = True
         state.history[:] = True
         self._slo[:] = True

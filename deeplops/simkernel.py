@@ -24,8 +24,9 @@ DISK_FULL, NET_SATURATION = int(Fault.DISK_FULL), int(Fault.NET_SATURATION)
 RESTART, RATE_LIMIT = int(Repair.RESTART), int(Repair.RATE_LIMIT)
 DEAD_START_SAVES = 1
 """Ticks a restart of a killed service is quicker: there is nothing to stop, only to start. On
-Docker every kind comes back the same tick when restarted after a kill, and up to a tick later
-after a pause or a CPU hog, whose stop takes part of the tick (sandbox/calibration.json)."""
+Docker the generic program comes back the same tick when restarted after a kill, and a tick later
+after a pause or a CPU hog, whose stop takes part of the tick (sandbox/calibration.json); so did
+every kind on an engine twice as fast as the one of the shipped calibration (sandbox/README.md)."""
 
 F_HEALTHY, F_RUNNING, F_LATENCY = int(Feature.HEALTHY), int(Feature.RUNNING), int(Feature.LATENCY)
 F_ERROR, F_DISK, F_CPU, F_NET = int(Feature.ERROR_RATE), int(Feature.DISK_USED), int(Feature.CPU), int(Feature.NET_RX)
@@ -34,10 +35,11 @@ F_RESTARTS, F_SINCE = int(Feature.RESTARTS), int(Feature.SINCE_REPAIR)
 # Columns of the symptom table: one row per fault code (0 = none), plus a row for a process
 # that is not running (killed, or down while restarting). Each symptom is drawn uniformly
 # from [LO, HI] every tick; PROBE_FAIL and SERVE_FAIL are chances that its /health, and a user
-# request through it, fail. Built by SimParams.symptoms().
-LAT_LO, LAT_HI, CPU_LO, CPU_HI, NET_LO, NET_HI, PROBE_FAIL, SERVE_FAIL = range(8)
+# request through it, fail; SERVE_SLOW that such a request is answered but too late for the SLO.
+# Built by SimParams.symptoms().
+LAT_LO, LAT_HI, CPU_LO, CPU_HI, NET_LO, NET_HI, PROBE_FAIL, SERVE_FAIL, SERVE_SLOW = range(9)
 DOWN_ROW = int(Fault.NET_SATURATION) + 1
-N_SYMPTOMS = 8
+N_SYMPTOMS = 9
 
 # Columns of the repair table: what each repair's mechanism does to a service (one row per
 # Repair code). Built by SimParams.repairs(). The downtime column is the calibrated default; a
@@ -67,6 +69,12 @@ class SystemState(NamedTuple):
     drain: np.ndarray
     """``(n_envs, n_services)`` int32: ticks a link flooded until a rate_limit still takes to drain;
     the service times out as flooded meanwhile."""
+    page: np.ndarray
+    """``(n_envs, n_services)`` int32: ticks of writes into the page a store is filling (of its
+    kind's ``Layout.page_ticks``); a full page needs new space before the next write."""
+    waited: np.ndarray
+    """``(n_envs, n_services)`` int32: ticks a new process has waited, not listening, for the
+    stores it needs to start (``Layout.start_needs``); -1 once it listens (or needs none)."""
     health: np.ndarray
     """``(n_envs, n_services)`` bool: each /health result of the last tick (what a ping answers)."""
     history: np.ndarray
@@ -87,9 +95,13 @@ class Layout(NamedTuple):
     direct: np.ndarray
     """``(n_services, n_services)`` bool: the dependencies s checks now with their own client
     (whether d answers), not through d's last health report (``Topology.direct_checks``)."""
-    full_disk_serves: np.ndarray
-    """``(n_services,)`` float64: ticks each service goes on serving once its disk is full (its
-    kind's; 0 for the generic program, whose writes fail at once)."""
+    page_ticks: np.ndarray
+    """``(n_services,)`` int32: ticks of writes one page of each service's data files holds (its
+    kind's): with its disk full it serves until that page is full. 0: every write needs new space
+    (the generic program), so a full disk fails its users at once."""
+    start_needs: np.ndarray
+    """``(n_services, n_services)`` bool: ``[s, d]`` when a new process of s listens only once d
+    answers (an app and every PostgreSQL it uses), and exits after ``Rules.start_wait`` ticks."""
     rows: np.ndarray
     """``(n_services, DOWN_ROW + 1)`` int64: the symptom-table row service s reads per fault code
     (and when down): its kind's own where it has one (``SimParams.symptoms``)."""
@@ -106,6 +118,8 @@ class Rules(NamedTuple):
     """Fraction of a volume a disk_full fault writes per tick."""
     disk_full_at: float
     """Disk usage at and above which writes fail."""
+    start_wait: int
+    """Ticks a starting process waits for the stores it needs (``Layout.start_needs``) before it exits."""
     restart_decay: float
     """Per-tick factor of the recent-restarts count."""
     data_lo: float
@@ -248,11 +262,15 @@ def repair(
         state.down[e, s] = max(state.down[e, s], downtime)
         if effect[R_WIPES_JUNK]:
             state.junk[e, s] = 0.0
+        if effect[R_WIPES_DATA]:
+            state.page[e, s] = 0  # its data files start anew
         if effect[R_WIPES_DATA] and state.data[e, s] > 0.0:
             # A fresh, empty volume: the data comes back only by a restore that grows with it.
             need = int(np.ceil(state.data[e, s] * rules.restore_full))
             state.restore[e, s] = max(state.restore[e, s], need)
         state.restarts[e, s] += effect[R_COUNTS_RESTART]
+        if effect[R_COUNTS_RESTART]:
+            state.waited[e, s] = 0  # a new process: it starts once what it needs answers
         state.since[e, s] = 0
     return -1
 
@@ -267,7 +285,10 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     does recovery. An app or worker checks a PostgreSQL or Redis with its own client instead
     (``Layout.direct``): whether the store answers now, not its own health report (a store with a
     full disk still answers a query). User requests (the SLO) are deep: they fail at once if any service on the
-    path cannot serve. A service restoring its data runs but serves nothing until done.
+    path cannot serve, as errors where one failed them and as late answers where one was only slow.
+    A service restoring its data runs but serves nothing until done; a store with a full disk
+    serves until the page it is filling is full; a new app process listens only once its
+    PostgreSQL answers, and exits if it waited ``Rules.start_wait`` ticks in vain.
     """
     fault, down, since, junk, data = state.fault, state.down, state.since, state.junk, state.data
     restarts, health, history, rng, restore = state.restarts, state.health, state.history, state.rng, state.restore
@@ -280,9 +301,11 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     responsive = np.empty(n, dtype=np.bool_)
     answers = np.empty(n, dtype=np.bool_)
     path_ok = np.empty(n, dtype=np.bool_)
+    path_failed = np.empty(n, dtype=np.bool_)
     previous = np.empty(n, dtype=np.bool_)
     shared = dyn.symptoms.shape[0] == 1
-    drain, rows, full_serves, direct = state.drain, layout.rows, layout.full_disk_serves, layout.direct
+    drain, page, rows, page_ticks, direct = state.drain, state.page, layout.rows, layout.page_ticks, layout.direct
+    waited, needs = state.waited, layout.start_needs
     for e in range(n_envs):
         symptoms = dyn.symptoms[0 if shared else e]
         for s in range(n):
@@ -291,9 +314,25 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
         for s in range(n):
             f = fault[e, s]
             running = f != KILL and down[e, s] == 0
-            awake = running and f != PAUSE
+            listening = running
+            if running and waited[e, s] >= 0:  # a new process: it listens once what it needs answers
+                ready = True
+                for d in range(s):
+                    if needs[s, d] and not (responsive[d] and answers[d]):
+                        ready = False
+                if ready:
+                    waited[e, s] = -1
+                else:
+                    waited[e, s] += 1
+                    listening = False
+                    if waited[e, s] > rules.start_wait:  # it gives up and exits: down until restarted
+                        fault[e, s] = KILL
+                        f = KILL
+                        running = False
+                        waited[e, s] = -1
+            awake = listening and f != PAUSE
             restoring = running and restore[e, s] > 0
-            code = f if running else DOWN_ROW
+            code = f if listening else DOWN_ROW
             if running and f == 0 and drain[e, s] > 0:
                 code = NET_SATURATION  # still draining: as flooded
             row = symptoms[rows[s, code]]
@@ -308,12 +347,20 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             if ok and row[PROBE_FAIL] > 0.0 and uniform(rng, e) < row[PROBE_FAIL]:
                 ok = False
             writes_ok = disk_ok
-            if not disk_ok and not restoring and full_serves[s] > 0.0 and rules.disk_fill > 0.0:
-                # Full for this many ticks: the disk fills at disk_fill a tick past what it can hold.
-                writes_ok = (data[e, s] + junk[e, s] - 1.0) / rules.disk_fill < full_serves[s]
+            if page_ticks[s] > 0 and awake and not restoring:
+                # Writes go into the page it is filling; a full one needs space for the next.
+                if page[e, s] >= page_ticks[s] and used < rules.disk_full_at:
+                    page[e, s] = 0
+                writes_ok = page[e, s] < page_ticks[s]
+                if writes_ok:
+                    page[e, s] += 1
             serves = awake and writes_ok and lat < rules.slo_latency
-            if serves and row[SERVE_FAIL] > 0.0 and uniform(rng, e) < row[SERVE_FAIL]:
-                serves = False
+            failed = not serves  # not served here: the request fails (an error), it is not merely late
+            if serves and row[SERVE_FAIL] + row[SERVE_SLOW] > 0.0:
+                u = uniform(rng, e)
+                if u < row[SERVE_FAIL] + row[SERVE_SLOW]:
+                    serves = False
+                    failed = u < row[SERVE_FAIL]
             for d in range(s):  # dependencies occupy lower slots
                 if layout.adjacency[s, d]:
                     # A ping reads d's last health report; a direct check asks d itself, now.
@@ -321,11 +368,13 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
                     if not (responsive[d] and latency[d] < probe_timeout and seen):
                         ok = False
                     if not path_ok[d]:
-                        serves = False
+                        serves = False  # a late answer below is late here; a failure fails here
+                        failed = failed or path_failed[d]
             latency[s] = lat
             responsive[s] = awake
             answers[s] = not restoring  # a store restoring from backup has not started its server yet
             path_ok[s] = serves
+            path_failed[s] = failed
             health[e, s] = ok
             history[e, write, s] = ok
             if layout.entries[s] and not serves:
@@ -334,7 +383,7 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             u = uniform(rng, e)
             if not awake:
                 err = 1.0
-            elif not serves:
+            elif failed:
                 err = 0.6 + 0.4 * u
             else:
                 err = 0.02 * u

@@ -26,6 +26,10 @@ NEVER_REPAIRED = 10 * int(SINCE_REPAIR_SCALE)
 DATA_FRACTION: tuple[float, float] = (0.2, 0.5)
 """Range of a volume's initial usage by real data, drawn per service when a system starts."""
 
+APP_DB_WAIT_S = 10.0
+"""Seconds an app's new process waits for every PostgreSQL it uses to answer before it listens;
+past them it exits (its connection pool's start fails), and stays down until restarted again."""
+
 RESTORE_TICKS_PER_VOLUME = 40.0
 """Ticks to restore a full data volume from backup after a ``recreate`` destroyed it. The service
 fails its users until the restore completes, in time proportional to its data (docs/design.md

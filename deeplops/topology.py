@@ -125,6 +125,13 @@ class Topology:
         return self.adjacency & np.isin(kinds, CLIENT_KINDS)[:, None] & np.isin(kinds, STORE_KINDS)[None, :]
 
     @cached_property
+    def start_needs(self) -> np.ndarray:
+        """``(S, S)`` bool: ``[i, j]`` when a new process of i listens only once j answers: an app
+        and each PostgreSQL it uses (its connection pool must open to start)."""
+        kinds = np.array(self.kinds)
+        return self.adjacency & (kinds == "app")[:, None] & (kinds == "postgres")[None, :]
+
+    @cached_property
     def restart_s(self) -> tuple[float | None, ...]:
         """Each service's ``restart_s`` in slot order; None where the topology does not set it."""
         return tuple(s.restart_s for s in self.services)

@@ -67,13 +67,16 @@ def test_at_least_four_shipped_drills_run_on_real_software():
 
 
 KNOWN_GAPS = {
-    "store-gateway-flood": "under a CPU hog the app's requests are slow but answered on Docker (the SLO "
-    "fails, its error rate does not); the simulator fails them outright, and the agent reads the two apart",
-    "store-wal-disk-full": "the agent leaves the database's full disk alone on both backends; Docker's "
-    "users start failing a few ticks before the calibrated 28, within the drill",
+    "store-gateway-flood": "the app's CPU hog costs 3 more ticks of SLO on Docker (0.767 against 0.867), "
+    "not yet traced",
+    "store-postgres-oom-kill": "on an engine as slow as the calibration's (docker restart of a killed "
+    "container in 0.44 s) a killed PostgreSQL or Redis comes back a tick later than the simulator's rule",
+    "store-redis-queue-stall": "the agent leaves the worker's CPU hog open in the simulator; on Docker it ended",
+    "payments-ledger-crash-and-session-freeze": "3 ticks more of SLO lost on Docker (0.800 against 0.900), "
+    "with the killed ledger a tick slower to come back",
 }
-"""Drills where the shipped agent's play on the two backends is known to differ, and why (the
-simulator's gaps, for the next calibration); the runbook agrees on every drill."""
+"""Drills where the shipped agent's play on the two backends differed on the calibration's machine,
+and why where known (sandbox/README.md, agreement); expected failures, not required ones."""
 
 
 @pytest.mark.docker

@@ -176,7 +176,7 @@ def sandbox_calibrate(
     """Measure the real system (timings, symptoms of every fault) and derive the simulator's parameters.
 
     The generic service is measured on shop, then every other kind (PostgreSQL, Redis, nginx, the
-    app, the worker) on store, into the kinds' profiles. Takes about twelve minutes. The
+    app, the worker) on store, into the kinds' profiles. Takes about sixteen minutes. The
     repository keeps its result in sandbox/calibration.json, and SimParams' defaults are the
     parameters derived there.
     """

@@ -10,7 +10,8 @@ defaults are those fields.
 
 Then every other kind is measured on ``store`` the same way (``calibrate_kinds``): the faults a
 restart ends, a full disk where the kind has a volume, and a recreate, each on the service of that
-kind, and how long users are still served once a kind's disk is full; ``derive_kinds`` turns
+kind, and how long users are still served once a kind's disk is full, by when it filled (a
+database writes into the page it is filling until it needs a new one); ``derive_kinds`` turns
 them into the kinds' profiles (``sim_params.kinds``).
 """
 
@@ -26,6 +27,7 @@ from deeplops.dockerbox import restore
 from deeplops.dockerbox.sandbox import DockerSandbox
 from deeplops.faults import PROPER_REPAIR, Fault, Repair
 from deeplops.observation import Feature
+from deeplops.sandbox import Sandbox
 from deeplops.topology import Topology, load_topology
 
 BASELINE_TICKS = 20
@@ -52,6 +54,15 @@ KIND_RECREATE_TARGETS = {"redis": "cache"}
 """Where a kind's recreate is timed when its KIND_TARGETS service holds data (a PostgreSQL always does)."""
 FULL_DISK_WATCH_TICKS = 60
 """Longest a full disk is watched for the first failed user request."""
+FULL_DISK_AFTER = (1, 13)
+"""Ticks after a reset a store's disk is filled, to time how long its users are still served: the
+first gives the kind's ``page_ticks`` (fresh data files, the first page); the second shows how
+that depends on when the disk filled (later in PostgreSQL's first page, past Redis's)."""
+FULL_DISK_REPEATS = 3
+"""Times each is measured."""
+FAILED_ERROR_RATE = 0.5
+"""A target whose user requests failed at least this often in a tick failed them; below it, a
+missed SLO was late answers (the error rate is over a handful of requests a tick)."""
 RESTARTED_BY = (Fault.KILL, Fault.PAUSE, Fault.CPU_HOG)
 """The faults a restart ends, each measured on every kind."""
 LIVE_RESTARTS = ("pause", "cpu_hog")
@@ -119,8 +130,7 @@ def calibrate_kinds(topology: Topology | None = None, log: Callable[[str], None]
                 figures["faults"][fault.label] = _fault(box, fault, target)
             if _has_disk(box, target):
                 log(f"{kind}: how long users are served with the disk of {target} full")
-                box.reset([0])
-                figures["full_disk"] = _full_disk_serves(box, target)
+                figures["full_disk"] = _full_disk(box, target)
             where = KIND_RECREATE_TARGETS.get(kind, target)
             log(f"{kind}: recreate of {where}")
             box.reset([0])
@@ -134,19 +144,36 @@ def calibrate_kinds(topology: Topology | None = None, log: Callable[[str], None]
     return {"topology": topology.name, "baseline": baseline, "kinds": kinds}
 
 
-def _full_disk_serves(box: DockerSandbox, target: str) -> dict[str, Any]:
-    """Fill ``target``'s disk and leave it full: the ticks until users are first failed (a real
-    database writes into pages it already has for a while), watched for FULL_DISK_WATCH_TICKS."""
-    slot = box.topology.index[target]
-    box.advance()
-    box.inject(np.array([slot]), np.array([Fault.DISK_FULL]))
-    served = FULL_DISK_WATCH_TICKS
+def _full_disk(box: DockerSandbox, target: str) -> dict[str, Any]:
+    """How long ``target``'s users are served once its disk is full, by when the disk filled: the
+    ticks from the fill until the first failed user request, FULL_DISK_REPEATS times for each of
+    FULL_DISK_AFTER, watched for FULL_DISK_WATCH_TICKS."""
+    served = {
+        str(after): [served_with_full_disk(box, target, after) for _ in range(FULL_DISK_REPEATS)]
+        for after in FULL_DISK_AFTER
+    }
+    return {"target": target, "served_ticks": served, "watched_ticks": FULL_DISK_WATCH_TICKS}
+
+
+def served_with_full_disk(box: Sandbox, target: str, after: int) -> int:
+    """Fill ``target``'s disk ``after`` ticks after a reset; the ticks its users are still served.
+    Any sandbox: the simulator, run the same way, must serve as long (a test holds it)."""
+    box.reset([0])
+    for _ in range(after):
+        box.advance()
+    box.inject(np.array([box.topology.index[target]]), np.array([Fault.DISK_FULL]))
     for tick in range(FULL_DISK_WATCH_TICKS):
         box.advance()
         if not box.slo[0]:
-            served = tick
-            break
-    return {"target": target, "served_ticks": served, "watched_ticks": FULL_DISK_WATCH_TICKS}
+            return tick
+    return FULL_DISK_WATCH_TICKS
+
+
+def page_ticks(served: dict[str, list[int]]) -> int:
+    """A kind's ``page_ticks`` from how long a full disk served: the ticks of writes its first page
+    took, counted from the reset's own measurement (the same count ``simkernel.advance`` keeps)."""
+    first = min(served, key=int)
+    return int(np.median(served[first])) + int(first) + 1
 
 
 def _has_disk(box: DockerSandbox, service: str) -> bool:
@@ -170,8 +197,8 @@ def derive_kinds(raw: dict[str, Any]) -> dict[str, Any]:
         if "disk_full" in faults:
             profile["clean_disk_ticks"] = faults["disk_full"]["repair"]["down_ticks"]
         if "full_disk" in m:
-            profile["full_disk_serves_ticks"] = m["full_disk"]["served_ticks"]
-        profile["cpu_hog"] = _symptoms(faults["cpu_hog"]["symptoms"])
+            profile["page_ticks"] = page_ticks(m["full_disk"]["served_ticks"])
+        profile["cpu_hog"] = symptoms_from(faults["cpu_hog"]["symptoms"])
         profiles[kind] = profile
     return profiles
 
@@ -186,25 +213,32 @@ def derive(raw: dict[str, Any]) -> dict[str, Any]:
         "rate_limit_ticks": faults["net_saturation"]["repair"]["down_ticks"],
         "disk_fill_per_tick": round(min(1.0, faults["disk_full"]["fill_per_tick"]), 3),
         "probe_noise": round(base["false_unhealthy"], 3),
-        "healthy": _symptoms(base, probe_fail=0.0, serve_fail=0.0),
-        "paused": _symptoms(faults["pause"]["symptoms"]),
-        "cpu_hog": _symptoms(faults["cpu_hog"]["symptoms"]),
-        "flooded": _symptoms(faults["net_saturation"]["symptoms"]),
+        "healthy": symptoms_from(base, healthy=True),
+        "paused": symptoms_from(faults["pause"]["symptoms"]),
+        "cpu_hog": symptoms_from(faults["cpu_hog"]["symptoms"]),
+        "flooded": symptoms_from(faults["net_saturation"]["symptoms"]),
     }
 
 
-def _symptoms(m: dict[str, Any], probe_fail: float | None = None, serve_fail: float | None = None) -> dict[str, Any]:
-    """A Symptoms record from measured statistics: the 10th-90th percentile ranges and failure rates."""
+def symptoms_from(m: dict[str, Any], healthy: bool = False) -> dict[str, Any]:
+    """A Symptoms record from measured statistics: the 10th-90th percentile ranges, and how often
+    the probe failed and user requests failed or were merely late (none of them when ``healthy``)."""
 
     def span(key: str, digits: int) -> list[float]:
         return [round(m[key]["p10"], digits), round(max(m[key]["p90"], m[key]["p10"]), digits)]
+
+    def share(key: str, inverse: bool = False) -> float:
+        if healthy:
+            return 0.0
+        return round(1.0 - m[key]["mean"] if inverse else m[key]["mean"], 3)
 
     return {
         "latency_s": span("latency", 4),
         "cpu": span("cpu", 3),
         "net_rx": span("net_rx", 4),
-        "probe_fail": round(1.0 - m["healthy"]["mean"], 3) if probe_fail is None else probe_fail,
-        "serve_fail": round(1.0 - m["slo"]["mean"], 3) if serve_fail is None else serve_fail,
+        "probe_fail": share("healthy", inverse=True),
+        "serve_fail": share("failed"),
+        "serve_slow": share("slow"),
     }
 
 
@@ -239,7 +273,9 @@ def _fault(box: DockerSandbox, fault: Fault, target: str) -> dict[str, Any]:
     start = time.monotonic()
     box.inject(np.array([slot]), np.array([fault]))
     inject_ms = 1000 * (time.monotonic() - start)
-    symptoms: dict[str, list[float]] = {"latency": [], "cpu": [], "net_rx": [], "healthy": [], "slo": [], "disk": []}
+    symptoms: dict[str, list[float]] = {
+        key: [] for key in ("latency", "cpu", "net_rx", "healthy", "slo", "failed", "slow", "error", "disk")
+    }
     for _ in range(FAULT_TICKS):
         box.advance()
         f = box.observe()[0, slot]
@@ -247,8 +283,13 @@ def _fault(box: DockerSandbox, fault: Fault, target: str) -> dict[str, Any]:
         symptoms["cpu"].append(float(f[Feature.CPU]))
         symptoms["net_rx"].append(float(f[Feature.NET_RX]))
         symptoms["disk"].append(float(f[Feature.DISK_USED]))
+        symptoms["error"].append(float(f[Feature.ERROR_RATE]))
         symptoms["healthy"].append(float(box.health[0, slot]))
         symptoms["slo"].append(float(box.slo[0]))
+        # The SLO missed: failed where the target's own requests failed, late where they were answered.
+        failed = not box.slo[0] and f[Feature.ERROR_RATE] >= FAILED_ERROR_RATE
+        symptoms["failed"].append(float(failed))
+        symptoms["slow"].append(float(not box.slo[0] and not failed))
     first_disk = symptoms["disk"][0]
     result: dict[str, Any] = {
         "target": target,

@@ -36,7 +36,7 @@ from deeplops.dockerbox import host, restore
 from deeplops.dockerbox.engine import ENGINE_ERRORS, edge
 from deeplops.dockerbox.owner import owner_gone, owner_pid
 from deeplops.errors import EngineError, SandboxError
-from deeplops.system import DATA_FRACTION, PROBE_TIMEOUT_S, TICK_S
+from deeplops.system import APP_DB_WAIT_S, DATA_FRACTION, PROBE_TIMEOUT_S, TICK_S
 from deeplops.topology import CLIENT_KINDS, Service, Topology, topology_from_dict, topology_to_dict
 
 LABEL_SANDBOX = "deeplops.sandbox"
@@ -119,6 +119,8 @@ def environment(service: Service, kinds: Mapping[str, str]) -> dict[str, str]:
     }
     if service.kind in CLIENT_KINDS:
         env |= {name: ",".join(by_port[name]) for name in ("DEEPLOPS_POSTGRES", "DEEPLOPS_REDIS")}
+    if service.kind == "app":
+        env["DEEPLOPS_DB_WAIT_S"] = repr(APP_DB_WAIT_S)
     if service.restart_s is not None:
         env["DEEPLOPS_START_S"] = repr(service.restart_s)
     if service.disk_mb:
