@@ -4,10 +4,12 @@
      ├── ConfigError         a topology, env or parameter file or value is wrong
      ├── ScenarioError       a scenario or trace is wrong
      ├── PolicyError         a policy name or saved agent cannot be used
-     └── SandboxError        a backend cannot do what was asked
-          ├── EngineError    the Docker engine failed a call, or could not be reached
-          └── StackChangedError  a live stack's containers changed under an operation
-                             (``deeplops.sidecar.live``)
+     ├── SandboxError        a backend cannot do what was asked
+     │    ├── EngineError    the Docker engine failed a call, or could not be reached
+     │    └── StackChangedError  a live stack's containers changed under an operation
+     │                       (``deeplops.sidecar.live``)
+     └── ClusterError        a Ray cluster cannot be used, or its actors keep dying
+                             (``deeplops.raypool``)
 
 Messages say what was expected and what was given, on one line. No exception of the Docker
 client's libraries (``docker.errors``, ``requests``, ``urllib3``) leaves the Docker backend: it

@@ -8,16 +8,22 @@ from dataclasses import replace
 from pathlib import Path
 
 from deeplops import report
+from deeplops.raypool import RayCluster
 from deeplops.selfplay import Progress, SelfPlay, SelfPlayConfig
 
 
 def train_and_report(
-    config: SelfPlayConfig, out: Path, progress: Progress | None = None, episodes: int = 32
+    config: SelfPlayConfig,
+    out: Path,
+    progress: Progress | None = None,
+    episodes: int = 32,
+    cluster: RayCluster | None = None,
 ) -> tuple[report.Report, list[Path]]:
     """Train (or resume) the run ``config`` in ``out``, measure it, and write order.zip, chaos.zip,
-    the report and its plots there; return the report and the report's files."""
+    the report and its plots there; return the report and the report's files. ``cluster``: where
+    training rollouts are played, None for this process."""
     start = time.monotonic()
-    run = SelfPlay(config, out, progress)
+    run = SelfPlay(config, out, progress, cluster)
     order_path, chaos_path = run.run()
     measured = report.build_report(run, episodes=episodes, progress=progress)
     wall_s = time.monotonic() - start  # training and measuring: the replay on real containers is not counted

@@ -8,6 +8,10 @@ preallocated tensors, one forward serves every env in a tick, masks come as one 
 value of every timed-out env is one batched forward. Any SB3 ``VecEnv`` with a Discrete action
 space serves (``action_masks()`` is read when the env has it), so it is checked against SB3 on
 CartPole as well as on the game.
+
+Rollouts come from a ``Rollouts`` source: ``LocalRollouts`` steps a VecEnv in this process (what
+a VecEnv given to ``PPO`` becomes); ``deeplops.raypool`` collects them on a Ray cluster's actors,
+each stepping its own share of the envs with a copy of the network. The update stays here.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -60,21 +64,112 @@ class UpdateStats:
     clip_fraction: float = 0.0
 
 
-class PPO:
-    """Trains ``policy`` on ``env``: ``learn(n)`` runs whole rollouts until ``n`` more transitions."""
+Batch = dict[str, Any]
+"""One rollout, flattened over ticks and envs: ``obs`` (an array or a dict of them), ``masks``,
+``actions``, ``logps``, ``advantages`` and ``returns``, as tensors on the CPU."""
 
-    def __init__(self, policy: ActorCritic, env: VecEnv, settings: PPOSettings, seed: int = 0) -> None:
-        self.policy, self.env, self.settings = policy, env, settings
+
+class Rollouts(Protocol):
+    """Where PPO's rollouts come from: ``num_envs`` envs, ``n_steps`` ticks each per rollout."""
+
+    num_envs: int
+    """Envs stepped per tick, over every worker."""
+    observation_space: Any
+    """The envs' observation space."""
+    action_space: Any
+    """The envs' (Discrete) action space."""
+
+    @property
+    def finished(self) -> list[dict[str, float]] | None:
+        """Figures of the episodes finished since last drained (None where the envs keep none)."""
+        ...
+
+    def collect(self, policy: ActorCritic) -> Batch:
+        """One rollout played by ``policy`` as its weights are now, with advantages and returns."""
+        ...
+
+    def close(self) -> None:
+        """Release what the envs hold."""
+        ...
+
+
+class LocalRollouts:
+    """Rollouts of a VecEnv stepped in this process, one forward of the network per tick for every env."""
+
+    def __init__(self, env: VecEnv, settings: PPOSettings, seed: int = 0) -> None:
+        self.env, self.settings = env, settings
+        self.num_envs = env.num_envs
+        self.observation_space, self.action_space = env.observation_space, env.action_space
+        self._masked = callable(getattr(env, "action_masks", None))
+        self._sampler = torch.Generator().manual_seed(seed)
+        self._last_obs: Any = None
+        self._first = torch.ones(env.num_envs)
+
+    @property
+    def finished(self) -> list[dict[str, float]] | None:
+        """The env's finished episodes (a ``GameVecEnv`` keeps them)."""
+        return getattr(self.env, "finished", None)
+
+    def close(self) -> None:
+        """Close the env."""
+        self.env.close()
+
+    def collect(self, policy: ActorCritic) -> Batch:
+        """``n_steps`` ticks of every env, going on from where the last rollout stopped."""
+        cfg, env = self.settings, self.env
+        if self._last_obs is None:
+            self._last_obs = env.reset()
+        device = policy.device
+        n, b = cfg.n_steps, env.num_envs
+        obs_store = _storage(self._last_obs, n)
+        masks = torch.ones((n, b, int(env.action_space.n)), dtype=torch.bool)  # type: ignore[attr-defined]
+        actions = torch.zeros((n, b), dtype=torch.long)
+        logps, values, rewards = torch.zeros((n, b)), torch.zeros((n, b)), torch.zeros((n, b))
+        starts = torch.zeros((n, b))
+        obs = self._last_obs
+        with torch.inference_mode():
+            for t in range(n):
+                _put(obs_store, t, obs)
+                if self._masked:
+                    masks[t] = torch.from_numpy(np.asarray(env.action_masks(), dtype=np.bool_))  # type: ignore[attr-defined]
+                logits, value = (x.cpu() for x in _forward(policy, _each(obs_store, itemgetter(t)), device))
+                logp_all = torch.log_softmax(logits.masked_fill(~masks[t], _MASKED), -1)
+                action = _sample(logp_all.exp(), self._sampler)
+                obs, reward, dones, infos = env.step(action.numpy())
+                reward_t = torch.as_tensor(reward, dtype=torch.float32)
+                if dones.any():
+                    reward_t += cfg.gamma * _timeout_values(policy, dones, infos, device)
+                actions[t], values[t], rewards[t] = action, value, reward_t
+                logps[t] = logp_all.gather(1, action[:, None])[:, 0]
+                starts[t] = self._first
+                self._first = torch.as_tensor(dones, dtype=torch.float32)
+            last_value = _forward(policy, _each(obs, _tensor), device)[1].cpu()
+        self._last_obs = obs
+        advantages = _gae(rewards, values, starts, last_value, self._first, cfg.gamma, cfg.gae_lambda)
+        return {
+            "obs": _each(obs_store, lambda value: value.flatten(0, 1)),
+            "masks": masks.flatten(0, 1),
+            "actions": actions.flatten(),
+            "logps": logps.flatten(),
+            "advantages": advantages.flatten(),
+            "returns": (advantages + values).flatten(),
+        }  # fmt: skip
+
+
+class PPO:
+    """Trains ``policy`` on rollouts of ``env`` (a VecEnv, stepped here, or any ``Rollouts``):
+    ``learn(n)`` runs whole rollouts until ``n`` more transitions."""
+
+    def __init__(self, policy: ActorCritic, env: VecEnv | Rollouts, settings: PPOSettings, seed: int = 0) -> None:
+        self.policy, self.settings = policy, settings
+        self.rollouts: Rollouts = LocalRollouts(env, settings, seed) if isinstance(env, VecEnv) else env
+        """Where rollouts come from."""
         self.num_timesteps = 0
         """Transitions trained on so far (stable-baselines3's name)."""
         self.n_updates = 0
         """Gradient steps taken so far."""
         self.stats = UpdateStats()
-        self._masked = callable(getattr(env, "action_masks", None))
         self._rng = np.random.default_rng(seed)
-        self._sampler = torch.Generator().manual_seed(seed)
-        self._last_obs: Any = None
-        self._first = torch.ones(env.num_envs)
         self.device = policy.device
         """Where the network runs; rollouts are kept on the CPU, beside the envs."""
         for group in policy.optimizer.param_groups:
@@ -89,15 +184,13 @@ class PPO:
         """Train on at least ``steps`` more transitions (whole rollouts). ``on_rollout(done)`` is called
         after each rollout's update; ``log_dir`` gets TensorBoard scalars."""
         writer = _writer(log_dir)
-        per_rollout = self.settings.n_steps * self.env.num_envs
+        per_rollout = self.settings.n_steps * self.rollouts.num_envs
         done = 0
-        if self._last_obs is None:
-            self._last_obs = self.env.reset()
         try:
             while done < steps:
                 start = time.perf_counter()
                 self.policy.train(False)
-                batch = self._rollout()
+                batch = self.rollouts.collect(self.policy)
                 self.policy.train(True)
                 self._update(batch)
                 done += per_rollout
@@ -110,69 +203,9 @@ class PPO:
             if writer is not None:
                 writer.close()
 
-    # --- rollout ---------------------------------------------------------------------------------
-
-    def _rollout(self) -> dict[str, Any]:
-        cfg, env = self.settings, self.env
-        n, b = cfg.n_steps, env.num_envs
-        obs_store = _storage(self._last_obs, n)
-        masks = torch.ones((n, b, int(env.action_space.n)), dtype=torch.bool)  # type: ignore[attr-defined]
-        actions = torch.zeros((n, b), dtype=torch.long)
-        logps, values, rewards = torch.zeros((n, b)), torch.zeros((n, b)), torch.zeros((n, b))
-        starts = torch.zeros((n, b))
-        obs = self._last_obs
-        with torch.inference_mode():
-            for t in range(n):
-                _put(obs_store, t, obs)
-                if self._masked:
-                    masks[t] = torch.from_numpy(np.asarray(env.action_masks(), dtype=np.bool_))  # type: ignore[attr-defined]
-                logits, value = (x.cpu() for x in self._forward(_each(obs_store, itemgetter(t))))
-                logp_all = torch.log_softmax(logits.masked_fill(~masks[t], _MASKED), -1)
-                action = _sample(logp_all.exp(), self._sampler)
-                obs, reward, dones, infos = env.step(action.numpy())
-                reward_t = torch.as_tensor(reward, dtype=torch.float32)
-                if dones.any():
-                    reward_t += cfg.gamma * self._timeout_values(dones, infos)
-                actions[t], values[t], rewards[t] = action, value, reward_t
-                logps[t] = logp_all.gather(1, action[:, None])[:, 0]
-                starts[t] = self._first
-                self._first = torch.as_tensor(dones, dtype=torch.float32)
-            last_value = self._forward(_each(obs, _tensor))[1].cpu()
-        self._last_obs = obs
-        advantages = _gae(rewards, values, starts, last_value, self._first, cfg.gamma, cfg.gae_lambda)
-        return {
-            "obs": _each(obs_store, lambda value: value.flatten(0, 1)),
-            "masks": masks.flatten(0, 1),
-            "actions": actions.flatten(),
-            "logps": logps.flatten(),
-            "advantages": advantages.flatten(),
-            "returns": (advantages + values).flatten(),
-        }  # fmt: skip
-
-    def _timeout_values(self, dones: np.ndarray, infos: list[dict[str, Any]]) -> torch.Tensor:
-        """The value of each timed-out env's last observation (0 elsewhere), in one forward."""
-        out = torch.zeros(len(dones))
-        timed_out = [i for i, info in enumerate(infos) if dones[i] and info.get("TimeLimit.truncated", False)
-                     and info.get("terminal_observation") is not None]  # fmt: skip
-        if timed_out:
-            last = [infos[i]["terminal_observation"] for i in timed_out]
-            if isinstance(last[0], dict):
-                batch: Any = {key: np.stack([o[key] for o in last]) for key in last[0]}
-            else:
-                batch = np.stack(last)
-            out[timed_out] = self._forward(_each(batch, _tensor))[1].cpu()
-        return out
-
-    def _forward(self, obs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (unmasked) and values of a batch of observations."""
-        policy = self.policy
-        features = policy.extract_features(_to(obs, self.device))  # type: ignore[arg-type]
-        latent_pi, latent_vf = policy.mlp_extractor(features)
-        return policy.action_net(latent_pi), policy.value_net(latent_vf).flatten()
-
     # --- update ----------------------------------------------------------------------------------
 
-    def _update(self, batch: dict[str, Any]) -> None:
+    def _update(self, batch: Batch) -> None:
         cfg, policy = self.settings, self.policy
         batch = _to(batch, self.device)
         total = len(batch["actions"])
@@ -182,7 +215,7 @@ class PPO:
             order = torch.from_numpy(self._rng.permutation(total)).to(self.device)
             for begin in range(0, total, cfg.batch_size):
                 idx = order[begin : begin + cfg.batch_size]
-                logits, values = self._forward(_each(batch["obs"], itemgetter(idx)))
+                logits, values = _forward(policy, _each(batch["obs"], itemgetter(idx)), self.device)
                 mask, old_logp = batch["masks"][idx], batch["logps"][idx]
                 logp_all = torch.log_softmax(logits.masked_fill(~mask, _MASKED), -1)
                 logp = logp_all.gather(1, batch["actions"][idx, None])[:, 0]
@@ -213,11 +246,35 @@ class PPO:
         for name, value in vars(self.stats).items():
             writer.add_scalar(f"train/{name}", value, step)
         writer.add_scalar("time/fps", fps, step)
-        finished = getattr(self.env, "finished", None)
+        finished = self.rollouts.finished
         if finished:
             writer.add_scalar("game/availability", float(np.mean([f["availability"] for f in finished])), step)
             writer.add_scalar("game/mttr", float(np.nanmean([f["mttr"] for f in finished])), step)
             finished.clear()
+
+
+def _forward(policy: ActorCritic, obs: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (unmasked) and values of a batch of observations."""
+    features = policy.extract_features(_to(obs, device))
+    latent_pi, latent_vf = policy.mlp_extractor(features)
+    return policy.action_net(latent_pi), policy.value_net(latent_vf).flatten()
+
+
+def _timeout_values(
+    policy: ActorCritic, dones: np.ndarray, infos: list[dict[str, Any]], device: torch.device
+) -> torch.Tensor:
+    """The value of each timed-out env's last observation (0 elsewhere), in one forward."""
+    out = torch.zeros(len(dones))
+    timed_out = [i for i, info in enumerate(infos) if dones[i] and info.get("TimeLimit.truncated", False)
+                 and info.get("terminal_observation") is not None]  # fmt: skip
+    if timed_out:
+        last = [infos[i]["terminal_observation"] for i in timed_out]
+        if isinstance(last[0], dict):
+            batch: Any = {key: np.stack([o[key] for o in last]) for key in last[0]}
+        else:
+            batch = np.stack(last)
+        out[timed_out] = _forward(policy, _each(batch, _tensor), device)[1].cpu()
+    return out
 
 
 def _sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -1,16 +1,20 @@
 """Alternating self-play: the order agent trains against a pool of chaos policies, then the chaos
 agent against a pool of order policies, generation after generation (in the spirit of Robust
 Adversarial RL). Every completed generation is checkpointed; a run resumes from the last one.
+Rollouts are played in this process, or on a Ray cluster's actors (``deeplops.raypool``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -26,11 +30,14 @@ from deeplops.game import GameConfig
 from deeplops.imitation import imitate
 from deeplops.learned import load_agent
 from deeplops.policies import baseline_names, load_policy
-from deeplops.ppo import PPO, PPOSettings
+from deeplops.ppo import PPO, PPOSettings, Rollouts
 from deeplops.sim import Randomisation, SimParams
 from deeplops.topogen import random_topology
 from deeplops.topology import Topology, load_topology
 from deeplops.training_env import GameVecEnv
+
+if TYPE_CHECKING:
+    from deeplops.raypool import RayCluster
 
 ORDER_NOOP_BIAS = 4.0
 """Starting logit of a fresh order agent's noop (the others start near 0): on a six-service system
@@ -169,6 +176,17 @@ def teacher(name: str) -> str | None:
     return name
 
 
+def check_cluster(config: SelfPlayConfig) -> None:
+    """Refuse rollouts on a Ray cluster where they cannot be played there.
+
+    Raises:
+        ConfigError: the run plays on real containers (a worker would need a Docker host of its own).
+    """
+    if config.real:
+        raise ConfigError(f"--ray plays training games on the simulator only: expected --backend sim, got "
+                          f"{config.backend}")  # fmt: skip
+
+
 def topology_sampler(config: SelfPlayConfig) -> Callable[[np.random.Generator], Topology]:
     """Training topologies: the hand-written ones, and random ones from the training seeds (on real
     containers, the first hand-written one only: a stack is made once per game)."""
@@ -202,10 +220,45 @@ def start_agent(path: Path, role: Role) -> agentfile.SavedAgent:
     return saved
 
 
+def ppo_settings(agent: AgentConfig) -> PPOSettings:
+    """PPO's hyperparameters of ``agent``."""
+    return PPOSettings(
+        learning_rate=agent.learning_rate,
+        n_steps=agent.n_steps,
+        batch_size=agent.batch_size,
+        n_epochs=agent.n_epochs,
+        gamma=agent.gamma,
+        gae_lambda=agent.gae_lambda,
+        ent_coef=agent.ent_coef,
+        clip_range=agent.clip_range,
+    )
+
+
+@dataclass(frozen=True)
+class GameMaker:
+    """Makes the training games of one role and phase: ``maker(n_games, seed)`` is a ``GameVecEnv``
+    of ``n_games`` games. Picklable, so a Ray worker makes its own share of them."""
+
+    role: Role
+    topologies: Callable[[np.random.Generator], Topology]
+    """Draws each game's topology."""
+    opponents: Callable[[np.random.Generator], Policy]
+    """Draws each game's opponent."""
+    envs_per_game: int
+    game: GameConfig
+    sim: SimParams | None
+    """The simulator's dynamics; None for real containers."""
+    backend: str
+
+    def __call__(self, n_games: int, seed: int) -> GameVecEnv:
+        return GameVecEnv(self.role, self.topologies, self.opponents, n_games, self.envs_per_game, self.game,
+                          self.sim, seed=seed, backend=self.backend)  # fmt: skip
+
+
 def make_model(
     role: Role,
     agent: AgentConfig,
-    env: GameVecEnv,
+    env: GameVecEnv | Rollouts,
     seed: int,
     device: str,
     start: agentfile.SavedAgent | None = None,
@@ -220,19 +273,9 @@ def make_model(
     policy = SlotPolicy(
         env.observation_space, env.action_space, lambda _: agent.learning_rate, noop_bias=noop_bias, **network
     ).to(device)
-    settings = PPOSettings(
-        learning_rate=agent.learning_rate,
-        n_steps=agent.n_steps,
-        batch_size=agent.batch_size,
-        n_epochs=agent.n_epochs,
-        gamma=agent.gamma,
-        gae_lambda=agent.gae_lambda,
-        ent_coef=agent.ent_coef,
-        clip_range=agent.clip_range,
-    )
     if start is not None:
         start.restore(policy)
-    model = PPO(policy, env, settings, seed=seed)
+    model = PPO(policy, env, ppo_settings(agent), seed=seed)
     if start is not None:
         model.num_timesteps, model.n_updates = start.training.timesteps, start.training.updates
     return model
@@ -247,9 +290,16 @@ def save_model(model: PPO, role: Role, path: Path) -> None:
 class SelfPlay:
     """A self-play run writing into ``out``: checkpoints, TensorBoard logs, and its state."""
 
-    def __init__(self, config: SelfPlayConfig, out: Path, progress: Progress | None = None) -> None:
+    def __init__(
+        self, config: SelfPlayConfig, out: Path, progress: Progress | None = None, cluster: RayCluster | None = None
+    ) -> None:
         self.config, self.out = config, out
         self.progress = progress or Progress()
+        self.cluster = cluster
+        """Where rollouts are played: None for this process, else on the Ray cluster's actors. Not a
+        setting of the run: a run started here may resume on a cluster, and the other way round."""
+        if cluster is not None:
+            check_cluster(config)
         self.device = (
             "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
         )
@@ -323,8 +373,12 @@ class SelfPlay:
             previous = self._agent(role, g - 1) if g > 1 else cfg.start_path(role)
             saved = start_agent(previous, role) if previous is not None else None  # before any container
             sim = None if cfg.real else cfg.training_sim
-            env = GameVecEnv(role, topologies, pool_sampler(pool), agent.n_games, agent.envs_per_game, game,
-                             sim, seed=env_seed, backend=cfg.backend)  # fmt: skip
+            games = GameMaker(role, topologies, pool_sampler(pool), agent.envs_per_game, game, sim, cfg.backend)
+            env = (
+                games(agent.n_games, env_seed)
+                if self.cluster is None
+                else self.cluster.rollouts(games, agent.n_games, ppo_settings(agent), seed, env_seed)
+            )
             model = make_model(role, agent, env, seed, self.device, saved)
             if agent.imitate and agent.imitation_steps:
                 # Every generation: the teacher's play on the states this generation's opponents
@@ -346,7 +400,7 @@ class SelfPlay:
 
                     model.learn(steps, on_rollout=progressed, log_dir=tb / f"{role.value}_g{g}")
             finally:
-                env.close()  # real containers go even when training fails
+                env.close()  # real containers (or a cluster's workers) go even when training fails
             self.timing[f"{role.value}_s"] += time.monotonic() - start
             self.timing[f"{role.value}_steps"] += steps
             save_model(model, role, self._agent(role, g))
@@ -360,13 +414,37 @@ class SelfPlay:
 
     def frozen(self, role: Role, g: int) -> Callable[[], Policy]:
         """A maker of generation ``g``'s agent of ``role``, each call a fresh copy from its checkpoint."""
-        path = self._agent(role, g)
+        return FrozenAgent(self._agent(role, g), role)
 
-        def load() -> Policy:
-            # A deep copy: loaded from its checkpoint, it never changes as training goes on.
-            agent = load_agent(path)
-            if agent.role is not role:
-                raise ConfigError(f"{path} holds the {agent.role.value} agent: expected the {role.value} agent")
-            return agent
 
-        return load
+@dataclass(frozen=True)
+class FrozenAgent:
+    """A maker of a past generation's agent, each call a fresh copy from its checkpoint. Pickled (for
+    a Ray worker, perhaps on another machine) it carries the checkpoint's bytes, and is unpickled as
+    a maker of a copy of that file there."""
+
+    path: Path
+    role: Role
+
+    def __call__(self) -> Policy:
+        # A deep copy: loaded from its checkpoint, it never changes as training goes on.
+        agent = load_agent(self.path)
+        if agent.role is not self.role:
+            raise ConfigError(f"{self.path} holds the {agent.role.value} agent: expected the {self.role.value} agent")
+        return agent
+
+    def __reduce__(self) -> tuple[Callable[[str, Role, bytes], FrozenAgent], tuple[str, Role, bytes]]:
+        return _copied_agent, (self.path.name, self.role, self.path.read_bytes())
+
+
+def _copied_agent(name: str, role: Role, data: bytes) -> FrozenAgent:
+    """A ``FrozenAgent`` of a copy of a checkpoint, kept under the temporary folder by its content's
+    hash (so every worker on a machine shares one copy, whatever it dies of)."""
+    folder = Path(tempfile.gettempdir()) / "deeplops-agents" / hashlib.sha256(data).hexdigest()[:24]
+    path = folder / name
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / f".{name}.{os.getpid()}"
+        part.write_bytes(data)
+        part.replace(path)  # whole, even with another worker writing the same file
+    return FrozenAgent(path, role)

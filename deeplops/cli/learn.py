@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from deeplops.cli.common import (
     out,
     sim_params,
 )
+from deeplops.errors import ConfigError
 
 
 @app.command()
@@ -69,6 +71,24 @@ def selfplay(
             "symptoms) from ranges around the calibration (or the --sim file, whose 'randomise' sets them).",
         ),
     ] = True,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Play training rollouts on the Ray cluster at ADDRESS (auto: the one started on this machine; "
+            'or HOST:PORT of its head), the learner staying here. Needs pip install "deeplops[ray]".',
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Ray actors playing rollouts, one CPU each (with --ray) [default: one per CPU of the cluster].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train the order and chaos agents in alternating self-play, then measure them.
 
@@ -77,9 +97,13 @@ def selfplay(
 
     --backend docker plays every training game on real containers (the --env topology, one tick a
     second, as root): it fine-tunes trained agents, and its report adds a scenario replayed for real.
+
+    --ray ADDRESS plays the training rollouts on a Ray cluster's actors, each with its share of the
+    games and a copy of the network sent out at every update (simulator only); the rest stays here.
     """
     from deeplops.learn import train_and_report
-    from deeplops.selfplay import SelfPlay, SelfPlayConfig, teacher
+    from deeplops.raypool import MAX_WORKERS, connect
+    from deeplops.selfplay import SelfPlay, SelfPlayConfig, check_cluster, teacher
     from deeplops.topology import load_topology
 
     check_backend(backend)
@@ -87,6 +111,9 @@ def selfplay(
     check_count("--steps", steps, minimum=0)
     check_seed(seed)
     check_count("--ticks", ticks, maximum=bounds.MAX_TICKS)
+    check_count("--workers", workers, maximum=MAX_WORKERS)
+    if workers is not None and ray is None:
+        raise ConfigError("--workers applies to rollouts on a Ray cluster: expected --ray ADDRESS with it")
     params = sim_params(sim, backend)
     outputs.check_dir(out_dir, "--out")
     load_topology(env)
@@ -99,12 +126,19 @@ def selfplay(
     if imitate is not None:
         config = replace(config, order=replace(config.order, imitate=teacher(imitate)))
     SelfPlay(config, out_dir).completed()  # a run there with other settings, or a corrupt state, fails now
+    if ray is not None:
+        check_cluster(config)
+    cluster = None if ray is None else connect(ray, workers)
     on_interrupt(f"generations completed are kept in {out_dir}: the same command resumes from the last one")
-    with _Phases() as progress:
-        report, files = train_and_report(config, out_dir, progress)
+    with _Phases() as progress, cluster or nullcontext():
+        report, files = train_and_report(config, out_dir, progress, cluster=cluster)
     shown = escape(str(out_dir))
     names = ", ".join(p.name for p in files)
     out.print(f"wrote {shown}/order.zip, chaos.zip and {names} in {report.wall_s:.0f} s")
+    if cluster is not None:
+        replaced = f"; {cluster.replaced} that died replaced" if cluster.replaced else ""
+        out.print(f"rollouts played by {cluster.workers} Ray workers on {len(cluster.nodes)} nodes of "
+                  f"{escape(cluster.address)}{replaced}")  # fmt: skip
     for section, checks in report.bar.items():
         verdict = "[green]meets the bar[/]" if all(checks.values()) else "[red]below the bar[/]"
         out.print(f"{section}: {verdict}")

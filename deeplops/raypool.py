@@ -1,0 +1,323 @@
+"""Self-play's rollouts on a Ray cluster: actors each step their share of the training games with a
+copy of the network; the learner (this process) sends the weights out each update and trains on
+every actor's rollout. Ray is an optional extra (``pip install "deeplops[ray]"``), imported here only.
+
+    RayCluster       a connection to a running cluster (``connect``) and its actors, for a whole run
+     └── RayRollouts a training phase's ``Rollouts``: ``collect(policy)`` is one rollout of every actor
+          └── RolloutWorker   one actor: its share of the games and a ``LocalRollouts`` of them
+
+The actors live as long as the connection: each phase hands them its games. An actor that dies (its
+process, or its node) is replaced by a fresh one and its share of the rollout played again, up to
+``MAX_REPLACEMENTS`` times a rollout; past that the cluster is unusable (``ClusterError``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecEnv
+
+from deeplops.errors import ConfigError, DeeplopsError
+from deeplops.ppo import ActorCritic, Batch, LocalRollouts, PPOSettings
+
+INSTALL = 'pip install "deeplops[ray]"'
+"""How to install the optional extra."""
+REACH_TIMEOUT_S = 5.0
+"""How long the head's port may take to accept a connection before the cluster counts as unreachable."""
+WORKER_START_S = 300.0
+"""How long actors may take to be placed and started (a cluster may first have to find room)."""
+MAX_REPLACEMENTS = 3
+"""Actors replaced in one rollout before the cluster counts as unusable."""
+MAX_WORKERS = 4_096
+"""Most rollout actors (``--workers``); a phase uses at most one per game."""
+
+MakeGames = Callable[[int, int], VecEnv]
+"""``make(n_games, seed)``: an actor's share of a phase's training games (picklable)."""
+
+
+class ClusterError(DeeplopsError):
+    """The Ray cluster could not run the rollouts: actors kept dying, or found no room to start."""
+
+
+@dataclass(frozen=True)
+class WorkerRollout:
+    """What one actor sends back of one rollout."""
+
+    batch: Batch
+    """Its envs' transitions, flattened over ticks and envs."""
+    finished: list[dict[str, float]]
+    """Figures of its episodes finished meanwhile."""
+    node: str
+    """Id of the Ray node it ran on."""
+
+
+@dataclass(frozen=True)
+class Share:
+    """One actor's share of a training phase: what it needs to make and play its games."""
+
+    games: MakeGames
+    """Makes the games."""
+    n_games: int
+    """How many games it plays."""
+    env_seed: int
+    """Seed of its games."""
+    seed: int
+    """Seed of its sampling of actions."""
+    settings: PPOSettings
+    """PPO's settings (ticks per rollout, discount, GAE)."""
+    policy: ActorCritic
+    """A CPU copy of the network; its weights come with each rollout."""
+
+
+class RolloutWorker:
+    """One actor: plays its share of a phase's games with its copy of the network (run as a Ray actor)."""
+
+    def __init__(self) -> None:
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
+        self.phase = -1
+        self.rollouts: LocalRollouts | None = None
+        self.policy: ActorCritic = None
+
+    def ready(self) -> str:
+        """The node it runs on, once it has started."""
+        return self.node
+
+    def collect(self, phase: int, share: list[Any], weights: dict[str, torch.Tensor]) -> WorkerRollout:
+        """One rollout of its games of ``phase``, played by the network with ``weights``; ``share``
+        holds a reference to its ``Share`` of the phase, read when the phase is new to it (a fresh
+        actor replacing a dead one goes on where that one was given work)."""
+        import ray
+
+        if phase != self.phase:
+            self.close()
+            given: Share = ray.get(share[0])
+            self.rollouts = LocalRollouts(given.games(given.n_games, given.env_seed), given.settings, given.seed)
+            self.policy, self.phase = given.policy, phase
+            self.policy.train(False)
+        assert self.rollouts is not None
+        self.policy.load_state_dict(weights)
+        batch = self.rollouts.collect(self.policy)
+        finished = self.rollouts.finished
+        drained = list(finished or [])
+        if finished:
+            finished.clear()
+        return WorkerRollout(batch, drained, self.node)
+
+    def close(self) -> None:
+        """Release its games."""
+        if self.rollouts is not None:
+            self.rollouts.close()
+            self.rollouts, self.phase = None, -1
+
+
+def connect(address: str, workers: int | None = None) -> RayCluster:
+    """A connection to the running Ray cluster at ``address`` (``auto``: the one started on this
+    machine; ``HOST:PORT`` or ``ray://HOST:PORT``), to collect rollouts on ``workers`` actors (by
+    default one per CPU of the cluster).
+
+    Raises:
+        ConfigError: Ray is not installed, or no cluster answers at ``address``.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"--ray needs Ray, an optional extra: {INSTALL}") from None
+    _check_reachable(address)
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or ValueError, as it may
+        raise ConfigError(f"--ray {address}: no Ray cluster could be reached there ({_first_line(exc)}): "
+                          "expected auto or the address of a running cluster's head, HOST:PORT") from None  # fmt: skip
+    if workers is None:
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return RayCluster(address, workers)
+
+
+class RayCluster:
+    """A connection to a Ray cluster and the rollout actors on it (see ``connect``); closing it ends them."""
+
+    def __init__(self, address: str, workers: int) -> None:
+        self.address, self.workers = address, workers
+        self.nodes: set[str] = set()
+        """Ids of the nodes rollouts were played on."""
+        self.replaced = 0
+        """Actors replaced after they died."""
+        self._actors: list[Any] = []
+        self._worker: Any = None
+        """``RolloutWorker`` as a Ray actor class, once made."""
+        self._phases = 0
+
+    def rollouts(self, games: MakeGames, n_games: int, settings: PPOSettings, seed: int, env_seed: int) -> RayRollouts:
+        """A phase's rollouts of ``n_games`` games made by ``games``, shared among the actors; ``seed``
+        seeds the sampling of actions and ``env_seed`` the games, as for ``LocalRollouts``."""
+        return RayRollouts(self, games, n_games, settings, seed, env_seed)
+
+    def new_phase(self) -> int:
+        """A number for a new training phase, which no phase of this connection had."""
+        self._phases += 1
+        return self._phases
+
+    def actor(self, i: int, fresh: bool = False) -> Any:
+        """The ``i``-th actor, started now if there is none yet (or ``fresh``: replacing a dead one)."""
+        import ray
+
+        if fresh:
+            ray.kill(self._actors[i])
+            self._actors[i] = self._start()
+            self.replaced += 1
+        while len(self._actors) <= i:
+            self._actors.append(self._start())
+        return self._actors[i]
+
+    def close(self) -> None:
+        """End the actors and disconnect."""
+        import ray
+
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors.clear()
+        ray.shutdown()
+
+    def __enter__(self) -> RayCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> Any:
+        import ray
+
+        if self._worker is None:
+            # SPREAD: one actor per node before two on any, so a cluster's machines share the work.
+            self._worker = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(RolloutWorker)
+        actor = self._worker.remote()
+        ready, _ = ray.wait([actor.ready.remote()], timeout=WORKER_START_S)
+        if not ready:
+            raise ClusterError(f"--ray {self.address}: a rollout worker found no room on the cluster in "
+                               f"{WORKER_START_S:.0f} s: expected a free CPU for each of {self.workers}")  # fmt: skip
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayError as exc:
+            raise ClusterError(f"--ray {self.address}: a rollout worker did not start ({_first_line(exc)}): "
+                               "expected deeplops installed on every node of the cluster") from None  # fmt: skip
+        return actor
+
+
+class RayRollouts:
+    """One training phase's ``Rollouts`` on a cluster's actors: each steps its share of the games;
+    ``collect`` sends them the weights and joins their rollouts into one batch."""
+
+    def __init__(self, cluster: RayCluster, games: MakeGames, n_games: int, settings: PPOSettings, seed: int,
+                 env_seed: int) -> None:  # fmt: skip
+        self.cluster, self.games, self.settings = cluster, games, settings
+        actors = min(cluster.workers, n_games)
+        self.shares = [n_games // actors + (i < n_games % actors) for i in range(actors)]
+        """Games played by each actor."""
+        self.seeds = [(seed, env_seed)] + [_seeds(seed, env_seed, i) for i in range(1, actors)]
+        """Each actor's (action sampling, games) seeds: the first actor's are the phase's own."""
+        probe = games(1, env_seed)  # no game is made before a reset: only its spaces are read
+        self.num_envs = n_games * probe.num_envs
+        self.observation_space, self.action_space = probe.observation_space, probe.action_space
+        self.phase = cluster.new_phase()
+        self._finished: list[dict[str, float]] = []
+        self._given: list[Any] = []
+        """A reference to each actor's ``Share`` in the cluster's object store, once made."""
+
+    @property
+    def finished(self) -> list[dict[str, float]]:
+        """Figures of the episodes finished on every actor since last drained."""
+        return self._finished
+
+    def collect(self, policy: ActorCritic) -> Batch:
+        """One rollout of every actor, played by ``policy`` as its weights are now."""
+        import ray
+
+        if not self._given:
+            copied = copy.deepcopy(policy).cpu()
+            self._given = [ray.put(Share(self.games, n, games, sampling, self.settings, copied))
+                           for n, (sampling, games) in zip(self.shares, self.seeds, strict=True)]  # fmt: skip
+        weights = ray.put({key: value.detach().cpu() for key, value in policy.state_dict().items()})
+        pending = {self._collect(i, weights): i for i in range(len(self.shares))}
+        parts: list[WorkerRollout | None] = [None] * len(self.shares)
+        replaced = 0
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ref)
+            try:
+                parts[i] = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                if replaced == MAX_REPLACEMENTS:
+                    raise ClusterError(f"--ray {self.cluster.address}: {replaced + 1} rollout workers died in one "
+                                       f"rollout, the last with: {_first_line(exc)}") from None  # fmt: skip
+                replaced += 1
+                self.cluster.actor(i, fresh=True)
+                pending[self._collect(i, weights)] = i
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause
+                raise cause if isinstance(cause, DeeplopsError) else ClusterError(
+                    f"--ray {self.cluster.address}: a rollout worker failed: {_first_line(exc)}") from None  # fmt: skip
+        done = [part for part in parts if part is not None]
+        for part in done:
+            self._finished.extend(part.finished)
+            self.cluster.nodes.add(part.node)
+        return _joined([part.batch for part in done])
+
+    def close(self) -> None:
+        """Have the actors release their games (they stay, for the next phase)."""
+        if self._given:
+            for i in range(len(self.shares)):
+                self.cluster.actor(i).close.remote()  # not waited for: a dead actor holds no games
+            self._given = []
+
+    def _collect(self, i: int, weights: Any) -> Any:
+        # The share goes inside a list, so that Ray passes the reference and the actor reads it only
+        # when the phase is new to it.
+        return self.cluster.actor(i).collect.remote(self.phase, [self._given[i]], weights)
+
+
+def _seeds(seed: int, env_seed: int, i: int) -> tuple[int, int]:
+    """The (action sampling, games) seeds of a phase's ``i``-th actor, ``i`` > 0."""
+    sampling, games = np.random.SeedSequence([seed, env_seed, i]).generate_state(2)
+    return int(sampling), int(games)
+
+
+def _joined(batches: list[Batch]) -> Batch:
+    """One batch of several actors' batches, one after the other."""
+    if len(batches) == 1:
+        return batches[0]
+    joined: Batch = {}
+    for key, first in batches[0].items():
+        if isinstance(first, dict):
+            joined[key] = {name: torch.cat([b[key][name] for b in batches]) for name in first}
+        else:
+            joined[key] = torch.cat([b[key] for b in batches])
+    return joined
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast where nothing listens at ``HOST:PORT`` (Ray itself retries for a minute or more)."""
+    if address == "auto":
+        return
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--ray {address}: expected auto or the address of a running cluster's head, HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray {address}: no Ray cluster could be reached there ({exc.strerror or exc}): "
+                          "expected auto or the address of a running cluster's head, HOST:PORT") from None  # fmt: skip
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,204 @@
+"""Self-play's rollouts on a Ray cluster (deeplops/raypool.py).
+
+Specifications: a run with ``--ray`` plays its rollouts on every node of the cluster and reports
+what a local run reports; an actor killed mid-rollout is replaced and its rollout redone; a run
+interrupted mid-generation resumes from its last completed generation; a cluster that cannot be
+reached, a missing Ray and a Docker backend exit 2 with one line. The cluster tests start a real
+two-node cluster on this machine (a head and a second node of one CPU each) and end it after.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deeplops.actions import Role
+from deeplops.agents import AgentConfig
+from deeplops.game import GameConfig
+from deeplops.policies import load_policy
+from deeplops.selfplay import GameMaker, Progress, SelfPlay, SelfPlayConfig, make_model, pool_sampler, ppo_settings
+from deeplops.topology import load_topology
+
+pytestmark = pytest.mark.xdist_group("ray")  # one cluster, made once, on one worker
+
+TINY = AgentConfig(n_steps=16, batch_size=64, n_epochs=1, hidden=8, rounds=1, n_games=2, envs_per_game=4)
+PER_ROLLOUT = TINY.n_steps * TINY.n_games * TINY.envs_per_game
+
+
+def tiny(generations: int = 1) -> SelfPlayConfig:
+    return SelfPlayConfig(generations=generations, steps=PER_ROLLOUT, seed=0, device="cpu", order=TINY, chaos=TINY,
+                          ticks=24)  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The learner on one thread: the cluster's actors take the machine's other core (two spinning
+    OpenMP threads beside them made the report's games six times slower on 2 cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[str, set[str]]]:
+    """A running two-node Ray cluster on this machine: its head's address and its nodes' ids."""
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        node = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
+        nodes = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+        try:
+            nodes.add_node(**node)
+            nodes.wait_for_nodes()
+            yield nodes.address, {n.node_id for n in nodes.list_all_nodes()}
+        finally:
+            nodes.shutdown()
+
+
+def _fields(value: Any) -> Any:
+    """The shape of a JSON value: its keys, all the way down, without the figures."""
+    if isinstance(value, dict):
+        return {key: _fields(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fields(item) for item in value[:1]]
+    return type(value).__name__
+
+
+@pytest.mark.slow
+def test_selfplay_on_ray_plays_rollouts_on_both_nodes_and_reports_as_a_local_run(cluster, cli, monkeypatch, tmp_path):
+    monkeypatch.setattr("deeplops.selfplay.load_agent_config", lambda role, path=None: TINY)  # a tiny run
+    run = ("selfplay", "--generations", "1", "--steps", str(PER_ROLLOUT), "--device", "cpu", "--out")
+    on_ray = cli(*run, str(tmp_path / "ray"), "--ray", cluster[0], "--workers", "2")
+    assert on_ray.code == 0, on_ray.err
+    assert f"rollouts played by 2 Ray workers on 2 nodes of {cluster[0]}" in on_ray.out
+    here = cli(*run, str(tmp_path / "local"))
+    assert here.code == 0, here.err
+    reports = [json.loads((tmp_path / name / "report.json").read_text()) for name in ("ray", "local")]
+    assert _fields(reports[0]) == _fields(reports[1])
+    assert reports[0]["config"] == reports[1]["config"]  # where rollouts ran is no setting of the run
+    assert reports[0]["throughput"]["order_steps"] == PER_ROLLOUT
+    written = [sorted(p.name for p in (tmp_path / name).iterdir()) for name in ("ray", "local")]
+    assert written[0] == written[1]
+
+
+class _KillerChaos:
+    """Random chaos whose process dies at its third move while ``marker`` exists (taking it away first,
+    so the actor that replaces it lives)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.inner = load_policy("random", Role.CHAOS)
+        self.name, self.role, self.privileged = "killer", Role.CHAOS, False
+        self.marker, self.moves = marker, 0
+
+    def reset(self, n_envs: int, seed: int | None = None) -> None:
+        self.inner.reset(n_envs, seed)
+
+    def act(self, obs: Any, mask: np.ndarray) -> np.ndarray:
+        import os
+
+        self.moves += 1
+        if self.moves == 3:
+            try:
+                self.marker.unlink()
+            except FileNotFoundError:
+                pass  # the other actor died already
+            else:
+                os._exit(1)
+        return self.inner.act(obs, mask)
+
+
+@pytest.mark.slow
+def test_an_actor_killed_mid_rollout_is_replaced_and_its_rollout_redone(cluster, tmp_path):
+    from ray import cloudpickle
+
+    from deeplops.raypool import connect
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test module
+    marker = tmp_path / "die"
+    marker.touch()
+    shop = load_topology("shop")
+    games = GameMaker(Role.ORDER, lambda rng: shop, pool_sampler([lambda: _KillerChaos(marker)]), TINY.envs_per_game,
+                      GameConfig(max_ticks=24), None, "sim")  # fmt: skip
+    try:
+        with connect(cluster[0], workers=2) as on_ray:
+            rollouts = on_ray.rollouts(games, TINY.n_games, ppo_settings(TINY), seed=0, env_seed=1)
+            model = make_model(Role.ORDER, TINY, rollouts, 0, "cpu")
+            model.learn(2 * PER_ROLLOUT)
+            rollouts.close()
+            assert not marker.exists(), "no actor died"
+            assert on_ray.replaced == 1
+            assert model.num_timesteps == 2 * PER_ROLLOUT
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.mark.slow
+def test_a_run_on_the_cluster_interrupted_mid_generation_resumes_from_its_last_completed_one(cluster, tmp_path):
+    from deeplops.raypool import connect
+
+    def interrupt(label: str, done: int, total: int) -> None:
+        if label.startswith("g2") and done:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with connect(cluster[0], workers=2) as on_ray:
+        SelfPlay(tiny(generations=1), out, cluster=on_ray).run()
+        with pytest.raises(KeyboardInterrupt):
+            SelfPlay(tiny(generations=2), out, Progress(update=interrupt), cluster=on_ray).run()
+        labels: list[str] = []
+        resumed = SelfPlay(tiny(generations=2), out, Progress(update=lambda label, *_: labels.append(label)), on_ray)
+        assert resumed.completed() == 1
+        resumed.run()
+        assert on_ray.nodes == cluster[1]  # as the actors recorded them: every node played rollouts
+    assert labels and all(label.startswith("g2") for label in labels)
+    assert (out / "checkpoints" / "order-g2.zip").is_file() and (out / "checkpoints" / "chaos-g2.zip").is_file()
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_selfplay_on_an_unreachable_cluster_exits_2_naming_the_address(cli, tmp_path):
+    address = f"127.0.0.1:{_closed_port()}"
+    out = tmp_path / "run"
+    result = cli("selfplay", "--ray", address, "--out", str(out))
+    assert result.code == 2
+    [line] = result.err.strip().splitlines()
+    assert line.startswith(f"deeplops: error: --ray {address}: no Ray cluster could be reached there")
+    assert not out.exists()
+
+
+def test_selfplay_on_ray_without_ray_installed_says_how_to_install_it(cli, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is not installed
+    result = cli("selfplay", "--ray", "auto", "--out", str(tmp_path / "run"))
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        'deeplops: error: --ray needs Ray, an optional extra: pip install "deeplops[ray]"'
+    ]
+
+
+def test_selfplay_on_ray_refuses_real_containers_before_any_work(cli, tmp_path):
+    result = cli("selfplay", "--ray", "auto", "--backend", "docker", "--out", str(tmp_path / "run"))
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        "deeplops: error: --ray plays training games on the simulator only: expected --backend sim, got docker"
+    ]
+
+
+def test_workers_without_ray_is_refused(cli, tmp_path):
+    result = cli("selfplay", "--workers", "2", "--out", str(tmp_path / "run"))
+    assert result.code == 2 and "--workers" in result.err and "--ray" in result.err
