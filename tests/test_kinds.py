@@ -501,6 +501,16 @@ def test_a_full_postgres_serves_its_users_until_its_page_is_full_then_fails_them
     assert not any(db_health)  # its own write check fails from the first tick
 
 
+def slo_once_the_db_disk_fills(box: SimSandbox, ticks: int) -> list[bool]:
+    """Fill the db's disk now; the SLO over the next ``ticks`` ticks."""
+    box.inject(np.array([APP_ON_STORES.index["db"]]), np.array([Fault.DISK_FULL]))
+    slo = []
+    for _ in range(ticks):
+        box.advance()
+        slo.append(bool(box.slo[0]))
+    return slo
+
+
 @pytest.mark.parametrize(("healthy_ticks", "served"), [(0, 9), (4, 5), (9, 0), (12, 7)])
 def test_how_long_a_full_postgres_serves_depends_on_where_in_its_page_the_disk_filled(healthy_ticks, served) -> None:
     params = replace(QUIET, kinds=(KindProfile("postgres", page_ticks=10),))
@@ -508,11 +518,7 @@ def test_how_long_a_full_postgres_serves_depends_on_where_in_its_page_the_disk_f
     box.reset([3])  # a page of 10 ticks: the reset's writes are its first, and a new page starts at 11, 21...
     for _ in range(healthy_ticks):
         box.advance()
-    box.inject(np.array([APP_ON_STORES.index["db"]]), np.array([Fault.DISK_FULL]))
-    slo = []
-    for _ in range(12):
-        box.advance()
-        slo.append(bool(box.slo[0]))
+    slo = slo_once_the_db_disk_fills(box, 12)
     assert slo == [True] * served + [False] * (12 - served)
 
 
@@ -526,11 +532,7 @@ def test_a_recreated_postgres_starts_a_new_page() -> None:
     box.advance()
     while not box.health[0, APP_ON_STORES.index["db"]]:  # its data restored from backup
         box.advance()
-    box.inject(np.array([APP_ON_STORES.index["db"]]), np.array([Fault.DISK_FULL]))
-    slo = []
-    for _ in range(12):
-        box.advance()
-        slo.append(bool(box.slo[0]))
+    slo = slo_once_the_db_disk_fills(box, 12)
     assert slo == [True] * 9 + [False] * 3  # a page of its own, not the 1 tick left in the one before
 
 
