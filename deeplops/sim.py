@@ -114,7 +114,7 @@ class Symptoms:
 
 KIND_FIELDS = ("restart_ticks", "recreate_ticks", "clean_disk_ticks")
 """A kind profile's downtimes, named as the ``SimParams`` fields of the generic service."""
-PROFILE_FIELDS = (*KIND_FIELDS, "cpu_hog", "page_ticks")
+PROFILE_FIELDS = (*KIND_FIELDS, "dead_start_saves", "cpu_hog", "page_ticks", "check_in_page")
 """Every field a kind profile may set in a file."""
 _DOWN_REPAIRS = (Repair.RESTART, Repair.RECREATE, Repair.CLEAN_DISK)
 """The repair each of ``KIND_FIELDS`` is the downtime of."""
@@ -141,17 +141,27 @@ class KindProfile:
     """Ticks a recreate keeps it down."""
     clean_disk_ticks: int | None = None
     """Ticks a clean_disk keeps it down (a database that comes back up after its disk is freed)."""
+    dead_start_saves: int | None = None
+    """Ticks its restart is quicker when it was killed (nothing to stop), off ``restart_ticks``;
+    None: the generic program's ``simkernel.DEAD_START_SAVES``."""
     cpu_hog: Symptoms | None = None
     """What it shows starved by a CPU hog, where that differs from the generic service's (a
     PostgreSQL's processes keep their share and serve); None: the generic ``SimParams.cpu_hog``."""
     page_ticks: int | None = None
     """Ticks of its users' writes one page of its data files holds. With its disk full it goes on
-    serving them until the page it is filling is full, then fails them until the disk is cleaned,
-    while its own health check, which needs new space, fails at once (PostgreSQL extends a table a
-    page at a time); None: 0, the generic program's every write needs new space."""
+    serving them until the page it is filling is full, then fails them until the disk is cleaned
+    (PostgreSQL extends a table a page at a time); None: 0, the generic program's every write
+    needs new space."""
+    check_in_page: bool = False
+    """Whether its own health check writes into the page its users' writes fill (Redis: a SET
+    that joins its append-only file) rather than needing new space, and failing at once
+    (PostgreSQL's canary extends a file). With its disk full such a check passes while the page
+    has room, and a tick longer: it is the tick's first write, the last one the page takes."""
 
     def __post_init__(self) -> None:
         _check_kind(self.kind)
+        if not isinstance(self.check_in_page, bool):
+            raise ConfigError(f"kinds.{self.kind}.check_in_page must be true or false, got {self.check_in_page!r}")
         page = self.page_ticks
         if page is not None and (
             isinstance(page, bool) or not isinstance(page, int) or not 0 <= page <= MAX_DOWN_TICKS
@@ -161,7 +171,7 @@ class KindProfile:
             )
         if self.cpu_hog is not None and not isinstance(self.cpu_hog, Symptoms):
             raise ConfigError(f"kinds.{self.kind}.cpu_hog must be a symptom table, got {self.cpu_hog!r}")
-        for name in KIND_FIELDS:
+        for name in (*KIND_FIELDS, "dead_start_saves"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DOWN_TICKS
@@ -256,6 +266,7 @@ class SimParams:
         KindProfile(
             "nginx",
             restart_ticks=1,
+            dead_start_saves=0,
             recreate_ticks=1,
             cpu_hog=Symptoms(
                 latency_s=(0.1457, 0.2509), cpu=(0.971, 1.0), net_rx=(0.0037, 0.0052), probe_fail=0.0, serve_fail=0.0
@@ -264,6 +275,7 @@ class SimParams:
         KindProfile(
             "app",
             restart_ticks=1,
+            dead_start_saves=0,
             recreate_ticks=1,
             cpu_hog=Symptoms(
                 latency_s=(0.0263, 0.3855),
@@ -277,6 +289,7 @@ class SimParams:
         KindProfile(
             "worker",
             restart_ticks=1,
+            dead_start_saves=0,
             recreate_ticks=1,
             cpu_hog=Symptoms(
                 latency_s=(0.0761, 0.3002), cpu=(0.972, 1.0), net_rx=(0.003, 0.0049), probe_fail=0.125, serve_fail=0.0
@@ -285,6 +298,7 @@ class SimParams:
         KindProfile(
             "postgres",
             restart_ticks=1,
+            dead_start_saves=0,
             recreate_ticks=2,
             clean_disk_ticks=0,
             page_ticks=30,
@@ -300,9 +314,11 @@ class SimParams:
         KindProfile(
             "redis",
             restart_ticks=1,
+            dead_start_saves=0,
             recreate_ticks=1,
             clean_disk_ticks=0,
             page_ticks=4,
+            check_in_page=True,
             cpu_hog=Symptoms(
                 latency_s=(0.0327, 0.2042), cpu=(0.965, 1.0), net_rx=(0.0041, 0.0067), probe_fail=0.0, serve_fail=0.0
             ),
@@ -463,6 +479,16 @@ class SimParams:
         own = self.profile(kind)
         return 0 if own is None or own.page_ticks is None else own.page_ticks
 
+    def dead_start_saves(self, kind: str) -> int:
+        """Ticks a restart of a killed ``kind`` is quicker (``KindProfile.dead_start_saves``)."""
+        own = self.profile(kind)
+        return simkernel.DEAD_START_SAVES if own is None or own.dead_start_saves is None else own.dead_start_saves
+
+    def check_in_page(self, kind: str) -> bool:
+        """Whether a ``kind``'s own health check writes into its page (``KindProfile.check_in_page``)."""
+        own = self.profile(kind)
+        return own is not None and own.check_in_page
+
     def rules(self) -> simkernel.Rules:
         """These parameters as the tick's kernels read them (numbers as floats: one compiled kernel for all)."""
         lo, hi = self.data_fraction
@@ -577,6 +603,7 @@ class SimSandbox(ArrayState):
             clears=CLEARS_TABLE,
             restore_full=float(self.params.restore_ticks),
             drain_ticks=int(self.params.rate_limit_ticks),
+            dead_saves=np.array([self.params.dead_start_saves(k) for k in topology.kinds], np.int64),
         )
         self._layout = simkernel.Layout(
             has_disk=topology.has_disk.copy(),
@@ -585,6 +612,7 @@ class SimSandbox(ArrayState):
             direct=topology.direct_checks.copy(),
             start_needs=topology.start_needs.copy(),
             page_ticks=np.array([self.params.page_ticks(k) for k in topology.kinds], np.int32),
+            check_in_page=np.array([self.params.check_in_page(k) for k in topology.kinds], np.bool_),
             rows=self.params.symptoms(topology.kinds)[1],
         )
         self._state = simkernel.SystemState(
@@ -681,7 +709,8 @@ class SimSandbox(ArrayState):
         serving now, a restore of destroyed data included: what a privileged policy may read."""
         out = self._dyn.down.astype(np.int64)
         dead = self._state.fault == Fault.KILL
-        out[:, :, Repair.RESTART] -= np.where(dead & (out[:, :, Repair.RESTART] > 0), simkernel.DEAD_START_SAVES, 0)
+        saves = np.where(dead, self._repair_rules.dead_saves[None, :], 0)
+        out[:, :, Repair.RESTART] = np.maximum(0, out[:, :, Repair.RESTART] - saves)
         wiped = self._repair_rules.effects[:, simkernel.R_WIPES_DATA] > 0
         restore = np.ceil(self._state.data * self.params.restore_ticks).astype(np.int64)
         out[:, :, wiped] += restore[:, :, None]

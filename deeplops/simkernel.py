@@ -23,10 +23,10 @@ KILL, PAUSE = int(Fault.KILL), int(Fault.PAUSE)
 DISK_FULL, NET_SATURATION = int(Fault.DISK_FULL), int(Fault.NET_SATURATION)
 RESTART, RATE_LIMIT = int(Repair.RESTART), int(Repair.RATE_LIMIT)
 DEAD_START_SAVES = 1
-"""Ticks a restart of a killed service is quicker: there is nothing to stop, only to start. On
-Docker the generic program comes back the same tick when restarted after a kill, and a tick later
-after a pause or a CPU hog, whose stop takes part of the tick (sandbox/calibration.json); so did
-every kind on an engine twice as fast as the one of the shipped calibration (sandbox/README.md)."""
+"""Ticks a restart of a killed generic service is quicker: there is nothing to stop, only to
+start. On Docker the generic program comes back the same tick when restarted after a kill, and a
+tick later after a pause or a CPU hog, whose stop takes part of the tick (sandbox/calibration.json).
+A kind's own figure is measured the same way (``sim.KindProfile.dead_start_saves``)."""
 
 F_HEALTHY, F_RUNNING, F_LATENCY = int(Feature.HEALTHY), int(Feature.RUNNING), int(Feature.LATENCY)
 F_ERROR, F_DISK, F_CPU, F_NET = int(Feature.ERROR_RATE), int(Feature.DISK_USED), int(Feature.CPU), int(Feature.NET_RX)
@@ -99,6 +99,10 @@ class Layout(NamedTuple):
     """``(n_services,)`` int32: ticks of writes one page of each service's data files holds (its
     kind's): with its disk full it serves until that page is full. 0: every write needs new space
     (the generic program), so a full disk fails its users at once."""
+    check_in_page: np.ndarray
+    """``(n_services,)`` bool: services whose own health check writes into that page too (Redis):
+    with the disk full it passes while the page has room, and a tick longer (the tick's first
+    write); the others' check needs new space and fails at once."""
     start_needs: np.ndarray
     """``(n_services, n_services)`` bool: ``[s, d]`` when a new process of s listens only once d
     answers (an app and every PostgreSQL it uses), and exits after ``Rules.start_wait`` ticks."""
@@ -178,6 +182,9 @@ class RepairRules(NamedTuple):
     """Ticks to restore a full volume from backup after a repair destroyed its data."""
     drain_ticks: int
     """Ticks a flooded link takes to drain once a rate_limit ends the flood."""
+    dead_saves: np.ndarray
+    """``(n_services,)`` int64: ticks a restart of each service is quicker when it was killed (its
+    kind's; ``DEAD_START_SAVES`` for the generic program)."""
 
 
 class Readings(NamedTuple):
@@ -252,7 +259,7 @@ def repair(
         s = slots[e]
         downtime = dyn.down[e, s, code]
         if code == RESTART and fault[e, s] == KILL:
-            downtime = max(0, downtime - DEAD_START_SAVES)
+            downtime = max(0, downtime - rules.dead_saves[s])
         if code == RATE_LIMIT and fault[e, s] == NET_SATURATION:
             state.drain[e, s] = rules.drain_ticks
         if rules.clears[code, fault[e, s]]:
@@ -305,6 +312,7 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     previous = np.empty(n, dtype=np.bool_)
     shared = dyn.symptoms.shape[0] == 1
     drain, page, rows, page_ticks, direct = state.drain, state.page, layout.rows, layout.page_ticks, layout.direct
+    check_in_page = layout.check_in_page
     waited, needs = state.waited, layout.start_needs
     for e in range(n_envs):
         symptoms = dyn.symptoms[0 if shared else e]
@@ -343,17 +351,20 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
                     junk[e, s] += rules.disk_fill
                 used = min(1.0, data[e, s] + junk[e, s])
             disk_ok = used < rules.disk_full_at and not restoring
-            ok = awake and disk_ok and lat < probe_timeout
-            if ok and row[PROBE_FAIL] > 0.0 and uniform(rng, e) < row[PROBE_FAIL]:
-                ok = False
             writes_ok = disk_ok
+            check_ok = disk_ok
             if page_ticks[s] > 0 and awake and not restoring:
-                # Writes go into the page it is filling; a full one needs space for the next.
+                # Writes go into the page it is filling; a full one needs space for the next. The
+                # health check is the tick's first write: it still fits where the users' overflow.
                 if page[e, s] >= page_ticks[s] and used < rules.disk_full_at:
                     page[e, s] = 0
                 writes_ok = page[e, s] < page_ticks[s]
-                if writes_ok:
+                if page[e, s] <= page_ticks[s]:
                     page[e, s] += 1
+                    check_ok = check_ok or check_in_page[s]
+            ok = awake and check_ok and lat < probe_timeout
+            if ok and row[PROBE_FAIL] > 0.0 and uniform(rng, e) < row[PROBE_FAIL]:
+                ok = False
             serves = awake and writes_ok and lat < rules.slo_latency
             failed = not serves  # not served here: the request fails (an error), it is not merely late
             if serves and row[SERVE_FAIL] + row[SERVE_SLOW] > 0.0:

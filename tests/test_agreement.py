@@ -48,13 +48,13 @@ def test_the_sim_defaults_are_the_shipped_calibration():
 
 
 SPEED_GAPS = {
-    "store-postgres-oom-kill": "on an engine as slow as the calibration's (docker restart of a killed container "
-    "in 0.44 s) each killed store is back a tick later than the simulator's rule: 0.867 against 0.933",
     "cache-retry-storm": "on an engine as slow as the calibration's the generic service's restarts take a "
-    "tick more each: 0.833 against 0.900",
+    "tick more each in some runs: 0.833 against 0.900",
+    "gateway-flood": "as the flood drains every container's CPU reads a burst (the api's 0.93) in some runs, "
+    "and the runbook's CPU rule restarts the api: 0.800 against 0.867 in one run of three",
 }
-"""Drills where the runbook's play agreed on an engine twice as fast and did not on the calibration's
-(sandbox/README.md, agreement): expected failures until the simulator models the engine's speed."""
+"""Drills where the runbook's play on Docker varied from run to run on the calibration's machine by
+more than the tolerance (sandbox/README.md, agreement): expected failures, not required ones."""
 
 
 @pytest.mark.docker
@@ -82,13 +82,16 @@ def test_at_least_four_shipped_drills_run_on_real_software():
 
 
 KNOWN_GAPS = {
-    "store-gateway-flood": "the app's CPU hog costs 3 more ticks of SLO on Docker (0.767 against 0.867), "
-    "not yet traced",
-    "store-postgres-oom-kill": "on an engine as slow as the calibration's (docker restart of a killed "
-    "container in 0.44 s) a killed PostgreSQL or Redis comes back a tick later than the simulator's rule",
+    "store-gateway-flood": "on Docker the app's first reading after its restart is its start-up CPU (0.88-0.94), "
+    "and the agent restarts it again: 0.767 against 0.867",
+    "store-postgres-oom-kill": "a killed store's restart ends near the tick's edge on an engine as slow as the "
+    "calibration's: the same figures as the simulator in one run, a tick later per kill in another",
+    "store-wal-disk-full": "on Docker the worker's writes into their own table fail about 12 ticks into the "
+    "database's full disk, long before the app's orders, and the agent cleans the database before the queue "
+    "(MTTR 10.5 against 14.5): the simulator keeps one page per store",
     "store-redis-queue-stall": "the agent leaves the worker's CPU hog open in the simulator; on Docker it ended",
-    "payments-ledger-crash-and-session-freeze": "3 ticks more of SLO lost on Docker (0.800 against 0.900), "
-    "with the killed ledger a tick slower to come back",
+    "payments-ledger-crash-and-session-freeze": "a killed store's restart ends near the tick's edge on an engine "
+    "as slow as the calibration's (0.800 to 0.833 on Docker against 0.867)",
 }
 """Drills where the shipped agent's play on the two backends differed on the calibration's machine,
 and why where known (sandbox/README.md, agreement); expected failures, not required ones."""

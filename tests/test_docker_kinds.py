@@ -107,6 +107,10 @@ OVER: dict[Fault, Callable[..., bool]] = {
     Fault.DISK_FULL: lambda box, s: feature(box, s, Feature.DISK_USED) < 0.99,
     Fault.NET_SATURATION: lambda box, s: feature(box, s, Feature.NET_RX) < 0.2,
 }
+SHOWS_WITHIN = {Fault.DISK_FULL: 20}
+"""Ticks a fault has to show, where not 5: Redis notices a full disk only when its append-only
+file next needs a page, which past the first page comes irregularly (2 to 6 ticks after the fill
+in this test's sequence; 14 ticks apart in one run of sandbox/README.md's)."""
 EVERY = (Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.DISK_FULL, Fault.NET_SATURATION)
 NO_DISK = (Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.NET_SATURATION)
 
@@ -123,8 +127,9 @@ def test_every_fault_takes_effect_on_each_kind_and_its_proper_repair_brings_the_
     assert within(box, 2, lambda: bool(box.health.all()))
     for fault in faults:
         box.inject(slot, np.array([fault]))  # raises when the mechanism did not take
-        # Redis notices a full disk when its append-only file next needs a page: a few ticks.
-        assert within(box, 5, lambda fault=fault: SYMPTOM[fault](box, service)), f"{fault.label} on {service}"
+        assert within(box, SHOWS_WITHIN.get(fault, 5), lambda fault=fault: SYMPTOM[fault](box, service)), (
+            f"{fault.label} on {service}"
+        )
         repair = PROPER_REPAIR[fault]
         assert box.repair(slot, np.array([repair]))[0], f"{repair.label} did not end {fault.label} on {service}"
         assert within(box, 6, lambda fault=fault: recovered(box, service, fault)), (

@@ -114,7 +114,9 @@ def test_recreate_destroys_the_data_and_the_service_fails_until_its_restore_from
         slos.append(bool(box.slo[0]))
     down = len(used)
     assert expected - 1 <= down <= expected + 1, (down, expected)
-    assert not any(slos)  # its users failed throughout
+    # Its users failed throughout. The restore ends in real seconds, so in its last tick it may end
+    # between the db's own health check and its users' requests: that tick may serve them.
+    assert not any(slos[:-1])
     assert used == sorted(used) and used[-1] > used[0]  # the data came back steadily, written into the volume
     assert restore.data_size(box.name, db) == before  # and all of it
     assert restore.planned_size(box.name, db) is None and box.handle.restores == {}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from deeplops import topogen
-from deeplops.dockerbox.calibrate import page_ticks, served_with_full_disk, symptoms_from
+from deeplops.dockerbox.calibrate import measure_fault, page_ticks, served_with_full_disk, symptoms_from
 from deeplops.errors import ConfigError
 from deeplops.faults import Fault, Repair
 from deeplops.observation import Feature
@@ -373,6 +373,8 @@ BAD_KINDS = {
                                                              "restart_ticks, recreate_ticks, clean_disk_ticks")),
     "a negative time": ("kinds: {postgres: {restart_ticks: -2}}\n", ("kinds.postgres.restart_ticks", "got -2")),
     "a fraction of a tick": ("kinds: {redis: {recreate_ticks: 0.5}}\n", ("kinds.redis.recreate_ticks", "whole number")),
+    "a check that is no yes or no": ("kinds: {redis: {check_in_page: 2}}\n", ("kinds.redis.check_in_page",
+                                                                            "true or false", "got 2")),
     "a profile that is no mapping": ("kinds: {postgres: 4}\n", ("kinds.postgres", "expected a mapping", "int")),
     "kinds that are no mapping": ("kinds: [postgres]\n", ("field 'kinds'", "expected a mapping", "list")),
 }  # fmt: skip
@@ -489,6 +491,27 @@ def test_the_downtime_a_privileged_policy_reads_counts_a_dead_process_a_tick_soo
     assert box.downtime()[0, shop.index["api"], Repair.RESTART] == 3
 
 
+@pytest.mark.parametrize(("saves", "downtime"), [(0, 3), (1, 2), (3, 0)])
+def test_the_downtime_a_privileged_policy_reads_counts_what_a_killed_kinds_restart_saves(saves, downtime) -> None:
+    params = replace(QUIET, kinds=(KindProfile("postgres", restart_ticks=3, dead_start_saves=saves),))
+    box = injected(APP_ON_STORES, "db", Fault.KILL, params)
+    assert box.downtime()[0, APP_ON_STORES.index["db"], Repair.RESTART] == downtime
+
+
+def test_the_simulator_brings_a_killed_service_back_when_the_real_one_came_back() -> None:
+    calibration = json.loads((ROOT / "sandbox" / "calibration.json").read_text())["measured"]
+    kinds = calibration["kinds"]
+    real = {kind: (load_topology(kinds["topology"]), m) for kind, m in kinds["kinds"].items()}
+    real["service"] = (load_topology("shop"), calibration)
+    for kind, (topology, m) in real.items():
+        for fault in (Fault.KILL, Fault.PAUSE):
+            box = SimSandbox(topology, 1, SimParams())
+            box.reset([0])
+            measured = m["faults"][fault.label]
+            simulated = measure_fault(box, fault, measured["target"])  # calibrate's own measurement
+            assert simulated["repair"]["down_ticks"] == measured["repair"]["down_ticks"], (kind, fault.label)
+
+
 def test_a_full_postgres_serves_its_users_until_its_page_is_full_then_fails_them() -> None:
     params = replace(QUIET, kinds=(KindProfile("postgres", page_ticks=5),))
     box = injected(APP_ON_STORES, "db", Fault.DISK_FULL, params)  # the reset's and one tick's writes are in
@@ -499,6 +522,25 @@ def test_a_full_postgres_serves_its_users_until_its_page_is_full_then_fails_them
         db_health.append(bool(box.health[0, APP_ON_STORES.index["db"]]))
     assert slo == [True] * 3 + [False] * 5  # writes into the page it has, then it needs a new one
     assert not any(db_health)  # its own write check fails from the first tick
+
+
+QUEUE_ON_DISK = topology_from_dict({"name": "queue-on-disk", "services": {
+    "app": {"kind": "app", "depends_on": ["queue"], "entry": True},
+    "queue": {"kind": "redis", "disk_mb": 32},
+}})  # fmt: skip
+
+
+@pytest.mark.parametrize(("check_in_page", "healthy"), [(True, [True] * 4 + [False] * 4), (False, [False] * 8)])
+def test_a_full_store_whose_check_writes_into_its_page_passes_it_while_that_has_room(check_in_page, healthy) -> None:
+    params = replace(QUIET, kinds=(KindProfile("redis", page_ticks=5, check_in_page=check_in_page),))
+    box = injected(QUEUE_ON_DISK, "queue", Fault.DISK_FULL, params)
+    slo, queue_health = [], []
+    for _ in range(8):
+        box.advance()
+        slo.append(bool(box.slo[0]))
+        queue_health.append(bool(box.health[0, QUEUE_ON_DISK.index["queue"]]))
+    assert slo == [True] * 3 + [False] * 5  # its users' writes, as PostgreSQL's
+    assert queue_health == healthy  # the check is the tick's first write: it fits a tick longer
 
 
 def slo_once_the_db_disk_fills(box: SimSandbox, ticks: int) -> list[bool]:
@@ -611,13 +653,26 @@ def test_the_simulator_serves_a_full_store_as_long_as_the_real_one_did() -> None
             assert simulated == int(np.median(served)), (kind, after, served, simulated)
 
 
+def test_the_simulator_reads_a_full_store_healthy_as_often_as_the_real_one_was() -> None:
+    kinds = json.loads((ROOT / "sandbox" / "calibration.json").read_text())["measured"]["kinds"]
+    store = load_topology(kinds["topology"])
+    for kind in ("postgres", "redis"):
+        real = kinds["kinds"][kind]["faults"]["disk_full"]
+        box = SimSandbox(store, 1, SimParams())
+        box.reset([0])
+        simulated = measure_fault(box, Fault.DISK_FULL, real["target"])  # calibrate's own measurement
+        for symptom in ("healthy", "slo"):
+            assert simulated["symptoms"][symptom]["mean"] == real["symptoms"][symptom]["mean"], (kind, symptom)
+
+
 # --- an app starting while its database is down (docs/design.md §5.1) ---------------------------
 
 
 def restarted_app_with_db_down(db_down_ticks: int) -> tuple[SimSandbox, list[tuple[bool, bool, bool]]]:
     """Kill the db and the app, restart the app at once and the db ``db_down_ticks`` later; the
-    app's (running, healthy, error rate of 1) every tick for 16 ticks."""
-    box = injected(APP_ON_STORES, "db", Fault.KILL)
+    app's (running, healthy, error rate of 1) every tick for 16 ticks. The killed app's restart
+    takes no tick of its own here, so what follows it is all waiting."""
+    box = injected(APP_ON_STORES, "db", Fault.KILL, replace(QUIET, kinds=(KindProfile("app", dead_start_saves=1),)))
     app, db = APP_ON_STORES.index["app"], APP_ON_STORES.index["db"]
     box.inject(np.array([app]), np.array([Fault.KILL]))
     box.advance()
@@ -649,11 +704,16 @@ def test_an_app_waiting_for_its_database_starts_when_the_database_answers() -> N
     assert box.faults[0, APP_ON_STORES.index["app"]] == 0
 
 
-def test_an_app_whose_database_is_up_starts_as_any_service_does() -> None:
-    box = injected(APP_ON_STORES, "app", Fault.KILL)
+@pytest.mark.parametrize(("saves", "healthy"), [(0, [False, False, True]), (1, [False, True, True]), (2, [True] * 3)])
+def test_an_app_whose_database_is_up_starts_as_any_service_does(saves, healthy) -> None:
+    params = replace(QUIET, kinds=(KindProfile("app", restart_ticks=2, dead_start_saves=saves),))
+    box = injected(APP_ON_STORES, "app", Fault.KILL, params)
     box.repair(np.array([APP_ON_STORES.index["app"]]), np.array([Repair.RESTART]))
-    box.advance()
-    assert box.health[0, APP_ON_STORES.index["app"]]
+    seen = []
+    for _ in range(3):
+        box.advance()
+        seen.append(bool(box.health[0, APP_ON_STORES.index["app"]]))
+    assert seen == healthy  # its restart's two ticks, less what a killed one saves, and no wait
 
 
 def test_only_an_app_waits_for_only_a_postgres() -> None:

@@ -67,8 +67,9 @@ RESTARTED_BY = (Fault.KILL, Fault.PAUSE, Fault.CPU_HOG)
 """The faults a restart ends, each measured on every kind."""
 LIVE_RESTARTS = ("pause", "cpu_hog")
 """The faults whose restart stops a live process first: a restart's downtime is the mean over
-them. One of a killed process has nothing to stop, and the simulator takes a tick off it
-(``simkernel.DEAD_START_SAVES``), which the kill's own figures here check."""
+them. One of a killed process has nothing to stop: what that saves is the kill's own figure
+(``sim.KindProfile.dead_start_saves``; the generic program's is ``simkernel.DEAD_START_SAVES``,
+which its kill here checks)."""
 
 
 def calibrate(topology: Topology | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def calibrate_generic(topology: Topology | None = None, log: Callable[[str], Non
         for fault, target in TARGETS.items():
             log(f"{fault.label} on {target}")
             box.reset([0])
-            faults[fault.label] = _fault(box, fault, target)
+            faults[fault.label] = measure_fault(box, fault, target)
         log(f"recreate of {RECREATE_TARGET}")
         box.reset([0])
         recreate = _repair_only(box, RECREATE_TARGET, Repair.RECREATE)
@@ -127,7 +128,7 @@ def calibrate_kinds(topology: Topology | None = None, log: Callable[[str], None]
             for fault in faults:
                 log(f"{kind}: {fault.label} on {target}")
                 box.reset([0])
-                figures["faults"][fault.label] = _fault(box, fault, target)
+                figures["faults"][fault.label] = measure_fault(box, fault, target)
             if _has_disk(box, target):
                 log(f"{kind}: how long users are served with the disk of {target} full")
                 figures["full_disk"] = _full_disk(box, target)
@@ -184,7 +185,8 @@ def derive_kinds(raw: dict[str, Any]) -> dict[str, Any]:
     """Each kind's profile (``sim.KindProfile`` fields) from its raw figures, as ``derive`` does
     for the generic service: the restart's downtime is the mean over LIVE_RESTARTS; a
     recreate's is its own, less the restore of the data it destroyed; a clean_disk's, where the
-    kind has a volume, the ticks until it is healthy again."""
+    kind has a volume, the ticks until it is healthy again; its page, from how long a full disk
+    served, and whether its own check passed meanwhile (``sim.KindProfile.check_in_page``)."""
     profiles = {}
     for kind, m in raw["kinds"].items():
         faults = m["faults"]
@@ -193,11 +195,16 @@ def derive_kinds(raw: dict[str, Any]) -> dict[str, Any]:
             recreate = max(0, (m["restore"]["down_ticks"] or 0) - m["restore"]["expected_ticks"])
         else:
             recreate = m["recreate"]["down_ticks"]
-        profile: dict[str, Any] = {"restart_ticks": round(float(np.mean(restarts))), "recreate_ticks": round(recreate)}
+        restart = round(float(np.mean(restarts)))
+        profile: dict[str, Any] = {"restart_ticks": restart, "recreate_ticks": round(recreate)}
+        # A restart after a kill has nothing to stop: the ticks that saves, as measured.
+        profile["dead_start_saves"] = max(0, restart - faults["kill"]["repair"]["down_ticks"])
         if "disk_full" in faults:
             profile["clean_disk_ticks"] = faults["disk_full"]["repair"]["down_ticks"]
         if "full_disk" in m:
             profile["page_ticks"] = page_ticks(m["full_disk"]["served_ticks"])
+            # Healthy at all with its disk full: its check wrote into the page, not new space.
+            profile["check_in_page"] = bool(faults["disk_full"]["symptoms"]["healthy"]["max"] > 0)
         profile["cpu_hog"] = symptoms_from(faults["cpu_hog"]["symptoms"])
         profiles[kind] = profile
     return profiles
@@ -265,8 +272,9 @@ def _baseline(box: DockerSandbox) -> dict[str, Any]:
             "false_unhealthy": unhealthy / total}  # fmt: skip
 
 
-def _fault(box: DockerSandbox, fault: Fault, target: str) -> dict[str, Any]:
-    """Inject, read the target's symptoms for FAULT_TICKS, then repair properly and time recovery."""
+def measure_fault(box: Sandbox, fault: Fault, target: str) -> dict[str, Any]:
+    """Inject, read the target's symptoms for FAULT_TICKS, then repair properly and time recovery.
+    Any sandbox: a test reads the simulator's symptoms the same way."""
     slot = box.topology.index[target]
     box.advance()
     before = float(box.observe()[0, slot, Feature.DISK_USED])
@@ -301,7 +309,7 @@ def _fault(box: DockerSandbox, fault: Fault, target: str) -> dict[str, Any]:
     return result
 
 
-def _repair_only(box: DockerSandbox, target: str, repair: Repair) -> dict[str, Any]:
+def _repair_only(box: Sandbox, target: str, repair: Repair) -> dict[str, Any]:
     """Apply ``repair`` to ``target``; its duration, and ticks until the target is up and healthy."""
     slot = box.topology.index[target]
     box.advance()
