@@ -114,7 +114,7 @@ class Symptoms:
 
 KIND_FIELDS = ("restart_ticks", "recreate_ticks", "clean_disk_ticks")
 """A kind profile's downtimes, named as the ``SimParams`` fields of the generic service."""
-PROFILE_FIELDS = (*KIND_FIELDS, "dead_start_saves", "cpu_hog", "page_ticks", "check_in_page")
+PROFILE_FIELDS = (*KIND_FIELDS, "dead_start_saves", "start_cpu", "cpu_hog", "page_ticks", "check_in_page")
 """Every field a kind profile may set in a file."""
 _DOWN_REPAIRS = (Repair.RESTART, Repair.RECREATE, Repair.CLEAN_DISK)
 """The repair each of ``KIND_FIELDS`` is the downtime of."""
@@ -144,6 +144,9 @@ class KindProfile:
     dead_start_saves: int | None = None
     """Ticks its restart is quicker when it was killed (nothing to stop), off ``restart_ticks``;
     None: the generic program's ``simkernel.DEAD_START_SAVES``."""
+    start_cpu: tuple[float, float] | None = None
+    """The CPU a new process of it reads once started (``SimParams.start_cpu``); None: the
+    generic program's."""
     cpu_hog: Symptoms | None = None
     """What it shows starved by a CPU hog, where that differs from the generic service's (a
     PostgreSQL's processes keep their share and serve); None: the generic ``SimParams.cpu_hog``."""
@@ -160,6 +163,8 @@ class KindProfile:
 
     def __post_init__(self) -> None:
         _check_kind(self.kind)
+        if self.start_cpu is not None:
+            _check_range(f"kinds.{self.kind}.start_cpu", self.start_cpu, 1.0)
         if not isinstance(self.check_in_page, bool):
             raise ConfigError(f"kinds.{self.kind}.check_in_page must be true or false, got {self.check_in_page!r}")
         page = self.page_ticks
@@ -199,6 +204,8 @@ def _kind_profiles(doc: object, base: tuple[KindProfile, ...] = ()) -> tuple[Kin
                 f"kinds.{kind}: unknown field {unknown[0]!r}: expected some of {', '.join(PROFILE_FIELDS)}"
             )
         fields_ = dict(value)
+        if "start_cpu" in fields_:
+            fields_["start_cpu"] = _pair(fields_["start_cpu"])
         if "cpu_hog" in fields_:
             own = profiles.get(kind, KindProfile(kind)).cpu_hog
             hog = fields_["cpu_hog"]
@@ -267,6 +274,7 @@ class SimParams:
             "nginx",
             restart_ticks=1,
             dead_start_saves=0,
+            start_cpu=(0.013, 0.096),
             recreate_ticks=1,
             cpu_hog=Symptoms(
                 latency_s=(0.1457, 0.2509), cpu=(0.971, 1.0), net_rx=(0.0037, 0.0052), probe_fail=0.0, serve_fail=0.0
@@ -276,6 +284,7 @@ class SimParams:
             "app",
             restart_ticks=1,
             dead_start_saves=0,
+            start_cpu=(0.524, 0.956),
             recreate_ticks=1,
             cpu_hog=Symptoms(
                 latency_s=(0.0263, 0.3855),
@@ -290,6 +299,7 @@ class SimParams:
             "worker",
             restart_ticks=1,
             dead_start_saves=0,
+            start_cpu=(0.36, 0.805),
             recreate_ticks=1,
             cpu_hog=Symptoms(
                 latency_s=(0.0761, 0.3002), cpu=(0.972, 1.0), net_rx=(0.003, 0.0049), probe_fail=0.125, serve_fail=0.0
@@ -299,6 +309,7 @@ class SimParams:
             "postgres",
             restart_ticks=1,
             dead_start_saves=0,
+            start_cpu=(0.542, 0.905),
             recreate_ticks=2,
             clean_disk_ticks=0,
             page_ticks=30,
@@ -315,6 +326,7 @@ class SimParams:
             "redis",
             restart_ticks=1,
             dead_start_saves=0,
+            start_cpu=(0.449, 0.887),
             recreate_ticks=1,
             clean_disk_ticks=0,
             page_ticks=4,
@@ -350,6 +362,10 @@ class SimParams:
     randomise: Randomisation | None = None
     """Ranges to draw the restart, recreate and probe dynamics and the symptoms from at every
     reset (training); None keeps the fields above for every episode."""
+    start_cpu: tuple[float, float] = (0.109, 0.219)
+    """The CPU a new process reads once started: after a restart or a recreate, the first
+    reading has nothing to rate the new container's counters against (0), the second shows
+    what its start-up burned, drawn from this range."""
     healthy: Symptoms = Symptoms(
         latency_s=(0.005, 0.0201), cpu=(0.042, 0.115), net_rx=(0.0043, 0.0141), probe_fail=0.0, serve_fail=0.0
     )
@@ -385,6 +401,7 @@ class SimParams:
                 raise ConfigError(f"sim parameter {name} must be a number in [0, {MAX_SIM_NUMBER}], got {value!r}")
         _check_chance("disk_full_at", self.disk_full_at)
         _check_range("data_fraction", self.data_fraction, 1.0)
+        _check_range("start_cpu", self.start_cpu, 1.0)
         if not 0.0 <= self.probe_noise <= MAX_PROBE_NOISE:
             raise ConfigError(f"sim parameter probe_noise must be in [0, {MAX_PROBE_NOISE}], got {self.probe_noise!r}")
         if self.randomise is not None and not isinstance(self.randomise, Randomisation):
@@ -483,6 +500,11 @@ class SimParams:
         """Ticks a restart of a killed ``kind`` is quicker (``KindProfile.dead_start_saves``)."""
         own = self.profile(kind)
         return simkernel.DEAD_START_SAVES if own is None or own.dead_start_saves is None else own.dead_start_saves
+
+    def start_cpu_of(self, kind: str) -> tuple[float, float]:
+        """The CPU range a new process of ``kind`` reads once started (``start_cpu``)."""
+        own = self.profile(kind)
+        return self.start_cpu if own is None or own.start_cpu is None else own.start_cpu
 
     def check_in_page(self, kind: str) -> bool:
         """Whether a ``kind``'s own health check writes into its page (``KindProfile.check_in_page``)."""
@@ -613,6 +635,7 @@ class SimSandbox(ArrayState):
             start_needs=topology.start_needs.copy(),
             page_ticks=np.array([self.params.page_ticks(k) for k in topology.kinds], np.int32),
             check_in_page=np.array([self.params.check_in_page(k) for k in topology.kinds], np.bool_),
+            start_cpu=np.array([self.params.start_cpu_of(k) for k in topology.kinds], np.float64).reshape(-1, 2),
             rows=self.params.symptoms(topology.kinds)[1],
         )
         self._state = simkernel.SystemState(
@@ -625,6 +648,7 @@ class SimSandbox(ArrayState):
             restore=np.zeros((e, n), np.int32),
             drain=np.zeros((e, n), np.int32),
             page=np.zeros((e, n), np.int32),
+            started=np.zeros((e, n), np.int32),
             waited=np.full((e, n), -1, np.int32),
             health=np.ones((e, n), np.bool_),
             history=np.ones((e, self.params.history_depth, n), np.bool_),
@@ -670,6 +694,7 @@ class SimSandbox(ArrayState):
         state.restore[:] = 0
         state.drain[:] = 0
         state.page[:] = 0
+        state.started[:] = 0
         state.waited[:] = -1
         state.health[:] = True
         state.history[:] = True

@@ -72,6 +72,10 @@ class SystemState(NamedTuple):
     page: np.ndarray
     """``(n_envs, n_services)`` int32: ticks of writes into the page a store is filling (of its
     kind's ``Layout.page_ticks``); a full page needs new space before the next write."""
+    started: np.ndarray
+    """``(n_envs, n_services)`` int32: readings left that show a new process's start (2 after a
+    restart or a recreate): the first has nothing to rate its CPU and network counters against,
+    the second shows what its start-up burned (``Layout.start_cpu``)."""
     waited: np.ndarray
     """``(n_envs, n_services)`` int32: ticks a new process has waited, not listening, for the
     stores it needs to start (``Layout.start_needs``); -1 once it listens (or needs none)."""
@@ -106,6 +110,9 @@ class Layout(NamedTuple):
     start_needs: np.ndarray
     """``(n_services, n_services)`` bool: ``[s, d]`` when a new process of s listens only once d
     answers (an app and every PostgreSQL it uses), and exits after ``Rules.start_wait`` ticks."""
+    start_cpu: np.ndarray
+    """``(n_services, 2)`` float64: the CPU range a new process of each service reads in its second
+    reading, its start-up (its kind's: loading its code, opening connections, recovery)."""
     rows: np.ndarray
     """``(n_services, DOWN_ROW + 1)`` int64: the symptom-table row service s reads per fault code
     (and when down): its kind's own where it has one (``SimParams.symptoms``)."""
@@ -278,6 +285,7 @@ def repair(
         state.restarts[e, s] += effect[R_COUNTS_RESTART]
         if effect[R_COUNTS_RESTART]:
             state.waited[e, s] = 0  # a new process: it starts once what it needs answers
+            state.started[e, s] = 2
         state.since[e, s] = 0
     return -1
 
@@ -312,7 +320,7 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     previous = np.empty(n, dtype=np.bool_)
     shared = dyn.symptoms.shape[0] == 1
     drain, page, rows, page_ticks, direct = state.drain, state.page, layout.rows, layout.page_ticks, layout.direct
-    check_in_page = layout.check_in_page
+    check_in_page, start_cpu, started = layout.check_in_page, layout.start_cpu, state.started
     waited, needs = state.waited, layout.start_needs
     for e in range(n_envs):
         symptoms = dyn.symptoms[0 if shared else e]
@@ -398,8 +406,16 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
                 err = 0.6 + 0.4 * u
             else:
                 err = 0.02 * u
-            cpu = row[CPU_LO] + (row[CPU_HI] - row[CPU_LO]) * uniform(rng, e)
+            u = uniform(rng, e)
+            cpu = row[CPU_LO] + (row[CPU_HI] - row[CPU_LO]) * u
             net = row[NET_LO] + (row[NET_HI] - row[NET_LO]) * uniform(rng, e)
+            if started[e, s] > 0:  # a new process's readings: its counters start anew
+                started[e, s] -= 1
+                if started[e, s] == 1:
+                    cpu = 0.0
+                    net = 0.0
+                elif running:
+                    cpu = start_cpu[s, 0] + (start_cpu[s, 1] - start_cpu[s, 0]) * u
             feats[e, s, F_RUNNING] = 1.0 if running else 0.0
             feats[e, s, F_LATENCY] = lat
             feats[e, s, F_ERROR] = err

@@ -12,7 +12,15 @@ import pytest
 import yaml
 
 from deeplops import topogen
-from deeplops.dockerbox.calibrate import measure_fault, page_ticks, served_with_full_disk, symptoms_from
+from deeplops.dockerbox.calibrate import (
+    KIND_TARGETS,
+    START_TARGET,
+    measure_fault,
+    measure_starts,
+    page_ticks,
+    served_with_full_disk,
+    symptoms_from,
+)
 from deeplops.errors import ConfigError
 from deeplops.faults import Fault, Repair
 from deeplops.observation import Feature
@@ -375,6 +383,8 @@ BAD_KINDS = {
     "a fraction of a tick": ("kinds: {redis: {recreate_ticks: 0.5}}\n", ("kinds.redis.recreate_ticks", "whole number")),
     "a check that is no yes or no": ("kinds: {redis: {check_in_page: 2}}\n", ("kinds.redis.check_in_page",
                                                                             "true or false", "got 2")),
+    "a start-up range upside down": ("kinds: {app: {start_cpu: [0.9, 0.2]}}\n", ("kinds.app.start_cpu",
+                                                                               "low <= high")),
     "a profile that is no mapping": ("kinds: {postgres: 4}\n", ("kinds.postgres", "expected a mapping", "int")),
     "kinds that are no mapping": ("kinds: [postgres]\n", ("field 'kinds'", "expected a mapping", "list")),
 }  # fmt: skip
@@ -510,6 +520,43 @@ def test_the_simulator_brings_a_killed_service_back_when_the_real_one_came_back(
             measured = m["faults"][fault.label]
             simulated = measure_fault(box, fault, measured["target"])  # calibrate's own measurement
             assert simulated["repair"]["down_ticks"] == measured["repair"]["down_ticks"], (kind, fault.label)
+
+
+@pytest.mark.parametrize(("kind", "saves", "first_up"), [("app", 0, False), ("service", 1, True)])
+def test_a_new_process_reads_no_cpu_then_its_start_up_then_its_work(kind, saves, first_up) -> None:
+    topology = topology_from_dict({"name": "one", "services": {"one": {"kind": kind, "entry": True}}})
+    own = (
+        () if kind == "service" else (KindProfile(kind, restart_ticks=1, dead_start_saves=saves, start_cpu=(0.7, 0.8)),)
+    )
+    params = replace(QUIET, start_cpu=(0.7, 0.8), kinds=own)  # the generic service: restart 1, saves 1
+    box = injected(topology, "one", Fault.KILL, params)
+    box.repair(np.array([0]), np.array([Repair.RESTART]))
+    seen = []
+    for _ in range(3):
+        box.advance()
+        f = box.observe()[0, 0]
+        seen.append((bool(box.health[0, 0]), float(f[Feature.CPU]), float(f[Feature.NET_RX])))
+    assert seen[0] == (first_up, 0.0, 0.0)  # the new container's counters: nothing to rate against yet
+    assert seen[1][0] and 0.7 <= seen[1][1] <= 0.8  # its start-up
+    assert seen[2][0] and seen[2][1] < 0.2  # then its ordinary work
+
+
+def test_the_simulator_reads_a_new_process_as_the_real_one_read() -> None:
+    calibration = json.loads((ROOT / "sandbox" / "calibration.json").read_text())["measured"]
+    kinds = calibration["kinds"]
+    real = {kind: (load_topology(kinds["topology"]), m) for kind, m in kinds["kinds"].items()}
+    real["service"] = (load_topology("shop"), calibration)
+    targets = {**KIND_TARGETS, "service": START_TARGET}
+    for kind, (topology, m) in real.items():
+        box = SimSandbox(topology, 1, SimParams())
+        box.reset([0])
+        simulated = measure_starts(box, targets[kind], repeats=5)  # calibrate's own measurement
+        measured = [cpu for seen in m["starts"].values() for cpu in seen]
+        assert all(first == 0.0 for first, _ in measured), kind  # the real counters start anew
+        low, high = min(cpu for _, cpu in measured), max(cpu for _, cpu in measured)
+        for how, seen in simulated.items():
+            for first, second in seen:
+                assert first == 0.0 and low <= second <= high, (kind, how, first, second, low, high)
 
 
 def test_a_full_postgres_serves_its_users_until_its_page_is_full_then_fails_them() -> None:

@@ -63,6 +63,12 @@ FULL_DISK_REPEATS = 3
 FAILED_ERROR_RATE = 0.5
 """A target whose user requests failed at least this often in a tick failed them; below it, a
 missed SLO was late answers (the error rate is over a handful of requests a tick)."""
+START_TARGET = "api"
+"""Where the generic service's new processes are read (``measure_starts``)."""
+START_REPEATS = 3
+"""Restarts of each kind (after a kill, of a live process) whose readings are taken."""
+START_SETTLE_TICKS = 3
+"""Ticks before each, for the previous restart's readings to settle."""
 RESTARTED_BY = (Fault.KILL, Fault.PAUSE, Fault.CPU_HOG)
 """The faults a restart ends, each measured on every kind."""
 LIVE_RESTARTS = ("pause", "cpu_hog")
@@ -105,10 +111,13 @@ def calibrate_generic(topology: Topology | None = None, log: Callable[[str], Non
         log("cascade: ticks for a kill of db to reach gateway")
         box.reset([0])
         cascade = _cascade(box)
+        log(f"the CPU of {START_TARGET}'s new processes")
+        box.reset([0])
+        starts = measure_starts(box, START_TARGET)
     finally:
         box.close()
     raw = {"up_s": up_s, "baseline": baseline, "faults": faults, "recreate": recreate, "restore": restored,
-           "cascade": cascade}  # fmt: skip
+           "cascade": cascade, "starts": starts}  # fmt: skip
     return {"topology": topology.name, "measured": raw, "sim_params": derive(raw)}
 
 
@@ -132,6 +141,9 @@ def calibrate_kinds(topology: Topology | None = None, log: Callable[[str], None]
             if _has_disk(box, target):
                 log(f"{kind}: how long users are served with the disk of {target} full")
                 figures["full_disk"] = _full_disk(box, target)
+            log(f"{kind}: the CPU of its new processes")
+            box.reset([0])
+            figures["starts"] = measure_starts(box, target)
             where = KIND_RECREATE_TARGETS.get(kind, target)
             log(f"{kind}: recreate of {where}")
             box.reset([0])
@@ -170,6 +182,35 @@ def served_with_full_disk(box: Sandbox, target: str, after: int) -> int:
     return FULL_DISK_WATCH_TICKS
 
 
+def measure_starts(box: Sandbox, target: str, repeats: int = START_REPEATS) -> dict[str, list[list[float]]]:
+    """``target``'s CPU in the two readings after each of ``repeats`` restarts of a killed process
+    and as many of a live one. A new container's first reading has nothing to rate its CPU
+    counter against (0); the second is what its start-up burned since. Any sandbox."""
+    slot = np.array([box.topology.index[target]])
+    readings: dict[str, list[list[float]]] = {"kill": [], "live": []}
+    for how, seen in readings.items():
+        for _ in range(repeats):
+            for _ in range(START_SETTLE_TICKS):
+                box.advance()
+            if how == "kill":
+                box.inject(slot, np.array([Fault.KILL]))
+                box.advance()
+            box.repair(slot, np.array([Repair.RESTART]))
+            cpu = []
+            for _ in range(2):
+                box.advance()
+                cpu.append(round(float(box.observe()[0, slot[0], Feature.CPU]), 4))
+            seen.append(cpu)
+    return readings
+
+
+def start_cpu(starts: dict[str, list[list[float]]]) -> list[float]:
+    """The range a new process's CPU reads in its second reading (``sim.SimParams.start_cpu``):
+    the 10th-90th percentile of every restart's, killed and live."""
+    second = [cpu[1] for seen in starts.values() for cpu in seen]
+    return [round(float(np.percentile(second, 10)), 3), round(float(np.percentile(second, 90)), 3)]
+
+
 def page_ticks(served: dict[str, list[int]]) -> int:
     """A kind's ``page_ticks`` from how long a full disk served: the ticks of writes its first page
     took, counted from the reset's own measurement (the same count ``simkernel.advance`` keeps)."""
@@ -205,6 +246,7 @@ def derive_kinds(raw: dict[str, Any]) -> dict[str, Any]:
             profile["page_ticks"] = page_ticks(m["full_disk"]["served_ticks"])
             # Healthy at all with its disk full: its check wrote into the page, not new space.
             profile["check_in_page"] = bool(faults["disk_full"]["symptoms"]["healthy"]["max"] > 0)
+        profile["start_cpu"] = start_cpu(m["starts"])
         profile["cpu_hog"] = symptoms_from(faults["cpu_hog"]["symptoms"])
         profiles[kind] = profile
     return profiles
@@ -220,6 +262,7 @@ def derive(raw: dict[str, Any]) -> dict[str, Any]:
         "rate_limit_ticks": faults["net_saturation"]["repair"]["down_ticks"],
         "disk_fill_per_tick": round(min(1.0, faults["disk_full"]["fill_per_tick"]), 3),
         "probe_noise": round(base["false_unhealthy"], 3),
+        "start_cpu": start_cpu(raw["starts"]),
         "healthy": symptoms_from(base, healthy=True),
         "paused": symptoms_from(faults["pause"]["symptoms"]),
         "cpu_hog": symptoms_from(faults["cpu_hog"]["symptoms"]),
