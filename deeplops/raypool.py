@@ -1,14 +1,18 @@
-"""Self-play's rollouts on a Ray cluster: actors each step their share of the training games with a
-copy of the network; the learner (this process) sends the weights out each update and trains on
-every actor's rollout. Ray is an optional extra (``pip install "deeplops[ray]"``), imported here only.
+"""Self-play on a Ray cluster: actors each step their share of the training games with a copy of
+the network; the learner (this process) sends the weights out each update and trains on every
+actor's rollout. The same actors play the report's games, batch by batch. Ray is an optional extra
+(``pip install "deeplops[ray]"``), imported here only.
 
-    RayCluster       a connection to a running cluster (``connect``) and its actors, for a whole run
+    RayCluster       a connection to a running cluster (``connect``) and its actors, for a whole run;
+     │               ``play(games)`` is an ``evaluate.Runner``: the report's games, played on the actors
      └── RayRollouts a training phase's ``Rollouts``: ``collect(policy)`` is one rollout of every actor
-          └── RolloutWorker   one actor: its share of the games and a ``LocalRollouts`` of them
+          └── RolloutWorker   one actor: its share of the games and a ``LocalRollouts`` of them; or
+                              one batch of a report's games at a time (``evaluate``)
 
 The actors live as long as the connection: each phase hands them its games. An actor that dies (its
-process, or its node) is replaced by a fresh one and its share of the rollout played again, up to
-``MAX_REPLACEMENTS`` times a rollout; past that the cluster is unusable (``ClusterError``).
+process, or its node) is replaced by a fresh one and its share of the rollout (or its batch of
+games) played again, up to ``MAX_REPLACEMENTS`` times a rollout (or a call of ``play``); past that
+the cluster is unusable (``ClusterError``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from __future__ import annotations
 import copy
 import logging
 import socket
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +30,8 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 
 from deeplops.errors import ConfigError, DeeplopsError
+from deeplops.evaluate import Games, play_batch
+from deeplops.metrics import EpisodeStats
 from deeplops.ppo import ActorCritic, Batch, LocalRollouts, PPOSettings
 
 INSTALL = 'pip install "deeplops[ray]"'
@@ -34,7 +41,7 @@ REACH_TIMEOUT_S = 5.0
 WORKER_START_S = 300.0
 """How long actors may take to be placed and started (a cluster may first have to find room)."""
 MAX_REPLACEMENTS = 3
-"""Actors replaced in one rollout before the cluster counts as unusable."""
+"""Actors replaced in one rollout (or one call of ``RayCluster.play``) before the cluster counts as unusable."""
 MAX_WORKERS = 4_096
 """Most rollout actors (``--workers``); a phase uses at most one per game."""
 
@@ -54,6 +61,16 @@ class WorkerRollout:
     """Its envs' transitions, flattened over ticks and envs."""
     finished: list[dict[str, float]]
     """Figures of its episodes finished meanwhile."""
+    node: str
+    """Id of the Ray node it ran on."""
+
+
+@dataclass(frozen=True)
+class PlayedBatch:
+    """What one actor sends back of one batch of games."""
+
+    stats: list[EpisodeStats]
+    """Its episodes' figures, in order."""
     node: str
     """Id of the Ray node it ran on."""
 
@@ -112,6 +129,11 @@ class RolloutWorker:
             finished.clear()
         return WorkerRollout(batch, drained, self.node)
 
+    def evaluate(self, games: Games, first: int, n: int) -> PlayedBatch:
+        """The batch of ``games`` that starts at episode ``first`` and holds ``n`` episodes, played
+        with freshly made policies (its rollouts' games, if any, are left as they are)."""
+        return PlayedBatch(play_batch(games.match(), games.seed, first, n), self.node)
+
     def close(self) -> None:
         """Release its games."""
         if self.rollouts is not None:
@@ -149,6 +171,8 @@ class RayCluster:
         self.address, self.workers = address, workers
         self.nodes: set[str] = set()
         """Ids of the nodes rollouts were played on."""
+        self.evaluation_nodes: set[str] = set()
+        """Ids of the nodes the report's games were played on."""
         self.replaced = 0
         """Actors replaced after they died."""
         self._actors: list[Any] = []
@@ -160,6 +184,62 @@ class RayCluster:
         """A phase's rollouts of ``n_games`` games made by ``games``, shared among the actors; ``seed``
         seeds the sampling of actions and ``env_seed`` the games, as for ``LocalRollouts``."""
         return RayRollouts(self, games, n_games, settings, seed, env_seed)
+
+    def play(self, games: Sequence[Games]) -> list[list[EpisodeStats]]:
+        """What ``evaluate.play_here(games)`` returns, the games played on the actors: each actor plays
+        whole batches, one at a time, with the seeds ``play`` gives them, and the results are put
+        back in order. A batch whose actor dies is played again by its replacement.
+
+        Raises:
+            ClusterError: more than ``MAX_REPLACEMENTS`` actors died in this call.
+        """
+        import ray
+
+        given = [ray.put(g) for g in games]  # each once, however many batches it has
+        batches = [(i, first, n) for i, g in enumerate(games) for first, n in g.batches()]
+        played: list[list[EpisodeStats]] = [[] for _ in batches]
+        waiting = deque(range(len(batches)))
+        pending: dict[Any, tuple[int, int]] = {}
+        """Each batch in flight: (the actor playing it, the batch)."""
+
+        def hand(actor: int) -> None:
+            if waiting:
+                k = waiting.popleft()
+                i, first, n = batches[k]
+                pending[self.actor(actor).evaluate.remote(given[i], first, n)] = (actor, k)
+
+        for actor in range(min(self.workers, len(batches))):
+            hand(actor)
+        replaced = 0
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            actor, k = pending.pop(ref)
+            try:
+                part: PlayedBatch = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                replaced = self.replace_dead(actor, replaced, exc, "one round of the report's games")
+                waiting.appendleft(k)
+            except ray.exceptions.RayTaskError as exc:
+                raise _failure(self.address, "an evaluation worker", exc) from None
+            else:
+                played[k] = part.stats
+                self.evaluation_nodes.add(part.node)
+            hand(actor)
+        results = iter(played)
+        return [[episode for _ in g.batches() for episode in next(results)] for g in games]
+
+    def replace_dead(self, i: int, replaced: int, exc: BaseException, work: str) -> int:
+        """Replace the dead ``i``-th actor, ``replaced`` having been replaced already during ``work``
+        (a rollout, a round of games); the count with it.
+
+        Raises:
+            ClusterError: ``MAX_REPLACEMENTS`` had been replaced already.
+        """
+        if replaced == MAX_REPLACEMENTS:
+            raise ClusterError(f"--ray {self.address}: {replaced + 1} workers died in {work}, the last with: "
+                               f"{_first_line(exc)}") from None  # fmt: skip
+        self.actor(i, fresh=True)
+        return replaced + 1
 
     def new_phase(self) -> int:
         """A number for a new training phase, which no phase of this connection had."""
@@ -255,16 +335,10 @@ class RayRollouts:
             try:
                 parts[i] = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
-                if replaced == MAX_REPLACEMENTS:
-                    raise ClusterError(f"--ray {self.cluster.address}: {replaced + 1} rollout workers died in one "
-                                       f"rollout, the last with: {_first_line(exc)}") from None  # fmt: skip
-                replaced += 1
-                self.cluster.actor(i, fresh=True)
+                replaced = self.cluster.replace_dead(i, replaced, exc, "one rollout")
                 pending[self._collect(i, weights)] = i
             except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause
-                raise cause if isinstance(cause, DeeplopsError) else ClusterError(
-                    f"--ray {self.cluster.address}: a rollout worker failed: {_first_line(exc)}") from None  # fmt: skip
+                raise _failure(self.cluster.address, "a rollout worker", exc) from None
         done = [part for part in parts if part is not None]
         for part in done:
             self._finished.extend(part.finished)
@@ -316,6 +390,15 @@ def _check_reachable(address: str) -> None:
     except OSError as exc:
         raise ConfigError(f"--ray {address}: no Ray cluster could be reached there ({exc.strerror or exc}): "
                           "expected auto or the address of a running cluster's head, HOST:PORT") from None  # fmt: skip
+
+
+def _failure(address: str, who: str, exc: Any) -> DeeplopsError:
+    """The error to raise for a task that failed on an actor (``exc``, Ray's ``RayTaskError``): its own
+    when it is one of ours (a bad setting is no cluster's fault), else a ``ClusterError``."""
+    cause = exc.cause
+    if isinstance(cause, DeeplopsError):
+        return cause
+    return ClusterError(f"--ray {address}: {who} failed: {_first_line(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:

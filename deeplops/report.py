@@ -1,7 +1,8 @@
 """A self-play run's report: what it produced, measured, and written as report.json, report.md and plots.
 
 The measures: per-generation figures, cross-play, the final order agent against every baseline
-where it never trained, and (on real containers) a shipped scenario replayed.
+where it never trained, and (on real containers) a shipped scenario replayed. The games of each
+measure are handed to a ``Runner`` at once: played here, or on a Ray cluster's actors.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from deeplops import outputs
 from deeplops.actions import Policy, Role
 from deeplops.bench import cartpole_ppo_rate
 from deeplops.drill import DrillRun, run_drill
-from deeplops.evaluate import Match, play
+from deeplops.evaluate import Games, Match, Runner, play, play_here
 from deeplops.learned import load_agent
 from deeplops.metrics import Summary, summarize
 from deeplops.plot import save_figure
@@ -32,6 +34,10 @@ from deeplops.selfplay import TRAIN_SEEDS, Progress, SelfPlay, SelfPlayConfig
 from deeplops.sim import SimParams
 from deeplops.topogen import random_topology
 from deeplops.topology import Topology, load_topology
+
+Maker = Callable[[], Policy]
+"""Makes a fresh policy: a baseline by name, a saved agent from its checkpoint (picklable, so the
+games it plays in may be played in another process)."""
 
 BASELINES = ("noop", "autoheal", "k8s", "runbook", "oracle")
 """The order baselines the final agent is measured beside."""
@@ -197,84 +203,98 @@ def figures(
 
 def generation_figures(
     generation: int,
-    order: Policy,
-    chaos: Policy,
+    order: Maker,
+    chaos: Maker,
     episodes: int,
     seed: int,
     training: dict[str, Any] | None = None,
     params: SimParams | None = None,
+    runner: Runner = play_here,
 ) -> Generation:
     """The learning curve's points for one generation, on shop (``training``: what training recorded of it)."""
+    [points] = generations_figures([(generation, order, chaos, training)], episodes, seed, params, runner)
+    return points
+
+
+def generations_figures(
+    generations: list[tuple[int, Maker, Maker, dict[str, Any] | None]],
+    episodes: int,
+    seed: int,
+    params: SimParams | None = None,
+    runner: Runner = play_here,
+) -> list[Generation]:
+    """The learning curve's points of each (generation, order, chaos, what training recorded of it),
+    on shop, their games played by ``runner`` in one go."""
     shop = load_topology("shop")
-    runbook, random_chaos = load_policy("runbook", Role.ORDER), load_policy("random", Role.CHAOS)
-    return Generation(
-        generation=generation,
-        order_vs_random=figures(order, random_chaos, shop, episodes, seed, params).availability,
-        order_vs_own_chaos=figures(order, chaos, shop, episodes, seed, params).availability,
-        runbook_vs_chaos=figures(runbook, chaos, shop, episodes, seed, params).availability,
-        training=dict(training or {}),
-    )
+    runbook, random_chaos = _maker("runbook"), partial(load_policy, "random", Role.CHAOS)
+    games = [
+        [Games(shop, o, c, episodes, seed, params=params)]
+        for _, order, chaos, _ in generations
+        for o, c in ((order, random_chaos), (order, chaos), (runbook, chaos))
+    ]
+    points = iter(_summaries(runner, games))
+    return [
+        Generation(
+            generation=generation,
+            order_vs_random=next(points).availability,
+            order_vs_own_chaos=next(points).availability,
+            runbook_vs_chaos=next(points).availability,
+            training=dict(training or {}),
+        )
+        for generation, _, _, training in generations
+    ]
 
 
-def crossplay(orders: list[tuple[str, Callable[[], Policy]]], chaoses: list[tuple[str, Callable[[], Policy]]],
-              episodes: int, seed: int, params: SimParams | None = None) -> CrossPlay:  # fmt: skip
+def crossplay(orders: list[tuple[str, Maker]], chaoses: list[tuple[str, Maker]], episodes: int, seed: int,
+              params: SimParams | None = None, runner: Runner = play_here) -> CrossPlay:  # fmt: skip
     """Availability of every order policy against every chaos policy, on shop."""
     shop = load_topology("shop")
-    table = [[figures(o(), c(), shop, episodes, seed, params).availability for _, c in chaoses] for _, o in orders]
+    games = [[Games(shop, o, c, episodes, seed, params=params)] for _, o in orders for _, c in chaoses]
+    cells = iter(_summaries(runner, games))
+    table = [[next(cells).availability for _ in chaoses] for _ in orders]
     return CrossPlay(order=[n for n, _ in orders], chaos=[n for n, _ in chaoses], availability=table)
 
 
 def final_comparison(
-    order: Policy, chaos: Policy, episodes: int, seed: int, params: SimParams | None = None
+    order: Maker, chaos: Maker, episodes: int, seed: int, params: SimParams | None = None, runner: Runner = play_here
 ) -> dict[str, dict[str, Summary]]:
     """The learned order agent beside every baseline: on each shipped scenario, on random
     topologies it never trained on, on ``bank`` (never trained on), and against the final chaos agent."""
-    contenders: dict[str, Callable[[], Policy]] = {"learned": lambda: order}
-    contenders |= {name: _maker(name) for name in BASELINES}
-
-    def random_chaos() -> Policy:
-        return load_policy("random", Role.CHAOS)
-
-    sections: dict[str, dict[str, Summary]] = {}
+    contenders: dict[str, Maker] = {"learned": order} | {name: _maker(name) for name in BASELINES}
+    random_chaos = partial(load_policy, "random", Role.CHAOS)
+    sections: dict[str, list[list[Games]]] = {}
     for path in shipped_scenarios():
         s = load_scenario(path)
-        sections[f"scenario {s.name}"] = {
-            name: summarize(
-                play(Match(s.topology, make(), ScriptedChaos(s), game=s.game_config(), params=params), 1, seed=s.seed)
-            )
-            for name, make in contenders.items()
-        }
+        script = partial(ScriptedChaos, s)
+        sections[f"scenario {s.name}"] = [
+            [Games(s.topology, make, script, 1, s.seed, s.game_config(), params)] for make in contenders.values()
+        ]
     held = [random_topology(seed_) for seed_ in HELD_OUT_SEEDS]
-    sections["held-out random topologies"] = {
-        name: summarize(
-            [
-                ep
-                for t in held
-                for ep in play(Match(t, make(), random_chaos(), params=params), max(1, episodes // 4), seed=seed)
-            ]
-        )
-        for name, make in contenders.items()
-    }
-    bank = load_topology("bank")
-    sections["bank (never trained on)"] = {
-        name: summarize(play(Match(bank, make(), random_chaos(), params=params), episodes, seed=seed))
-        for name, make in contenders.items()
-    }
-    shop = load_topology("shop")
-    sections[VS_FINAL_CHAOS] = {
-        name: summarize(play(Match(shop, make(), chaos, params=params), episodes, seed=seed))
-        for name, make in contenders.items()
-    }
-    return sections
+    sections["held-out random topologies"] = [
+        [Games(t, make, random_chaos, max(1, episodes // 4), seed, params=params) for t in held]
+        for make in contenders.values()
+    ]
+    bank, shop = load_topology("bank"), load_topology("shop")
+    sections["bank (never trained on)"] = [
+        [Games(bank, make, random_chaos, episodes, seed, params=params)] for make in contenders.values()
+    ]
+    sections[VS_FINAL_CHAOS] = [
+        [Games(shop, make, chaos, episodes, seed, params=params)] for make in contenders.values()
+    ]
+    summaries = iter(_summaries(runner, [group for groups in sections.values() for group in groups]))
+    return {section: {name: next(summaries) for name in contenders} for section in sections}
 
 
-def chaos_strength(chaos: Policy, episodes: int, seed: int, params: SimParams | None = None) -> ChaosStrength:
+def chaos_strength(
+    chaos: Maker, episodes: int, seed: int, params: SimParams | None = None, runner: Runner = play_here
+) -> ChaosStrength:
     """Runbook's availability on shop against random chaos and against the learned chaos agent."""
-    shop, runbook = load_topology("shop"), lambda: load_policy("runbook", Role.ORDER)
-    return ChaosStrength(
-        random=figures(runbook(), load_policy("random", Role.CHAOS), shop, episodes, seed, params).availability,
-        learned=figures(runbook(), chaos, shop, episodes, seed, params).availability,
+    shop, runbook = load_topology("shop"), _maker("runbook")
+    random_chaos = partial(load_policy, "random", Role.CHAOS)
+    against_random, against_learned = _summaries(
+        runner, [[Games(shop, runbook, c, episodes, seed, params=params)] for c in (random_chaos, chaos)]
     )
+    return ChaosStrength(random=against_random.availability, learned=against_learned.availability)
 
 
 def check_bar(name: str, section: dict[str, Summary]) -> dict[str, bool]:
@@ -299,29 +319,30 @@ def check_bar(name: str, section: dict[str, Summary]) -> dict[str, bool]:
     }
 
 
-def build_report(sp: SelfPlay, episodes: int = 32, progress: Progress | None = None) -> Report:
-    """Measure what the run ``sp`` produced (its wall time and any real replay are added by the caller)."""
+def build_report(
+    sp: SelfPlay, episodes: int = 32, progress: Progress | None = None, runner: Runner | None = None
+) -> Report:
+    """Measure what the run ``sp`` produced (its wall time and any real replay are added by the
+    caller); ``runner`` plays the games (by default where ``sp`` played its rollouts)."""
     progress = progress or Progress()
+    runner = runner or sp.runner
     cfg, seed = sp.config, sp.config.seed
     gens = cfg.generations
     order = {g: sp.frozen(Role.ORDER, g) for g in range(1, gens + 1)}
     chaos = {g: sp.frozen(Role.CHAOS, g) for g in range(1, gens + 1)}
-    history = []
-    for g in range(1, gens + 1):
-        progress.update("report: generations", g - 1, gens)
-        recorded = sp.history[g - 1] if g - 1 < len(sp.history) else {}
-        training = {key: value for key, value in recorded.items() if key != "generation"}
-        history.append(generation_figures(g, order[g](), chaos[g](), episodes // 2, seed, training, cfg.sim))
+    progress.update("report: generations", 0, 1)
+    recorded = [sp.history[g - 1] if g - 1 < len(sp.history) else {} for g in range(1, gens + 1)]
+    trained = [{key: value for key, value in r.items() if key != "generation"} for r in recorded]
+    history = generations_figures([(g, order[g], chaos[g], trained[g - 1]) for g in range(1, gens + 1)],
+                                  episodes // 2, seed, cfg.sim, runner)  # fmt: skip
     progress.update("report: cross-play", 0, 1)
-    orders = [
-        ("runbook", lambda: load_policy("runbook", Role.ORDER)),
-        ("autoheal", lambda: load_policy("autoheal", Role.ORDER)),
-    ]
+    orders: list[tuple[str, Maker]] = [("runbook", _maker("runbook")), ("autoheal", _maker("autoheal"))]
     orders += [(f"order-g{g}", order[g]) for g in order]
-    chaoses = [("random", lambda: load_policy("random", Role.CHAOS))] + [(f"chaos-g{g}", chaos[g]) for g in chaos]
-    cross = crossplay(orders, chaoses, episodes // 2, seed, cfg.sim)
+    chaoses: list[tuple[str, Maker]] = [("random", partial(load_policy, "random", Role.CHAOS))]
+    chaoses += [(f"chaos-g{g}", chaos[g]) for g in chaos]
+    cross = crossplay(orders, chaoses, episodes // 2, seed, cfg.sim, runner)
     progress.update("report: final agent vs baselines", 0, 1)
-    final = final_comparison(order[gens](), chaos[gens](), episodes, seed, cfg.sim)
+    final = final_comparison(order[gens], chaos[gens], episodes, seed, cfg.sim, runner)
     t = sp.timing
     throughput = Throughput(
         order_steps=int(t["order_steps"]),
@@ -333,7 +354,7 @@ def build_report(sp: SelfPlay, episodes: int = 32, progress: Progress | None = N
         cartpole_ppo_steps_per_s=cartpole_ppo_rate(),
     )
     # Measured after CartPole's PPO, which reseeds the global random streams, where it has always been.
-    strength = chaos_strength(chaos[gens](), episodes, seed, cfg.sim)
+    strength = chaos_strength(chaos[gens], episodes, seed, cfg.sim, runner)
     return Report(cfg, history, cross, final, strength, throughput)
 
 
@@ -362,9 +383,16 @@ def write(out: Path, report: Report) -> list[Path]:
     return [out / "report.json", out / "report.md", *plots]
 
 
-def _maker(name: str) -> Callable[[], Policy]:
+def _maker(name: str) -> Maker:
     """A factory of fresh order baselines called ``name`` (each play needs its own state)."""
-    return lambda: load_policy(name, Role.ORDER)
+    return partial(load_policy, name, Role.ORDER)
+
+
+def _summaries(runner: Runner, groups: list[list[Games]]) -> list[Summary]:
+    """The summary of each group of games (their episodes together, in order), every group's games
+    handed to ``runner`` at once, so it may play them side by side."""
+    results = iter(runner([games for group in groups for games in group]))
+    return [summarize([episode for _ in group for episode in next(results)]) for group in groups]
 
 
 def _pick(summary: Summary, names: tuple[str, ...]) -> dict[str, Any]:

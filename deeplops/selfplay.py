@@ -1,7 +1,8 @@
 """Alternating self-play: the order agent trains against a pool of chaos policies, then the chaos
 agent against a pool of order policies, generation after generation (in the spirit of Robust
 Adversarial RL). Every completed generation is checkpointed; a run resumes from the last one.
-Rollouts are played in this process, or on a Ray cluster's actors (``deeplops.raypool``).
+Rollouts (and the report's games) are played in this process, or on a Ray cluster's actors
+(``deeplops.raypool``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from deeplops.agents import AgentConfig, load_agent_config
 from deeplops.backends import BACKENDS
 from deeplops.catalog import MAX_DOCUMENT_BYTES, data_dir, parse_json, read_text
 from deeplops.errors import ConfigError
+from deeplops.evaluate import Runner, play_here
 from deeplops.game import GameConfig
 from deeplops.imitation import imitate
 from deeplops.learned import load_agent
@@ -296,8 +298,9 @@ class SelfPlay:
         self.config, self.out = config, out
         self.progress = progress or Progress()
         self.cluster = cluster
-        """Where rollouts are played: None for this process, else on the Ray cluster's actors. Not a
-        setting of the run: a run started here may resume on a cluster, and the other way round."""
+        """Where rollouts and the report's games are played: None for this process, else on the Ray
+        cluster's actors. Not a setting of the run: a run started here may resume on a cluster, and
+        the other way round."""
         if cluster is not None:
             check_cluster(config)
         self.device = (
@@ -305,6 +308,11 @@ class SelfPlay:
         )
         self.history: list[dict[str, Any]] = []
         self.timing: dict[str, float] = {"order_steps": 0, "order_s": 0.0, "chaos_steps": 0, "chaos_s": 0.0}
+
+    @property
+    def runner(self) -> Runner:
+        """Where the report's games are played: here, or on the cluster's actors with the same results."""
+        return play_here if self.cluster is None else self.cluster.play
 
     @property
     def checkpoints(self) -> Path:

@@ -1,18 +1,22 @@
-"""Self-play's rollouts on a Ray cluster (deeplops/raypool.py).
+"""Self-play's rollouts and the report's games on a Ray cluster (deeplops/raypool.py).
 
 Specifications: a run with ``--ray`` plays its rollouts on every node of the cluster and reports
-what a local run reports; an actor killed mid-rollout is replaced and its rollout redone; a run
-interrupted mid-generation resumes from its last completed generation; a cluster that cannot be
-reached, a missing Ray and a Docker backend exit 2 with one line. The cluster tests start a real
-two-node cluster on this machine (a head and a second node of one CPU each) and end it after.
+what a local run reports; the report's games are played on every node and give the figures the
+same games give here; an actor killed mid-rollout (or mid-game) is replaced and its rollout (or its
+batch of games) redone; a run interrupted mid-generation resumes from its last completed
+generation; a cluster that cannot be reached, a missing Ray and a Docker backend exit 2 with one
+line. The cluster tests start a real two-node cluster on this machine (a head and a second node of
+one CPU each) and end it after.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +25,11 @@ import pytest
 
 from deeplops.actions import Role
 from deeplops.agents import AgentConfig
+from deeplops.catalog import data_dir
+from deeplops.evaluate import Games, play_batch, play_here
 from deeplops.game import GameConfig
 from deeplops.policies import load_policy
+from deeplops.report import Report, build_report
 from deeplops.selfplay import GameMaker, Progress, SelfPlay, SelfPlayConfig, make_model, pool_sampler, ppo_settings
 from deeplops.topology import load_topology
 
@@ -163,6 +170,92 @@ def test_a_run_on_the_cluster_interrupted_mid_generation_resumes_from_its_last_c
         assert on_ray.nodes == cluster[1]  # as the actors recorded them: every node played rollouts
     assert labels and all(label.startswith("g2") for label in labels)
     assert (out / "checkpoints" / "order-g2.zip").is_file() and (out / "checkpoints" / "chaos-g2.zip").is_file()
+
+
+PRETRAINED = data_dir("agents") / "pretrained"
+"""The shipped agents: the measured run's checkpoints."""
+SCENARIOS = [data_dir("scenarios") / "flapping-db.yaml", data_dir("scenarios") / "chain-cascade.yaml"]
+"""The shipped scenarios the measured report plays (two of them, to keep it short)."""
+
+
+def _measured(out: Path, cluster: Any = None) -> Report:
+    """The report of a two-generation run whose checkpoints are the shipped pretrained agents (no
+    training), cut to two scenarios and two held-out topologies, its games played on ``cluster``
+    (None: here)."""
+    checkpoints = out / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for role in Role:
+        for g in (1, 2):
+            shutil.copyfile(PRETRAINED / f"{role.value}.zip", checkpoints / f"{role.value}-g{g}.zip")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("deeplops.report.cartpole_ppo_rate", lambda: 0.0)  # no game: not what is compared
+        patch.setattr("deeplops.report.shipped_scenarios", lambda: SCENARIOS)
+        patch.setattr("deeplops.report.HELD_OUT_SEEDS", range(10_000, 10_002))
+        return build_report(SelfPlay(tiny(generations=2), out, cluster=cluster), episodes=4)
+
+
+@pytest.fixture(scope="module")
+def measured(cluster, tmp_path_factory) -> tuple[Report, Report, set[str]]:
+    """The same report measured here and on the cluster's two actors, and the nodes its games were played on."""
+    from deeplops.raypool import connect
+
+    here = _measured(tmp_path_factory.mktemp("here"))
+    with connect(cluster[0], workers=2) as on_ray:
+        away = _measured(tmp_path_factory.mktemp("away"), on_ray)
+        return here, away, on_ray.evaluation_nodes
+
+
+@pytest.mark.slow
+def test_the_reports_games_on_the_cluster_give_the_figures_of_the_same_games_here(measured):
+    here, away, _ = measured
+    for key in ("generations", "crossplay", "final", "chaos_strength"):
+        assert getattr(away, key) == getattr(here, key), key
+    sections = list(here.final)
+    assert sections[:2] == ["scenario flapping-db", "scenario chain-cascade"]
+    availabilities = {round(row.availability, 6) for rows in here.final.values() for row in rows.values()}
+    assert len(availabilities) > 1  # games were played, and not all alike
+
+
+@pytest.mark.slow
+def test_the_reports_games_are_played_on_every_node_of_the_cluster(cluster, measured):
+    _, _, nodes = measured
+    assert nodes == cluster[1]
+
+
+def test_a_games_batches_played_apart_with_fresh_policies_give_the_results_played_here():
+    # What the cluster relies on: a batch's results depend on nothing but the games, its first
+    # episode and its size, whoever plays it and whatever was played before.
+    games = Games(load_topology("shop"), partial(load_policy, "runbook", Role.ORDER),
+                  partial(load_policy, "random", Role.CHAOS), episodes=5, seed=3, game=GameConfig(max_ticks=30),
+                  batch=2)  # fmt: skip
+    assert games.batches() == [(0, 2), (2, 2), (4, 1)]
+    apart = [episode for first, n in reversed(games.batches()) for episode in play_batch(games.match(), 3, first, n)]
+    [here] = play_here([games])
+    assert len(here) == 5
+    assert apart == here[4:] + here[2:4] + here[:2]
+
+
+@pytest.mark.slow
+def test_an_actor_killed_mid_evaluation_is_replaced_and_its_games_played_again(cluster, tmp_path):
+    from ray import cloudpickle
+
+    from deeplops.raypool import connect
+
+    marker = tmp_path / "die"
+    shop = load_topology("shop")
+    games = [Games(shop, partial(load_policy, "runbook", Role.ORDER), partial(_KillerChaos, marker), episodes=4,
+                   seed=seed, game=GameConfig(max_ticks=24), batch=2) for seed in (0, 100)]  # fmt: skip
+    here = play_here(games)  # no marker: nothing dies
+    marker.touch()
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test module
+    try:
+        with connect(cluster[0], workers=2) as on_ray:
+            away = on_ray.play(games)
+            assert not marker.exists(), "no actor died"
+            assert on_ray.replaced == 1
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert away == here
 
 
 def _closed_port() -> int:

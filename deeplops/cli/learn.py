@@ -76,8 +76,9 @@ def selfplay(
         typer.Option(
             "--ray",
             metavar="ADDRESS",
-            help="Play training rollouts on the Ray cluster at ADDRESS (auto: the one started on this machine; "
-            'or HOST:PORT of its head), the learner staying here. Needs pip install "deeplops[ray]".',
+            help="Play training rollouts and the report's games on the Ray cluster at ADDRESS (auto: the one "
+            "started on this machine; or HOST:PORT of its head), the learner staying here. Needs pip install "
+            '"deeplops[ray]".',
             show_default=False,
         ),
     ] = None,
@@ -99,7 +100,8 @@ def selfplay(
     second, as root): it fine-tunes trained agents, and its report adds a scenario replayed for real.
 
     --ray ADDRESS plays the training rollouts on a Ray cluster's actors, each with its share of the
-    games and a copy of the network sent out at every update (simulator only); the rest stays here.
+    games and a copy of the network sent out at every update (simulator only), and then the report's
+    games, batch by batch, with the figures a run here gives; the learner stays here.
     """
     from deeplops.learn import train_and_report
     from deeplops.raypool import MAX_WORKERS, connect
@@ -138,7 +140,8 @@ def selfplay(
     if cluster is not None:
         replaced = f"; {cluster.replaced} that died replaced" if cluster.replaced else ""
         out.print(f"rollouts played by {cluster.workers} Ray workers on {len(cluster.nodes)} nodes of "
-                  f"{escape(cluster.address)}{replaced}")  # fmt: skip
+                  f"{escape(cluster.address)}, the report's games on {len(cluster.evaluation_nodes)}"
+                  f"{replaced}")  # fmt: skip
     for section, checks in report.bar.items():
         verdict = "[green]meets the bar[/]" if all(checks.values()) else "[red]below the bar[/]"
         out.print(f"{section}: {verdict}")
