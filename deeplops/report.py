@@ -201,21 +201,6 @@ def figures(
     return summarize(play(Match(topology, order, chaos, params=params), episodes, seed=seed))
 
 
-def generation_figures(
-    generation: int,
-    order: Maker,
-    chaos: Maker,
-    episodes: int,
-    seed: int,
-    training: dict[str, Any] | None = None,
-    params: SimParams | None = None,
-    runner: Runner = play_here,
-) -> Generation:
-    """The learning curve's points for one generation, on shop (``training``: what training recorded of it)."""
-    [points] = generations_figures([(generation, order, chaos, training)], episodes, seed, params, runner)
-    return points
-
-
 def generations_figures(
     generations: list[tuple[int, Maker, Maker, dict[str, Any] | None]],
     episodes: int,

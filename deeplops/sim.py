@@ -167,16 +167,9 @@ class KindProfile:
             _check_range(f"kinds.{self.kind}.start_cpu", self.start_cpu, 1.0)
         if not isinstance(self.check_in_page, bool):
             raise ConfigError(f"kinds.{self.kind}.check_in_page must be true or false, got {self.check_in_page!r}")
-        page = self.page_ticks
-        if page is not None and (
-            isinstance(page, bool) or not isinstance(page, int) or not 0 <= page <= MAX_DOWN_TICKS
-        ):
-            raise ConfigError(
-                f"kinds.{self.kind}.page_ticks must be a whole number of ticks in [0, {MAX_DOWN_TICKS}], got {page!r}"
-            )
         if self.cpu_hog is not None and not isinstance(self.cpu_hog, Symptoms):
             raise ConfigError(f"kinds.{self.kind}.cpu_hog must be a symptom table, got {self.cpu_hog!r}")
-        for name in (*KIND_FIELDS, "dead_start_saves"):
+        for name in (*KIND_FIELDS, "dead_start_saves", "page_ticks"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DOWN_TICKS
@@ -483,33 +476,30 @@ class SimParams:
     def downtimes(self, kind: str) -> tuple[int, int, int]:
         """Ticks a restart, a recreate and a clean_disk keep a service of ``kind`` down (``KIND_FIELDS``):
         its profile's, the generic service's where it sets none."""
-        own = self.profile(kind)
-
-        def ticks(name: str) -> int:
-            value = None if own is None else getattr(own, name)
-            return getattr(self, name) if value is None else value
-
-        return ticks("restart_ticks"), ticks("recreate_ticks"), ticks("clean_disk_ticks")
+        restart, recreate, clean = (self._own(kind, name, getattr(self, name)) for name in KIND_FIELDS)
+        return restart, recreate, clean
 
     def page_ticks(self, kind: str) -> int:
         """Ticks of writes one page of a ``kind``'s data files holds (0 for the generic service)."""
-        own = self.profile(kind)
-        return 0 if own is None or own.page_ticks is None else own.page_ticks
+        return self._own(kind, "page_ticks", 0)
 
     def dead_start_saves(self, kind: str) -> int:
         """Ticks a restart of a killed ``kind`` is quicker (``KindProfile.dead_start_saves``)."""
-        own = self.profile(kind)
-        return simkernel.DEAD_START_SAVES if own is None or own.dead_start_saves is None else own.dead_start_saves
+        return self._own(kind, "dead_start_saves", simkernel.DEAD_START_SAVES)
 
     def start_cpu_of(self, kind: str) -> tuple[float, float]:
         """The CPU range a new process of ``kind`` reads once started (``start_cpu``)."""
-        own = self.profile(kind)
-        return self.start_cpu if own is None or own.start_cpu is None else own.start_cpu
+        return self._own(kind, "start_cpu", self.start_cpu)
 
     def check_in_page(self, kind: str) -> bool:
         """Whether a ``kind``'s own health check writes into its page (``KindProfile.check_in_page``)."""
+        return self._own(kind, "check_in_page", False)
+
+    def _own(self, kind: str, name: str, generic: Any) -> Any:
+        """Field ``name`` of ``kind``'s profile; ``generic`` where it has none or leaves it None."""
         own = self.profile(kind)
-        return own is not None and own.check_in_page
+        value = None if own is None else getattr(own, name)
+        return generic if value is None else value
 
     def rules(self) -> simkernel.Rules:
         """These parameters as the tick's kernels read them (numbers as floats: one compiled kernel for all)."""

@@ -501,6 +501,21 @@ def test_the_downtime_a_privileged_policy_reads_counts_a_dead_process_a_tick_soo
     assert box.downtime()[0, shop.index["api"], Repair.RESTART] == 3
 
 
+def calibration_measured() -> dict:
+    """The shipped calibration's raw figures (sandbox/calibration.json)."""
+    return json.loads((ROOT / "sandbox" / "calibration.json").read_text())["measured"]
+
+
+def measured_per_kind() -> dict[str, tuple[Topology, dict]]:
+    """Each kind's raw figures and the topology they were measured on; the generic service's
+    (``service``) on shop."""
+    calibration = calibration_measured()
+    kinds = calibration["kinds"]
+    real = {kind: (load_topology(kinds["topology"]), m) for kind, m in kinds["kinds"].items()}
+    real["service"] = (load_topology("shop"), calibration)
+    return real
+
+
 @pytest.mark.parametrize(("saves", "downtime"), [(0, 3), (1, 2), (3, 0)])
 def test_the_downtime_a_privileged_policy_reads_counts_what_a_killed_kinds_restart_saves(saves, downtime) -> None:
     params = replace(QUIET, kinds=(KindProfile("postgres", restart_ticks=3, dead_start_saves=saves),))
@@ -509,11 +524,7 @@ def test_the_downtime_a_privileged_policy_reads_counts_what_a_killed_kinds_resta
 
 
 def test_the_simulator_brings_a_killed_service_back_when_the_real_one_came_back() -> None:
-    calibration = json.loads((ROOT / "sandbox" / "calibration.json").read_text())["measured"]
-    kinds = calibration["kinds"]
-    real = {kind: (load_topology(kinds["topology"]), m) for kind, m in kinds["kinds"].items()}
-    real["service"] = (load_topology("shop"), calibration)
-    for kind, (topology, m) in real.items():
+    for kind, (topology, m) in measured_per_kind().items():
         for fault in (Fault.KILL, Fault.PAUSE):
             box = SimSandbox(topology, 1, SimParams())
             box.reset([0])
@@ -542,12 +553,8 @@ def test_a_new_process_reads_no_cpu_then_its_start_up_then_its_work(kind, saves,
 
 
 def test_the_simulator_reads_a_new_process_as_the_real_one_read() -> None:
-    calibration = json.loads((ROOT / "sandbox" / "calibration.json").read_text())["measured"]
-    kinds = calibration["kinds"]
-    real = {kind: (load_topology(kinds["topology"]), m) for kind, m in kinds["kinds"].items()}
-    real["service"] = (load_topology("shop"), calibration)
     targets = {**KIND_TARGETS, "service": START_TARGET}
-    for kind, (topology, m) in real.items():
+    for kind, (topology, m) in measured_per_kind().items():
         box = SimSandbox(topology, 1, SimParams())
         box.reset([0])
         simulated = measure_starts(box, targets[kind], repeats=5)  # calibrate's own measurement
@@ -685,7 +692,7 @@ def test_chances_of_failing_and_of_answering_late_above_one_are_refused() -> Non
 
 
 def test_the_simulator_serves_a_full_store_as_long_as_the_real_one_did() -> None:
-    kinds = json.loads((ROOT / "sandbox" / "calibration.json").read_text())["measured"]["kinds"]
+    kinds = calibration_measured()["kinds"]
     measured = {kind: m["full_disk"] for kind, m in kinds["kinds"].items() if "full_disk" in m}
     assert set(measured) == {"postgres", "redis"}
     store, params = load_topology(kinds["topology"]), SimParams()
@@ -701,7 +708,7 @@ def test_the_simulator_serves_a_full_store_as_long_as_the_real_one_did() -> None
 
 
 def test_the_simulator_reads_a_full_store_healthy_as_often_as_the_real_one_was() -> None:
-    kinds = json.loads((ROOT / "sandbox" / "calibration.json").read_text())["measured"]["kinds"]
+    kinds = calibration_measured()["kinds"]
     store = load_topology(kinds["topology"])
     for kind in ("postgres", "redis"):
         real = kinds["kinds"][kind]["faults"]["disk_full"]
