@@ -2,13 +2,15 @@
 
 ``play`` plays a ``Match`` here. A ``Runner`` plays many ``Games`` (a match to be made where it is
 played) wherever it plays them: ``play_here`` in this process, ``deeplops.raypool`` on a Ray
-cluster's actors, batch by batch, with the same results.
+cluster's actors, batch by batch, with the same results. A ``Caller`` does the same for any work
+without arguments (a drill on real containers): ``call_here``, or on the actors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -138,6 +140,16 @@ Runner = Callable[[Sequence[Games]], list[list[EpisodeStats]]]
 def play_here(games: Sequence[Games]) -> list[list[EpisodeStats]]:
     """The ``Runner`` of this process: each of ``games`` played by ``play``, one after the other."""
     return [play(g.match(), g.episodes, seed=g.seed, batch=g.batch) for g in games]
+
+
+Caller = Callable[[Sequence[Callable[[], Any]]], list[Any]]
+"""Calls every task given (picklable, without arguments), perhaps side by side elsewhere; returns
+their results, in order."""
+
+
+def call_here(tasks: Sequence[Callable[[], Any]]) -> list[Any]:
+    """The ``Caller`` of this process: each task called, one after the other."""
+    return [task() for task in tasks]
 
 
 def _recorder(match: Match, env: int, episode: int, seed: int) -> TraceRecorder:

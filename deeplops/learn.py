@@ -29,6 +29,6 @@ def train_and_report(
     wall_s = time.monotonic() - start  # training and measuring: the replay on real containers is not counted
     shutil.copyfile(order_path, out / "order.zip")
     shutil.copyfile(chaos_path, out / "chaos.zip")
-    real = report.real_drill(config, order_path, progress or Progress()) if config.real else None
+    real = report.real_drill(config, order_path, progress or Progress(), run.caller) if config.real else None
     measured = replace(measured, wall_s=wall_s, real=real)
     return measured, report.write(out, measured)

@@ -4,15 +4,22 @@ actor's rollout. The same actors play the report's games, batch by batch. Ray is
 (``pip install "deeplops[ray]"``), imported here only.
 
     RayCluster       a connection to a running cluster (``connect``) and its actors, for a whole run;
-     │               ``play(games)`` is an ``evaluate.Runner``: the report's games, played on the actors
+     │               ``play(games)`` is an ``evaluate.Runner`` (the report's games, played on the
+     │               actors), ``call(tasks)`` an ``evaluate.Caller`` (a drill on real containers)
      └── RayRollouts a training phase's ``Rollouts``: ``collect(policy)`` is one rollout of every actor
           └── RolloutWorker   one actor: its share of the games and a ``LocalRollouts`` of them; or
-                              one batch of a report's games at a time (``evaluate``)
+                              one task at a time (``run``: a batch of a report's games, a drill)
+
+On real containers (``--backend docker``) an actor's games run on its own node's Docker engine, the
+one the node's ``DOCKER_HOST`` names (its default socket without one): the Docker backend acts on
+its engine's machine (network, cgroups, volumes), so every node needs a local engine, root and the
+sandbox images.
 
 The actors live as long as the connection: each phase hands them its games. An actor that dies (its
-process, or its node) is replaced by a fresh one and its share of the rollout (or its batch of
-games) played again, up to ``MAX_REPLACEMENTS`` times a rollout (or a call of ``play``); past that
-the cluster is unusable (``ClusterError``).
+process, or its node) is replaced by a fresh one and its share of the rollout (or its task) played
+again, up to ``MAX_REPLACEMENTS`` times a rollout (or a call of ``play`` or ``call``); past that
+the cluster is unusable (``ClusterError``). Closing the connection lets every actor release its
+games (real containers go) before it is ended.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import copy
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +52,8 @@ MAX_REPLACEMENTS = 3
 """Actors replaced in one rollout (or one call of ``RayCluster.play``) before the cluster counts as unusable."""
 MAX_WORKERS = 4_096
 """Most rollout actors (``--workers``); a phase uses at most one per game."""
+CLOSE_S = 120.0
+"""How long actors may take to release their games (a sandbox's containers) when the connection closes."""
 
 MakeGames = Callable[[int, int], VecEnv]
 """``make(n_games, seed)``: an actor's share of a phase's training games (picklable)."""
@@ -66,11 +76,11 @@ class WorkerRollout:
 
 
 @dataclass(frozen=True)
-class PlayedBatch:
-    """What one actor sends back of one batch of games."""
+class Done:
+    """What one actor sends back of one task."""
 
-    stats: list[EpisodeStats]
-    """Its episodes' figures, in order."""
+    result: Any
+    """What the task returned."""
     node: str
     """Id of the Ray node it ran on."""
 
@@ -100,6 +110,7 @@ class RolloutWorker:
         import ray
 
         self.node = ray.get_runtime_context().get_node_id()
+        self.ip = ray.util.get_node_ip_address()
         self.phase = -1
         self.rollouts: LocalRollouts | None = None
         self.policy: ActorCritic = None
@@ -114,25 +125,37 @@ class RolloutWorker:
         actor replacing a dead one goes on where that one was given work)."""
         import ray
 
-        if phase != self.phase:
-            self.close()
-            given: Share = ray.get(share[0])
-            self.rollouts = LocalRollouts(given.games(given.n_games, given.env_seed), given.settings, given.seed)
-            self.policy, self.phase = given.policy, phase
-            self.policy.train(False)
-        assert self.rollouts is not None
-        self.policy.load_state_dict(weights)
-        batch = self.rollouts.collect(self.policy)
+        with self._named():
+            if phase != self.phase:
+                self.close()
+                given: Share = ray.get(share[0])
+                self.rollouts = LocalRollouts(given.games(given.n_games, given.env_seed), given.settings, given.seed)
+                self.policy, self.phase = given.policy, phase
+                self.policy.train(False)
+            assert self.rollouts is not None
+            self.policy.load_state_dict(weights)
+            batch = self.rollouts.collect(self.policy)
         finished = self.rollouts.finished
         drained = list(finished or [])
         if finished:
             finished.clear()
         return WorkerRollout(batch, drained, self.node)
 
-    def evaluate(self, games: Games, first: int, n: int) -> PlayedBatch:
-        """The batch of ``games`` that starts at episode ``first`` and holds ``n`` episodes, played
-        with freshly made policies (its rollouts' games, if any, are left as they are)."""
-        return PlayedBatch(play_batch(games.match(), games.seed, first, n), self.node)
+    def run(self, task: Callable[..., Any], *args: Any) -> Done:
+        """``task(*args)``, called here (its rollouts' games, if any, are left as they are)."""
+        with self._named():
+            return Done(task(*args), self.node)
+
+    @contextmanager
+    def _named(self) -> Iterator[None]:
+        """Our errors (a bad setting, a node without a Docker engine) raised with the node they
+        happened on: a cluster's user must know which of its machines to mend."""
+        try:
+            yield
+        except DeeplopsError as exc:
+            named = copy.copy(exc)
+            named.args = (f"on the Ray node at {self.ip}: {exc}",)
+            raise named from None
 
     def close(self) -> None:
         """Release its games."""
@@ -141,10 +164,11 @@ class RolloutWorker:
             self.rollouts, self.phase = None, -1
 
 
-def connect(address: str, workers: int | None = None) -> RayCluster:
+def connect(address: str, workers: int | None = None, per_node: bool = False) -> RayCluster:
     """A connection to the running Ray cluster at ``address`` (``auto``: the one started on this
     machine; ``HOST:PORT`` or ``ray://HOST:PORT``), to collect rollouts on ``workers`` actors (by
-    default one per CPU of the cluster).
+    default one per CPU of the cluster, or with ``per_node`` one per node: a game on real
+    containers per node's Docker engine).
 
     Raises:
         ConfigError: Ray is not installed, or no cluster answers at ``address``.
@@ -159,7 +183,9 @@ def connect(address: str, workers: int | None = None) -> RayCluster:
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError or ValueError, as it may
         raise ConfigError(f"--ray {address}: no Ray cluster could be reached there ({_first_line(exc)}): "
                           "expected auto or the address of a running cluster's head, HOST:PORT") from None  # fmt: skip
-    if workers is None:
+    if workers is None and per_node:
+        workers = max(1, sum(1 for node in ray.nodes() if node["Alive"]))
+    elif workers is None:
         workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
     return RayCluster(address, workers)
 
@@ -196,37 +222,53 @@ class RayCluster:
         import ray
 
         given = [ray.put(g) for g in games]  # each once, however many batches it has
-        batches = [(i, first, n) for i, g in enumerate(games) for first, n in g.batches()]
-        played: list[list[EpisodeStats]] = [[] for _ in batches]
-        waiting = deque(range(len(batches)))
+        calls = [(_play_batch, (given[i], first, n)) for i, g in enumerate(games) for first, n in g.batches()]
+        results = iter(self._spread(calls, "one round of the report's games"))
+        return [[episode for _ in g.batches() for episode in next(results)] for g in games]
+
+    def call(self, tasks: Sequence[Callable[[], Any]]) -> list[Any]:
+        """What ``evaluate.call_here(tasks)`` returns, each task called on an actor, side by side. A
+        task whose actor dies is called again on its replacement.
+
+        Raises:
+            ClusterError: more than ``MAX_REPLACEMENTS`` actors died in this call.
+        """
+        return self._spread([(task, ()) for task in tasks], "one round of tasks")
+
+    def _spread(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], work: str) -> list[Any]:
+        """Each ``(task, args)`` of ``calls`` called on an actor, one at a time each; their results, in
+        order. The nodes they ran on are added to ``evaluation_nodes``."""
+        import ray
+
+        done: list[Any] = [None] * len(calls)
+        waiting = deque(range(len(calls)))
         pending: dict[Any, tuple[int, int]] = {}
-        """Each batch in flight: (the actor playing it, the batch)."""
+        """Each call in flight: (the actor making it, the call)."""
 
         def hand(actor: int) -> None:
             if waiting:
                 k = waiting.popleft()
-                i, first, n = batches[k]
-                pending[self.actor(actor).evaluate.remote(given[i], first, n)] = (actor, k)
+                task, args = calls[k]
+                pending[self.actor(actor).run.remote(task, *args)] = (actor, k)
 
-        for actor in range(min(self.workers, len(batches))):
+        for actor in range(min(self.workers, len(calls))):
             hand(actor)
         replaced = 0
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             actor, k = pending.pop(ref)
             try:
-                part: PlayedBatch = ray.get(ref)
+                part: Done = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
-                replaced = self.replace_dead(actor, replaced, exc, "one round of the report's games")
+                replaced = self.replace_dead(actor, replaced, exc, work)
                 waiting.appendleft(k)
             except ray.exceptions.RayTaskError as exc:
                 raise _failure(self.address, "an evaluation worker", exc) from None
             else:
-                played[k] = part.stats
+                done[k] = part.result
                 self.evaluation_nodes.add(part.node)
             hand(actor)
-        results = iter(played)
-        return [[episode for _ in g.batches() for episode in next(results)] for g in games]
+        return done
 
     def replace_dead(self, i: int, replaced: int, exc: BaseException, work: str) -> int:
         """Replace the dead ``i``-th actor, ``replaced`` having been replaced already during ``work``
@@ -259,9 +301,12 @@ class RayCluster:
         return self._actors[i]
 
     def close(self) -> None:
-        """End the actors and disconnect."""
+        """Let the actors release their games, end them and disconnect."""
         import ray
 
+        if self._actors:  # queued behind each actor's work in flight; a dead actor's fails at once
+            ray.wait([actor.close.remote() for actor in self._actors], num_returns=len(self._actors),
+                     timeout=CLOSE_S)  # fmt: skip
         for actor in self._actors:
             ray.kill(actor)
         self._actors.clear()
@@ -392,9 +437,16 @@ def _check_reachable(address: str) -> None:
                           "expected auto or the address of a running cluster's head, HOST:PORT") from None  # fmt: skip
 
 
+def _play_batch(games: Games, first: int, n: int) -> list[EpisodeStats]:
+    """The batch of ``games`` that starts at episode ``first`` and holds ``n`` episodes, played with
+    freshly made policies."""
+    return play_batch(games.match(), games.seed, first, n)
+
+
 def _failure(address: str, who: str, exc: Any) -> DeeplopsError:
     """The error to raise for a task that failed on an actor (``exc``, Ray's ``RayTaskError``): its own
-    when it is one of ours (a bad setting is no cluster's fault), else a ``ClusterError``."""
+    when it is one of ours (a bad setting, a node without a Docker engine: no cluster's fault, and
+    named after its node by the actor), else a ``ClusterError``."""
     cause = exc.cause
     if isinstance(cause, DeeplopsError):
         return cause

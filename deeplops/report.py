@@ -24,13 +24,12 @@ from deeplops import outputs
 from deeplops.actions import Policy, Role
 from deeplops.bench import cartpole_ppo_rate
 from deeplops.drill import DrillRun, run_drill
-from deeplops.evaluate import Games, Match, Runner, play, play_here
-from deeplops.learned import load_agent
+from deeplops.evaluate import Caller, Games, Match, Runner, call_here, play, play_here
 from deeplops.metrics import Summary, summarize
 from deeplops.plot import save_figure
 from deeplops.policies import load_policy
-from deeplops.scenario import ScriptedChaos, load_scenario, shipped_scenarios
-from deeplops.selfplay import TRAIN_SEEDS, Progress, SelfPlay, SelfPlayConfig
+from deeplops.scenario import Scenario, ScriptedChaos, load_scenario, shipped_scenarios
+from deeplops.selfplay import TRAIN_SEEDS, FrozenAgent, Progress, SelfPlay, SelfPlayConfig
 from deeplops.sim import SimParams
 from deeplops.topogen import random_topology
 from deeplops.topology import Topology, load_topology
@@ -343,20 +342,25 @@ def build_report(
     return Report(cfg, history, cross, final, strength, throughput)
 
 
-def real_drill(config: SelfPlayConfig, order_path: Path, progress: Progress) -> RealReplay:
+def real_drill(config: SelfPlayConfig, order_path: Path, progress: Progress, caller: Caller = call_here) -> RealReplay:
     """The trained order agent and the runbook on the shortest shipped scenario of the trained
-    topology, on the run's backend (real containers)."""
+    topology, on the run's backend (real containers); ``caller`` plays the two (here, one after the
+    other, or side by side on a cluster's actors, each on its own node's engine)."""
     topology = load_topology(config.train_on[0])
     drills = [s for s in map(load_scenario, shipped_scenarios()) if s.topology == topology]
     if not drills:
         note = f"no shipped scenario runs on {topology.name}: nothing to replay on {config.backend}"
         return RealReplay(config.backend, None, note=note)
     drill = min(drills, key=lambda s: s.ticks)
-    runs = []
-    for name, policy in (("learned", load_agent(order_path)), ("runbook", load_policy("runbook", Role.ORDER))):
-        progress.update(f"replaying {drill.name} on {config.backend}: {name}", 0, 1)
-        runs.append(run_drill(drill, name, policy, config.backend))
+    players: dict[str, Maker] = {"learned": FrozenAgent(order_path, Role.ORDER), "runbook": _maker("runbook")}
+    progress.update(f"replaying {drill.name} on {config.backend}: {' and '.join(players)}", 0, 1)
+    runs = caller([partial(_replayed, drill, name, maker, config.backend) for name, maker in players.items()])
     return RealReplay(config.backend, drill.name, tuple(runs))
+
+
+def _replayed(drill: Scenario, label: str, order: Maker, backend: str) -> DrillRun:
+    """``drill`` played once against a fresh order policy from ``order``, on ``backend``."""
+    return run_drill(drill, label, order(), backend)
 
 
 def write(out: Path, report: Report) -> list[Path]:

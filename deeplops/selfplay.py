@@ -27,7 +27,7 @@ from deeplops.agents import AgentConfig, load_agent_config
 from deeplops.backends import BACKENDS
 from deeplops.catalog import MAX_DOCUMENT_BYTES, data_dir, parse_json, read_text
 from deeplops.errors import ConfigError
-from deeplops.evaluate import Runner, play_here
+from deeplops.evaluate import Caller, Runner, call_here, play_here
 from deeplops.game import GameConfig
 from deeplops.imitation import imitate
 from deeplops.learned import load_agent
@@ -146,15 +146,16 @@ class SelfPlayConfig:
             return replace(params, randomise=None)
         return params if params.randomise else replace(params, randomise=Randomisation())
 
-    def agent(self, role: Role) -> AgentConfig:
-        """The role's hyperparameters, fitted to the backend: on real containers one game of one env,
-        rollouts no longer than the run, and no imitation (the agents come trained from the sim)."""
+    def agent(self, role: Role, hosts: int = 1) -> AgentConfig:
+        """The role's hyperparameters, fitted to the backend: on real containers one game of one env
+        on each of ``hosts`` Docker engines (this machine's, or each Ray actor's), rollouts no longer
+        than the run, and no imitation (the agents come trained from the sim)."""
         agent = self.given(role)
         if not self.real:
             return agent
-        n_steps = max(1, min(agent.n_steps, self.steps))
-        return replace(agent, n_games=1, envs_per_game=1, n_steps=n_steps, batch_size=min(agent.batch_size, n_steps),
-                       imitation_steps=0)  # fmt: skip
+        n_steps = max(1, min(agent.n_steps, round(self.steps * agent.steps_share) // hosts))
+        return replace(agent, n_games=hosts, envs_per_game=1, n_steps=n_steps,
+                       batch_size=min(agent.batch_size, n_steps * hosts), imitation_steps=0)  # fmt: skip
 
 
 @dataclass
@@ -176,17 +177,6 @@ def teacher(name: str) -> str | None:
     if name not in allowed:
         raise ConfigError(f"--imitate: expected none or one of {', '.join(allowed)}, got {bounds.shown(name)}")
     return name
-
-
-def check_cluster(config: SelfPlayConfig) -> None:
-    """Refuse rollouts on a Ray cluster where they cannot be played there.
-
-    Raises:
-        ConfigError: the run plays on real containers (a worker would need a Docker host of its own).
-    """
-    if config.real:
-        raise ConfigError(f"--ray plays training games on the simulator only: expected --backend sim, got "
-                          f"{config.backend}")  # fmt: skip
 
 
 def topology_sampler(config: SelfPlayConfig) -> Callable[[np.random.Generator], Topology]:
@@ -301,8 +291,6 @@ class SelfPlay:
         """Where rollouts and the report's games are played: None for this process, else on the Ray
         cluster's actors. Not a setting of the run: a run started here may resume on a cluster, and
         the other way round."""
-        if cluster is not None:
-            check_cluster(config)
         self.device = (
             "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
         )
@@ -313,6 +301,16 @@ class SelfPlay:
     def runner(self) -> Runner:
         """Where the report's games are played: here, or on the cluster's actors with the same results."""
         return play_here if self.cluster is None else self.cluster.play
+
+    @property
+    def caller(self) -> Caller:
+        """Where other work of the report is done (a drill on real containers): here, or on the actors."""
+        return call_here if self.cluster is None else self.cluster.call
+
+    @property
+    def hosts(self) -> int:
+        """Docker engines training games on real containers are played on: each actor's, or this one."""
+        return 1 if self.cluster is None else self.cluster.workers
 
     @property
     def checkpoints(self) -> Path:
@@ -373,7 +371,7 @@ class SelfPlay:
             (Role.ORDER, self.chaos_pool(g - 1), int(seeds[0]), int(seeds[1])),
             (Role.CHAOS, self.order_pool(g), int(seeds[2]), int(seeds[3])),
         ):
-            agent = cfg.agent(role)
+            agent = cfg.agent(role, self.hosts)
             steps = round(cfg.steps * agent.steps_share)
             topologies = (
                 topology_sampler(cfg) if role is Role.ORDER or cfg.real else (lambda rng: load_topology("shop"))

@@ -389,6 +389,44 @@ def test_an_unreachable_engine_on_connect_is_an_engine_error(monkeypatch):
         stack.connect()
 
 
+def test_an_unreachable_engine_named_by_docker_host_is_named_in_the_error(monkeypatch):
+    def refuse(**_: object) -> None:
+        raise DockerException("Error while fetching server API version: Connection refused")
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/elsewhere.sock")
+    monkeypatch.setattr(docker, "from_env", refuse)
+    with pytest.raises(EngineError) as caught:
+        stack.connect()
+    assert str(caught.value) == (
+        "Docker engine at 'unix:///run/elsewhere.sock' not reachable (DockerException): start dockerd and retry"
+    )
+
+
+@pytest.mark.parametrize("given", ["tcp://10.1.2.3:2375", "ssh://ops@build-7", "build-7:2375"])
+def test_an_engine_on_another_machine_is_refused_before_it_is_called(cli, monkeypatch, given):
+    # The sandbox acts on its engine's machine (network, cgroups, volumes): another's would be
+    # driven half-blind.
+    called: list[object] = []
+    monkeypatch.setenv("DOCKER_HOST", given)
+    monkeypatch.setattr(docker, "from_env", lambda **kw: called.append(kw))
+    result = cli("sandbox", "status", "--name", "demo")
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        f"deeplops: error: DOCKER_HOST={given!r} names an engine that may be another machine's: expected this "
+        "machine's (a unix:// socket or a loopback address), whose network, cgroups and volumes the sandbox acts on"
+    ]
+    assert called == []
+
+
+@pytest.mark.parametrize("given", ["unix:///run/other.sock", "tcp://127.0.0.1:2375", "tcp://localhost:2375",
+                                   "tcp://[::1]:2375"])  # fmt: skip
+def test_an_engine_of_this_machine_may_be_named_by_docker_host(monkeypatch, given):
+    client = FakeClient()
+    monkeypatch.setenv("DOCKER_HOST", given)
+    monkeypatch.setattr(docker, "from_env", lambda **_: client)
+    assert stack.connect() is client
+
+
 def test_an_engine_that_breaks_off_after_connecting_is_an_engine_error(monkeypatch):
     client = FakeClient()
 

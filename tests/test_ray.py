@@ -4,24 +4,29 @@ Specifications: a run with ``--ray`` plays its rollouts on every node of the clu
 what a local run reports; the report's games are played on every node and give the figures the
 same games give here; an actor killed mid-rollout (or mid-game) is replaced and its rollout (or its
 batch of games) redone; a run interrupted mid-generation resumes from its last completed
-generation; a cluster that cannot be reached, a missing Ray and a Docker backend exit 2 with one
-line. The cluster tests start a real two-node cluster on this machine (a head and a second node of
-one CPU each) and end it after.
+generation; a cluster that cannot be reached and a missing Ray exit 2 with one line. On real
+containers each actor plays its games on its own node's Docker engine, and a node without one
+stops the run with exit 2 naming the node. The cluster tests start a real two-node cluster on this
+machine (a head and a second node of one CPU each) and end it after; the second node's
+``DOCKER_HOST`` is a socket forwarding to this machine's engine, which records what it is sent.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from engine_proxy import EngineProxy
 
 from deeplops.actions import Role
 from deeplops.agents import AgentConfig
@@ -57,18 +62,23 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[str, set[str]]]:
-    """A running two-node Ray cluster on this machine: its head's address and its nodes' ids."""
+def cluster(tmp_path_factory) -> Iterator[tuple[str, set[str], EngineProxy]]:
+    """A running two-node Ray cluster on this machine: its head's address, its nodes' ids, and the
+    Docker engine of its second node (a proxy of this machine's; the head uses the engine's own socket)."""
     from ray.cluster_utils import Cluster
 
+    engine = EngineProxy(tmp_path_factory.mktemp("engine") / "docker.sock")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        env.delenv("DOCKER_HOST", raising=False)
         node = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
         nodes = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
         try:
+            env.setenv("DOCKER_HOST", f"unix://{engine.path}")  # a node's processes take its environment
             nodes.add_node(**node)
+            env.delenv("DOCKER_HOST")
             nodes.wait_for_nodes()
-            yield nodes.address, {n.node_id for n in nodes.list_all_nodes()}
+            yield nodes.address, {n.node_id for n in nodes.list_all_nodes()}, engine
         finally:
             nodes.shutdown()
 
@@ -284,12 +294,65 @@ def test_selfplay_on_ray_without_ray_installed_says_how_to_install_it(cli, monke
     ]
 
 
-def test_selfplay_on_ray_refuses_real_containers_before_any_work(cli, tmp_path):
-    result = cli("selfplay", "--ray", "auto", "--backend", "docker", "--out", str(tmp_path / "run"))
+ON_DOCKER = ("selfplay", "--backend", "docker", "--generations", "1", "--steps", "24", "--ticks", "12",
+             "--device", "cpu")  # fmt: skip
+"""A short fine-tuning of the shipped agents on real containers: one rollout of 12 ticks on each of
+two engines per role."""
+
+
+@pytest.fixture
+def fine_tuned(cluster, cli, docker_engine, monkeypatch, tmp_path) -> Callable[[], tuple[Any, set[str]]]:
+    """Runs ``ON_DOCKER`` on the cluster into tmp_path/run: its result, and the sandboxes on this
+    machine's engine before it."""
+    from deeplops.dockerbox import stack
+
+    monkeypatch.setattr("deeplops.selfplay.load_agent_config", lambda role, path=None: TINY)
+
+    def run() -> tuple[Any, set[str]]:
+        before = set(stack.sandboxes(stack.connect()))
+        return cli(*ON_DOCKER, "--out", str(tmp_path / "run"), "--ray", cluster[0]), before
+
+    return run
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_selfplay_on_docker_plays_each_actors_games_on_its_own_nodes_engine(cluster, fine_tuned, tmp_path):
+    from deeplops.dockerbox import stack
+
+    address, _, engine = cluster
+    seen = len(engine.sent)
+    result, before = fine_tuned()
+    assert result.code == 0, result.err
+    assert f"rollouts played by 2 Ray workers on 2 nodes of {address}, the report's games on 2" in result.out
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["throughput"]["order_steps"] == 24 and report["throughput"]["chaos_steps"] == 24
+    real = report["real"]
+    assert real["backend"] == "docker" and real["runbook"]["hypothesis_met"] is True
+    assert set(real["learned"]) == {"availability", "mttr_mean", "unrecovered", "hypothesis_met"}
+    assert "On real containers (docker)" in (tmp_path / "run" / "report.md").read_text()
+    # The second node's actor made its sandboxes through its own DOCKER_HOST: an actor's, not this process's.
+    made = set(re.findall(rb"/containers/create\?name=deeplops-(\d+)-", bytes(engine.sent[seen:])))
+    assert made and str(os.getpid()).encode() not in made
+    assert set(stack.sandboxes(stack.connect())) == before  # every actor's containers gone
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_selfplay_on_docker_with_a_node_without_its_engine_exits_2_naming_the_node(cluster, fine_tuned):
+    from deeplops.dockerbox import stack
+
+    engine = cluster[2]
+    engine.cut()
+    try:
+        result, before = fine_tuned()
+    finally:
+        engine.restore()
     assert result.code == 2
-    assert result.err.strip().splitlines() == [
-        "deeplops: error: --ray plays training games on the simulator only: expected --backend sim, got docker"
-    ]
+    [line] = result.err.strip().splitlines()
+    assert re.fullmatch(rf"deeplops: error: on the Ray node at [0-9.]+: Docker engine at 'unix://{engine.path}' "
+                        r"not reachable \(\w+\): start dockerd and retry", line), line  # fmt: skip
+    assert set(stack.sandboxes(stack.connect())) == before  # the other node's game was taken down
 
 
 def test_workers_without_ray_is_refused(cli, tmp_path):

@@ -4,7 +4,6 @@ serves /metrics and /healthz, and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from engine_proxy import EngineProxy
 
 from deeplops.errors import ConfigError
 from deeplops.faults import Repair
@@ -357,72 +357,12 @@ def test_containers_added_to_and_removed_from_the_project_are_taken_in(compose_p
     assert client.containers.get(f"{compose_project}-db-1").status == "running"
 
 
-class SocketCut:
-    """A Unix socket standing in for the Docker engine's, forwarding to it, that can be cut (the
-    engine gone: connections refused, open ones dropped) and restored."""
-
-    def __init__(self, path: Path, engine: str = "/var/run/docker.sock") -> None:
-        import threading
-
-        self.path, self.engine = path, engine
-        self.threads: list[threading.Thread] = []
-        self.conns: list = []
-        self.listener = None
-        self.restore()
-
-    def restore(self) -> None:
-        import socket
-        import threading
-
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.path.unlink(missing_ok=True)
-        self.listener.bind(str(self.path))
-        self.listener.listen(16)
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        import socket
-
-        self.listener.close()
-        self.path.unlink(missing_ok=True)
-        for c in self.conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-                c.close()
-        self.conns.clear()
-
-    def _accept(self, listener) -> None:
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # cut
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(self.engine)
-            self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a, b) -> None:
-        import socket
-
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                b.sendall(data)
-        with contextlib.suppress(OSError):
-            b.shutdown(socket.SHUT_WR)
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 def test_an_engine_that_goes_away_is_retried_with_back_off_and_healing_resumes(live, tmp_path):
     from deeplops.chaostoolkit import actions
 
-    engine = SocketCut(tmp_path / "docker.sock")
+    engine = EngineProxy(tmp_path / "docker.sock")
     side = Running(live, tmp_path, "--policy", "runbook", env={"DOCKER_HOST": f"unix://{engine.path}"})
     try:
         side.until(lambda: stable(side, 3), 30, "the stack to settle")

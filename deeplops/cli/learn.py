@@ -86,7 +86,8 @@ def selfplay(
         int | None,
         typer.Option(
             "--workers",
-            help="Ray actors playing rollouts, one CPU each (with --ray) [default: one per CPU of the cluster].",
+            help="Ray actors playing rollouts, one CPU each (with --ray) [default: one per CPU of the cluster; "
+            "with --backend docker, one per node].",
             show_default=False,
         ),
     ] = None,
@@ -100,12 +101,14 @@ def selfplay(
     second, as root): it fine-tunes trained agents, and its report adds a scenario replayed for real.
 
     --ray ADDRESS plays the training rollouts on a Ray cluster's actors, each with its share of the
-    games and a copy of the network sent out at every update (simulator only), and then the report's
-    games, batch by batch, with the figures a run here gives; the learner stays here.
+    games and a copy of the network sent out at every update, and then the report's games, batch by
+    batch, with the figures a run here gives; the learner stays here. With --backend docker each
+    actor plays one game at a time on its own node's Docker engine (DOCKER_HOST there, local to that
+    node): every node needs dockerd, root and the images (deeplops sandbox build).
     """
     from deeplops.learn import train_and_report
     from deeplops.raypool import MAX_WORKERS, connect
-    from deeplops.selfplay import SelfPlay, SelfPlayConfig, check_cluster, teacher
+    from deeplops.selfplay import SelfPlay, SelfPlayConfig, teacher
     from deeplops.topology import load_topology
 
     check_backend(backend)
@@ -128,9 +131,7 @@ def selfplay(
     if imitate is not None:
         config = replace(config, order=replace(config.order, imitate=teacher(imitate)))
     SelfPlay(config, out_dir).completed()  # a run there with other settings, or a corrupt state, fails now
-    if ray is not None:
-        check_cluster(config)
-    cluster = None if ray is None else connect(ray, workers)
+    cluster = None if ray is None else connect(ray, workers, per_node=config.real)
     on_interrupt(f"generations completed are kept in {out_dir}: the same command resumes from the last one")
     with _Phases() as progress, cluster or nullcontext():
         report, files = train_and_report(config, out_dir, progress, cluster=cluster)

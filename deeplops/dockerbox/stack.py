@@ -15,11 +15,14 @@ Every public function here is an edge of the backend: engine errors leave it as 
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import signal
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -75,13 +78,40 @@ HEALTH_INTERVAL_S = TICK_S
 
 
 def connect() -> docker.DockerClient:
-    """A client of the local Docker engine, or an EngineError saying how to get one."""
+    """A client of the local Docker engine (``DOCKER_HOST``'s, if set), or an EngineError saying how
+    to get one. The engine must be this machine's: sandboxes act on its host (network, cgroups,
+    volumes)."""
+    given = os.environ.get("DOCKER_HOST", "")
+    check_local(given)
     try:
         client = docker.from_env(timeout=30)
         client.ping()
     except ENGINE_ERRORS as exc:
-        raise EngineError(f"Docker engine not reachable ({exc.__class__.__name__}): start dockerd and retry") from None
+        at = f" at {_shown_host(given)}" if given else ""
+        raise EngineError(
+            f"Docker engine{at} not reachable ({exc.__class__.__name__}): start dockerd and retry"
+        ) from None
     return client
+
+
+def check_local(docker_host: str) -> None:
+    """An EngineError where ``docker_host`` (a ``DOCKER_HOST``) names an engine on another machine."""
+    if not docker_host or docker_host.startswith(("unix://", "/")):
+        return
+    where = urllib.parse.urlsplit(docker_host if "://" in docker_host else f"tcp://{docker_host}")
+    try:
+        loopback = ipaddress.ip_address(where.hostname or "").is_loopback
+    except ValueError:
+        loopback = where.hostname == "localhost"
+    if not loopback:
+        raise EngineError(f"DOCKER_HOST={_shown_host(docker_host)} names an engine that may be another "
+                          "machine's: expected this machine's (a unix:// socket or a loopback address), whose "
+                          "network, cgroups and volumes the sandbox acts on")  # fmt: skip
+
+
+def _shown_host(docker_host: str) -> str:
+    """``DOCKER_HOST`` as an error shows it: whole, unless it is past any sensible length."""
+    return repr(docker_host) if len(docker_host) <= 200 else f"{docker_host[:197]!r}..."
 
 
 def container_name(sandbox: str, service: str) -> str:
