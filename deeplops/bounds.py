@@ -54,15 +54,16 @@ def number(
     return float(value)  # type: ignore[arg-type]
 
 
-def shown(value: object) -> str:
-    """A short rendering of a user's value: its type only when it is not a plain scalar."""
+def shown(value: object, width: int = 40) -> str:
+    """A short rendering of a user's value: its type only when it is not a plain scalar; a string
+    past ``width`` characters cut there."""
     if value is None:
         return "nothing"
     if isinstance(value, bool | int | float):
         text = repr(value)
         return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} digits)"
     if isinstance(value, str):
-        return repr(value) if len(value) <= 40 else f"{value[:37]!r}..."
+        return repr(value) if len(value) <= width else f"{value[: width - 3]!r}..."
     return f"a {type(value).__name__}"
 
 

@@ -49,7 +49,8 @@ REACH_TIMEOUT_S = 5.0
 WORKER_START_S = 300.0
 """How long actors may take to be placed and started (a cluster may first have to find room)."""
 MAX_REPLACEMENTS = 3
-"""Actors replaced in one rollout (or one call of ``RayCluster.play``) before the cluster counts as unusable."""
+"""Actors replaced in one rollout (or one call of ``RayCluster.play`` or ``call``) before the cluster counts as
+unusable."""
 MAX_WORKERS = 4_096
 """Most rollout actors (``--workers``); a phase uses at most one per game."""
 CLOSE_S = 120.0

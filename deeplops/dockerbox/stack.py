@@ -35,6 +35,7 @@ import psutil
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
+from deeplops import bounds
 from deeplops.dockerbox import host, restore
 from deeplops.dockerbox.engine import ENGINE_ERRORS, edge
 from deeplops.dockerbox.owner import owner_gone, owner_pid
@@ -73,6 +74,8 @@ is added to it. Enough for every kind: under traffic PostgreSQL peaks at 75 MiB 
 cluster in the volume and its shared buffers), the others at 22 (sandbox/README.md)."""
 UP_TIMEOUT_S = 30.0
 """How long ``up`` waits for every service to pass /health, besides the slowest ``restart_s``."""
+SHOWN_HOST_WIDTH = 200
+"""Characters of a ``DOCKER_HOST`` an error shows: a socket's whole path, unless past any sensible length."""
 HEALTH_INTERVAL_S = TICK_S
 """How often each service refreshes the health its /ping answers: a failure climbs one hop a tick."""
 
@@ -82,19 +85,19 @@ def connect() -> docker.DockerClient:
     to get one. The engine must be this machine's: sandboxes act on its host (network, cgroups,
     volumes)."""
     given = os.environ.get("DOCKER_HOST", "")
-    check_local(given)
+    _check_local(given)
     try:
         client = docker.from_env(timeout=30)
         client.ping()
     except ENGINE_ERRORS as exc:
-        at = f" at {_shown_host(given)}" if given else ""
+        at = f" at {bounds.shown(given, SHOWN_HOST_WIDTH)}" if given else ""
         raise EngineError(
             f"Docker engine{at} not reachable ({exc.__class__.__name__}): start dockerd and retry"
         ) from None
     return client
 
 
-def check_local(docker_host: str) -> None:
+def _check_local(docker_host: str) -> None:
     """An EngineError where ``docker_host`` (a ``DOCKER_HOST``) names an engine on another machine."""
     if not docker_host or docker_host.startswith(("unix://", "/")):
         return
@@ -104,14 +107,10 @@ def check_local(docker_host: str) -> None:
     except ValueError:
         loopback = where.hostname == "localhost"
     if not loopback:
-        raise EngineError(f"DOCKER_HOST={_shown_host(docker_host)} names an engine that may be another "
-                          "machine's: expected this machine's (a unix:// socket or a loopback address), whose "
-                          "network, cgroups and volumes the sandbox acts on")  # fmt: skip
-
-
-def _shown_host(docker_host: str) -> str:
-    """``DOCKER_HOST`` as an error shows it: whole, unless it is past any sensible length."""
-    return repr(docker_host) if len(docker_host) <= 200 else f"{docker_host[:197]!r}..."
+        shown = bounds.shown(docker_host, SHOWN_HOST_WIDTH)
+        raise EngineError(f"DOCKER_HOST={shown} names an engine that may be another machine's: expected this "
+                          "machine's (a unix:// socket or a loopback address), whose network, cgroups and volumes "
+                          "the sandbox acts on")  # fmt: skip
 
 
 def container_name(sandbox: str, service: str) -> str:
