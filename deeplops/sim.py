@@ -265,24 +265,24 @@ class SimParams:
     kinds: tuple[KindProfile, ...] = (
         KindProfile(
             "nginx",
-            restart_ticks=1,
+            restart_ticks=0,
             dead_start_saves=0,
-            start_cpu=(0.013, 0.096),
-            recreate_ticks=1,
+            start_cpu=(0.004, 0.004),
+            recreate_ticks=0,
             cpu_hog=Symptoms(
-                latency_s=(0.1457, 0.2509), cpu=(0.971, 1.0), net_rx=(0.0037, 0.0052), probe_fail=0.0, serve_fail=0.0
+                latency_s=(0.0149, 0.2291), cpu=(0.937, 1.0), net_rx=(0.0035, 0.0052), probe_fail=0.0, serve_fail=0.0
             ),
         ),
         KindProfile(
             "app",
             restart_ticks=1,
-            dead_start_saves=0,
-            start_cpu=(0.524, 0.956),
-            recreate_ticks=1,
+            dead_start_saves=1,
+            start_cpu=(0.042, 0.049),
+            recreate_ticks=0,
             cpu_hog=Symptoms(
-                latency_s=(0.0263, 0.3855),
-                cpu=(0.971, 1.0),
-                net_rx=(0.0039, 0.0073),
+                latency_s=(0.1088, 0.2716),
+                cpu=(0.95, 1.0),
+                net_rx=(0.0039, 0.0069),
                 probe_fail=0.5,
                 serve_fail=0.25,
                 serve_slow=0.75,
@@ -290,42 +290,37 @@ class SimParams:
         ),
         KindProfile(
             "worker",
-            restart_ticks=1,
+            restart_ticks=0,
             dead_start_saves=0,
-            start_cpu=(0.36, 0.805),
-            recreate_ticks=1,
+            start_cpu=(0.026, 0.031),
+            recreate_ticks=0,
             cpu_hog=Symptoms(
-                latency_s=(0.0761, 0.3002), cpu=(0.972, 1.0), net_rx=(0.003, 0.0049), probe_fail=0.125, serve_fail=0.0
+                latency_s=(0.1269, 0.3804), cpu=(0.974, 1.0), net_rx=(0.0031, 0.0051), probe_fail=0.375, serve_fail=0.0
             ),
         ),
         KindProfile(
             "postgres",
             restart_ticks=1,
-            dead_start_saves=0,
-            start_cpu=(0.542, 0.905),
-            recreate_ticks=2,
+            dead_start_saves=1,
+            start_cpu=(0.033, 0.044),
+            recreate_ticks=0,
             clean_disk_ticks=0,
             page_ticks=30,
             cpu_hog=Symptoms(
-                latency_s=(0.1039, 0.4906),
-                cpu=(0.987, 1.0),
-                net_rx=(0.004, 0.0074),
-                probe_fail=0.125,
-                serve_fail=0.0,
-                serve_slow=0.125,
+                latency_s=(0.1461, 0.3391), cpu=(0.936, 1.0), net_rx=(0.004, 0.0076), probe_fail=0.0, serve_fail=0.0
             ),
         ),
         KindProfile(
             "redis",
             restart_ticks=1,
-            dead_start_saves=0,
-            start_cpu=(0.449, 0.887),
-            recreate_ticks=1,
+            dead_start_saves=1,
+            start_cpu=(0.024, 0.029),
+            recreate_ticks=0,
             clean_disk_ticks=0,
             page_ticks=4,
             check_in_page=True,
             cpu_hog=Symptoms(
-                latency_s=(0.0327, 0.2042), cpu=(0.965, 1.0), net_rx=(0.0041, 0.0067), probe_fail=0.0, serve_fail=0.0
+                latency_s=(0.0235, 0.264), cpu=(0.958, 1.0), net_rx=(0.0042, 0.0067), probe_fail=0.0, serve_fail=0.0
             ),
         ),
     )
@@ -355,29 +350,29 @@ class SimParams:
     randomise: Randomisation | None = None
     """Ranges to draw the restart, recreate and probe dynamics and the symptoms from at every
     reset (training); None keeps the fields above for every episode."""
-    start_cpu: tuple[float, float] = (0.109, 0.219)
+    start_cpu: tuple[float, float] = (0.069, 0.074)
     """The CPU a new process reads once started: after a restart or a recreate, the first
     reading has nothing to rate the new container's counters against (0), the second shows
     what its start-up burned, drawn from this range."""
     healthy: Symptoms = Symptoms(
-        latency_s=(0.005, 0.0201), cpu=(0.042, 0.115), net_rx=(0.0043, 0.0141), probe_fail=0.0, serve_fail=0.0
+        latency_s=(0.0022, 0.0109), cpu=(0.019, 0.067), net_rx=(0.0043, 0.0142), probe_fail=0.0, serve_fail=0.0
     )
     """A service with no fault (and one whose disk is full: its failures come from the disk)."""
     paused: Symptoms = Symptoms(
-        latency_s=(1.0, 1.0), cpu=(0.0, 0.0), net_rx=(0.001, 0.0014), probe_fail=1.0, serve_fail=1.0
+        latency_s=(1.0, 1.0), cpu=(0.0, 0.0), net_rx=(0.0009, 0.0014), probe_fail=1.0, serve_fail=1.0
     )
     """A frozen service: everything times out."""
     cpu_hog: Symptoms = Symptoms(
-        latency_s=(0.1046, 0.4359),
-        cpu=(0.984, 1.0),
-        net_rx=(0.0086, 0.0164),
-        probe_fail=0.875,
-        serve_fail=0.25,
-        serve_slow=0.75,
+        latency_s=(0.104, 0.4236),
+        cpu=(0.967, 1.0),
+        net_rx=(0.0097, 0.0212),
+        probe_fail=0.75,
+        serve_fail=0.0,
+        serve_slow=0.875,
     )
     """A service starved by a CPU hog."""
     flooded: Symptoms = Symptoms(
-        latency_s=(1.0, 1.0), cpu=(0.021, 0.06), net_rx=(0.9506, 1.0), probe_fail=1.0, serve_fail=1.0
+        latency_s=(1.0, 1.0), cpu=(0.009, 0.032), net_rx=(0.968, 1.0), probe_fail=1.0, serve_fail=1.0
     )
     """A service whose link is saturated by a flood."""
 

@@ -94,6 +94,26 @@ def test_kill_stops_the_container_and_restart_brings_it_back(box):
     assert feature(box, "cache", Feature.RUNNING) == 1.0 and healthy(box, "cache")
 
 
+def cpu_cap(container) -> str:
+    """The container's CPU cap as its cgroup holds it: a quota per 100 ms period (v1), or the
+    quota and the period (v2)."""
+    from deeplops.dockerbox import host
+
+    [cap] = [p.read_text().strip() for t, _ in host.CPU_CAP_FILES if (p := Path(t.format(id=container.id))).exists()]
+    return cap
+
+
+def test_a_restarted_container_starts_uncapped_and_has_its_cap_back_when_the_tick_ends(box):
+    capped = cpu_cap(box.containers["cache"])
+    assert capped.split()[0] == "25000"  # a quarter of a core: 25 ms of every 100 ms period
+    inject(box, "cache", Fault.KILL)
+    ticks(box, 1)
+    assert repair(box, "cache", Repair.RESTART)
+    assert cpu_cap(box.containers["cache"]) in ("-1", "max")
+    ticks(box, 1)
+    assert cpu_cap(box.containers["cache"]) == capped
+
+
 def test_pause_leaves_it_running_but_probes_time_out(box):
     inject(box, "cache", Fault.PAUSE)
     ticks(box, 1)

@@ -48,6 +48,40 @@ def sandboxed(sandbox: str, service: str | None, **labels: str) -> FakeContainer
 # -- rate counters ------------------------------------------------------------------------
 
 
+@pytest.fixture
+def cgroup_files(tmp_path, monkeypatch):
+    """A v1 and a v2 cgroup folder under tmp_path, in the order the host's are looked for."""
+    v1, v2 = tmp_path / "v1" / "{id}", tmp_path / "v2" / "{id}"
+    monkeypatch.setattr(host, "CPU_CAP_FILES", ((str(v1 / "cpu.cfs_quota_us"), "-1"), (str(v2 / "cpu.max"), "max")))
+    return tmp_path
+
+
+def test_lifting_a_v1_cpu_cap_leaves_no_quota_and_putting_it_back_restores_it(cgroup_files):
+    quota = cgroup_files / "v1" / "abc" / "cpu.cfs_quota_us"
+    quota.parent.mkdir(parents=True)
+    quota.write_text("25000\n")
+    lifted = host.lift_cpu_cap("abc")
+    assert lifted == (quota, "25000") and quota.read_text() == "-1"
+    host.set_cpu_cap(*lifted)
+    assert quota.read_text() == "25000"
+
+
+def test_lifting_a_v2_cpu_cap_writes_max_and_keeps_the_cap_to_put_back(cgroup_files):
+    cpu_max = cgroup_files / "v2" / "abc" / "cpu.max"
+    cpu_max.parent.mkdir(parents=True)
+    cpu_max.write_text("25000 100000\n")
+    assert host.lift_cpu_cap("abc") == (cpu_max, "25000 100000") and cpu_max.read_text() == "max"
+
+
+def test_a_cap_whose_cgroup_is_not_visible_is_left_alone(cgroup_files):
+    assert host.lift_cpu_cap("abc") is None
+
+
+def test_putting_back_the_cap_of_a_container_gone_since_is_a_no_op(cgroup_files):
+    host.set_cpu_cap(cgroup_files / "v1" / "gone" / "cpu.cfs_quota_us", "25000")
+    assert not (cgroup_files / "v1" / "gone").exists()
+
+
 def test_a_counter_reads_zero_on_its_first_reading():
     last: dict[str, tuple[float, int]] = {}
     assert counter_rate(last, "api", 10.0, 5_000, 1.0) == 0.0

@@ -489,9 +489,9 @@ def test_a_postgres_under_a_cpu_hog_keeps_serving_while_a_generic_service_does_n
         for _ in range(40):
             box.advance()
             hogged[key].append((bool(box.slo[0]), float(box.observe()[0, topology.index[target], Feature.CPU])))
-    assert sum(slo for slo, _ in hogged["db"]) >= 30  # PostgreSQL's processes keep their share (7 ticks in 8)
+    assert sum(slo for slo, _ in hogged["db"]) >= 30  # PostgreSQL's processes keep their share (every tick)
     assert all(cpu >= 0.9 for _, cpu in hogged["db"])  # yet its CPU reads at the allowance
-    assert sum(slo for slo, _ in hogged["api"]) <= 4  # the generic program misses the SLO
+    assert sum(slo for slo, _ in hogged["api"]) <= 10  # the generic program misses the SLO (7 ticks in 8)
 
 
 def test_the_downtime_a_privileged_policy_reads_counts_a_dead_process_a_tick_sooner() -> None:

@@ -9,6 +9,7 @@ directory descriptor and never follows a symbolic link.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -280,6 +281,35 @@ def cpu_ns(container_id: str) -> int | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+CPU_CAP_FILES = (
+    ("/sys/fs/cgroup/cpu/docker/{id}/cpu.cfs_quota_us", "-1"),
+    ("/sys/fs/cgroup/cpu,cpuacct/docker/{id}/cpu.cfs_quota_us", "-1"),
+    ("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.max", "max"),
+    ("/sys/fs/cgroup/docker/{id}/cpu.max", "max"),
+)
+"""Where a container's CPU cap is (cgroup v1, v2), and what a file holds when there is none."""
+
+
+def lift_cpu_cap(container_id: str) -> tuple[Path, str] | None:
+    """Lift a container's CPU cap; return its file and the cap it held, to put back with
+    ``set_cpu_cap``, or None where its cgroup is not visible here (inside a container)."""
+    for template, uncapped in CPU_CAP_FILES:
+        path = Path(template.format(id=container_id))
+        try:
+            held = path.read_text().strip()
+            path.write_text(uncapped)
+        except OSError:
+            continue
+        return path, held
+    return None
+
+
+def set_cpu_cap(path: Path, cap: str) -> None:
+    """Put a cap back (``lift_cpu_cap``); a container gone since has nothing to put back."""
+    with contextlib.suppress(OSError):
+        path.write_text(cap)
 
 
 def cgroup_processes(container_id: str) -> int | None:
