@@ -119,7 +119,7 @@ class DockerSandbox(ArrayState):
         }
         for service in box.topology.names:
             if box.containers.get(service) is not None and box.containers[service].status == "running":
-                box.rewire(service)
+                box._wire(service)
         box._next_tick = time.monotonic()
         box._measure()
         return box
@@ -153,8 +153,7 @@ class DockerSandbox(ArrayState):
         self.handle.containers = stack.containers(self.client, self.name)
         self.handle.restores.clear()
         for service in self.topology.names:
-            self.rewire(service)
-        self._cap_again()  # started healthy by ``up``: only a repair's start runs uncapped
+            self._wire(service)  # started healthy by ``up``: only a repair's start runs uncapped
         self._fault[:] = 0
         self._since[:] = NEVER_REPAIRED
         self._restarts[:] = 0.0
@@ -234,10 +233,16 @@ class DockerSandbox(ArrayState):
 
     @edge
     def rewire(self, service: str, resume_flood: bool = False) -> None:
-        """After a (re)start: refresh the container's address and veth, re-cap its link (a restart
-        drops the qdisc), and resume a flood that is still on."""
+        """After a repair's (re)start: let the container start uncapped until the tick ends, refresh
+        its address and veth, re-cap its link, and resume a flood that is still on."""
+        self._lift_cap(service)
+        self._wire(service)
+        if resume_flood:
+            mechanisms.start_flood(self.handle, service)
+
+    def _wire(self, service: str) -> None:
+        """Refresh a started container's address and veth, and re-cap its link (a start drops the qdisc)."""
         container = self.containers[service]
-        self._lift_cap(service, container.id)
         container.reload()
         ip = stack.ip_of(container, self.name)
         if ip is None or not container.attrs["State"]["Pid"]:
@@ -247,17 +252,15 @@ class DockerSandbox(ArrayState):
         host.cap_link(self.handle.veths[service])
         self._rx.pop(service, None)
         self._cpu.pop(service, None)
-        if resume_flood:
-            mechanisms.start_flood(self.handle, service)
 
-    def _lift_cap(self, service: str, container_id: str) -> None:
+    def _lift_cap(self, service: str) -> None:
         """Let a (re)started container start at full speed: its CPU cap (``stack.CPU_LIMIT``) is
         the sandbox's, to share two cores and make a CPU hog starve, not the software's. Held to
         it, a start's ~120 ms of CPU (the program's imports, PostgreSQL's recovery) takes four
         times as long, and whether the restart is done within its tick turns on a few tens of ms
         (sandbox/README.md, restarts). Lifted where the host's cgroups are visible, until the tick ends."""
         if self.owned and service not in self._lifted:
-            lifted = host.lift_cpu_cap(container_id)
+            lifted = host.lift_cpu_cap(self.containers[service].id)
             if lifted is not None:
                 self._lifted[service] = lifted
 
