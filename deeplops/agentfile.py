@@ -12,8 +12,10 @@ A saved agent (``order.zip``, ``chaos.zip``, a self-play checkpoint) holds exact
 Reading parses JSON and ``.npy`` headers only: no pickle, no ``torch.load``, nothing imported or
 called by a name the file gives. The observation and action spaces come from the game, never from
 the file; the network is rebuilt from ``network`` and must match the arrays name for name, shape
-for shape. Anything else is refused with a one-line PolicyError naming the file, what was expected
-and what was given, without echoing the file's text (it may be hostile).
+for shape (an agent saved in an earlier world, named by its action count, in that world's shapes,
+then brought into this one by ``agentupgrade``). Anything else is refused with a one-line
+PolicyError naming the file, what was expected and what was given, without echoing the file's
+text (it may be hostile).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from deeplops import agentupgrade
 from deeplops.actions import N_ACTIONS, OBSERVATION_SPACE, Role
 from deeplops.agent_net import SlotEncoder, SlotPolicy
 from deeplops.errors import PolicyError
@@ -234,16 +237,19 @@ def save(path: str | Path, policy: SlotPolicy, role: Role, training: TrainingSta
     os.replace(tmp, path)  # a reader never sees half a file
 
 
-def load(path: str | Path) -> SavedAgent:
-    """The saved agent at ``path``, checked member by member.
+def load(path: str | Path, explore: bool = False) -> SavedAgent:
+    """The saved agent at ``path``, checked member by member; one saved in an earlier world is
+    brought into this one (``agentupgrade``), to act as it did, or with ``explore`` to train on.
 
     Raises:
         PolicyError: the file is not a saved agent of this format, or does not match itself.
     """
     path = Path(path)
     members = _read_members(path)
-    role, network, training, adam_steps = _parse_config(path, members[CONFIG])
+    role, network, training, adam_steps, world = _parse_config(path, members[CONFIG])
     shapes = _layout(role, network)
+    if world is not None:
+        shapes = agentupgrade.shapes_in(world, role, shapes)
     expected_weights = "the parameters of the network agent.json describes"
     weights = _read_arrays(path, WEIGHTS, members[WEIGHTS], shapes, expected_weights)
     if adam_steps:
@@ -255,12 +261,14 @@ def load(path: str | Path) -> SavedAgent:
     for name, value in moments.items():
         if name.startswith("exp_avg_sq/") and (value < 0).any():
             _refuse(path, f"{OPTIMIZER}: {name} holds negative values: expected squared-gradient means (>= 0)")
-    adam = AdamState(
-        adam_steps,
-        {k: moments[f"exp_avg/{k}"] for k in shapes} if adam_steps else {},
-        {k: moments[f"exp_avg_sq/{k}"] for k in shapes} if adam_steps else {},
-    )
-    return SavedAgent(role, network, weights, training, adam)
+    exp_avg = {k: moments[f"exp_avg/{k}"] for k in shapes} if adam_steps else {}
+    exp_avg_sq = {k: moments[f"exp_avg_sq/{k}"] for k in shapes} if adam_steps else {}
+    if world is not None:  # an earlier world's agent, in today's layout
+        weights = agentupgrade.upgrade(world, role, weights, explore=explore)
+        if adam_steps:
+            exp_avg = agentupgrade.upgrade(world, role, exp_avg, moments=True)
+            exp_avg_sq = agentupgrade.upgrade(world, role, exp_avg_sq, moments=True)
+    return SavedAgent(role, network, weights, training, AdamState(adam_steps, exp_avg, exp_avg_sq))
 
 
 def _refuse(path: Path, problem: str) -> NoReturn:
@@ -330,8 +338,9 @@ def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, la
     return data
 
 
-def _parse_config(path: Path, raw: bytes) -> tuple[Role, Network, TrainingState, int]:
-    """Role, network, training state and Adam's step count from ``agent.json``, every field checked."""
+def _parse_config(path: Path, raw: bytes) -> tuple[Role, Network, TrainingState, int, agentupgrade.World | None]:
+    """Role, network, training state, Adam's step count and the earlier world it was saved in (None:
+    this one) from ``agent.json``, every field checked."""
 
     def no_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         if len({k for k, _ in pairs}) != len(pairs):
@@ -364,9 +373,11 @@ def _parse_config(path: Path, raw: bytes) -> tuple[Role, Network, TrainingState,
         _refuse(path, f"{CONFIG}: role must be {' or '.join(repr(r.value) for r in Role)}, got {given}")
     role = Role(doc["role"])
     actions = _integer(path, "actions", doc["actions"], 0, _COUNT_MAX)
-    if actions != N_ACTIONS[role]:
+    world = agentupgrade.world_of(role, actions)
+    if actions != N_ACTIONS[role] and world is None:
+        earlier = "".join(f" (or {w.actions(role)}, an earlier world's)" for w in agentupgrade.EARLIER)
         _refuse(path, f"{CONFIG}: role {role.value} with {actions} actions: expected {N_ACTIONS[role]}, the game's "
-                      f"{role.value} actions")  # fmt: skip
+                      f"{role.value} actions{earlier}")  # fmt: skip
     net = _fields(path, "network.", doc["network"], ("hidden", "rounds", "value_layers"))
     widths = net["value_layers"]
     if not isinstance(widths, list):
@@ -381,7 +392,7 @@ def _parse_config(path: Path, raw: bytes) -> tuple[Role, Network, TrainingState,
     )
     train = _fields(path, "training.", doc["training"], ("timesteps", "updates", "adam_steps"))
     counts = {k: _integer(path, f"training.{k}", train[k], 0, _COUNT_MAX) for k in train}
-    return role, network, TrainingState(counts["timesteps"], counts["updates"]), counts["adam_steps"]
+    return role, network, TrainingState(counts["timesteps"], counts["updates"]), counts["adam_steps"], world
 
 
 def _fields(path: Path, where: str, value: Any, names: tuple[str, ...]) -> dict[str, Any]:

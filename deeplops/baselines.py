@@ -49,6 +49,7 @@ class _Symptoms:
         self.net = s[..., Feature.NET_RX]
         self.failing = s[..., Feature.ERROR_RATE] >= 0.5
         self.since_repair = np.rint(s[..., Feature.SINCE_REPAIR] * SINCE_REPAIR_SCALE)
+        self.since_deploy = np.rint(s[..., Feature.SINCE_DEPLOY] * SINCE_REPAIR_SCALE)
 
 
 class NoopPolicy:
@@ -177,7 +178,7 @@ class AutohealPolicy:
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
         """Restart exited containers first, then those autoheal found unhealthy."""
         s = _Symptoms(obs)
-        restarting = s.since_repair < self.grace
+        restarting = np.minimum(s.since_repair, s.since_deploy) < self.grace  # its own restart, or a deploy's
         self._fails = np.where(s.healthy | ~s.running | restarting, 0, self._fails + 1)
         if self._tick % self.interval == 0:
             self._queue |= s.present & s.running & (self._fails >= self.retries)
@@ -224,7 +225,7 @@ class KubernetesPolicy:
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
         """Schedule restarts on exit or liveness failure; take the first one due."""
         s = _Symptoms(obs)
-        restarting = s.since_repair < 2
+        restarting = np.minimum(s.since_repair, s.since_deploy) < 2  # a pod being (re)created is not probed
         pending = self._wait >= 0
         if self._tick % self.period == 0:
             probed = s.present & s.running & ~pending & ~restarting
@@ -255,13 +256,16 @@ class RunbookPolicy:
     2. a disk at least 95% full: clean_disk;
     3. a receive rate at least 80% of the link (a flood): rate_limit;
     4. a service burning a full core: restart it;
-    5. otherwise restart only the deepest unhealthy service: one unhealthy for ``streak``
+    5. otherwise repair only the deepest unhealthy service: one unhealthy for ``streak``
        ticks running while each of its direct dependencies has been healthy for ``settle``
        ticks, so a cascade is fixed at its root and dependents get time to recover. Unhealthy
        means its probe fails *and* most of its requests fail: a flaky or late probe alone
-       does not restart anything.
-    A service repaired in the last ``grace`` ticks is left alone, and so is one still coming
-    back from a repair (not seen running since; a PostgreSQL or JVM restart takes seconds):
+       does not repair anything. The repair is a rollback when the service was deployed in the
+       last ``deploy_window`` ticks, after its last repair (a restart would start the same
+       release; a service the runbook rolled back itself is not rolled back again), a restart
+       otherwise.
+    A service repaired in the last ``grace`` ticks is left alone, and so is one still coming back
+    from a repair or a deploy (not seen running since; a PostgreSQL or JVM restart takes seconds):
     it is judged from when it runs again, and restarted anew only if it has not come back
     within ``patience`` ticks. Judging a restart before it finishes restarts it again, and
     again: a storm that never lets it finish.
@@ -271,8 +275,11 @@ class RunbookPolicy:
     role = Role.ORDER
     privileged = False
 
-    def __init__(self, streak: int = 2, settle: int = 3, grace: int = 3, patience: int = 20) -> None:
+    def __init__(
+        self, streak: int = 2, settle: int = 3, grace: int = 3, patience: int = 20, deploy_window: int = 30
+    ) -> None:
         self.streak, self.settle, self.grace, self.patience = streak, settle, grace, patience
+        self.deploy_window = deploy_window
         self.reset(1)
 
     def reset(self, n_envs: int, seed: int | None = None) -> None:
@@ -288,7 +295,8 @@ class RunbookPolicy:
         # A repair since the last tick stops the service's ticks-since-repair from growing: from
         # then on it is awaited until it is seen running (or for ``patience`` ticks, should it never
         # come back). Few array operations: the runbook is the chaos env's opponent every tick.
-        since = s.since_repair
+        # A deploy restarts the service as a repair does (someone else's): it is awaited the same way.
+        since = np.minimum(s.since_repair, s.since_deploy)
         self._back = (self._back & (since > self._since)) | s.running
         self._since = since
         free = self._back | (since >= self.patience)  # not awaited
@@ -296,15 +304,19 @@ class RunbookPolicy:
         self._bad = np.where(s.healthy | ~s.failing, 0, self._bad + 1) * free
         self._good = np.where(s.healthy, self._good + 1, 0)
         up = s.present & s.running
-        settled = up & (since >= self.grace) & free
+        settled = up & (s.since_repair >= self.grace) & free  # a deploy is awaited, not given grace
         unsettled = (self._good < self.settle).astype(np.int8)
         deps_settled = np.matmul(obs["adjacency"], unsettled[..., None])[..., 0] == 0
+        broken = settled & (self._bad >= self.streak) & deps_settled
+        # Deployed by someone else since its last repair (a rollback of its own resets both).
+        deployed = (s.since_deploy <= self.deploy_window) & (s.since_deploy < s.since_repair)
         rules = [
             (s.present & ~s.running & (since >= 2) & free, Repair.RESTART),
             (s.present & (s.disk >= 0.95), Repair.CLEAN_DISK),
             (s.present & (s.net >= 0.8), Repair.RATE_LIMIT),
             (settled & (s.cpu >= 0.9), Repair.RESTART),
-            (settled & (self._bad >= self.streak) & deps_settled, Repair.RESTART),
+            (broken & deployed, Repair.ROLLBACK),
+            (broken, Repair.RESTART),
         ]
         return _first_rule(rules, mask.shape[0])
 

@@ -14,6 +14,7 @@ Each policy plays every suite, in this order (the ids are stable; ``SUITES`` hol
 | ``noisy-probes`` | ``shop`` and ``bank`` | random | 15 % of health results flipped |
 | ``lagging-probes`` | ``shop`` and ``bank`` | random | health reported 2 ticks late |
 | ``noisy-lagging`` | ``shop`` and ``bank`` | random | 10 % flipped and 3 ticks late |
+| ``busy-deploys`` | ``shop`` and ``bank`` | random | benign deploys, 0.005 per service and tick |
 | ``trained-chaos`` | ``shop`` | the shipped chaos agent | calibrated |
 
 A suite plays ``episodes`` episodes, split evenly over its systems with at least one each
@@ -52,6 +53,7 @@ SUITES: dict[str, str] = {
     "noisy-probes": "shop and bank, random chaos; 15% of health results flipped",
     "lagging-probes": "shop and bank, random chaos; health reported 2 ticks late",
     "noisy-lagging": "shop and bank, random chaos; 10% of health results flipped, 3 ticks late",
+    "busy-deploys": "shop and bank, random chaos; benign deploys at 0.005 per service and tick",
     "trained-chaos": "shop against the shipped chaos agent (agents/pretrained/chaos.zip)",
 }
 """The suites, by id in the order they are played, with what each one plays."""
@@ -63,6 +65,7 @@ DYNAMICS: dict[str, dict[str, Any]] = {
     "noisy-probes": {"probe_noise": 0.15},
     "lagging-probes": {"probe_delay": 2},
     "noisy-lagging": {"probe_noise": 0.1, "probe_delay": 3},
+    "busy-deploys": {"deploy_rate": 0.005},  # a deploy is then a clue to a bad one, not a proof
 }
 """The held-out dynamics suites: the SimParams fields each changes on top of the base (numbers)."""
 HELD_OUT_TOPOLOGIES = tuple(range(TRAIN_SEEDS, TRAIN_SEEDS + 8))

@@ -23,6 +23,7 @@ class Fault(IntEnum):
     CPU_HOG = 3
     DISK_FULL = 4
     NET_SATURATION = 5
+    BAD_DEPLOY = 6
 
     @property
     def label(self) -> str:
@@ -43,6 +44,7 @@ class Repair(IntEnum):
     CLEAN_DISK = 2
     RATE_LIMIT = 3
     RECREATE = 4
+    ROLLBACK = 5
 
     @property
     def label(self) -> str:
@@ -75,7 +77,10 @@ CLEARS: dict[Repair, frozenset[Fault]] = {
     Repair.CLEAN_DISK: frozenset({Fault.DISK_FULL}),
     Repair.RATE_LIMIT: frozenset({Fault.NET_SATURATION}),
     # A fresh container and volume end everything but a flood, which comes from outside.
+    # A recreate deploys the same release again: a broken one stays broken.
     Repair.RECREATE: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.DISK_FULL}),
+    # The previous release, started anew: it ends what a restart ends too, where there is one.
+    Repair.ROLLBACK: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.BAD_DEPLOY}),
 }
 """Which faults each repair ends on the service it is applied to."""
 
@@ -85,6 +90,7 @@ PROPER_REPAIR: dict[Fault, Repair] = {
     Fault.CPU_HOG: Repair.RESTART,
     Fault.DISK_FULL: Repair.CLEAN_DISK,
     Fault.NET_SATURATION: Repair.RATE_LIMIT,
+    Fault.BAD_DEPLOY: Repair.ROLLBACK,
 }
 """The cheapest repair that ends each fault: what the oracle does."""
 
@@ -94,6 +100,7 @@ FAULT_COST: dict[Fault, float] = {
     Fault.CPU_HOG: 1.0,
     Fault.DISK_FULL: 2.0,
     Fault.NET_SATURATION: 2.0,
+    Fault.BAD_DEPLOY: 2.0,
 }
 """Budget points a fault costs the chaos agent."""
 
@@ -105,6 +112,7 @@ REPAIR_COST: dict[Repair, float] = {
     Repair.CLEAN_DISK: 0.05,
     Repair.RATE_LIMIT: 0.05,
     Repair.RECREATE: 0.2,  # and a volume's data, which only a restore brings back
+    Repair.ROLLBACK: 0.05,
 }
 """Reward the order agent pays per repair, on the scale of one tick of full availability."""
 

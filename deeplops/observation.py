@@ -36,6 +36,9 @@ class Feature(IntEnum):
     SINCE_REPAIR = 9
     HAS_DISK = 10
     ENTRY = 11
+    MEMORY = 12
+    CONNECTIONS = 13
+    SINCE_DEPLOY = 14
 
 
 N_FEATURES = len(Feature)
@@ -55,6 +58,12 @@ FEATURE_DOCS: dict[Feature, str] = {
     Feature.SINCE_REPAIR: "ticks since the last repair on this service, divided by 100, capped at 1 (1 if never)",
     Feature.HAS_DISK: "1 if the service has a data volume (static)",
     Feature.ENTRY: "1 if user traffic enters at this service (static)",
+    Feature.MEMORY: "memory its processes hold (resident, not its volume's files), as a fraction of its "
+    "memory allowance (128 MiB on Docker), capped at 1",
+    Feature.CONNECTIONS: "connections in use as a fraction of the limit: server side for a database "
+    "(PostgreSQL, Redis), its client pool for a service that uses one; 0 for the rest",
+    Feature.SINCE_DEPLOY: "ticks since the service's last deploy (a release switched, a rollback included), "
+    "divided by 100, capped at 1 (1 if none this episode)",
 }
 
 RESTARTS_SCALE = 5.0

@@ -206,7 +206,7 @@ def start_agent(path: Path, role: Role) -> agentfile.SavedAgent:
         PolicyError: the file is no saved agent (see ``deeplops.agentfile``).
         ConfigError: it is one of the other role.
     """
-    saved = agentfile.load(path)
+    saved = agentfile.load(path, explore=True)  # an earlier world's agent tries what it lacked
     if saved.role is not role:
         raise ConfigError(f"{path} holds the {saved.role.value} agent: expected the {role.value} agent to train on")
     return saved

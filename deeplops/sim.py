@@ -41,6 +41,9 @@ MAX_SIM_NUMBER = 1e6
 """Bound of the simulator's other numbers (timeouts, fill rate, half-life, restore time)."""
 MAX_PROBE_NOISE = 0.5
 """Most probe noise: at one half a health report says nothing."""
+NEVER_BACK = MAX_DOWN_TICKS + 1
+"""What ``SimSandbox.downtime`` says of a repair that would bring nothing back (a rollback with no
+release to go back to): longer than any repair takes."""
 
 
 def _pair(value: Any) -> Any:
@@ -114,7 +117,19 @@ class Symptoms:
 
 KIND_FIELDS = ("restart_ticks", "recreate_ticks", "clean_disk_ticks")
 """A kind profile's downtimes, named as the ``SimParams`` fields of the generic service."""
-PROFILE_FIELDS = (*KIND_FIELDS, "dead_start_saves", "start_cpu", "cpu_hog", "page_ticks", "check_in_page")
+OWN_SYMPTOMS = {Fault.CPU_HOG: "cpu_hog", Fault.BAD_DEPLOY: "bad_release"}
+"""The faults a kind may show its own way: the profile field with its symptom table for each."""
+PROFILE_FIELDS = (
+    *KIND_FIELDS,
+    "deploy_ticks",
+    "dead_start_saves",
+    "start_cpu",
+    *OWN_SYMPTOMS.values(),
+    "page_ticks",
+    "check_in_page",
+    "memory",
+    "connections",
+)
 """Every field a kind profile may set in a file."""
 _DOWN_REPAIRS = (Repair.RESTART, Repair.RECREATE, Repair.CLEAN_DISK)
 """The repair each of ``KIND_FIELDS`` is the downtime of."""
@@ -141,6 +156,9 @@ class KindProfile:
     """Ticks a recreate keeps it down."""
     clean_disk_ticks: int | None = None
     """Ticks a clean_disk keeps it down (a database that comes back up after its disk is freed)."""
+    deploy_ticks: int | None = None
+    """Ticks a deploy (a rollback too: the previous release deployed) keeps it down; None: the
+    generic program's (``SimParams.deploy_ticks``)."""
     dead_start_saves: int | None = None
     """Ticks its restart is quicker when it was killed (nothing to stop), off ``restart_ticks``;
     None: the generic program's ``simkernel.DEAD_START_SAVES``."""
@@ -150,11 +168,19 @@ class KindProfile:
     cpu_hog: Symptoms | None = None
     """What it shows starved by a CPU hog, where that differs from the generic service's (a
     PostgreSQL's processes keep their share and serve); None: the generic ``SimParams.cpu_hog``."""
+    bad_release: Symptoms | None = None
+    """What it shows running a broken release (a read-only PostgreSQL fails its own check and its
+    users' writes); None: the generic ``SimParams.bad_release``."""
     page_ticks: int | None = None
     """Ticks of its users' writes one page of its data files holds. With its disk full it goes on
     serving them until the page it is filling is full, then fails them until the disk is cleaned
     (PostgreSQL extends a table a page at a time); None: 0, the generic program's every write
     needs new space."""
+    memory: float | None = None
+    """The memory its processes hold at work, as a fraction of its allowance; None: the generic
+    program's (``SimParams.memory``)."""
+    connections: float | None = None
+    """The share of its connection limit in use at work; None: the generic program's (0)."""
     check_in_page: bool = False
     """Whether its own health check writes into the page its users' writes fill (Redis: a SET
     that joins its append-only file) rather than needing new space, and failing at once
@@ -165,11 +191,16 @@ class KindProfile:
         _check_kind(self.kind)
         if self.start_cpu is not None:
             _check_range(f"kinds.{self.kind}.start_cpu", self.start_cpu, 1.0)
+        for name in ("memory", "connections"):
+            if getattr(self, name) is not None:
+                _check_chance(f"kinds.{self.kind}.{name}", getattr(self, name))
         if not isinstance(self.check_in_page, bool):
             raise ConfigError(f"kinds.{self.kind}.check_in_page must be true or false, got {self.check_in_page!r}")
-        if self.cpu_hog is not None and not isinstance(self.cpu_hog, Symptoms):
-            raise ConfigError(f"kinds.{self.kind}.cpu_hog must be a symptom table, got {self.cpu_hog!r}")
-        for name in (*KIND_FIELDS, "dead_start_saves", "page_ticks"):
+        for name in OWN_SYMPTOMS.values():
+            table = getattr(self, name)
+            if table is not None and not isinstance(table, Symptoms):
+                raise ConfigError(f"kinds.{self.kind}.{name} must be a symptom table, got {table!r}")
+        for name in (*KIND_FIELDS, "deploy_ticks", "dead_start_saves", "page_ticks"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DOWN_TICKS
@@ -199,17 +230,19 @@ def _kind_profiles(doc: object, base: tuple[KindProfile, ...] = ()) -> tuple[Kin
         fields_ = dict(value)
         if "start_cpu" in fields_:
             fields_["start_cpu"] = _pair(fields_["start_cpu"])
-        if "cpu_hog" in fields_:
-            own = profiles.get(kind, KindProfile(kind)).cpu_hog
-            hog = fields_["cpu_hog"]
-            if not isinstance(hog, dict):
+        for name in OWN_SYMPTOMS.values():
+            if name not in fields_:
+                continue
+            own = getattr(profiles.get(kind, KindProfile(kind)), name)
+            table = fields_[name]
+            if not isinstance(table, dict):
                 raise ConfigError(
-                    f"kinds.{kind}.cpu_hog: expected a mapping of symptom fields, got {type(hog).__name__}"
+                    f"kinds.{kind}.{name}: expected a mapping of symptom fields, got {type(table).__name__}"
                 )
             try:
-                fields_["cpu_hog"] = replace(own, **_pairs(hog)) if own is not None else Symptoms(**_pairs(hog))
+                fields_[name] = replace(own, **_pairs(table)) if own is not None else Symptoms(**_pairs(table))
             except TypeError as exc:
-                raise ConfigError(f"kinds.{kind}.cpu_hog: {exc}") from None
+                raise ConfigError(f"kinds.{kind}.{name}: {exc}") from None
         profiles[kind] = replace(profiles.get(kind, KindProfile(kind)), **fields_)
     return tuple(profiles.values())
 
@@ -234,12 +267,16 @@ class Randomisation:
     symptom_jitter: float = 0.2
     """Every calibrated symptom number strictly between 0 and 1 is scaled by a factor drawn per
     episode from [1 - jitter, 1 + jitter] (0 and 1 are limits, not measurements)."""
+    deploy_rate: tuple[float, float] = (0.0, 0.005)
+    """Chance per service and tick of a benign deploy, drawn per episode: a recent deploy is a clue
+    to a bad one, never a proof."""
 
     def __post_init__(self) -> None:
         _check_range("randomise.restart_ticks", self.restart_ticks, MAX_DOWN_TICKS, whole=True)
         _check_range("randomise.recreate_ticks", self.recreate_ticks, MAX_DOWN_TICKS, whole=True)
         _check_range("randomise.probe_delay", self.probe_delay, MAX_PROBE_DELAY, whole=True)
         _check_range("randomise.probe_noise", self.probe_noise, MAX_PROBE_NOISE)
+        _check_range("randomise.deploy_rate", self.deploy_rate, 1.0)
         jitter = self.symptom_jitter
         if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0.0 <= jitter <= 0.5:
             raise ConfigError(f"randomise.symptom_jitter must be a number in [0, 0.5], got {jitter!r}")
@@ -262,65 +299,98 @@ class SimParams:
     rate_limit_ticks: int = 1
     """Ticks a flooded link takes to drain once a rate_limit ends the flood: the service runs but
     still times out, as flooded, meanwhile."""
+    deploy_ticks: int = 0
+    """Ticks a deploy keeps a service down: the old container stopped as a restart stops it, a new
+    one started on the release. A rollback deploys the previous release, so it takes as long."""
     kinds: tuple[KindProfile, ...] = (
         KindProfile(
             "nginx",
             restart_ticks=0,
             dead_start_saves=0,
-            start_cpu=(0.004, 0.004),
+            start_cpu=(0.005, 0.006),
             recreate_ticks=0,
+            deploy_ticks=0,
+            memory=0.013,
+            connections=0.0,
             cpu_hog=Symptoms(
-                latency_s=(0.0149, 0.2291), cpu=(0.937, 1.0), net_rx=(0.0035, 0.0052), probe_fail=0.0, serve_fail=0.0
+                latency_s=(0.0931, 0.2536), cpu=(0.951, 1.0), net_rx=(0.0043, 0.0054), probe_fail=0.0, serve_fail=0.0
+            ),
+            bad_release=Symptoms(
+                latency_s=(0.001, 0.0073), cpu=(0.003, 0.004), net_rx=(0.0025, 0.0029), probe_fail=1.0, serve_fail=1.0
             ),
         ),
         KindProfile(
             "app",
             restart_ticks=1,
             dead_start_saves=1,
-            start_cpu=(0.042, 0.049),
+            start_cpu=(0.055, 0.067),
             recreate_ticks=0,
+            deploy_ticks=0,
+            memory=0.146,
+            connections=0.833,
             cpu_hog=Symptoms(
-                latency_s=(0.1088, 0.2716),
-                cpu=(0.95, 1.0),
-                net_rx=(0.0039, 0.0069),
-                probe_fail=0.5,
+                latency_s=(0.1186, 0.3784),
+                cpu=(0.979, 1.0),
+                net_rx=(0.0044, 0.007),
+                probe_fail=0.375,
                 serve_fail=0.25,
                 serve_slow=0.75,
+            ),
+            bad_release=Symptoms(
+                latency_s=(0.0032, 0.0249), cpu=(0.065, 0.078), net_rx=(0.0116, 0.013), probe_fail=1.0, serve_fail=1.0
             ),
         ),
         KindProfile(
             "worker",
             restart_ticks=0,
             dead_start_saves=0,
-            start_cpu=(0.026, 0.031),
+            start_cpu=(0.035, 0.044),
             recreate_ticks=0,
+            deploy_ticks=0,
+            memory=0.145,
+            connections=0.778,
             cpu_hog=Symptoms(
-                latency_s=(0.1269, 0.3804), cpu=(0.974, 1.0), net_rx=(0.0031, 0.0051), probe_fail=0.375, serve_fail=0.0
+                latency_s=(0.1718, 0.3699), cpu=(0.969, 1.0), net_rx=(0.0034, 0.0059), probe_fail=0.25, serve_fail=0.0
+            ),
+            bad_release=Symptoms(
+                latency_s=(0.0026, 0.0099), cpu=(0.052, 0.061), net_rx=(0.0099, 0.0102), probe_fail=1.0, serve_fail=0.0
             ),
         ),
         KindProfile(
             "postgres",
             restart_ticks=1,
             dead_start_saves=1,
-            start_cpu=(0.033, 0.044),
+            start_cpu=(0.047, 0.063),
             recreate_ticks=0,
             clean_disk_ticks=0,
             page_ticks=30,
+            deploy_ticks=0,
+            memory=0.241,
+            connections=0.333,
             cpu_hog=Symptoms(
-                latency_s=(0.1461, 0.3391), cpu=(0.936, 1.0), net_rx=(0.004, 0.0076), probe_fail=0.0, serve_fail=0.0
+                latency_s=(0.0183, 0.1516), cpu=(0.971, 1.0), net_rx=(0.005, 0.0064), probe_fail=0.0, serve_fail=0.0
+            ),
+            bad_release=Symptoms(
+                latency_s=(0.0016, 0.027), cpu=(0.246, 0.275), net_rx=(0.0098, 0.0108), probe_fail=1.0, serve_fail=1.0
             ),
         ),
         KindProfile(
             "redis",
             restart_ticks=1,
             dead_start_saves=1,
-            start_cpu=(0.024, 0.029),
+            start_cpu=(0.035, 0.039),
             recreate_ticks=0,
             clean_disk_ticks=0,
             page_ticks=4,
             check_in_page=True,
+            deploy_ticks=0,
+            memory=0.156,
+            connections=0.172,
             cpu_hog=Symptoms(
-                latency_s=(0.0235, 0.264), cpu=(0.958, 1.0), net_rx=(0.0042, 0.0067), probe_fail=0.0, serve_fail=0.0
+                latency_s=(0.1463, 0.2516), cpu=(0.972, 1.0), net_rx=(0.004, 0.0066), probe_fail=0.0, serve_fail=0.0
+            ),
+            bad_release=Symptoms(
+                latency_s=(0.0049, 0.0145), cpu=(0.033, 0.043), net_rx=(0.0052, 0.0053), probe_fail=1.0, serve_fail=1.0
             ),
         ),
     )
@@ -347,39 +417,49 @@ class SimParams:
     restore_ticks: float = RESTORE_TICKS_PER_VOLUME
     """Ticks to restore a full volume from backup after a recreate destroyed its data: the
     service fails its users for this times the fraction of its volume that held data."""
+    deploy_rate: float = 0.0
+    """Chance per service and tick of a benign deploy (a good release, started as a restart is) on
+    a service with no open fault. 0 in the calibrated world, so that a drill replays the same on
+    both backends; ``randomise.deploy_rate`` sets the range training and the benchmark draw from."""
+    memory: float = 0.091
+    """The memory the generic program holds at work, as a fraction of its allowance."""
     randomise: Randomisation | None = None
     """Ranges to draw the restart, recreate and probe dynamics and the symptoms from at every
     reset (training); None keeps the fields above for every episode."""
-    start_cpu: tuple[float, float] = (0.069, 0.074)
+    start_cpu: tuple[float, float] = (0.073, 0.086)
     """The CPU a new process reads once started: after a restart or a recreate, the first
     reading has nothing to rate the new container's counters against (0), the second shows
     what its start-up burned, drawn from this range."""
     healthy: Symptoms = Symptoms(
-        latency_s=(0.0022, 0.0109), cpu=(0.019, 0.067), net_rx=(0.0043, 0.0142), probe_fail=0.0, serve_fail=0.0
+        latency_s=(0.0028, 0.0152), cpu=(0.031, 0.083), net_rx=(0.0048, 0.0147), probe_fail=0.0, serve_fail=0.0
     )
     """A service with no fault (and one whose disk is full: its failures come from the disk)."""
     paused: Symptoms = Symptoms(
-        latency_s=(1.0, 1.0), cpu=(0.0, 0.0), net_rx=(0.0009, 0.0014), probe_fail=1.0, serve_fail=1.0
+        latency_s=(1.0, 1.0), cpu=(0.0, 0.0), net_rx=(0.001, 0.0014), probe_fail=1.0, serve_fail=1.0
     )
     """A frozen service: everything times out."""
     cpu_hog: Symptoms = Symptoms(
-        latency_s=(0.104, 0.4236),
-        cpu=(0.967, 1.0),
-        net_rx=(0.0097, 0.0212),
-        probe_fail=0.75,
-        serve_fail=0.0,
-        serve_slow=0.875,
+        latency_s=(0.1284, 0.2592),
+        cpu=(0.974, 1.0),
+        net_rx=(0.0091, 0.018),
+        probe_fail=0.625,
+        serve_fail=0.25,
+        serve_slow=0.75,
     )
     """A service starved by a CPU hog."""
     flooded: Symptoms = Symptoms(
-        latency_s=(1.0, 1.0), cpu=(0.009, 0.032), net_rx=(0.968, 1.0), probe_fail=1.0, serve_fail=1.0
+        latency_s=(1.0, 1.0), cpu=(0.012, 0.038), net_rx=(0.966, 1.0), probe_fail=1.0, serve_fail=1.0
     )
     """A service whose link is saturated by a flood."""
+    bad_release: Symptoms = Symptoms(
+        latency_s=(0.004, 0.0147), cpu=(0.061, 0.072), net_rx=(0.0115, 0.0117), probe_fail=1.0, serve_fail=1.0
+    )
+    """A service running a broken release (a bad deploy): it answers at once, with errors."""
 
     def __post_init__(self) -> None:
         for name, most in (("restart_ticks", MAX_DOWN_TICKS), ("recreate_ticks", MAX_DOWN_TICKS),
                            ("clean_disk_ticks", MAX_DOWN_TICKS), ("rate_limit_ticks", MAX_DOWN_TICKS),
-                           ("probe_delay", MAX_PROBE_DELAY)):  # fmt: skip
+                           ("deploy_ticks", MAX_DOWN_TICKS), ("probe_delay", MAX_PROBE_DELAY)):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
                 raise ConfigError(f"sim parameter {name} must be a whole number of ticks in [0, {most}], got {value!r}")
@@ -390,6 +470,8 @@ class SimParams:
         _check_chance("disk_full_at", self.disk_full_at)
         _check_range("data_fraction", self.data_fraction, 1.0)
         _check_range("start_cpu", self.start_cpu, 1.0)
+        _check_chance("deploy_rate", self.deploy_rate)
+        _check_chance("memory", self.memory)
         if not 0.0 <= self.probe_noise <= MAX_PROBE_NOISE:
             raise ConfigError(f"sim parameter probe_noise must be in [0, {MAX_PROBE_NOISE}], got {self.probe_noise!r}")
         if self.randomise is not None and not isinstance(self.randomise, Randomisation):
@@ -486,6 +568,18 @@ class SimParams:
         """The CPU range a new process of ``kind`` reads once started (``start_cpu``)."""
         return self._own(kind, "start_cpu", self.start_cpu)
 
+    def deploy_ticks_of(self, kind: str) -> int:
+        """Ticks a deploy or a rollback keeps a service of ``kind`` down (``KindProfile.deploy_ticks``)."""
+        return self._own(kind, "deploy_ticks", self.deploy_ticks)
+
+    def memory_of(self, kind: str) -> float:
+        """The memory share a ``kind`` holds at work (``KindProfile.memory``)."""
+        return self._own(kind, "memory", self.memory)
+
+    def connections_of(self, kind: str) -> float:
+        """The share of its connection limit a ``kind`` has in use at work (``KindProfile.connections``)."""
+        return self._own(kind, "connections", 0.0)
+
     def check_in_page(self, kind: str) -> bool:
         """Whether a ``kind``'s own health check writes into its page (``KindProfile.check_in_page``)."""
         return self._own(kind, "check_in_page", False)
@@ -517,6 +611,10 @@ class SimParams:
         lo = np.repeat(generic[None, :], topology.n_services, axis=0)
         for slot, kind in enumerate(topology.kinds):
             lo[slot, _DOWN_REPAIRS] = self.downtimes(kind)
+            lo[slot, Repair.ROLLBACK] = self.deploy_ticks_of(kind)
+        # A deploy stops and starts the service as a restart does: drawn or set with the restart,
+        # it keeps its measured difference from it.
+        deploy_offset = lo[:, Repair.ROLLBACK] - lo[:, Repair.RESTART]
         hi = lo.copy()
         ranges = self.randomise
         if ranges is not None:
@@ -535,6 +633,10 @@ class SimParams:
                 lo[slot, Repair.RESTART] = hi[slot, Repair.RESTART] = ticks
                 lo[slot, Repair.RECREATE] = max(lo[slot, Repair.RECREATE], ticks)
                 hi[slot, Repair.RECREATE] = max(hi[slot, Repair.RECREATE], ticks)
+                deploy_offset[slot] = 0  # a new release starts as slowly
+        lo[:, Repair.ROLLBACK] = np.clip(lo[:, Repair.RESTART] + deploy_offset, 0, MAX_DOWN_TICKS)
+        hi[:, Repair.ROLLBACK] = np.clip(hi[:, Repair.RESTART] + deploy_offset, 0, MAX_DOWN_TICKS)
+        deploys = (self.deploy_rate, self.deploy_rate) if ranges is None else ranges.deploy_rate
         noise = (self.probe_noise, self.probe_noise) if ranges is None else ranges.probe_noise
         delay = (self.probe_delay, self.probe_delay) if ranges is None else ranges.probe_delay
         return simkernel.Draws(
@@ -547,13 +649,15 @@ class SimParams:
             noise_hi=float(noise[1]),
             delay_lo=int(delay[0]),
             delay_hi=int(delay[1]),
+            deploys_lo=float(deploys[0]),
+            deploys_hi=float(deploys[1]),
         )
 
     def symptoms(self, kinds: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
         """The symptom table, and which of its rows each service of ``kinds`` reads per fault code.
 
         The table has one row per fault code, plus one for a service that is not running
-        (``simkernel.DOWN_ROW``), then one per kind whose own profile has its own CPU-hog symptoms;
+        (``simkernel.DOWN_ROW``), then one per kind and fault it shows its own way (``OWN_SYMPTOMS``);
         ``rows[s, code]`` is the row service ``s`` reads under fault ``code``."""
         down = Symptoms(latency_s=(0.0, 0.0), cpu=(0.0, 0.0), net_rx=(0.0, 0.0), probe_fail=1.0, serve_fail=1.0)
         rows = {
@@ -563,20 +667,28 @@ class SimParams:
             Fault.CPU_HOG: self.cpu_hog,
             Fault.DISK_FULL: self.healthy,  # fast failures: writes get ENOSPC at once
             Fault.NET_SATURATION: self.flooded,
+            Fault.BAD_DEPLOY: self.bad_release,
             simkernel.DOWN_ROW: down,  # restarting: not running yet
         }
-        own = {p.kind: p.cpu_hog for p in self.kinds if p.cpu_hog is not None and p.kind in kinds}
+        own = {
+            (p.kind, fault): getattr(p, name)
+            for p in self.kinds
+            if p.kind in kinds
+            for fault, name in OWN_SYMPTOMS.items()
+            if getattr(p, name) is not None
+        }
         table = np.zeros((len(rows) + len(own), simkernel.N_SYMPTOMS))
         for code, symptoms in rows.items():
             table[code] = symptoms.row()
         extra = {}
-        for i, (kind, hog) in enumerate(own.items()):
-            extra[kind] = len(rows) + i
-            table[extra[kind]] = hog.row()
+        for i, (key, symptoms) in enumerate(own.items()):
+            extra[key] = len(rows) + i
+            table[extra[key]] = symptoms.row()
         lookup = np.repeat(np.arange(len(rows), dtype=np.int64)[None, :], len(kinds), axis=0)
         for s, kind in enumerate(kinds):
-            if kind in extra:
-                lookup[s, Fault.CPU_HOG] = extra[kind]
+            for fault in OWN_SYMPTOMS:
+                if (kind, fault) in extra:
+                    lookup[s, fault] = extra[(kind, fault)]
         return table, lookup
 
     def repairs(self) -> np.ndarray:
@@ -587,6 +699,7 @@ class SimParams:
             Repair.CLEAN_DISK: (self.clean_disk_ticks, 1, 0),
             Repair.RATE_LIMIT: (0, 0, 0),
             Repair.RECREATE: (self.recreate_ticks, 1, 1),  # new container, new (empty) volume
+            Repair.ROLLBACK: (self.deploy_ticks, 0, 0),  # the previous release deployed
         }
         table = np.zeros((len(Repair), simkernel.N_REPAIR_EFFECTS))
         for repair, row in rows.items():
@@ -622,6 +735,8 @@ class SimSandbox(ArrayState):
             check_in_page=np.array([self.params.check_in_page(k) for k in topology.kinds], np.bool_),
             start_cpu=np.array([self.params.start_cpu_of(k) for k in topology.kinds], np.float64).reshape(-1, 2),
             rows=self.params.symptoms(topology.kinds)[1],
+            memory=np.array([self.params.memory_of(k) for k in topology.kinds], np.float64),
+            connections=np.array([self.params.connections_of(k) for k in topology.kinds], np.float64),
         )
         self._state = simkernel.SystemState(
             fault=np.zeros((e, n), np.int8),
@@ -638,6 +753,8 @@ class SimSandbox(ArrayState):
             health=np.ones((e, n), np.bool_),
             history=np.ones((e, self.params.history_depth, n), np.bool_),
             rng=np.zeros(e, np.uint64),
+            deployed=np.zeros((e, n), np.int32),
+            behind=np.zeros((e, n), np.int32),
         )
         self._draws = self.params.draws(topology)
         self._dyn = simkernel.Dynamics(
@@ -645,6 +762,7 @@ class SimSandbox(ArrayState):
             symptoms=np.zeros((e if self._draws.randomise else 1, *self._draws.symptoms.shape), np.float64),
             probe_noise=np.zeros(e, np.float64),
             probe_delay=np.zeros(e, np.int64),
+            deploy_rate=np.zeros(e, np.float64),
         )
         self._readings = simkernel.Readings(
             features=np.zeros((e, MAX_SLOTS, N_FEATURES), np.float32), slo=np.ones(e, np.bool_)
@@ -663,6 +781,7 @@ class SimSandbox(ArrayState):
         self._advance = compiled_for(simkernel.advance, state, layout, rules, dyn, 0, self._readings)
         self._repair = compiled_for(simkernel.repair, state, self._repair_rules, dyn, per_env, per_env, self._cleared)
         self._start = compiled_for(simkernel.start, state, layout, rules, self._draws, per_env, dyn)
+        self._inject = compiled_for(simkernel.inject, state, dyn, per_env, per_env)
 
     def reset(self, seeds: Sequence[int]) -> None:
         """Fresh, healthy systems; env e's randomness comes from ``seeds[e]`` alone."""
@@ -674,6 +793,8 @@ class SimSandbox(ArrayState):
         state.fault[:] = 0
         state.down[:] = 0
         state.since[:] = NEVER_REPAIRED
+        state.deployed[:] = NEVER_REPAIRED
+        state.behind[:] = 0
         state.junk[:] = 0.0
         state.restarts[:] = 0.0
         state.restore[:] = 0
@@ -690,10 +811,13 @@ class SimSandbox(ArrayState):
 
     def inject(self, slots: np.ndarray, faults: np.ndarray) -> None:
         """Start ``faults[e]`` on ``slots[e]``; it shows from the next ``advance``."""
-        bad = simkernel.inject(self._fault, slots, faults)
+        batch = (self.n_envs,)
+        slots, faults = checked_array(slots, np.int64, batch), checked_array(faults, np.int64, batch)
+        bad = self._inject(self._state, self._dyn, slots, faults)
         if bad >= 0:
             raise SandboxError(
-                f"inject in env {bad}: expected a slot in [0, {self.topology.n_services}) and a fault code in 1..5, "
+                f"inject in env {bad}: expected a slot in [0, {self.topology.n_services}) and a fault code in "
+                f"1..{len(Fault)}, "
                 f"got slot {slots[bad]} and code {faults[bad]}"
             )
 
@@ -704,7 +828,8 @@ class SimSandbox(ArrayState):
         bad = self._repair(self._state, self._repair_rules, self._dyn, slots, repairs, self._cleared)
         if bad >= 0:
             raise SandboxError(
-                f"repair in env {bad}: expected a slot in [0, {self.topology.n_services}) and a repair code in 0..4, "
+                f"repair in env {bad}: expected a slot in [0, {self.topology.n_services}) and a repair code in "
+                f"0..{len(Repair) - 1}, "
                 f"got slot {slots[bad]} and code {repairs[bad]}"
             )
         return self._cleared
@@ -724,6 +849,8 @@ class SimSandbox(ArrayState):
         wiped = self._repair_rules.effects[:, simkernel.R_WIPES_DATA] > 0
         restore = np.ceil(self._state.data * self.params.restore_ticks).astype(np.int64)
         out[:, :, wiped] += restore[:, :, None]
+        # With no release before the current one a rollback does nothing: it brings nothing back.
+        out[:, :, Repair.ROLLBACK] = np.where(self._state.behind > 0, out[:, :, Repair.ROLLBACK], NEVER_BACK)
         return out
 
     @property

@@ -20,8 +20,10 @@ from deeplops.faults import Fault, Repair
 from deeplops.observation import RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
 
 KILL, PAUSE = int(Fault.KILL), int(Fault.PAUSE)
-DISK_FULL, NET_SATURATION = int(Fault.DISK_FULL), int(Fault.NET_SATURATION)
-RESTART, RATE_LIMIT = int(Repair.RESTART), int(Repair.RATE_LIMIT)
+DISK_FULL, NET_SATURATION, BAD_DEPLOY = int(Fault.DISK_FULL), int(Fault.NET_SATURATION), int(Fault.BAD_DEPLOY)
+RESTART, RATE_LIMIT, ROLLBACK = int(Repair.RESTART), int(Repair.RATE_LIMIT), int(Repair.ROLLBACK)
+N_FAULT_CODES = len(Fault) + 1
+"""Fault codes, 0 (none) included."""
 DEAD_START_SAVES = 1
 """Ticks a restart of a killed generic service is quicker: there is nothing to stop, only to
 start. On Docker the generic program comes back the same tick when restarted after a kill, and a
@@ -31,6 +33,7 @@ A kind's own figure is measured the same way (``sim.KindProfile.dead_start_saves
 F_HEALTHY, F_RUNNING, F_LATENCY = int(Feature.HEALTHY), int(Feature.RUNNING), int(Feature.LATENCY)
 F_ERROR, F_DISK, F_CPU, F_NET = int(Feature.ERROR_RATE), int(Feature.DISK_USED), int(Feature.CPU), int(Feature.NET_RX)
 F_RESTARTS, F_SINCE = int(Feature.RESTARTS), int(Feature.SINCE_REPAIR)
+F_MEMORY, F_CONNECTIONS, F_DEPLOY = int(Feature.MEMORY), int(Feature.CONNECTIONS), int(Feature.SINCE_DEPLOY)
 
 # Columns of the symptom table: one row per fault code (0 = none), plus a row for a process
 # that is not running (killed, or down while restarting). Each symptom is drawn uniformly
@@ -38,7 +41,7 @@ F_RESTARTS, F_SINCE = int(Feature.RESTARTS), int(Feature.SINCE_REPAIR)
 # request through it, fail; SERVE_SLOW that such a request is answered but too late for the SLO.
 # Built by SimParams.symptoms().
 LAT_LO, LAT_HI, CPU_LO, CPU_HI, NET_LO, NET_HI, PROBE_FAIL, SERVE_FAIL, SERVE_SLOW = range(9)
-DOWN_ROW = int(Fault.NET_SATURATION) + 1
+DOWN_ROW = N_FAULT_CODES
 N_SYMPTOMS = 9
 
 # Columns of the repair table: what each repair's mechanism does to a service (one row per
@@ -85,6 +88,11 @@ class SystemState(NamedTuple):
     """``(n_envs, probe_delay + 1, n_services)`` bool: recent health results, a ring by tick."""
     rng: np.ndarray
     """``(n_envs,)`` uint64: each env's splitmix64 stream."""
+    deployed: np.ndarray
+    """``(n_envs, n_services)`` int32: ticks since each service's last deploy (a rollback is one)."""
+    behind: np.ndarray
+    """``(n_envs, n_services)`` int32: releases each service has before its current one, what a
+    rollback can go back to (0: none, a rollback does nothing)."""
 
 
 class Layout(NamedTuple):
@@ -116,6 +124,12 @@ class Layout(NamedTuple):
     rows: np.ndarray
     """``(n_services, DOWN_ROW + 1)`` int64: the symptom-table row service s reads per fault code
     (and when down): its kind's own where it has one (``SimParams.symptoms``)."""
+    memory: np.ndarray
+    """``(n_services,)`` float64: the memory each service's processes hold while it runs, as a
+    fraction of its allowance (its kind's, measured at work)."""
+    connections: np.ndarray
+    """``(n_services,)`` float64: the share of its connection limit each service has in use while
+    it runs (a database's served connections, a client's pool; 0 for the rest)."""
 
 
 class Rules(NamedTuple):
@@ -152,6 +166,8 @@ class Dynamics(NamedTuple):
     """``(n_envs,)`` float64: chance that a reported health result is flipped."""
     probe_delay: np.ndarray
     """``(n_envs,)`` int64: ticks between a health result and its report (< the history's depth)."""
+    deploy_rate: np.ndarray
+    """``(n_envs,)`` float64: chance per tick that a service with no open fault gets a benign deploy."""
 
 
 class Draws(NamedTuple):
@@ -176,6 +192,10 @@ class Draws(NamedTuple):
     """Least monitoring lag, in ticks."""
     delay_hi: int
     """Most monitoring lag, in ticks (inclusive)."""
+    deploys_lo: float
+    """Least benign-deploy rate (per service and tick)."""
+    deploys_hi: float
+    """Most benign-deploy rate."""
 
 
 class RepairRules(NamedTuple):
@@ -230,19 +250,35 @@ def _first_invalid(slots: np.ndarray, codes: np.ndarray, n_services: int, n_code
 
 
 @njit(cache=True)
-def inject(fault: np.ndarray, slots: np.ndarray, codes: np.ndarray) -> int:
-    """Start fault ``codes[e]`` on ``slots[e]`` (code 0: nothing) in ``fault`` (``SystemState.fault``).
-    Effects unfold in ``advance``.
+def inject(state: SystemState, dyn: Dynamics, slots: np.ndarray, codes: np.ndarray) -> int:
+    """Start fault ``codes[e]`` on ``slots[e]`` (code 0: nothing). Effects unfold in ``advance``,
+    but for a bad deploy's own: the broken release is deployed now (a restart onto it).
 
     Returns the first env whose slot or code is out of range (nothing is applied), or -1.
     """
-    bad = _first_invalid(slots, codes, fault.shape[1], NET_SATURATION + 1)
+    fault = state.fault
+    bad = _first_invalid(slots, codes, fault.shape[1], N_FAULT_CODES)
     if bad >= 0:
         return bad
     for e in range(fault.shape[0]):
         if codes[e] > 0:
             fault[e, slots[e]] = codes[e]
+            if codes[e] == BAD_DEPLOY:
+                _deploy(state, dyn, e, slots[e])
     return -1
+
+
+@njit(cache=True, inline="always")
+def _deploy(state: SystemState, dyn: Dynamics, e: int, s: int) -> None:
+    """Switch service s of env e to a new release and start it on that one: down as long as a
+    deploy takes (a rollback's downtime), a new process. (A rollback goes back the same way, as a
+    repair: ``repair``.)"""
+    state.behind[e, s] += 1
+    state.deployed[e, s] = 0
+    state.down[e, s] = max(state.down[e, s], dyn.down[e, s, ROLLBACK])  # a rollback's time: a deploy's
+    state.restarts[e, s] += 1.0
+    state.waited[e, s] = 0
+    state.started[e, s] = 2
 
 
 @njit(cache=True)
@@ -264,8 +300,14 @@ def repair(
         if code == 0:
             continue
         s = slots[e]
+        state.since[e, s] = 0
+        if code == ROLLBACK:
+            if state.behind[e, s] == 0:
+                continue  # no release before this one: nothing to go back to
+            state.behind[e, s] -= 1
+            state.deployed[e, s] = 0
         downtime = dyn.down[e, s, code]
-        if code == RESTART and fault[e, s] == KILL:
+        if code in (RESTART, ROLLBACK) and fault[e, s] == KILL:
             downtime = max(0, downtime - rules.dead_saves[s])
         if code == RATE_LIMIT and fault[e, s] == NET_SATURATION:
             state.drain[e, s] = rules.drain_ticks
@@ -286,7 +328,6 @@ def repair(
         if effect[R_COUNTS_RESTART]:
             state.waited[e, s] = 0  # a new process: it starts once what it needs answers
             state.started[e, s] = 2
-        state.since[e, s] = 0
     return -1
 
 
@@ -324,8 +365,13 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     waited, needs = state.waited, layout.start_needs
     for e in range(n_envs):
         symptoms = dyn.symptoms[0 if shared else e]
+        rate = dyn.deploy_rate[e]
         for s in range(n):
             previous[s] = health[e, s]
+            # A benign release, where no incident is open (one is not deployed over): a clue to a
+            # bad deploy, not a proof. No draw at rate 0, so a world without them keeps its stream.
+            if rate > 0.0 and fault[e, s] == 0 and down[e, s] == 0 and uniform(rng, e) < rate:
+                _deploy(state, dyn, e, s)
         slo_ok = True
         for s in range(n):
             f = fault[e, s]
@@ -425,7 +471,11 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             restarts[e, s] *= rules.restart_decay
             feats[e, s, F_RESTARTS] = min(1.0, restarts[e, s] / RESTARTS_SCALE)
             feats[e, s, F_SINCE] = min(1.0, since[e, s] / SINCE_REPAIR_SCALE)
+            feats[e, s, F_MEMORY] = layout.memory[s] if running else 0.0
+            feats[e, s, F_CONNECTIONS] = layout.connections[s] if running else 0.0
+            feats[e, s, F_DEPLOY] = min(1.0, state.deployed[e, s] / SINCE_REPAIR_SCALE)
             since[e, s] += 1
+            state.deployed[e, s] += 1
             if drain[e, s] > 0:
                 drain[e, s] -= 1
             if down[e, s] > 0:
@@ -458,10 +508,15 @@ def start(state: SystemState, layout: Layout, rules: Rules, draws: Draws, seeds:
             dyn.symptoms[min(e, dyn.symptoms.shape[0] - 1)] = draws.symptoms
             dyn.probe_noise[e] = draws.noise_lo
             dyn.probe_delay[e] = draws.delay_lo
+            dyn.deploy_rate[e] = draws.deploys_lo
             continue
         for s in range(data.shape[1]):
             for r in range(n_repairs):
-                dyn.down[e, s, r] = _whole(rng, e, draws.down_lo[s, r], draws.down_hi[s, r])
+                if r == ROLLBACK:  # a deploy is a stop and a start: drawn with the restart, at its offset
+                    offset = draws.down_lo[s, ROLLBACK] - draws.down_lo[s, RESTART]
+                    dyn.down[e, s, r] = max(0, dyn.down[e, s, RESTART] + offset)
+                else:
+                    dyn.down[e, s, r] = _whole(rng, e, draws.down_lo[s, r], draws.down_hi[s, r])
         for row in range(draws.symptoms.shape[0]):
             for col in range(draws.symptoms.shape[1]):
                 x = draws.symptoms[row, col]
@@ -472,6 +527,9 @@ def start(state: SystemState, layout: Layout, rules: Rules, draws: Draws, seeds:
                 dyn.symptoms[e, row, col] = min(dyn.symptoms[e, row, col], dyn.symptoms[e, row, col + 1])
         dyn.probe_noise[e] = draws.noise_lo + (draws.noise_hi - draws.noise_lo) * uniform(rng, e)
         dyn.probe_delay[e] = _whole(rng, e, draws.delay_lo, draws.delay_hi)
+        dyn.deploy_rate[e] = draws.deploys_lo
+        if draws.deploys_hi > draws.deploys_lo:  # no draw for a fixed rate: the stream stays as it was
+            dyn.deploy_rate[e] += (draws.deploys_hi - draws.deploys_lo) * uniform(rng, e)
 
 
 @njit(cache=True, inline="always")

@@ -19,7 +19,7 @@ RESTART_HALF_LIFE_TICKS = 30.0
 """Half-life, in ticks, of the recent-restarts count (the RESTARTS feature)."""
 RESTART_DECAY = 0.5 ** (1.0 / RESTART_HALF_LIFE_TICKS)
 """Per-tick factor of the recent-restarts count at that half-life."""
-COUNTS_AS_RESTART: frozenset[Repair] = frozenset({Repair.RESTART, Repair.RECREATE})
+COUNTS_AS_RESTART: frozenset[Repair] = frozenset({Repair.RESTART, Repair.RECREATE, Repair.ROLLBACK})
 """Repairs that start the service's process anew, and so count in its recent restarts."""
 NEVER_REPAIRED = 10 * int(SINCE_REPAIR_SCALE)
 """Ticks since the last repair of a service never repaired: far past where the feature reads 1."""

@@ -10,6 +10,12 @@ and ``DEEPLOPS_DB_WAIT_S`` (10 by default):
 - ``GET /health``: each dependency checked now with its own client: ``SELECT 1``, ``PING``,
   ``/ping``. ``/ping`` and ``/stats`` as in ``service.py``.
 
+Its broken release (``DEEPLOPS_RELEASE_BROKEN=1``) is a build whose orders carry a column,
+``customer``, that a migration it needs was to add and never did: PostgreSQL refuses each
+INSERT (``column "customer" of relation "orders" does not exist``), and its health check, which
+checks its schema, fails too. An app without PostgreSQL has the generic broken build
+(``service.py``). ``/info`` adds its pools' connections.
+
 It crashes at start while its database is down, as an app that migrates or fills its
 connection pool at start does: it listens only once every PostgreSQL server answers, waiting
 at most ``DEEPLOPS_DB_WAIT_S`` seconds, and else exits 1 with a line saying why. Once up, it
@@ -28,6 +34,10 @@ from collections.abc import Callable, Mapping
 
 import clients
 import service
+
+ORDER_COLUMNS = ("service", "request")
+NEW_COLUMN = "customer"
+"""The column the broken release's orders carry, which its database does not have."""
 
 
 class App(service.Service):
@@ -70,8 +80,19 @@ class App(service.Service):
             self.done.wait(0.2)
         return False
 
+    def defect(self) -> None:
+        if not self.postgres:  # with PostgreSQL the bug is in its queries
+            super().defect()
+
+    def schema_check(self, db: clients.Postgres) -> str | None:
+        """``SELECT 1``; the broken release's checks the column it needs."""
+        return db.attempt(f"SELECT {NEW_COLUMN} FROM orders LIMIT 0") if self.config.broken else db.check()
+
+    def connections(self) -> tuple[int, int] | None:
+        return clients.pooled([*self.postgres, *self.redis])
+
     def dependency_checks(self) -> list[str]:
-        checks: list[Callable[[], str | None]] = [db.check for db in self.postgres]
+        checks: list[Callable[[], str | None]] = [functools.partial(self.schema_check, db) for db in self.postgres]
         checks += [cache.check for cache in self.redis]
         checks += [functools.partial(service.call, h, p, "/ping", self.config.timeout) for h, p in self.config.depends]
         return service.concurrently(checks)
@@ -79,9 +100,11 @@ class App(service.Service):
     def dependency_work(self) -> list[str]:
         request = f"{self.config.service}-{self._run}-{next(self._ids)}"
         job = json.dumps({"request": request, "from": self.config.service, "at": time.time()})
+        columns, values = ORDER_COLUMNS, (self.config.service, request)
+        if self.config.broken:
+            columns, values = (*columns, NEW_COLUMN), (*values, f"customer-{hash(request) % clients.KEPT}")
         tasks: list[Callable[[], str | None]] = [
-            functools.partial(db.insert, "orders", ("service", "request"), (self.config.service, request))
-            for db in self.postgres
+            functools.partial(db.insert, "orders", columns, values) for db in self.postgres
         ]
         tasks += [functools.partial(self.session_and_job, cache, request, job) for cache in self.redis]
         timeout = 2 * self.config.timeout  # as service.py: the chain below an HTTP dependency is unknown

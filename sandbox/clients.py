@@ -41,6 +41,15 @@ def stores(env: Mapping[str, str]) -> tuple[tuple[tuple[str, int], ...], tuple[t
     )
 
 
+def pooled(pools: list[Any]) -> tuple[int, int] | None:
+    """Connections held by ``pools`` (each a Postgres or Redis here) and their sizes, summed; None
+    without any."""
+    if not pools:
+        return None
+    held = [pool.connections() for pool in pools]
+    return sum(used for used, _ in held), sum(limit for _, limit in held)
+
+
 def first_line(exc: BaseException) -> str:
     """An error as one short line (a server's messages run over several)."""
     text = str(exc).strip().splitlines()
@@ -100,6 +109,9 @@ class Postgres:
     def __init__(self, host: str, port: int, timeout: float, size: int = POOL_SIZE) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.name = f"postgres {host}:{port}"
+        self.size = size
+        self.open = 0
+        """Connections it holds now, idle or busy (each takes one of the server's slots)."""
         self._idle: list[Any] = []
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
@@ -117,6 +129,8 @@ class Postgres:
                     conn = self._idle.pop() if self._idle else None
                 if conn is None:
                     conn = psycopg2.connect(host=self.host, port=self.port, user="postgres", dbname="postgres")
+                    with self._lock:
+                        self.open += 1
                     conn.autocommit = True
                 try:
                     with conn.cursor() as cur:
@@ -124,6 +138,8 @@ class Postgres:
                         rows = cur.fetchall() if cur.description else []
                 except BaseException:
                     conn.close()  # its state is unknown (a timeout mid-query): never reused
+                    with self._lock:
+                        self.open -= 1
                     raise
             with self._lock:
                 self._idle.append(conn)
@@ -142,6 +158,21 @@ class Postgres:
     def check(self) -> str | None:
         """Whether it answers a query now (``pg_isready`` and a little more)."""
         return self.attempt("SELECT 1")
+
+    def connections(self) -> tuple[int, int]:
+        """Connections the pool holds, and its size."""
+        return self.open, self.size
+
+    def server_connections(self) -> tuple[int, int] | None:
+        """The server's client connections in use (idle ones hold their slot too) and its
+        ``max_connections``, by one query; None when it does not answer."""
+        sql = ("SELECT count(*) FILTER (WHERE backend_type = 'client backend'), "
+               "current_setting('max_connections')::int FROM pg_stat_activity")  # fmt: skip
+        try:
+            ((used, limit),) = self.query(sql)
+        except Exception:  # down, frozen, refusing: no counters
+            return None
+        return int(used), int(limit)
 
     def insert(self, table: str, columns: tuple[str, ...], values: tuple[object, ...]) -> str | None:
         """Insert a row into ``table`` (one of schema.sql's, whose ``id`` counts rows), keeping
@@ -170,6 +201,12 @@ class Redis:
             socket_timeout=timeout + block_s, socket_connect_timeout=timeout,
         )  # fmt: skip
         self.client = redis.Redis(connection_pool=pool)
+        self.size = size
+
+    def connections(self) -> tuple[int, int]:
+        """Connections the pool holds (connected now), and its size."""
+        made = list(self.client.connection_pool._connections)  # redis-py keeps every one it made
+        return sum(1 for conn in made if getattr(conn, "_sock", None) is not None), self.size
 
     def attempt(self, what: str, *args: object) -> tuple[Any, str | None]:
         """Run the command ``what`` (a method of redis-py's client); its result, and why it failed or None."""
@@ -191,6 +228,14 @@ class Redis:
             return pipe.execute(), None
         except self.errors as exc:
             return [], f"{self.name}: {first_line(exc)}"
+
+    def server_connections(self) -> tuple[int, int] | None:
+        """The server's clients and its ``maxclients``, in one round trip; None when it does not answer."""
+        results, failed = self.pipeline([("info", ("clients",)), ("config_get", ("maxclients",))])
+        if failed:
+            return None
+        info, limit = results
+        return int(info["connected_clients"]), int(limit["maxclients"])
 
     def push_job(self, job: str) -> str | None:
         """Push a job onto the JOBS list, keeping its KEPT newest."""

@@ -17,6 +17,13 @@
   ``DEEPLOPS_TIMEOUT``. It resolves the upstream's name anew every second, so a recreated
   upstream at a new address is found.
 
+Each kind's broken release (``DEEPLOPS_RELEASE_BROKEN=1``) is a bad configuration, as a config
+change shipped as a release is: PostgreSQL with ``default_transaction_read_only = on`` (every
+write fails; a plain SELECT works), Redis with ``maxmemory 512`` (bytes: its template lost the
+``mb``) and ``noeviction`` (every write fails with OOM; PING and reads work), nginx proxying to
+its upstream's port plus one (nothing listens there: every request fails). ``/info`` says the release, and for
+PostgreSQL and Redis the server's client connections of its limit (``ready`` once it answers).
+
 Bad configuration prints one line to stderr and exits 2; SIGTERM exits 0.
 """
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import pwd
 import shutil
@@ -40,6 +48,12 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_TEMPLATE = "/opt/deeplops/pgtemplate"
 """The cluster made when the image was built (initdb and schema.sql): copied, never run again."""
 NGINX_CONF = "/etc/nginx/deeplops.conf"
+REDIS_MAX_CLIENTS = 64
+"""Redis's client limit: small as PostgreSQL's 30, the scale of a sandbox (its default, 10,000,
+would make every count read 0)."""
+BROKEN_PG = ["-c", "default_transaction_read_only=on"]
+BROKEN_REDIS = ["--maxmemory", "512", "--maxmemory-policy", "noeviction"]
+"""The broken releases' configurations (``-c`` and ``--`` options: the server's own settings)."""
 NO_VOLUME = "/var/lib/deeplops"
 """Where a server keeps its files when the service has no volume: the container's own layer."""
 
@@ -124,6 +138,19 @@ class Daemon(service.Service):
         """One real client request."""
         raise NotImplementedError
 
+    def info(self) -> tuple[int, dict[str, object]]:
+        status, body = super().info()
+        return status, {**body, "ready": "connections" in body}  # its server answered
+
+    def connections(self) -> tuple[int, int] | None:
+        if self.child is None or self.child.poll() is not None:
+            return None
+        return self.server_connections()
+
+    def server_connections(self) -> tuple[int, int] | None:
+        """The server's client connections and their limit, as it counts them; None when it does not answer."""
+        raise NotImplementedError
+
 
 class Postgres(Daemon):
     """PostgreSQL 15: its fast shutdown on SIGTERM, its cluster copied from the template."""
@@ -137,7 +164,7 @@ class Postgres(Daemon):
         self.db = clients.Postgres("127.0.0.1", clients.POSTGRES_PORT, config.timeout)
 
     def command(self) -> list[str]:
-        return [f"{PG_BIN}/postgres", "-D", self.home]
+        return [f"{PG_BIN}/postgres", "-D", self.home, *(BROKEN_PG if self.config.broken else [])]
 
     def setup(self) -> None:
         if not os.path.exists(os.path.join(self.home, "PG_VERSION")):
@@ -163,6 +190,9 @@ class Postgres(Daemon):
     def request(self) -> str | None:
         return self.db.insert("deeplops_work", ("service",), (self.config.service,))
 
+    def server_connections(self) -> tuple[int, int] | None:
+        return self.db.server_connections()
+
 
 class Redis(Daemon):
     """Redis, appending every write to its file when the service has a volume."""
@@ -181,7 +211,8 @@ class Redis(Daemon):
         # default waits for 64 MB, more than a small volume holds.
         return ["redis-server", "--bind", "0.0.0.0", "--port", str(clients.REDIS_PORT), "--protected-mode", "no",
                 "--dir", self.home, "--save", "", "--appendonly", "yes" if durable else "no",
-                "--appendfsync", "everysec", "--auto-aof-rewrite-min-size", "1mb", "--loglevel", "warning"]  # fmt: skip
+                "--appendfsync", "everysec", "--auto-aof-rewrite-min-size", "1mb", "--loglevel", "warning",
+                "--maxclients", str(REDIS_MAX_CLIENTS), *(BROKEN_REDIS if self.config.broken else [])]  # fmt: skip
 
     def check_server(self) -> str | None:
         return self.cache.check() or self.cache.attempt("set", "deeplops:health", "ok")[1]
@@ -189,15 +220,30 @@ class Redis(Daemon):
     def request(self) -> str | None:
         return self.cache.attempt("set", f"deeplops:work:{next(self._ids) % clients.KEPT}", self.config.service)[1]
 
+    def server_connections(self) -> tuple[int, int] | None:
+        return self.cache.server_connections()
+
 
 DAEMONS: dict[str, type[Daemon]] = {"postgres": Postgres, "redis": Redis}
 
 
-def nginx_config(name: str, port: int, upstream: tuple[str, int], timeout: float, resolver: str) -> str:
-    """nginx's whole configuration for a gateway ``name`` listening on ``port`` in front of ``upstream``."""
+def nginx_config(
+    name: str,
+    port: int,
+    upstream: tuple[str, int],
+    timeout: float,
+    resolver: str,
+    release: str = "r1",
+    broken: bool = False,
+) -> str:
+    """nginx's whole configuration for a gateway ``name`` listening on ``port`` in front of ``upstream``,
+    as release ``release``; the broken release's proxies to the upstream's port plus one."""
     host, upstream_port = upstream
+    upstream_port += broken  # the broken release's mistake: nothing listens there
     ms = max(1, round(timeout * 1000))
     failed = f'{{"ok": false, "service": "{name}", "failed": ["upstream {host}:{upstream_port}: no answer"]}}'
+    info = json.dumps({"service": name, "upstream": f"{host}:{upstream_port}", "release": release,
+                        "broken": broken, "ready": True})  # fmt: skip
     return f"""# Written by launcher.py from the environment at start.
 daemon off;
 user www-data;
@@ -223,6 +269,7 @@ http {{
         location = /ping {{ proxy_pass http://$upstream/ping; }}
         location = /health {{ proxy_pass http://$upstream/ping; }}
         location = /stats {{ return 200 '{{"service": "{name}", "upstream": "{host}:{upstream_port}"}}'; }}
+        location = /info {{ return 200 '{info}'; }}
         location / {{ return 404 '{{"error": "no such path"}}'; }}
         # nginx's own failures (the upstream refused, timed out, or has no address) as JSON.
         error_page 502 503 504 @failed;
@@ -254,7 +301,8 @@ def nginx(env: Mapping[str, str]) -> int:
     except service.ConfigError as exc:
         print(f"launcher.py: bad configuration: {exc}", file=sys.stderr)
         return 2
-    text = nginx_config(config.service, config.port, config.depends[0], config.timeout, resolver())
+    text = nginx_config(config.service, config.port, config.depends[0], config.timeout, resolver(), config.release,
+                        config.broken)  # fmt: skip
     with open(env.get("DEEPLOPS_NGINX_CONF", NGINX_CONF), "w") as f:
         f.write(text)
     stopped = threading.Event()

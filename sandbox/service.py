@@ -2,7 +2,8 @@
 
 It is configured by environment variables (``DEEPLOPS_SERVICE``, ``DEEPLOPS_HOST``, ``DEEPLOPS_PORT``,
 ``DEEPLOPS_DEPENDS``, ``DEEPLOPS_DATA``, ``DEEPLOPS_TIMEOUT``, ``DEEPLOPS_HEALTH_INTERVAL``, and optionally
-``DEEPLOPS_START_S`` and ``DEEPLOPS_RESTORE_PLAN``) and answers JSON:
+``DEEPLOPS_START_S``, ``DEEPLOPS_RESTORE_PLAN``, ``DEEPLOPS_RELEASE`` and ``DEEPLOPS_RELEASE_BROKEN``)
+and answers JSON:
 
 - ``GET /ping``: shallow; 200 if the last cached health result was healthy, else 503. Calls nothing.
 - ``GET /health``: checks now and caches the result: a 4 KiB write probe of the data volume, and a
@@ -10,6 +11,13 @@ It is configured by environment variables (``DEEPLOPS_SERVICE``, ``DEEPLOPS_HOST
 - ``GET /work``: one user request: ``/work`` on every dependency, plus one ~256-byte record appended
   to ``records.log`` on the data volume (emptied past 256 KiB). 200, or 503 with the reasons.
 - ``GET /stats``: counters of ``/work`` since start and the cached health.
+- ``GET /info``: the release it runs, whether it is ready (the other kinds: whether their server
+  answers), and the connections it holds or serves, ``used`` of ``limit`` (the other kinds).
+
+The release (``DEEPLOPS_RELEASE``, ``r1`` unless set) is what a deploy switched it to. A broken
+release (``DEEPLOPS_RELEASE_BROKEN=1``) is a build whose new code reads a setting its deploy did not
+bring (``NEW_SETTING``): every ``/work`` and ``/health`` fails with 500, and its cached health with
+them, while the process runs. The other kinds' broken releases are their own (their docstrings).
 
 A background thread refreshes the cached health every interval, so a failure climbs the dependency
 graph one hop per interval. SIGTERM and SIGINT stop the server promptly and exit 0. Bad configuration
@@ -53,6 +61,10 @@ RESTORE_STEP_S = 0.1
 """A restore writes its data in a slice every this many seconds, so the volume fills steadily."""
 PLAN_LIMIT = 4096
 """Largest restore plan read, in bytes."""
+NEW_SETTING = "DEEPLOPS_RECORD_SCHEMA"
+"""The setting the broken release's code needs and its deploy never sets."""
+RELEASE_MAX = 64
+"""Longest release name."""
 
 
 class ConfigError(Exception):
@@ -81,6 +93,10 @@ class Config:
     """Seconds after the process started before it listens (a slow start); 0: at once."""
     restore_plan: str | None = None
     """Path of the restore plan in the data volume; a restore runs at start when the file is there."""
+    release: str = "r1"
+    """The release it runs."""
+    broken: bool = False
+    """Whether that release is the broken one: it runs, and fails its requests."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,20 @@ def non_negative(text: str, what: str) -> float:
     return value
 
 
+def release_name(text: str) -> str:
+    """A release's name: letters, digits, ``.``, ``-`` or ``_``, 1 to RELEASE_MAX of them."""
+    if not (0 < len(text) <= RELEASE_MAX and all(c.isascii() and (c.isalnum() or c in ".-_") for c in text)):
+        raise ConfigError(f"DEEPLOPS_RELEASE must be a release name (letters, digits, '.', '-', '_'), got {text!r:.80}")
+    return text
+
+
+def flag(text: str, what: str) -> bool:
+    """``1`` or ``0``."""
+    if text not in ("0", "1"):
+        raise ConfigError(f"{what} must be 0 or 1, got {text!r:.80}")
+    return text == "1"
+
+
 def endpoints(text: str, variable: str = "DEEPLOPS_DEPENDS") -> tuple[tuple[str, int], ...]:
     """A comma-separated list of ``host:port``, as the environment variable ``variable`` gives it."""
     deps = []
@@ -149,6 +179,8 @@ def load_config(env: Mapping[str, str]) -> Config:
         health_interval=positive(env.get("DEEPLOPS_HEALTH_INTERVAL", "1.0"), "DEEPLOPS_HEALTH_INTERVAL"),
         start_s=non_negative(env.get("DEEPLOPS_START_S", "0"), "DEEPLOPS_START_S"),
         restore_plan=env.get("DEEPLOPS_RESTORE_PLAN") or None,
+        release=release_name(env.get("DEEPLOPS_RELEASE", "r1")),
+        broken=flag(env.get("DEEPLOPS_RELEASE_BROKEN", "0"), "DEEPLOPS_RELEASE_BROKEN"),
     )
 
 
@@ -343,8 +375,15 @@ class Service:
         self.healthy = not failed
         return failed
 
+    def defect(self) -> None:
+        """The broken release's bug, run by its every request and check: its new code reads a
+        setting the deploy did not bring, and the KeyError is a 500 (``Handler``)."""
+        os.environ[NEW_SETTING]  # the lookup is the bug
+
     def own_checks(self) -> list[str]:
         """Its own part of the health check: a write probe of its data volume."""
+        if self.config.broken:
+            self.defect()
         if self.config.data:
             try:
                 write_probe(self.config.data)
@@ -358,7 +397,10 @@ class Service:
 
     def health_loop(self) -> None:
         while True:
-            self.check_health()
+            try:
+                self.check_health()
+            except Exception:  # a broken release's bug: unhealthy, and the loop goes on
+                self.healthy = False
             time.sleep(self.config.health_interval)
 
     def ping(self) -> tuple[int, dict[str, object]]:
@@ -393,6 +435,8 @@ class Service:
 
     def own_work(self) -> list[str]:
         """Its own part of a user request: a record appended to its data volume."""
+        if self.config.broken:
+            self.defect()
         if not self.config.data:
             return []
         record = json.dumps({"service": self.config.service, "time": time.time()}).ljust(RECORD_BYTES - 1)
@@ -413,8 +457,21 @@ class Service:
             counts = {"requests": self.requests, "failures": self.failures}
         return 200, {"service": self.config.service, **counts, "healthy": bool(self.healthy)}
 
+    def info(self) -> tuple[int, dict[str, object]]:
+        """The release it runs, whether it is ready, and its connections: read every tick."""
+        body: dict[str, object] = {"service": self.config.service, "release": self.config.release,
+                                   "broken": self.config.broken, "ready": True}  # fmt: skip
+        connections = self.connections()
+        if connections is not None:
+            body["connections"] = {"used": connections[0], "limit": connections[1]}
+        return 200, body
 
-ROUTES = {"/ping": "ping", "/health": "health", "/work": "work", "/stats": "stats"}
+    def connections(self) -> tuple[int, int] | None:
+        """Connections it holds or serves, and their limit; None when it has none (here)."""
+        return None
+
+
+ROUTES = {"/ping": "ping", "/health": "health", "/work": "work", "/stats": "stats", "/info": "info"}
 """Each path's method of the Service (looked up on the instance: another kind may replace it)."""
 
 
@@ -434,7 +491,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         route = ROUTES.get(self.path.split("?", 1)[0])
         answer: Callable[[], tuple[int, dict[str, object]]] | None = getattr(self.server.service, route or "", None)
-        status, body = answer() if answer else (404, {"error": f"no such path {self.path}"})
+        try:
+            status, body = answer() if answer else (404, {"error": f"no such path {self.path}"})
+        except Exception as exc:  # a bug (a broken release's): a 500, as a web framework answers it
+            print(f"{self.server.service.PROGRAM}: {self.path}: {exc!r}", file=sys.stderr)
+            status, body = 500, {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
         payload = json.dumps(body).encode()
         try:
             self.send_response(status)

@@ -12,6 +12,12 @@ HTTP contract, so it is measured as every kind is:
 - ``GET /stats``: adds ``jobs``, the jobs its consumers wrote since it started.
 
 It does not crash at start while a dependency is down: a consumer waits for its servers.
+
+Its broken release (``DEEPLOPS_RELEASE_BROKEN=1``) writes each job with a column, ``priority``,
+that ``jobs_done`` does not have (a migration never run): PostgreSQL refuses every write, so no job
+is done (each is pushed back), ``/work`` fails, and its health check, which checks its schema,
+fails too. A worker without PostgreSQL has the generic broken build (``service.py``). ``/info``
+adds its pools' connections, the blocking consumers' included.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from collections.abc import Callable, Mapping
 import clients
 import service
 
+JOB_COLUMNS = ("worker", "job")
+NEW_COLUMN = "priority"
+"""The column the broken release's writes carry, which its database does not have."""
 BLOCK_S = 1.0
 """How long a consumer's BRPOP waits for a job before it asks again."""
 RETRY_S = 0.5
@@ -80,12 +89,25 @@ class Worker(service.Service):
 
     def write(self, job: str) -> list[str]:
         """Write a job into every PostgreSQL server; the reasons it failed."""
-        values = (self.config.service, job)
-        return service.concurrently([functools.partial(db.insert, "jobs_done", ("worker", "job"), values)
+        columns, values = JOB_COLUMNS, (self.config.service, job)
+        if self.config.broken:
+            columns, values = (*columns, NEW_COLUMN), (*values, 1)
+        return service.concurrently([functools.partial(db.insert, "jobs_done", columns, values)
                                      for db in self.postgres])  # fmt: skip
 
+    def defect(self) -> None:
+        if not self.postgres:  # with PostgreSQL the bug is in its writes
+            super().defect()
+
+    def schema_check(self, db: clients.Postgres) -> str | None:
+        """``SELECT 1``; the broken release's checks the column it needs."""
+        return db.attempt(f"SELECT {NEW_COLUMN} FROM jobs_done LIMIT 0") if self.config.broken else db.check()
+
+    def connections(self) -> tuple[int, int] | None:
+        return clients.pooled([*self.postgres, *self.redis, *self.queues])
+
     def dependency_checks(self) -> list[str]:
-        checks: list[Callable[[], str | None]] = [db.check for db in self.postgres]
+        checks: list[Callable[[], str | None]] = [functools.partial(self.schema_check, db) for db in self.postgres]
         checks += [queue.check for queue in self.redis]
         checks += [functools.partial(service.call, h, p, "/ping", self.config.timeout) for h, p in self.config.depends]
         return service.concurrently(checks)

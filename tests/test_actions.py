@@ -37,25 +37,25 @@ def shop() -> Topology:
 # --- encoding -------------------------------------------------------------------------------------
 
 
-def test_chaos_action_is_one_plus_slot_times_five_plus_fault_offset() -> None:
+def test_chaos_action_is_one_plus_slot_times_six_plus_fault_offset() -> None:
     assert chaos_action(0, Fault.KILL) == 1
-    assert chaos_action(0, Fault.NET_SATURATION) == 5
-    assert chaos_action(2, Fault.DISK_FULL) == 14
-    assert chaos_action(MAX_SLOTS - 1, Fault.NET_SATURATION) == N_CHAOS_ACTIONS - 1
+    assert chaos_action(0, Fault.BAD_DEPLOY) == 6
+    assert chaos_action(2, Fault.DISK_FULL) == 16
+    assert chaos_action(MAX_SLOTS - 1, Fault.BAD_DEPLOY) == N_CHAOS_ACTIONS - 1 == 96
 
 
-def test_order_action_is_one_plus_slot_times_four_plus_repair_offset() -> None:
+def test_order_action_is_one_plus_slot_times_five_plus_repair_offset() -> None:
     assert order_action(0, Repair.NOOP) == 0
     assert order_action(0, Repair.RESTART) == 1
-    assert order_action(3, Repair.RECREATE) == 16
-    assert order_action(MAX_SLOTS - 1, Repair.RECREATE) == N_ORDER_ACTIONS - 1
+    assert order_action(3, Repair.RECREATE) == 19
+    assert order_action(MAX_SLOTS - 1, Repair.ROLLBACK) == N_ORDER_ACTIONS - 1 == 80
 
 
 def test_action_decoding_inverts_encoding() -> None:
     for s in range(MAX_SLOTS):
         for fault in Fault:
             assert decode_chaos(chaos_action(s, fault)) == (s, fault)
-        for repair in (Repair.RESTART, Repair.CLEAN_DISK, Repair.RATE_LIMIT, Repair.RECREATE):
+        for repair in (Repair.RESTART, Repair.CLEAN_DISK, Repair.RATE_LIMIT, Repair.RECREATE, Repair.ROLLBACK):
             assert decode_order(order_action(s, repair)) == (s, repair)
     assert decode_chaos(0) == (0, None)
     assert decode_order(0) == (0, Repair.NOOP)

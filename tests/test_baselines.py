@@ -36,6 +36,7 @@ PROPER_REPAIR = {
     Fault.CPU_HOG: Repair.RESTART,
     Fault.DISK_FULL: Repair.CLEAN_DISK,
     Fault.NET_SATURATION: Repair.RATE_LIMIT,
+    Fault.BAD_DEPLOY: Repair.ROLLBACK,
 }
 
 # envs/shop.yaml: gateway -> api -> {cache, db, queue}; worker -> {queue, db}.

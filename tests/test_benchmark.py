@@ -21,7 +21,7 @@ from deeplops.sim import SimParams
 
 SUITE_IDS = [
     "random-topologies", "bank", "real-software", "scenarios", "slow-restarts", "very-slow-restarts",
-    "noisy-probes", "lagging-probes", "noisy-lagging", "trained-chaos",
+    "noisy-probes", "lagging-probes", "noisy-lagging", "busy-deploys", "trained-chaos",
 ]  # fmt: skip
 CONTRACT_FIELDS = {
     "availability", "mttr_mean", "mttr_p95", "faults_injected", "faults_recovered",
@@ -79,7 +79,7 @@ def test_episodes_are_split_over_a_suites_systems_with_at_least_one_each():
     assert played["random-topologies"] == [1] * 8
     assert played["bank"] == [5]
     assert played["real-software"] == [3, 3]
-    assert played["scenarios"] == [1] * 16
+    assert played["scenarios"] == [1] * 19
     assert played["slow-restarts"] == [3, 3]
     assert played["trained-chaos"] == [5]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from types import SimpleNamespace
 
 import docker
@@ -528,3 +529,127 @@ def test_an_older_build_a_container_uses_is_kept_silently():
     said: list[str] = []
     image._drop_older(SimpleNamespace(images=images), "deeplops/service", "deeplops/service:a", said.append)  # type: ignore[arg-type]
     assert images.removed == [] and said == []
+
+
+# -- releases, memory and connections -----------------------------------------------------
+
+
+def test_a_release_history_deploys_new_names_and_rolls_back_one_at_a_time():
+    from deeplops.dockerbox.releases import History, Release
+
+    first = History()
+    assert first.current == Release("r1") and first.rollback() is None
+    bad = first.deploy().deploy(broken=True)
+    assert [r.name for r in bad.releases] == ["r1", "r2", "r3"] and bad.current.broken
+    back = bad.rollback()
+    assert back is not None and back.current == Release("r2") and back.made == 3
+    assert back.deploy().current.name == "r4"  # a new release never reuses a rolled-back name
+    assert back.rollback() == History((Release("r1"),), 3)
+
+
+def test_a_release_history_keeps_its_newest_releases_only():
+    from deeplops.dockerbox.releases import HISTORY_MAX, History
+
+    history = History()
+    for _ in range(HISTORY_MAX + 5):
+        history = history.deploy()
+    assert len(history.releases) == HISTORY_MAX and history.current.name == f"r{HISTORY_MAX + 6}"
+
+
+def test_a_release_history_round_trips_through_its_label_and_a_bad_label_is_one_line():
+    from deeplops.dockerbox import releases
+
+    history = releases.History().deploy(broken=True)
+    assert releases.from_label(releases.to_label(history)) == history
+    assert releases.from_label(None) == releases.History()  # a container made before releases
+    for bad in ("", "[]", '{"releases": [], "made": 1}', '{"releases": [["r1", 1]], "made": 1}',
+                '{"releases": [["r1", false], ["r2", false]], "made": 1}', "x" * 5000):  # fmt: skip
+        with pytest.raises(SandboxError, match="is not a release history") as err:
+            releases.from_label(bad, "db")
+        assert "\n" not in str(err.value)
+    assert releases.environment(history) == {"DEEPLOPS_RELEASE": "r2", "DEEPLOPS_RELEASE_BROKEN": "1"}
+
+
+def test_a_container_starts_on_its_release_and_carries_its_history():
+    from deeplops.dockerbox import releases
+
+    history = releases.History().deploy(broken=True)
+    spec = load_topology("store").services[0]
+    runs: list[dict] = []
+    client = SimpleNamespace(
+        containers=SimpleNamespace(run=lambda image, **kw: runs.append(kw)),
+        api=SimpleNamespace(create_endpoint_config=lambda **kw: kw),
+    )
+    stack.start_service(client, "box", spec, "img", history=history)  # type: ignore[arg-type]
+    run = runs[-1]
+    assert run["environment"]["DEEPLOPS_RELEASE"] == "r2" and run["environment"]["DEEPLOPS_RELEASE_BROKEN"] == "1"
+    assert releases.from_label(run["labels"][releases.LABEL]) == history
+
+
+V1_STAT = "cache 4096\nrss 1000\nshmem 8192\ntotal_cache 40960\ntotal_rss 123456\ntotal_shmem 8192\n"
+V2_STAT = "anon 654321\nfile 99999\nshmem 8192\nanon_thp 0\n"
+
+
+def test_resident_memory_is_v1_total_rss_or_v2_anon_and_never_the_volume_files():
+    assert host.anon_bytes(V1_STAT) == 123456
+    assert host.anon_bytes(V2_STAT) == 654321
+    assert host.anon_bytes("cache 1\nshmem 2\n") is None
+
+
+def test_memory_is_read_from_the_first_cgroup_that_has_the_container(tmp_path, monkeypatch):
+    v1, v2 = tmp_path / "v1" / "{id}", tmp_path / "v2" / "{id}"
+    monkeypatch.setattr(host, "MEMORY_STAT_FILES", (str(v1 / "memory.stat"), str(v2 / "memory.stat")))
+    assert host.memory_bytes("abc") is None
+    (tmp_path / "v2" / "abc").mkdir(parents=True)
+    (tmp_path / "v2" / "abc" / "memory.stat").write_text(V2_STAT)
+    assert host.memory_bytes("abc") == 654321
+
+
+def test_connections_are_used_over_limit_and_nothing_reported_reads_zero():
+    from deeplops.dockerbox.sandbox import connection_share
+
+    assert connection_share({"connections": {"used": 3, "limit": 30}}) == pytest.approx(0.1)
+    assert connection_share({"connections": {"used": 90, "limit": 30}}) == 1.0
+    for body in ({}, {"connections": None}, {"connections": {"used": 3, "limit": 0}},
+                 {"connections": {"used": "3", "limit": 30}}):  # fmt: skip
+        assert connection_share(body) == 0.0
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan"), "0.1"])
+def test_a_deploy_rate_outside_0_1_is_refused_in_one_line(rate):
+    from deeplops.dockerbox.sandbox import DockerSandbox
+
+    with pytest.raises(SandboxError, match="deploy_rate must be a chance"):
+        DockerSandbox(load_topology("store"), deploy_rate=rate)
+
+
+@pytest.fixture
+def programs(monkeypatch: pytest.MonkeyPatch):
+    """sandbox/'s service.py and launcher.py as modules."""
+    from deeplops.catalog import data_dir
+
+    monkeypatch.syspath_prepend(str(data_dir("sandbox")))
+    import launcher
+    import service
+
+    yield SimpleNamespace(service=service, launcher=launcher)
+    for name in ("launcher", "clients", "service"):  # top-level names of the image's /app, not of deeplops
+        sys.modules.pop(name, None)
+
+
+def test_a_program_reads_its_release_and_refuses_a_bad_one_in_one_line(programs):
+    load = programs.service.load_config
+    assert (load({"DEEPLOPS_SERVICE": "a"}).release, load({"DEEPLOPS_SERVICE": "a"}).broken) == ("r1", False)
+    got = load({"DEEPLOPS_SERVICE": "a", "DEEPLOPS_RELEASE": "r7", "DEEPLOPS_RELEASE_BROKEN": "1"})
+    assert (got.release, got.broken) == ("r7", True)
+    for env, word in (({"DEEPLOPS_RELEASE": "r 1"}, "DEEPLOPS_RELEASE"), ({"DEEPLOPS_RELEASE": ""}, "DEEPLOPS_RELEASE"),
+                      ({"DEEPLOPS_RELEASE_BROKEN": "yes"}, "DEEPLOPS_RELEASE_BROKEN")):  # fmt: skip
+        with pytest.raises(programs.service.ConfigError, match=word):
+            load({"DEEPLOPS_SERVICE": "a", **env})
+
+
+def test_the_broken_nginx_release_proxies_to_a_port_nothing_listens_on(programs):
+    good = programs.launcher.nginx_config("gw", 8080, ("app", 8080), 0.5, "127.0.0.11")
+    bad = programs.launcher.nginx_config("gw", 8080, ("app", 8080), 0.5, "127.0.0.11", "r2", broken=True)
+    assert "set $upstream app:8080;" in good and "set $upstream app:8081;" in bad
+    assert '"release": "r2", "broken": true' in bad

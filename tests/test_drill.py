@@ -60,7 +60,7 @@ def test_a_trace_replayed_with_another_policy_keeps_the_fault_timeline(tmp_path)
 def test_a_trace_carries_its_observations(tmp_path):
     first = rows(record(tmp_path, episodes=1)[0])[0]
     assert set(first["obs"]) == set(SHOP.names)
-    assert all(len(v) == 12 and all(0.0 <= x <= 1.0 for x in v) for v in first["obs"].values())
+    assert all(len(v) == 15 and all(0.0 <= x <= 1.0 for x in v) for v in first["obs"].values())
 
 
 def write_lines(tmp_path: Path, lines: list[str]) -> Path:

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from deeplops.actions import Role
+from deeplops.actions import REPAIRS_PER_SLOT, Role
 from deeplops.errors import ConfigError
 from deeplops.evaluate import Match, play
 from deeplops.faults import Fault, Repair
@@ -206,7 +206,7 @@ def repairs_by_kind(topology: Topology, params: SimParams) -> dict[tuple[bool, R
     while not done:
         actions = game.decide(oracle)
         taken = actions[actions > 0] - 1
-        for slot, repair in zip(taken // 4, taken % 4 + 1, strict=True):
+        for slot, repair in zip(taken // REPAIRS_PER_SLOT, taken % REPAIRS_PER_SLOT + 1, strict=True):
             key = (bool(topology.has_disk[slot]), Repair(repair))
             counts[key] = counts.get(key, 0) + 1
         done = game.step(game.decide(chaos), actions)

@@ -25,7 +25,7 @@ from deeplops.errors import ConfigError, PolicyError, SandboxError
 
 ORDER_ID, CHAOS_ID = "deeplops/Order-v0", "deeplops/Chaos-v0"
 ENV_IDS = [ORDER_ID, CHAOS_ID]
-N_ACTIONS = {ORDER_ID: 65, CHAOS_ID: 81}  # 1 + 16 slots * 4 repairs, 1 + 16 slots * 5 faults
+N_ACTIONS = {ORDER_ID: 81, CHAOS_ID: 97}  # 1 + 16 slots * 5 repairs, 1 + 16 slots * 6 faults
 MAX_TICKS = 200  # GameConfig.max_ticks default
 TOPOLOGIES = ["shop", "chain", "bank"]
 
@@ -174,7 +174,7 @@ def test_returned_observations_are_not_overwritten_by_later_steps(env_id: str) -
 def test_order_env_plays_a_masked_action_as_a_free_noop() -> None:
     env = gym.make(ORDER_ID, opponent="noop")  # shop: slots 6..15 are padding
     env.reset(seed=0)
-    padded_restart = 1 + 10 * 4
+    padded_restart = 1 + 10 * 5
     assert not env.unwrapped.action_masks()[padded_restart]
     rewards = [env.step(padded_restart)[1] for _ in range(MAX_TICKS)]
     stats = env.unwrapped.game.episode_stats()[0]
@@ -273,7 +273,7 @@ def test_action_masks_allow_noop(env_id: str) -> None:
 def test_action_masks_forbid_every_padded_slot(env_id: str, topology: str) -> None:
     env = gym.make(env_id, env=topology)
     env.reset(seed=0)
-    per_slot = 4 if env_id == ORDER_ID else 5
+    per_slot = 5 if env_id == ORDER_ID else 6
     first_padded_action = 1 + len(SERVICE_NAMES[topology]) * per_slot
     mask = env.unwrapped.action_masks()
     assert not mask[first_padded_action:].any()
@@ -284,19 +284,19 @@ def test_order_mask_allows_clean_disk_only_on_services_with_a_volume() -> None:
     env = gym.make(ORDER_ID, env="chain")  # slots in dependency order: db, app, web; only db has a disk
     env.reset(seed=0)
     mask = env.unwrapped.action_masks()
-    clean_disk = [mask[1 + slot * 4 + 1] for slot in range(3)]
+    clean_disk = [mask[1 + slot * 5 + 1] for slot in range(3)]
     assert clean_disk == [True, False, False]
 
 
 def test_chaos_mask_forbids_a_second_fault_on_a_faulted_service() -> None:
     env = gym.make(CHAOS_ID, opponent="noop")  # shop: slot 0 is cache, slot 1 is db (with a volume)
     env.reset(seed=0)
-    db_faults = slice(1 + 1 * 5, 1 + 2 * 5)
+    db_faults = slice(1 + 1 * 6, 1 + 2 * 6)
     assert env.unwrapped.action_masks()[db_faults].all()
-    env.step(1 + 1 * 5 + 2)  # cpu_hog on db
+    env.step(1 + 1 * 6 + 2)  # cpu_hog on db
     mask = env.unwrapped.action_masks()
     assert not mask[db_faults].any()
-    assert mask[1 : 1 + 5].any()
+    assert mask[1 : 1 + 6].any()
 
 
 def test_sb3_contrib_reads_the_masks_through_a_dummy_vec_env() -> None:
@@ -453,7 +453,7 @@ def test_chaos_env_accepts_an_order_policy_object_as_opponent() -> None:
     opponent = RunbookPolicy()
     env = gym.make(CHAOS_ID, opponent=opponent)
     env.reset(seed=0)
-    env.step(1 + 1 * 5)  # kill slot 1
+    env.step(1 + 1 * 6)  # kill slot 1
     for _ in range(20):
         env.step(0)
     assert env.unwrapped.opponent is opponent

@@ -17,7 +17,7 @@ import pytest
 import deeplops
 
 ORDER_ID, CHAOS_ID = "deeplops/Order-v0", "deeplops/Chaos-v0"
-N_ACTIONS = {ORDER_ID: 65, CHAOS_ID: 81}  # 1 + 16 slots * 4 repairs, 1 + 16 slots * 5 faults
+N_ACTIONS = {ORDER_ID: 81, CHAOS_ID: 97}  # 1 + 16 slots * 5 repairs, 1 + 16 slots * 6 faults
 MAX_TICKS = 200  # GameConfig.max_ticks default
 
 
@@ -29,7 +29,7 @@ def test_sb3_make_vec_env_builds_the_env_by_id_and_steps_it(env_id: str) -> None
     # make_vec_env asks for render_mode="rgb_array" and falls back only on a TypeError.
     venv = make_vec_env(env_id, n_envs=3, seed=0)
     obs = venv.reset()
-    assert obs["services"].shape == (3, 16, 12)
+    assert obs["services"].shape == (3, 16, 15)
     masks = get_action_masks(venv)
     assert masks.shape == (3, N_ACTIONS[env_id]) and masks[:, 0].all()
     for _ in range(MAX_TICKS):
@@ -55,7 +55,7 @@ def test_maskable_ppo_trains_through_make_vec_env() -> None:
 def test_gymnasium_make_vec_plays_a_whole_episode_in_every_vectorization_mode(mode: str) -> None:
     envs = gym.make_vec(ORDER_ID, num_envs=2, vectorization_mode=mode)
     obs, _ = envs.reset(seed=0)
-    assert obs["services"].shape == (2, 16, 12)
+    assert obs["services"].shape == (2, 16, 15)
     truncations = 0
     for _ in range(MAX_TICKS):
         _, _, terminated, truncated, _ = envs.step(np.zeros(2, np.int64))
@@ -103,5 +103,5 @@ def test_torchrl_gym_env_wraps_the_env_and_rolls_out_to_the_truncation() -> None
     rollout = env.rollout(MAX_TICKS + 10, break_when_any_done=True)
     assert rollout.batch_size == (MAX_TICKS,)  # the episode is truncated at the last tick, never terminated
     assert rollout["next", "truncated"][-1].item() and not rollout["next", "terminated"].any()
-    assert rollout["next", "services"].shape == (MAX_TICKS, 16, 12)
+    assert rollout["next", "services"].shape == (MAX_TICKS, 16, 15)
     assert rollout["action"].shape == (MAX_TICKS, N_ACTIONS[ORDER_ID])  # one-hot, TorchRL's default

@@ -790,3 +790,39 @@ def test_calibration_splits_a_missed_slo_into_failed_and_late_requests() -> None
 def test_a_page_is_the_ticks_from_the_reset_to_the_first_failed_request_of_a_disk_filled_early() -> None:
     # Filled 1 tick after the reset's own measurement and served 28 more: the 30th tick's write needed a page.
     assert page_ticks({"13": [16, 16, 16], "1": [28, 29, 28]}) == 30
+
+
+def test_the_simulator_deploys_and_rolls_back_a_bad_release_as_the_real_one_did() -> None:
+    for kind, (topology, m) in measured_per_kind().items():
+        box = SimSandbox(topology, 1, SimParams())
+        box.reset([0])
+        measured = m["faults"]["bad_deploy"]
+        simulated = measure_fault(box, Fault.BAD_DEPLOY, measured["target"])  # calibrate's own measurement
+        assert simulated["deploy_down_ticks"] == measured["deploy_down_ticks"], kind
+        assert simulated["repair"]["down_ticks"] == measured["repair"]["down_ticks"], kind
+        for share in ("healthy", "slo", "failed"):
+            got, real = simulated["symptoms"][share]["mean"], measured["symptoms"][share]["mean"]
+            assert got == pytest.approx(real, abs=0.13), (kind, share)  # within a tick of eight
+
+
+def test_the_simulator_holds_each_kinds_memory_and_connections_as_measured_at_work() -> None:
+    for kind, (topology, m) in measured_per_kind().items():
+        box = SimSandbox(topology, 1, SimParams())
+        box.reset([0])
+        box.advance()
+        held = box.observe()[0]
+        for slot, name in enumerate(topology.names):
+            if topology.kinds[slot] != kind:
+                continue
+            assert held[slot, Feature.MEMORY] == pytest.approx(m_at_work(m, topology, "memory", name), abs=1e-3)
+            connections = m_at_work(m, topology, "connections", name)
+            assert held[slot, Feature.CONNECTIONS] == pytest.approx(connections, abs=1e-3)
+
+
+def m_at_work(m: dict, topology: Topology, key: str, name: str) -> float:
+    """A service's figure at work as calibrate measured it: its kind's target's on store, the
+    median of the six generic services on shop."""
+    calibration = calibration_measured()
+    if topology.name == "shop":
+        return float(np.median(list(calibration["baseline"][key].values())))
+    return calibration["kinds"]["baseline"][key][m["target"]]

@@ -16,16 +16,16 @@ __all__ = ["inject_fault", "repair"]
 
 
 def inject_fault(fault: str, target: str, sandbox: str) -> dict[str, Any]:
-    """Inject ``fault`` (kill, pause, cpu_hog, disk_full, net_saturation) into service ``target``
-    of the live sandbox ``sandbox``."""
+    """Inject ``fault`` (kill, pause, cpu_hog, disk_full, net_saturation, bad_deploy) into service
+    ``target`` of the live sandbox ``sandbox``."""
     code = Fault.parse(fault, SandboxError)
     attached.inject(sandbox, code, target)
     return {"fault": code.label, "target": target, "sandbox": sandbox}
 
 
 def repair(repair: str, target: str, sandbox: str) -> dict[str, Any]:
-    """Apply ``repair`` (restart, clean_disk, rate_limit, recreate) to service ``target`` of the
-    live sandbox ``sandbox``."""
+    """Apply ``repair`` (restart, clean_disk, rate_limit, recreate, rollback) to service ``target``
+    of the live sandbox ``sandbox``."""
     code = Repair.parse(repair, SandboxError)
     attached.repair(sandbox, code, target)
     return {"repair": code.label, "target": target, "sandbox": sandbox}

@@ -47,7 +47,8 @@ def benchmark(
     app and worker kinds, never trained on), **scenarios** (every shipped scenario); on shop and bank,
     **slow-restarts** and **very-slow-restarts** (restarts take 3 and 8 ticks), **noisy-probes**
     (15% of health results flipped), **lagging-probes** (2 ticks late), **noisy-lagging** (10%
-    flipped, 3 ticks late); and **trained-chaos** (shop against the shipped chaos agent). Chaos is
+    flipped, 3 ticks late), **busy-deploys** (benign deploys at 0.005 per service and tick); and
+    **trained-chaos** (shop against the shipped chaos agent). Chaos is
     random unless said; episode seeds start at 1,000,000; the same arguments give the same figures.
     --sim replaces the calibrated dynamics every suite starts from.
 

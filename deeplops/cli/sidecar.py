@@ -43,7 +43,7 @@ def sidecar(
     ] = 10.0,
     allow: Annotated[
         str, typer.Option("--allow", help="Repairs it may apply, comma-separated.")
-    ] = "restart,clean_disk,rate_limit",
+    ] = "restart,clean_disk,rate_limit,rollback",
     allow_recreate: Annotated[
         bool, typer.Option("--allow-recreate", help="Also allow recreate, which loses the service's data.")
     ] = False,
@@ -89,7 +89,7 @@ def sidecar(
 
     repairs = tuple(Repair.parse(r.strip(), ConfigError) for r in allow.split(",") if r.strip())
     if Repair.NOOP in repairs:
-        raise ConfigError("--allow lists repairs: restart, clean_disk, rate_limit, recreate; got noop")
+        raise ConfigError("--allow lists repairs: restart, clean_disk, rate_limit, recreate, rollback; got noop")
     if Repair.RECREATE in repairs and not allow_recreate:
         raise ConfigError("--allow recreate loses the service's data: add --allow-recreate to mean it")
     if allow_recreate and Repair.RECREATE not in repairs:

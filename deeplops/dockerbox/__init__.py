@@ -9,7 +9,8 @@
 - ``stack``: bringing a sandbox's containers up and down, and finding what is there.
 - ``handle``: ``StackHandle``, the part of a live stack the mechanisms act on.
 - ``restore``: a volume's data, and the restore from backup a ``recreate`` owes it.
-- ``mechanisms``: every fault and repair by its real mechanism.
+- ``releases``: each service's release history (deploys and rollbacks), as its container carries it.
+- ``mechanisms``: every fault and repair by its real mechanism, deploys and rollbacks included.
 - ``sandbox``: ``DockerSandbox``, the Sandbox protocol on top of it all.
 - ``attached``: live sandboxes attached once per process (the Chaos Toolkit actions, the sidecar's trials).
 - ``calibrate``: measures the real system and derives the simulator's parameters.

@@ -9,10 +9,10 @@ the repository) holds the raw figures and the ``SimParams`` fields they give; ``
 defaults are those fields.
 
 Then every other kind is measured on ``store`` the same way (``calibrate_kinds``): the faults a
-restart ends, a full disk where the kind has a volume, and a recreate, each on the service of that
-kind, and how long users are still served once a kind's disk is full, by when it filled (a
-database writes into the page it is filling until it needs a new one); ``derive_kinds`` turns
-them into the kinds' profiles (``sim_params.kinds``).
+restart ends, a bad deploy and its rollback, a full disk where the kind has a volume, and a
+recreate, each on the service of that kind, and how long users are still served once a kind's
+disk is full, by when it filled (a database writes into the page it is filling until it needs a
+new one); ``derive_kinds`` turns them into the kinds' profiles (``sim_params.kinds``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from deeplops.topology import Topology, load_topology
 
 BASELINE_TICKS = 20
 FAULT_TICKS = 8
+DEPLOY_WATCH_TICKS = 10
+"""Longest a deploy is waited for to start its new release before its symptoms are read."""
 RECOVERY_TICKS = 6
 RECREATE_TARGET = "cache"
 """Where a recreate's own downtime is timed: a service without a volume, so nothing is restored."""
@@ -45,6 +47,7 @@ TARGETS = {
     Fault.CPU_HOG: "api",
     Fault.DISK_FULL: "db",
     Fault.NET_SATURATION: "api",
+    Fault.BAD_DEPLOY: "api",
 }
 
 
@@ -71,6 +74,9 @@ START_SETTLE_TICKS = 3
 """Ticks before each, for the previous restart's readings to settle."""
 RESTARTED_BY = (Fault.KILL, Fault.PAUSE, Fault.CPU_HOG)
 """The faults a restart ends, each measured on every kind."""
+EVERY_KIND = (*RESTARTED_BY, Fault.BAD_DEPLOY)
+"""The faults measured on every kind: a bad deploy too (its broken release's symptoms, and the
+rollback's downtime; about 20 s a kind)."""
 LIVE_RESTARTS = ("pause", "cpu_hog")
 """The faults whose restart stops a live process first: a restart's downtime is the mean over
 them. One of a killed process has nothing to stop: what that saves is the kill's own figure
@@ -133,7 +139,7 @@ def calibrate_kinds(topology: Topology | None = None, log: Callable[[str], None]
         baseline = _baseline(box)
         for kind, target in KIND_TARGETS.items():
             figures: dict[str, Any] = {"target": target, "faults": {}}
-            faults = [*RESTARTED_BY] + ([Fault.DISK_FULL] if _has_disk(box, target) else [])
+            faults = [*EVERY_KIND] + ([Fault.DISK_FULL] if _has_disk(box, target) else [])
             for fault in faults:
                 log(f"{kind}: {fault.label} on {target}")
                 box.reset([0])
@@ -248,6 +254,10 @@ def derive_kinds(raw: dict[str, Any]) -> dict[str, Any]:
             profile["check_in_page"] = bool(faults["disk_full"]["symptoms"]["healthy"]["max"] > 0)
         profile["start_cpu"] = start_cpu(m["starts"])
         profile["cpu_hog"] = symptoms_from(faults["cpu_hog"]["symptoms"])
+        profile["bad_release"] = symptoms_from(faults["bad_deploy"]["symptoms"])
+        profile["deploy_ticks"] = deploy_ticks(faults["bad_deploy"])
+        profile["memory"] = raw["baseline"]["memory"][m["target"]]
+        profile["connections"] = raw["baseline"]["connections"][m["target"]]
         profiles[kind] = profile
     return profiles
 
@@ -267,7 +277,15 @@ def derive(raw: dict[str, Any]) -> dict[str, Any]:
         "paused": symptoms_from(faults["pause"]["symptoms"]),
         "cpu_hog": symptoms_from(faults["cpu_hog"]["symptoms"]),
         "flooded": symptoms_from(faults["net_saturation"]["symptoms"]),
+        "bad_release": symptoms_from(faults["bad_deploy"]["symptoms"]),
+        "deploy_ticks": deploy_ticks(faults["bad_deploy"]),
+        "memory": round(float(np.median(list(base["memory"].values()))), 3),
     }
+
+
+def deploy_ticks(bad_deploy: dict[str, Any]) -> int:
+    """A deploy's downtime: the longer of the bad deploy's own and its rollback's (each a deploy)."""
+    return int(max(bad_deploy["deploy_down_ticks"], bad_deploy["repair"]["down_ticks"] or 0))
 
 
 def symptoms_from(m: dict[str, Any], healthy: bool = False) -> dict[str, Any]:
@@ -299,9 +317,11 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def _baseline(box: DockerSandbox) -> dict[str, Any]:
-    """Healthy symptoms of every service, and how long a measurement of the whole system takes."""
+    """Healthy symptoms of every service, each service's memory and connections at work (medians),
+    and how long a measurement of the whole system takes."""
     lat, cpu, net, measure_ms, unhealthy, total = [], [], [], [], 0, 0
     n = box.topology.n_services
+    held: dict[str, list[np.ndarray]] = {"memory": [], "connections": []}
     for _ in range(BASELINE_TICKS):
         box.advance()
         measure_ms.append(1000 * box.measure_s)
@@ -309,10 +329,16 @@ def _baseline(box: DockerSandbox) -> dict[str, Any]:
         lat += f[:, Feature.LATENCY].tolist()
         cpu += f[:, Feature.CPU].tolist()
         net += f[:, Feature.NET_RX].tolist()
+        held["memory"].append(f[:, Feature.MEMORY].copy())
+        held["connections"].append(f[:, Feature.CONNECTIONS].copy())
         unhealthy += int((~box.health[0]).sum())
         total += n
+    at_work = {
+        key: {name: round(float(v), 3) for name, v in zip(box.topology.names, np.median(values, axis=0), strict=True)}
+        for key, values in held.items()
+    }
     return {"latency": _stats(lat), "cpu": _stats(cpu), "net_rx": _stats(net), "observe_ms": _stats(measure_ms),
-            "false_unhealthy": unhealthy / total}  # fmt: skip
+            "false_unhealthy": unhealthy / total, **at_work}  # fmt: skip
 
 
 def measure_fault(box: Sandbox, fault: Fault, target: str) -> dict[str, Any]:
@@ -324,6 +350,7 @@ def measure_fault(box: Sandbox, fault: Fault, target: str) -> dict[str, Any]:
     start = time.monotonic()
     box.inject(np.array([slot]), np.array([fault]))
     inject_ms = 1000 * (time.monotonic() - start)
+    deploy_down = _until_started(box, slot) if fault == Fault.BAD_DEPLOY else 0
     symptoms: dict[str, list[float]] = {
         key: [] for key in ("latency", "cpu", "net_rx", "healthy", "slo", "failed", "slow", "error", "disk")
     }
@@ -347,9 +374,23 @@ def measure_fault(box: Sandbox, fault: Fault, target: str) -> dict[str, Any]:
         "inject_ms": inject_ms,
         "symptoms": {k: _stats(v) for k, v in symptoms.items()},
         "fill_per_tick": (first_disk - before) / max(1e-9, 1.0 - before),
+        "deploy_down_ticks": deploy_down,
     }
     result["repair"] = _repair_only(box, target, PROPER_REPAIR[fault])
     return result
+
+
+def _until_started(box: Sandbox, slot: int) -> int:
+    """Ticks a deploy kept the service from running; then one tick more, the new process's first
+    reading (its counters start anew), so that what is measured next is the release's own."""
+    down = 0
+    while down < DEPLOY_WATCH_TICKS:
+        box.advance()
+        if box.observe()[0, slot, Feature.RUNNING] > 0.5:
+            break
+        down += 1
+    box.advance()
+    return down
 
 
 def _repair_only(box: Sandbox, target: str, repair: Repair) -> dict[str, Any]:

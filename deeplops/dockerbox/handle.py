@@ -9,6 +9,7 @@ from typing import Protocol
 import docker
 from docker.models.containers import Container
 
+from deeplops.dockerbox.releases import History
 from deeplops.topology import Topology
 
 
@@ -47,6 +48,11 @@ class StackHandle:
     restores: dict[str, int] = field(default_factory=dict)
     """Bytes of data each service recreated by this process is restoring from backup, until
     ``mechanisms.finish_restores`` sees the restore done and checks them back."""
+    releases: dict[str, History] = field(default_factory=dict)
+    """Each service's release history (``releases``); a service missing here runs its container's
+    label's, or the first release."""
+    deploys: dict[str, int] = field(default_factory=dict)
+    """Release switches (deploys and rollbacks) of each service by this process: a change is a deploy."""
     image: str = ""
     """The image a recreate starts; empty on a stack this process did not build (the replaced
     container's image is used)."""

@@ -283,6 +283,39 @@ def cpu_ns(container_id: str) -> int | None:
     return None
 
 
+MEMORY_STAT_FILES = (
+    "/sys/fs/cgroup/memory/docker/{id}/memory.stat",
+    "/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.stat",
+    "/sys/fs/cgroup/docker/{id}/memory.stat",
+)
+"""Where a container's memory counters are (cgroup v1, then v2)."""
+
+
+def memory_bytes(container_id: str) -> int | None:
+    """Resident anonymous memory of a container's processes (cgroup v1 or v2), or None if unknown.
+    Its tmpfs volume's files are page cache (shmem), not counted: they are its data, not its
+    processes' memory."""
+    for template in MEMORY_STAT_FILES:
+        try:
+            text = Path(template.format(id=container_id)).read_text()
+        except OSError:
+            continue
+        return anon_bytes(text)
+    return None
+
+
+def anon_bytes(memory_stat: str) -> int | None:
+    """The resident anonymous memory a ``memory.stat`` holds: v1's ``total_rss`` (the cgroup and its
+    children), v2's ``anon``; None when it holds neither."""
+    fields = dict(line.split(maxsplit=1) for line in memory_stat.splitlines() if len(line.split()) == 2)
+    for key in ("total_rss", "anon"):
+        try:
+            return int(fields[key])
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
 CPU_CAP_FILES = (
     ("/sys/fs/cgroup/cpu/docker/{id}/cpu.cfs_quota_us", "-1"),
     ("/sys/fs/cgroup/cpu,cpuacct/docker/{id}/cpu.cfs_quota_us", "-1"),

@@ -20,10 +20,11 @@ from collections.abc import Callable
 from docker.errors import APIError, ImageNotFound, NotFound
 from docker.models.containers import Container
 
-from deeplops.dockerbox import host, restore, stack
+from deeplops.dockerbox import host, releases, restore, stack
 from deeplops.dockerbox.handle import StackHandle
 from deeplops.errors import SandboxError
 from deeplops.faults import Fault, Repair
+from deeplops.system import PROBE_TIMEOUT_S
 
 HOG_PROCESSES = 8
 """Busy processes a cpu_hog starts: many, so the service gets a small share of its CPU allowance."""
@@ -37,6 +38,8 @@ _JUNK = "junk-{}.fill"
 """Names of the files disk_full writes and clean_disk deletes."""
 _JUNK_NAMES = 10_000
 """Most junk names disk_full tries: each is a whole file until ENOSPC, so one or two are used."""
+DEPLOY_VERIFY_S = 5.0
+"""How long a bad deploy waits for the broken release to serve, and fail, besides a slow start."""
 
 
 def _until(check: Callable[[], bool], what: str, timeout_s: float = _VERIFY_S) -> None:
@@ -237,7 +240,8 @@ def rate_limit(handle: StackHandle, service: str) -> None:
 
 
 def recreate(handle: StackHandle, service: str) -> None:
-    """A new container with a fresh, empty volume: everything but a flood ends, and the data is lost.
+    """A new container with a fresh, empty volume: everything but a flood and a bad deploy ends (it
+    runs the current release again), and the data is lost.
 
     Lost data is an incident, not a shortcut: a service whose volume held data restores it from
     backup when it starts, failing its users until the data is back (``restore``; checked by
@@ -247,6 +251,7 @@ def recreate(handle: StackHandle, service: str) -> None:
     """
     spec = handle.topology.services[handle.topology.index[service]]
     image = handle.image or _image_of(handle, service)
+    current = history(handle, service)  # the same release again: a broken one stays broken
     flooded = pause_flood(handle, service)
     old = handle.containers.get(service)
     if old is not None:
@@ -262,8 +267,100 @@ def recreate(handle: StackHandle, service: str) -> None:
         if held:
             restore.plan(handle.name, spec, held)
             handle.restores[service] = held
-    handle.containers[service] = stack.start_service(handle.client, handle.name, spec, image, topology=handle.topology)
+    handle.containers[service] = stack.start_service(
+        handle.client, handle.name, spec, image, topology=handle.topology, history=current
+    )
     handle.rewire(service, resume_flood=flooded)
+
+
+def history(handle: StackHandle, service: str) -> releases.History:
+    """The service's release history: the handle's book, else its container's label (a sandbox
+    attached to), else the first release."""
+    if service not in handle.releases:
+        container = handle.containers.get(service)
+        label = container.labels.get(releases.LABEL) if container is not None else None
+        handle.releases[service] = releases.from_label(label, f"{handle.name}'s {service}")
+    return handle.releases[service]
+
+
+def deploy(handle: StackHandle, service: str) -> None:
+    """Deploy a new, good release of the service (a team's routine deploy)."""
+    switch(handle, service, history(handle, service).deploy())
+
+
+def bad_deploy(handle: StackHandle, service: str) -> None:
+    """Deploy the kind's broken release; checked to serve that release and to fail a user request."""
+    new = switch(handle, service, history(handle, service).deploy(broken=True)).current
+    spec = handle.topology.services[handle.topology.index[service]]
+    wait_s = DEPLOY_VERIFY_S + (spec.restart_s or 0.0)
+    _until(lambda: _fails_on(handle, service, new), f"bad_deploy of {new.name} on {service}", wait_s)
+
+
+def rollback(handle: StackHandle, service: str) -> None:
+    """Go back to the release before the current one (``helm rollback``); nothing when there is none."""
+    back = history(handle, service).rollback()
+    if back is not None:
+        switch(handle, service, back)
+
+
+def switch(handle: StackHandle, service: str, to: releases.History) -> releases.History:
+    """Replace the service's container with one running ``to``'s current release on the same volume,
+    as ``docker compose up`` does on a changed service: the old one stopped as a restart stops it
+    (SIGTERM, SIGKILL after the grace), the new one checked to run the release. Returns ``to``."""
+    spec = handle.topology.services[handle.topology.index[service]]
+    image = handle.image or _image_of(handle, service)
+    flooded = pause_flood(handle, service)
+    old = handle.containers.get(service)
+    if old is not None:
+        try:
+            old.reload()
+            if old.status == "paused":
+                old.unpause()
+            _stop(old)
+            old.remove(force=True)
+        except NotFound:
+            pass  # gone already: nothing to stop
+        except (APIError, ProcessLookupError) as exc:
+            raise SandboxError(f"deploy of {to.current.name} on {service}: {exc}") from None
+    handle.containers[service] = stack.start_service(
+        handle.client, handle.name, spec, image, topology=handle.topology, history=to
+    )
+    handle.releases[service] = to
+    handle.deploys[service] = handle.deploys.get(service, 0) + 1
+    handle.rewire(service, resume_flood=flooded)
+    runs = running_release(handle.containers[service])
+    if runs != to.current.name:
+        raise SandboxError(f"deploy of {to.current.name} on {service}: its process runs {runs or 'no release'}")
+    return to
+
+
+def running_release(container: Container) -> str | None:
+    """The release the container's main process was started with: read from the process itself
+    where it is visible here (the host's PID namespace), else the engine's record of it."""
+    pid = container.attrs["State"]["Pid"]
+    if pid and _in_container(pid, container.id):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            env = []
+        found = [v for v in env if v.startswith(b"DEEPLOPS_RELEASE=")]
+        return found[0].split(b"=", 1)[1].decode(errors="replace") if found else None
+    found_s = [v for v in container.attrs["Config"]["Env"] or [] if v.startswith("DEEPLOPS_RELEASE=")]
+    return found_s[0].split("=", 1)[1] if found_s else None
+
+
+def _fails_on(handle: StackHandle, service: str, release: releases.Release) -> bool:
+    """Whether the service's program serves ``release`` (its server up, where it runs one) and a
+    user request to it fails with an answer, not a refusal."""
+    ip = handle.ips.get(service)
+    if ip is None:
+        return False
+    _, stats = stack.http_json(ip, "/info", PROBE_TIMEOUT_S)
+    if stats.get("release") != release.name or stats.get("broken") is not release.broken or not stats.get("ready"):
+        return False
+    status, _ = stack.http_json(ip, "/work", 2 * PROBE_TIMEOUT_S)
+    return status >= 400
 
 
 def finish_restores(handle: StackHandle) -> list[str]:
@@ -307,6 +404,7 @@ INJECT: dict[Fault, Callable[[StackHandle, str], None]] = {
     Fault.CPU_HOG: cpu_hog,
     Fault.DISK_FULL: disk_full,
     Fault.NET_SATURATION: net_saturation,
+    Fault.BAD_DEPLOY: bad_deploy,
 }
 REPAIR: dict[Repair, Callable[[StackHandle, str], None]] = {
     Repair.NOOP: noop,
@@ -314,4 +412,5 @@ REPAIR: dict[Repair, Callable[[StackHandle, str], None]] = {
     Repair.CLEAN_DISK: clean_disk,
     Repair.RATE_LIMIT: rate_limit,
     Repair.RECREATE: recreate,
+    Repair.ROLLBACK: rollback,
 }

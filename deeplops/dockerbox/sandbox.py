@@ -3,14 +3,18 @@
 Observations are measured, in the layout and units of ``deeplops.observation``: /health and
 /ping probes, user requests (``/work``) to every service (error rate) and through the entry
 services (the SLO), Docker state, cgroup CPU time, the veth's receive counter, and statvfs of
-the data volume. Faults and repairs are real (``mechanisms``, acting on the sandbox's
-``StackHandle``); the sandbox also keeps the book of which faults are open, as the simulator does,
-since a real system does not say. Every operation translates engine errors (``engine.edge``).
+the data volume, the cgroup's resident memory, each server's or pool's own connection counters
+(``/info``), and the ticks since each service's last release switch. Faults and repairs are real
+(``mechanisms``, acting on the sandbox's ``StackHandle``); the sandbox also keeps the book of which
+faults are open, as the simulator does, since a real system does not say. With ``deploy_rate``,
+services without an open fault get routine deploys of good releases at random, as a team's do.
+Every operation translates engine errors (``engine.edge``).
 """
 
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import signal
 import subprocess
@@ -40,6 +44,8 @@ REQUEST_TIMEOUT_S = 0.9
 """Timeout of /ping and /work requests; a timeout reads as latency 1 (the feature's cap)."""
 REQUESTS_PER_TICK = 2
 """User requests sent to every service each tick (the error rate's denominator)."""
+DEPLOY_STREAM = 0xDE9
+"""Mixed into reset's seed for the stream of routine deploys: independent of the volumes' data."""
 
 
 @dataclass
@@ -64,9 +70,15 @@ class DockerSandbox(ArrayState):
         base: str = image.BASE_IMAGE,
         log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
         attach: bool = False,
+        deploy_rate: float = 0.0,
     ) -> None:
         if n_envs != 1:
             raise SandboxError(f"the docker backend runs one env at a time, got n_envs={n_envs}")
+        if not (isinstance(deploy_rate, int | float) and math.isfinite(deploy_rate) and 0 <= deploy_rate <= 1):
+            raise SandboxError(f"deploy_rate must be a chance per service per tick in [0, 1], got {deploy_rate!r}")
+        self.deploy_rate = float(deploy_rate)
+        """Chance per service per tick of a routine deploy of a good release (``deploy``)."""
+        self._deploy_rng = np.random.default_rng(0)
         name = host.check_name(f"deeplops-{os.getpid()}" if name is None else name)
         host.require_root()
         if not attach:
@@ -85,6 +97,8 @@ class DockerSandbox(ArrayState):
         self._slo = np.ones(1, np.bool_)
         self._cleared = np.zeros(1, np.bool_)
         self._since = np.full(n, NEVER_REPAIRED, np.float64)
+        self._since_deploy = np.full(n, NEVER_REPAIRED, np.float64)
+        self._deploys_seen: dict[str, int] = {}
         self._restarts = np.zeros(n)
         self._feats = np.zeros((1, MAX_SLOTS, N_FEATURES), np.float32)
         self._feats[0, :n, Feature.PRESENT] = 1.0
@@ -92,7 +106,7 @@ class DockerSandbox(ArrayState):
         self._feats[0, :n, Feature.ENTRY] = topology.entries
         self._cpu: dict[str, tuple[float, int]] = {}
         self._rx: dict[str, tuple[float, int]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=4 * n + 4)
+        self._pool = ThreadPoolExecutor(max_workers=5 * n + 4)
         self._lifted: dict[str, tuple[Path, str]] = {}
         """The CPU cap of each container (re)started this tick, lifted until the tick ends."""
         self._next_tick = 0.0
@@ -152,6 +166,11 @@ class DockerSandbox(ArrayState):
         stack.up(self.client, self.topology, self.name, self.handle.image, data, owner=owner.owner_id(os.getpid()))
         self.handle.containers = stack.containers(self.client, self.name)
         self.handle.restores.clear()
+        self.handle.releases.clear()  # each new container's label: the first release
+        self.handle.deploys.clear()
+        self._deploys_seen.clear()
+        self._since_deploy[:] = NEVER_REPAIRED
+        self._deploy_rng = np.random.default_rng([seed, DEPLOY_STREAM])
         for service in self.topology.names:
             self._wire(service)  # started healthy by ``up``: only a repair's start runs uncapped
         self._fault[:] = 0
@@ -169,6 +188,7 @@ class DockerSandbox(ArrayState):
         slot = self._slot(int(slots[0]))
         mechanisms.INJECT[Fault(code)](self.handle, self.topology.names[slot])
         self._fault[0, slot] = code
+        self._restarts[slot] += code == Fault.BAD_DEPLOY  # a new container on the broken release
 
     @edge
     def repair(self, slots: np.ndarray, repairs: np.ndarray) -> np.ndarray:
@@ -180,19 +200,38 @@ class DockerSandbox(ArrayState):
         slot = self._slot(int(slots[0]))
         repair = Repair(code)
         fault = int(self._fault[0, slot])
-        mechanisms.REPAIR[repair](self.handle, self.topology.names[slot])
-        if CLEARS_TABLE[repair, fault]:
+        service = self.topology.names[slot]
+        # A rollback with no release before the current one does nothing, and ends nothing.
+        acts = repair is not Repair.ROLLBACK or mechanisms.history(self.handle, service).rollback() is not None
+        mechanisms.REPAIR[repair](self.handle, service)
+        if acts and CLEARS_TABLE[repair, fault]:
             self._fault[0, slot] = 0
             self._cleared[0] = True
             if fault == Fault.NET_SATURATION:
-                mechanisms.stop_flood(self.handle, self.topology.names[slot])
+                mechanisms.stop_flood(self.handle, service)
         self._since[slot] = 0
-        self._restarts[slot] += repair in COUNTS_AS_RESTART
+        self._restarts[slot] += acts and repair in COUNTS_AS_RESTART
         return self._cleared
 
     @edge
+    def deploy(self, service: str) -> str:
+        """Deploy a new, good release of ``service`` (a routine deploy); the release's name. Only
+        onto a service without an open fault: a new container would end some faults behind the
+        book's back, and a rollback would go back to the fault's release."""
+        if service not in self.topology.index:
+            raise SandboxError(f"deploy: no service {service!r} in topology {self.topology.name!r}")
+        slot = self.topology.index[service]
+        if self._fault[0, slot]:
+            raise SandboxError(f"deploy on {service}: it has an open fault ({Fault(self._fault[0, slot]).label})")
+        mechanisms.deploy(self.handle, service)
+        self._restarts[slot] += 1  # a deploy starts a new process, as the simulator counts it
+        return mechanisms.history(self.handle, service).current.name
+
+    @edge
     def advance(self) -> None:
-        """Wait for the end of the tick (one second after the last), then measure the system."""
+        """Routine deploys (``deploy_rate``), wait for the end of the tick (one second after the
+        last), then measure the system."""
+        self._routine_deploys()
         self._next_tick += TICK_S
         delay = self._next_tick - time.monotonic()
         if delay > 0:
@@ -228,6 +267,17 @@ class DockerSandbox(ArrayState):
     def measure(self) -> None:
         """Measure the system now, outside the tick clock (for probes of a live sandbox)."""
         self._measure()
+
+    def _routine_deploys(self) -> None:
+        """Each service draws, every tick, whether it gets a routine deploy; one with an open fault
+        skips its turn (its draw is still made, so the stream does not depend on the faults)."""
+        if self.deploy_rate <= 0:
+            return
+        draws = self._deploy_rng.random(self.topology.n_services)
+        for slot, service in enumerate(self.topology.names):
+            if draws[slot] < self.deploy_rate and not self._fault[0, slot]:
+                mechanisms.deploy(self.handle, service)
+                self._restarts[slot] += 1
 
     # -- used by the mechanisms ------------------------------------------------------------
 
@@ -275,6 +325,7 @@ class DockerSandbox(ArrayState):
     def _measure(self) -> None:
         states = self._states()
         probes = {service: self._probe(service, states.get(service, "missing")) for service in self.topology.names}
+        counted = {service: self._count(service, states.get(service, "missing")) for service in self.topology.names}
         readings = [self._reading(states.get(s, "missing"), probes[s]) for s in self.topology.names]
         now = time.monotonic()
         slo = True
@@ -295,6 +346,15 @@ class DockerSandbox(ArrayState):
             f[Feature.RESTARTS] = min(1.0, self._restarts[slot] / RESTARTS_SCALE)
             f[Feature.SINCE_REPAIR] = min(1.0, self._since[slot] / SINCE_REPAIR_SCALE)
             self._since[slot] += 1
+            f[Feature.MEMORY] = self._memory(service, states.get(service, "missing"))
+            count = counted[service]
+            f[Feature.CONNECTIONS] = count.result() if count is not None else 0.0
+            deploys = self.handle.deploys.get(service, 0)
+            if deploys != self._deploys_seen.get(service, 0):  # a release switched since the last tick
+                self._deploys_seen[service] = deploys
+                self._since_deploy[slot] = 0
+            f[Feature.SINCE_DEPLOY] = min(1.0, self._since_deploy[slot] / SINCE_REPAIR_SCALE)
+            self._since_deploy[slot] += 1
             if self.topology.entries[slot] and not r.served:
                 slo = False
         self._slo[0] = slo
@@ -310,6 +370,19 @@ class DockerSandbox(ArrayState):
             self._pool.submit(self._timed, ip, "/health", PROBE_TIMEOUT_S),
             self._pool.submit(self._timed, ip, "/ping", REQUEST_TIMEOUT_S),
         ] + [self._pool.submit(self._timed, ip, "/work", REQUEST_TIMEOUT_S) for _ in range(REQUESTS_PER_TICK)]
+
+    def _count(self, service: str, state: str) -> Future[float] | None:
+        """Start this tick's read of a running service's connections (``/info``)."""
+        ip = self.handle.ips.get(service)
+        if state != "running" or ip is None:
+            return None
+        return self._pool.submit(connections, ip)
+
+    def _memory(self, service: str, state: str) -> float:
+        """Its cgroup's resident anonymous memory (not its tmpfs volume's files) over its allowance."""
+        container = self.containers.get(service)
+        used = host.memory_bytes(container.id) if container is not None and state in ("running", "paused") else None
+        return min(1.0, (used or 0) / (stack.MEMORY_MB * 2**20))
 
     @staticmethod
     def _reading(state: str, probes: list[Future[tuple[bool | None, float]]]) -> _Reading:
@@ -367,6 +440,24 @@ class DockerSandbox(ArrayState):
             signal.SIG_DFL, None,
         ):  # fmt: skip
             signal.signal(signal.SIGTERM, stack.exit_on_signal)
+
+
+def connections(ip: str) -> float:
+    """The connections a service's program reports (``/info``: a server's clients, or a client's
+    pools) as a fraction of their limit; 0 when it reports none, or does not answer."""
+    _, body = stack.http_json(ip, "/info", PROBE_TIMEOUT_S)
+    return connection_share(body)
+
+
+def connection_share(stats: dict[str, object]) -> float:
+    """``used`` over ``limit`` of a ``/info`` answer's ``connections``, in [0, 1]; 0 without them."""
+    counted = stats.get("connections")
+    if not isinstance(counted, dict):
+        return 0.0
+    used, limit = counted.get("used"), counted.get("limit")
+    if not isinstance(used, int | float) or not isinstance(limit, int | float) or not limit > 0:
+        return 0.0
+    return float(min(1.0, max(0.0, used / limit)))
 
 
 def counter_rate(last: dict[str, tuple[float, int]], key: str, now: float, value: int | None, unit: float) -> float:

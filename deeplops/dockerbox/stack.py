@@ -36,7 +36,7 @@ from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
 from deeplops import bounds
-from deeplops.dockerbox import host, restore
+from deeplops.dockerbox import host, releases, restore
 from deeplops.dockerbox.engine import ENGINE_ERRORS, edge
 from deeplops.dockerbox.owner import owner_gone, owner_pid
 from deeplops.errors import EngineError, SandboxError
@@ -165,11 +165,15 @@ def start_service(
     image: str,
     owner: str | None = None,
     topology: Topology | None = None,
+    history: releases.History | None = None,
 ) -> Container:
     """Create and start one service's container on the sandbox network (its volume must be mounted),
-    running its kind's program; ``topology``, the one it belongs to, tells its dependencies' kinds."""
+    running its kind's program; ``topology``, the one it belongs to, tells its dependencies' kinds;
+    ``history``, its releases (the first release when None): it runs the current one."""
     volumes = {str(host.volume_dir(sandbox, service.name)): {"bind": "/data", "mode": "rw"}} if service.disk_mb else {}
-    labels = {LABEL_SANDBOX: sandbox, LABEL_SERVICE: service.name} | ({LABEL_OWNER: owner} if owner else {})
+    history = history or releases.History()
+    labels = {LABEL_SANDBOX: sandbox, LABEL_SERVICE: service.name, releases.LABEL: releases.to_label(history)}
+    labels |= {LABEL_OWNER: owner} if owner else {}
     kinds = dict(zip(topology.names, topology.kinds, strict=True)) if topology is not None else {}
     try:
         container = client.containers.run(
@@ -178,7 +182,7 @@ def start_service(
             name=container_name(sandbox, service.name),
             detach=True,
             labels=labels,
-            environment=environment(service, kinds),
+            environment=environment(service, kinds) | releases.environment(history),
             network=sandbox,
             networking_config={sandbox: client.api.create_endpoint_config(aliases=[service.name])},
             volumes=volumes,

@@ -42,7 +42,7 @@ class GuardConfig:
     def __post_init__(self) -> None:
         if not all(isinstance(r, Repair) and r is not Repair.NOOP for r in self.allow):
             raise ConfigError(
-                f"--allow lists repairs (restart, clean_disk, rate_limit, recreate), got {self.allow!r:.80}"
+                f"--allow lists repairs (restart, clean_disk, rate_limit, recreate, rollback), got {self.allow!r:.80}"
             )
         bounds.whole(self.max_per_minute, "--max-actions-per-minute", 1, MAX_PER_MINUTE)
         bounds.whole(self.breaker_failures, "--breaker", 1, MAX_BREAKER)

@@ -135,7 +135,9 @@ class SandboxStack:
     built_from: frozenset[str] = frozenset()
     """The fingerprint of the containers it was attached from (``attach`` sets it)."""
 
-    repairs: tuple[Repair, ...] = (Repair.RESTART, Repair.CLEAN_DISK, Repair.RATE_LIMIT, Repair.RECREATE)
+    repairs: tuple[Repair, ...] = (
+        Repair.RESTART, Repair.CLEAN_DISK, Repair.RATE_LIMIT, Repair.RECREATE, Repair.ROLLBACK
+    )  # fmt: skip
 
     def __init__(self, box: DockerSandbox, ignored: tuple[str, ...] = ()) -> None:
         self.box, self.name, self.topology = box, box.name, box.topology
