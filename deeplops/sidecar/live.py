@@ -201,6 +201,9 @@ class ComposeStack(ArrayState):
         self._feats = np.zeros((1, MAX_SLOTS, N_FEATURES), np.float32)
         self._feats[0, :n, Feature.PRESENT] = 1.0
         self._feats[0, :n, Feature.ENTRY] = self.topology.entries
+        # No release of a Compose project is seen yet: "no deploy this episode", not "deployed just now"
+        # (a 0 would read as a deploy in progress, which every policy waits out).
+        self._feats[0, :n, Feature.SINCE_DEPLOY] = 1.0
         self._since = np.full(n, NEVER_REPAIRED, np.float64)
         self._restarts = np.zeros(n)
         self._cpu: dict[str, tuple[float, int]] = {}
