@@ -50,6 +50,8 @@ class _Symptoms:
         self.failing = s[..., Feature.ERROR_RATE] >= 0.5
         self.since_repair = np.rint(s[..., Feature.SINCE_REPAIR] * SINCE_REPAIR_SCALE)
         self.since_deploy = np.rint(s[..., Feature.SINCE_DEPLOY] * SINCE_REPAIR_SCALE)
+        # A deploy starts the service anew as a restart does: ticks since either, whoever made it.
+        self.since_start = np.minimum(self.since_repair, self.since_deploy)
 
 
 class NoopPolicy:
@@ -178,7 +180,7 @@ class AutohealPolicy:
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
         """Restart exited containers first, then those autoheal found unhealthy."""
         s = _Symptoms(obs)
-        restarting = np.minimum(s.since_repair, s.since_deploy) < self.grace  # its own restart, or a deploy's
+        restarting = s.since_start < self.grace  # its own restart, or a deploy's
         self._fails = np.where(s.healthy | ~s.running | restarting, 0, self._fails + 1)
         if self._tick % self.interval == 0:
             self._queue |= s.present & s.running & (self._fails >= self.retries)
@@ -225,7 +227,7 @@ class KubernetesPolicy:
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
         """Schedule restarts on exit or liveness failure; take the first one due."""
         s = _Symptoms(obs)
-        restarting = np.minimum(s.since_repair, s.since_deploy) < 2  # a pod being (re)created is not probed
+        restarting = s.since_start < 2  # a pod being (re)created is not probed
         pending = self._wait >= 0
         if self._tick % self.period == 0:
             probed = s.present & s.running & ~pending & ~restarting
@@ -296,7 +298,7 @@ class RunbookPolicy:
         # then on it is awaited until it is seen running (or for ``patience`` ticks, should it never
         # come back). Few array operations: the runbook is the chaos env's opponent every tick.
         # A deploy restarts the service as a repair does (someone else's): it is awaited the same way.
-        since = np.minimum(s.since_repair, s.since_deploy)
+        since = s.since_start
         self._back = (self._back & (since > self._since)) | s.running
         self._since = since
         free = self._back | (since >= self.patience)  # not awaited

@@ -178,8 +178,6 @@ def restart(handle: StackHandle, service: str) -> None:
     container.reload()
     flooded = pause_flood(handle, service)
     try:
-        if container.status == "paused":
-            container.unpause()
         _stop(container)
         _until(lambda: (container.reload() or container.status) == "exited", f"stop of {service}", 2.0)
         container.start()
@@ -189,11 +187,14 @@ def restart(handle: StackHandle, service: str) -> None:
 
 
 def _stop(container: Container) -> None:
-    """SIGTERM, then SIGKILL after RESTART_GRACE_S (the engine's own timeout is whole seconds).
+    """Thaw a frozen container (its process cannot act on a signal), then SIGTERM, then SIGKILL
+    after RESTART_GRACE_S (the engine's own timeout is whole seconds).
 
     Signals go straight to the process when it is visible here (the host's PID namespace: the
     engine's kill call costs ~100 ms), else through the engine, as from inside a sidecar container.
     """
+    if container.status == "paused":
+        container.unpause()
     pid = container.attrs["State"]["Pid"]
     if pid and _in_container(pid, container.id):
         _term_then_kill(lambda sig: os.kill(pid, sig), lambda: not _alive(pid))
@@ -314,8 +315,6 @@ def switch(handle: StackHandle, service: str, to: releases.History) -> releases.
     if old is not None:
         try:
             old.reload()
-            if old.status == "paused":
-                old.unpause()
             _stop(old)
             old.remove(force=True)
         except NotFound:

@@ -276,8 +276,7 @@ class DockerSandbox(ArrayState):
         draws = self._deploy_rng.random(self.topology.n_services)
         for slot, service in enumerate(self.topology.names):
             if draws[slot] < self.deploy_rate and not self._fault[0, slot]:
-                mechanisms.deploy(self.handle, service)
-                self._restarts[slot] += 1
+                self.deploy(service)
 
     # -- used by the mechanisms ------------------------------------------------------------
 
