@@ -19,6 +19,36 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--known-gaps",
+        action="store_true",
+        help="also run the tests marked known_gap: drills documented to disagree between the backends",
+    )
+
+
+REAL = "real"
+"""The xdist group of every test on real containers or a real Ray cluster: one worker runs them one
+after another, so no two of them share the host's cores; the other worker takes the rest."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "docker" in item.keywords or item.path.name == "test_ray.py":
+            item.add_marker(pytest.mark.xdist_group(REAL), append=False)
+    # The sim-vs-real drills last: by then the other worker has finished the CPU-bound tests, which
+    # beside them made floods a tick or two worse on Docker.
+    items.sort(key=lambda item: item.path.name == "test_agreement.py" and "docker" in item.keywords)
+    # A known gap is an expected failure of half a minute of real containers: kept, and run on
+    # request, but not in every run of the suite.
+    if not config.getoption("--known-gaps"):
+        skip = pytest.mark.skip(reason="a known gap (see its xfail reason): run with --known-gaps")
+        for item in items:
+            if "known_gap" in item.keywords:
+                item.add_marker(skip)
+
+
 @dataclass
 class CliResult:
     """What one ``deeplops`` invocation did."""

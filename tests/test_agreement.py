@@ -12,9 +12,9 @@ from deeplops.catalog import data_dir
 from deeplops.scenario import load_scenario, shipped_scenarios
 from deeplops.sim import SimParams
 
-# Real seconds against calibrated expectations, floods included: these files share one xdist
-# group, so one worker runs them one after another and no other of them shares the host.
-pytestmark = pytest.mark.xdist_group("timed")
+# Real seconds against calibrated expectations, floods included: the xdist group of the tests on
+# real containers (tests/conftest.py, REAL), run last in it.
+pytestmark = pytest.mark.xdist_group("real")
 
 
 def agreement(avail=(0.9, 0.9), mttr=(2.0, 2.0), unrecovered=(0, 0)) -> Agreement:
@@ -52,15 +52,16 @@ SPEED_GAPS = {
     "and the runbook's CPU rule restarts the api: 0.800 against 0.867 in one run of three",
 }
 """Drills where the runbook's play on Docker varied from run to run on the calibration's machine by
-more than the tolerance (sandbox/README.md, agreement): expected failures, not required ones."""
+more than the tolerance (sandbox/README.md, agreement): expected failures, not required ones, run
+only with ``--known-gaps`` (tests/conftest.py)."""
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "path",
-    [pytest.param(p, marks=pytest.mark.xfail(reason=SPEED_GAPS[p.stem])) if p.stem in SPEED_GAPS else p
-     for p in shipped_scenarios()],
+    [pytest.param(p, marks=[pytest.mark.known_gap, pytest.mark.xfail(reason=SPEED_GAPS[p.stem])])
+     if p.stem in SPEED_GAPS else p for p in shipped_scenarios()],
     ids=lambda p: p.stem,
 )  # fmt: skip
 def test_every_shipped_scenario_holds_on_docker_and_agrees_with_the_simulator(docker_engine, path):
@@ -88,17 +89,25 @@ KNOWN_GAPS = {
     "against 2.0 in one run of two that agreed",
 }
 """Drills where the shipped agent's play on the two backends differed on the calibration's machine,
-and why where known (sandbox/README.md, agreement); expected failures, not required ones."""
+and why where known (sandbox/README.md, agreement); expected failures, not required ones, run only
+with ``--known-gaps``."""
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "path",
-    [pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN_GAPS[p.stem])) if p.stem in KNOWN_GAPS else p
-     for p in REAL_SOFTWARE],
+    [pytest.param(p, marks=[pytest.mark.known_gap, pytest.mark.xfail(reason=KNOWN_GAPS[p.stem])])
+     if p.stem in KNOWN_GAPS else p for p in REAL_SOFTWARE],
     ids=lambda p: p.stem,
 )  # fmt: skip
 def test_the_shipped_agent_agrees_with_the_simulator_on_real_software(docker_engine, path):
-    [result] = compare([load_scenario(path)], order=SHIPPED_AGENT)
-    assert result.agrees, result
+    # The agent acts on what it sees, so a tick's difference in when a real restart ends (PostgreSQL's
+    # rollback serves within the tick in most runs, in the next in some) can change its next move as
+    # well as the tick: one play of the drill on Docker may differ by more than the tolerance where the
+    # next one agrees (sandbox/README.md, agreement). A second play is made only when the first
+    # disagrees; a real gap disagrees in both.
+    [first] = compare([load_scenario(path)], order=SHIPPED_AGENT)
+    if not first.agrees:
+        [second] = compare([load_scenario(path)], order=SHIPPED_AGENT)
+        assert second.agrees, (first, second)

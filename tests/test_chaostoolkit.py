@@ -15,8 +15,8 @@ from deeplops.chaostoolkit import actions, probes
 from deeplops.dockerbox import stack
 from deeplops.errors import SandboxError
 
-# One xdist group with the other files that time real seconds (see tests/test_agreement.py).
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("timed")]
+# The xdist group of the tests on real containers (tests/conftest.py, REAL).
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("real")]
 EXAMPLE = Path(__file__).parent.parent / "examples" / "chaostoolkit-db-kill.json"
 
 

@@ -18,8 +18,8 @@ from deeplops.faults import PROPER_REPAIR, Fault, Repair
 from deeplops.observation import Feature
 from deeplops.topology import load_topology
 
-# One xdist group with the other files that time real seconds (see tests/test_agreement.py).
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("timed")]
+# The xdist group of the tests on real containers (tests/conftest.py, REAL).
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("real")]
 
 
 def psql(container, sql: str) -> str:

@@ -14,8 +14,8 @@ from deeplops.faults import Repair
 from deeplops.observation import Feature
 from deeplops.topology import Topology, topology_from_dict
 
-# One xdist group with the other files that time real seconds (see tests/test_agreement.py).
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("timed")]
+# The xdist group of the tests on real containers (tests/conftest.py, REAL).
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("real")]
 
 RESTART_S = 3
 

@@ -21,8 +21,8 @@ from deeplops.errors import ConfigError
 from deeplops.faults import Repair
 from deeplops.sidecar.guards import GuardConfig, Guards
 
-# One worker, one test at a time: the bench and the soak flood real links.
-pytestmark = pytest.mark.xdist_group("sidecar")
+# The real tests' worker, one test at a time (tests/conftest.py): the bench and the soak flood real links.
+pytestmark = pytest.mark.xdist_group("real")
 
 
 def guards(**settings: object) -> Guards:
