@@ -707,6 +707,16 @@ class SimParams:
         return table
 
 
+def _dependency_lists(adjacency: np.ndarray) -> np.ndarray:
+    """``simkernel.Layout.deps``: row s lists the slots s depends on, ascending, then zeros."""
+    n = adjacency.shape[0]
+    out = np.zeros((n, n), np.int64)
+    for s in range(n):
+        found = np.flatnonzero(adjacency[s])
+        out[s, : found.size] = found
+    return out
+
+
 class SimSandbox(ArrayState):
     """A batch of ``n_envs`` simulated copies of ``topology``, stepped together."""
 
@@ -729,6 +739,8 @@ class SimSandbox(ArrayState):
             has_disk=topology.has_disk.copy(),
             entries=topology.entries.copy(),
             adjacency=topology.adjacency.copy(),
+            deps=_dependency_lists(topology.adjacency),
+            n_deps=topology.adjacency.sum(axis=1).astype(np.int64),
             direct=topology.direct_checks.copy(),
             start_needs=topology.start_needs.copy(),
             page_ticks=np.array([self.params.page_ticks(k) for k in topology.kinds], np.int32),

@@ -104,6 +104,11 @@ class Layout(NamedTuple):
     """``(n_services,)`` bool: services user traffic enters through (where the SLO is measured)."""
     adjacency: np.ndarray
     """``(n_services, n_services)`` bool: ``[s, d]`` when s depends directly on d (then d < s)."""
+    deps: np.ndarray
+    """``(n_services, n_services)`` int64: row s lists the slots s depends on directly, ascending,
+    in its first ``n_deps[s]`` columns (``adjacency`` as lists: the tick walks edges, not the matrix)."""
+    n_deps: np.ndarray
+    """``(n_services,)`` int64: how many direct dependencies each service has."""
     direct: np.ndarray
     """``(n_services, n_services)`` bool: the dependencies s checks now with their own client
     (whether d answers), not through d's last health report (``Topology.direct_checks``)."""
@@ -241,6 +246,20 @@ def uniform(rng: np.ndarray, e: int) -> float:
 
 
 @njit(cache=True, inline="always")
+def _next(z: np.uint64) -> tuple[np.uint64, float]:
+    """``uniform`` on a stream's state held in a local: the next state and its float in [0, 1).
+
+    The same numbers as ``uniform``; the tick keeps each env's state in a register for its draws
+    and stores it once, rather than storing and reloading the array at every draw.
+    """
+    z = z + _GOLDEN
+    x = (z ^ (z >> _S30)) * _MIX1
+    x = (x ^ (x >> _S27)) * _MIX2
+    x = x ^ (x >> _S31)
+    return z, float(x >> _S11) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, inline="always")
 def _first_invalid(slots: np.ndarray, codes: np.ndarray, n_services: int, n_codes: int) -> int:
     """The first env whose slot or code is out of range (code 0 always passes), or -1."""
     for e in range(codes.shape[0]):
@@ -348,30 +367,41 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     """
     fault, down, since, junk, data = state.fault, state.down, state.since, state.junk, state.data
     restarts, health, history, rng, restore = state.restarts, state.health, state.history, state.rng, state.restore
+    drain, page, started, waited, deployed = state.drain, state.page, state.started, state.waited, state.deployed
+    rows, page_ticks, direct, needs = layout.rows, layout.page_ticks, layout.direct, layout.start_needs
+    deps, n_deps = layout.deps, layout.n_deps
+    has_disk, entries, check_in_page = layout.has_disk, layout.entries, layout.check_in_page
+    start_cpu, memory, connections = layout.start_cpu, layout.memory, layout.connections
+    probe_timeout, slo_latency, disk_fill = rules.probe_timeout, rules.slo_latency, rules.disk_fill
+    disk_full_at, start_wait, restart_decay = rules.disk_full_at, rules.start_wait, rules.restart_decay
     feats, slo = readings.features, readings.slo
     n_envs, n = fault.shape
     depth = history.shape[1]
     write = tick % depth
-    probe_timeout = rules.probe_timeout
     latency = np.empty(n)
     responsive = np.empty(n, dtype=np.bool_)
     answers = np.empty(n, dtype=np.bool_)
     path_ok = np.empty(n, dtype=np.bool_)
     path_failed = np.empty(n, dtype=np.bool_)
     previous = np.empty(n, dtype=np.bool_)
-    shared = dyn.symptoms.shape[0] == 1
-    drain, page, rows, page_ticks, direct = state.drain, state.page, layout.rows, layout.page_ticks, layout.direct
-    check_in_page, start_cpu, started = layout.check_in_page, layout.start_cpu, state.started
-    waited, needs = state.waited, layout.start_needs
+    table, shared = dyn.symptoms, dyn.symptoms.shape[0] == 1
     for e in range(n_envs):
-        symptoms = dyn.symptoms[0 if shared else e]
+        se = 0 if shared else e
         rate = dyn.deploy_rate[e]
+        z = rng[e]  # the env's stream, in a local for the tick (see _next)
         for s in range(n):
             previous[s] = health[e, s]
-            # A benign release, where no incident is open (one is not deployed over): a clue to a
-            # bad deploy, not a proof. No draw at rate 0, so a world without them keeps its stream.
-            if rate > 0.0 and fault[e, s] == 0 and down[e, s] == 0 and uniform(rng, e) < rate:
-                _deploy(state, dyn, e, s)
+        if rate > 0.0:  # no draw at rate 0, so a world without benign deploys keeps its stream
+            for s in range(n):
+                # A benign release, where no incident is open (one is not deployed over): a clue
+                # to a bad deploy, not a proof.
+                if fault[e, s] == 0 and down[e, s] == 0:
+                    z, u = _next(z)
+                    if u < rate:
+                        _deploy(state, dyn, e, s)
+        # Health as it was probe_delay ticks ago (no division where the ring holds one tick).
+        read = 0 if depth == 1 else (tick - dyn.probe_delay[e]) % depth
+        noise = dyn.probe_noise[e]
         slo_ok = True
         for s in range(n):
             f = fault[e, s]
@@ -387,7 +417,7 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
                 else:
                     waited[e, s] += 1
                     listening = False
-                    if waited[e, s] > rules.start_wait:  # it gives up and exits: down until restarted
+                    if waited[e, s] > start_wait:  # it gives up and exits: down until restarted
                         fault[e, s] = KILL
                         f = KILL
                         running = False
@@ -397,44 +427,49 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             code = f if listening else DOWN_ROW
             if running and f == 0 and drain[e, s] > 0:
                 code = NET_SATURATION  # still draining: as flooded
-            row = symptoms[rows[s, code]]
-            lat = row[LAT_LO] + (row[LAT_HI] - row[LAT_LO]) * uniform(rng, e)
+            r = rows[s, code]
+            z, u = _next(z)
+            lat = table[se, r, LAT_LO] + (table[se, r, LAT_HI] - table[se, r, LAT_LO]) * u
             used = 0.0
-            if layout.has_disk[s]:
+            if has_disk[s]:
                 if f == DISK_FULL:
-                    junk[e, s] += rules.disk_fill
+                    junk[e, s] += disk_fill
                 used = min(1.0, data[e, s] + junk[e, s])
-            disk_ok = used < rules.disk_full_at and not restoring
+            disk_ok = used < disk_full_at and not restoring
             writes_ok = disk_ok
             check_ok = disk_ok
             if page_ticks[s] > 0 and awake and not restoring:
                 # Writes go into the page it is filling; a full one needs space for the next. The
                 # health check is the tick's first write: it still fits where the users' overflow.
-                if page[e, s] >= page_ticks[s] and used < rules.disk_full_at:
+                if page[e, s] >= page_ticks[s] and used < disk_full_at:
                     page[e, s] = 0
                 writes_ok = page[e, s] < page_ticks[s]
                 if page[e, s] <= page_ticks[s]:
                     page[e, s] += 1
                     check_ok = check_ok or check_in_page[s]
             ok = awake and check_ok and lat < probe_timeout
-            if ok and row[PROBE_FAIL] > 0.0 and uniform(rng, e) < row[PROBE_FAIL]:
-                ok = False
-            serves = awake and writes_ok and lat < rules.slo_latency
+            probe_fail = table[se, r, PROBE_FAIL]
+            if ok and probe_fail > 0.0:
+                z, u = _next(z)
+                if u < probe_fail:
+                    ok = False
+            serves = awake and writes_ok and lat < slo_latency
             failed = not serves  # not served here: the request fails (an error), it is not merely late
-            if serves and row[SERVE_FAIL] + row[SERVE_SLOW] > 0.0:
-                u = uniform(rng, e)
-                if u < row[SERVE_FAIL] + row[SERVE_SLOW]:
+            serve_fail, serve_slow = table[se, r, SERVE_FAIL], table[se, r, SERVE_SLOW]
+            if serves and serve_fail + serve_slow > 0.0:
+                z, u = _next(z)
+                if u < serve_fail + serve_slow:
                     serves = False
-                    failed = u < row[SERVE_FAIL]
-            for d in range(s):  # dependencies occupy lower slots
-                if layout.adjacency[s, d]:
-                    # A ping reads d's last health report; a direct check asks d itself, now.
-                    seen = answers[d] if direct[s, d] else previous[d]
-                    if not (responsive[d] and latency[d] < probe_timeout and seen):
-                        ok = False
-                    if not path_ok[d]:
-                        serves = False  # a late answer below is late here; a failure fails here
-                        failed = failed or path_failed[d]
+                    failed = u < serve_fail
+            for k in range(n_deps[s]):  # dependencies occupy lower slots
+                d = deps[s, k]
+                # A ping reads d's last health report; a direct check asks d itself, now.
+                seen = answers[d] if direct[s, d] else previous[d]
+                if not (responsive[d] and latency[d] < probe_timeout and seen):
+                    ok = False
+                if not path_ok[d]:
+                    serves = False  # a late answer below is late here; a failure fails here
+                    failed = failed or path_failed[d]
             latency[s] = lat
             responsive[s] = awake
             answers[s] = not restoring  # a store restoring from backup has not started its server yet
@@ -442,19 +477,22 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             path_failed[s] = failed
             health[e, s] = ok
             history[e, write, s] = ok
-            if layout.entries[s] and not serves:
+            if noise == 0.0:  # reported as probed, probe_delay ticks ago (noise draws come after the loop)
+                feats[e, s, F_HEALTHY] = 1.0 if history[e, read, s] else 0.0
+            if entries[s] and not serves:
                 slo_ok = False
 
-            u = uniform(rng, e)
+            z, u = _next(z)
             if not awake:
                 err = 1.0
             elif failed:
                 err = 0.6 + 0.4 * u
             else:
                 err = 0.02 * u
-            u = uniform(rng, e)
-            cpu = row[CPU_LO] + (row[CPU_HI] - row[CPU_LO]) * u
-            net = row[NET_LO] + (row[NET_HI] - row[NET_LO]) * uniform(rng, e)
+            z, u = _next(z)
+            cpu = table[se, r, CPU_LO] + (table[se, r, CPU_HI] - table[se, r, CPU_LO]) * u
+            z, u_net = _next(z)
+            net = table[se, r, NET_LO] + (table[se, r, NET_HI] - table[se, r, NET_LO]) * u_net
             if started[e, s] > 0:  # a new process's readings: its counters start anew
                 started[e, s] -= 1
                 if started[e, s] == 1:
@@ -468,14 +506,14 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             feats[e, s, F_DISK] = used
             feats[e, s, F_CPU] = cpu
             feats[e, s, F_NET] = net
-            restarts[e, s] *= rules.restart_decay
+            restarts[e, s] *= restart_decay
             feats[e, s, F_RESTARTS] = min(1.0, restarts[e, s] / RESTARTS_SCALE)
             feats[e, s, F_SINCE] = min(1.0, since[e, s] / SINCE_REPAIR_SCALE)
-            feats[e, s, F_MEMORY] = layout.memory[s] if running else 0.0
-            feats[e, s, F_CONNECTIONS] = layout.connections[s] if running else 0.0
-            feats[e, s, F_DEPLOY] = min(1.0, state.deployed[e, s] / SINCE_REPAIR_SCALE)
+            feats[e, s, F_MEMORY] = memory[s] if running else 0.0
+            feats[e, s, F_CONNECTIONS] = connections[s] if running else 0.0
+            feats[e, s, F_DEPLOY] = min(1.0, deployed[e, s] / SINCE_REPAIR_SCALE)
             since[e, s] += 1
-            state.deployed[e, s] += 1
+            deployed[e, s] += 1
             if drain[e, s] > 0:
                 drain[e, s] -= 1
             if down[e, s] > 0:
@@ -483,13 +521,14 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             elif restore[e, s] > 0:
                 restore[e, s] -= 1
         slo[e] = slo_ok
-        read = (tick - dyn.probe_delay[e]) % depth  # health as it was probe_delay ticks ago
-        noise = dyn.probe_noise[e]
-        for s in range(n):
-            seen = history[e, read, s]
-            if noise > 0.0 and uniform(rng, e) < noise:
-                seen = not seen
-            feats[e, s, F_HEALTHY] = 1.0 if seen else 0.0
+        if noise > 0.0:  # each report flipped by chance: the env's last draws of the tick
+            for s in range(n):
+                seen = history[e, read, s]
+                z, u = _next(z)
+                if u < noise:
+                    seen = not seen
+                feats[e, s, F_HEALTHY] = 1.0 if seen else 0.0
+        rng[e] = z
 
 
 @njit(cache=True)

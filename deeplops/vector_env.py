@@ -71,20 +71,18 @@ class _GameVectorEnv(VectorEnv):
         opp = game.decide(self.opponent)
         done = game.play(self.role, actions, opp)
         rewards = game.reward(self.role).copy()
-        obs = self._obs()
         infos: dict[str, Any] = {}
         self._truncations[:] = done
         if done:
             final = self._obs(copy=True)
             infos = {
-                "final_obs": np.array([{k: v[i] for k, v in final.items()} for i in range(self.num_envs)]),
+                "final_obs": _per_env(final, self.num_envs),
                 "_final_obs": np.ones(self.num_envs, np.bool_),
                 "final_info": game.episode_totals(),
                 "_final_info": np.ones(self.num_envs, np.bool_),
             }
             self._start([int(s) for s in self.np_random.integers(SEED_SPACE, size=self.num_envs)])
-            obs = self._obs()
-        return obs, rewards, self._terminations.copy(), self._truncations.copy(), infos
+        return self._obs(), rewards, self._terminations.copy(), self._truncations.copy(), infos
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, n_actions)`` bool: valid actions now, per env."""
@@ -103,6 +101,14 @@ class _GameVectorEnv(VectorEnv):
         if self.copy if copy is None else copy:
             return {k: np.array(v) for k, v in obs.items()}
         return obs
+
+
+def _per_env(obs: dict[str, np.ndarray], n_envs: int) -> np.ndarray:
+    """``(n_envs,)`` object array of each env's observation (views of ``obs``'s rows), as
+    ``info["final_obs"]`` holds them; built without numpy inspecting a list of dicts."""
+    out = np.empty(n_envs, dtype=object)
+    out[:] = [dict(zip(obs, rows, strict=True)) for rows in zip(*obs.values(), strict=True)]
+    return out
 
 
 class OrderVectorEnv(_GameVectorEnv):
