@@ -269,6 +269,23 @@ class Leaderboard:
             f"Availability (fraction of ticks the SLO held) over {self.episodes} episodes per suite, split evenly "
             "over its systems with at least one each; mean: over the suites, each weighing the same.",
             "",
+            "| policy | repairs per fault | relapses | unrecovered | wasted repairs | data lost |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for policy in self.ranking():
+            totals = [score.summary for score in self.scores[policy].values()]
+            faults = sum(t.faults_injected for t in totals)
+            per_fault = f"{sum(t.repairs for t in totals) / faults:.2f}" if faults else "–"
+            counts = (sum(t.relapses for t in totals), sum(t.unrecovered for t in totals),
+                      sum(t.wasted_repairs for t in totals), sum(t.data_loss for t in totals))  # fmt: skip
+            name = policy.replace("|", "\\|")
+            lines.append(f"| {name} | {per_fault} | " + " | ".join(str(c) for c in counts) + " |")
+        lines += [
+            "",
+            "Over every suite: repairs taken per fault injected; relapses, a fault's symptoms back after a "
+            "repair had ended them with its cause still there; faults still open at their episode's end; repairs "
+            "that ended no fault; recreates that lost a volume's data.",
+            "",
             f"⚠ a repair storm: more than {STORM_REPAIRS_PER_FAULT:g} repairs per injected fault, a defect "
             "whatever the availability.",
             "",

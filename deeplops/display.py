@@ -34,11 +34,12 @@ def metrics_table(rows: Mapping[str, Summary], title: str) -> Table:
     """A table with one row per policy (or scenario) and the headline metrics as columns.
 
     avail: availability; MTTR and p95: mean and 95th percentile ticks to recovery; faults,
-    recov, unrec: faults injected, recovered and unrecovered; wasted: repairs that ended no fault.
+    recov, unrec: faults injected, recovered and unrecovered; relapse: symptoms back after a repair
+    had ended them, the cause still there; wasted: repairs that ended no fault.
     """
     table = Table(title=Text(title))  # Text: names a user gave are shown as given, never as markup
     table.add_column("", justify="left", no_wrap=True)
-    for column in ("avail", "MTTR", "p95", "faults", "recov", "unrec", "repairs", "wasted"):
+    for column in ("avail", "MTTR", "p95", "faults", "recov", "unrec", "relapse", "repairs", "wasted"):
         table.add_column(column, justify="right")
     for name, m in rows.items():
         table.add_row(
@@ -49,6 +50,7 @@ def metrics_table(rows: Mapping[str, Summary], title: str) -> Table:
             str(m.faults_injected),
             str(m.faults_recovered),
             str(m.unrecovered),
+            str(m.relapses),
             str(m.repairs),
             str(m.wasted_repairs),
         )

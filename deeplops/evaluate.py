@@ -18,6 +18,7 @@ from deeplops.actions import Policy
 from deeplops.backends import make_sandbox
 from deeplops.game import Game, GameConfig
 from deeplops.metrics import EpisodeStats
+from deeplops.scenario import ScriptedChaos
 from deeplops.sim import SimParams
 from deeplops.topology import Topology, topology_to_dict
 from deeplops.trace import TraceRecorder
@@ -89,9 +90,12 @@ def play_batch(
         recorders = [] if traces is None else [_recorder(match, k, first + k, seed + first + k) for k in range(n)]
         if traces is not None:
             traces.extend(recorders)
+        script = match.chaos if isinstance(match.chaos, ScriptedChaos) else None  # may inject several a tick
         done = False
         while not done:
-            done = game.step(game.decide(match.chaos), game.decide(match.order))
+            chaos = game.decide(match.chaos)
+            extra = script.extra_actions() if script is not None else None
+            done = game.step(chaos, game.decide(match.order), extra)
             for recorder in recorders:
                 recorder(game)
             if on_tick is not None:

@@ -2,8 +2,10 @@
 
 Each step: chaos acts, order acts, the system advances one tick, health is observed. Both agents
 choose one action per tick in the layout of :mod:`deeplops.actions`; a masked (invalid) action is
-played as a noop and counted. The game answers each role's observation, mask and reward
-(``observe``, ``mask``, ``reward``), so the environments that face one side need not know which.
+played as a noop and counted. A script may add more faults to the chaos side's tick (a correlated
+failure, such as a host going down): ``step``'s ``extra_chaos``, each admitted as an action is.
+The game answers each role's observation, mask and reward (``observe``, ``mask``, ``reward``),
+so the environments that face one side need not know which.
 It is backend-agnostic: it reads faults, health and the SLO from the sandbox, and keeps its books
 in compiled kernels so that one env costs a few microseconds per step.
 """
@@ -29,7 +31,7 @@ from deeplops.actions import (
     padded_adjacency,
 )
 from deeplops.errors import ConfigError
-from deeplops.faults import FAULT_COST_TABLE, FAULT_NEEDS_DISK_TABLE, REPAIR_COST_TABLE, Repair
+from deeplops.faults import FAULT_COST_TABLE, FAULT_NEEDS_DISK_TABLE, REPAIR_COST_TABLE, Fault, Repair
 from deeplops.kernels import checked_array, compiled_for
 from deeplops.metrics import EpisodeStats
 from deeplops.observation import MAX_SLOTS
@@ -39,8 +41,11 @@ _RECREATE = int(Repair.RECREATE)
 _INT64, _BOOL = np.dtype(np.int64), np.dtype(np.bool_)  # built once: numpy converts a type each call
 
 # Columns of the per-env statistics array.
-TICKS, SLO_TICKS, INJECTED, RECOVERED, MTTR_SUM, REPAIRS_TAKEN, WASTED, DATA_LOSS, INVALID = range(9)
-_N_STATS = 9
+TICKS, SLO_TICKS, INJECTED, RECOVERED, MTTR_SUM, REPAIRS_TAKEN, WASTED, DATA_LOSS, INVALID, RELAPSES = range(10)
+_N_STATS = 10
+# Where each open fault is in its relief and relapse (docs/design.md §4.2, durability): no symptom
+# yet, symptoms seen, a repair taken since, symptoms gone with the cause still there (relieved).
+_QUIET, _SYMPTOMS, _REPAIRED, _RELIEVED = 0, 1, 2, 3
 _INJECTS, _REPAIRS = 1, 2  # bits of what _admit found to do
 
 
@@ -83,10 +88,17 @@ class Game:
         self.fault_start = np.full((e, n), -1, np.int32)
         self.stats = np.zeros((e, _N_STATS))
         self.mttr_hist = np.zeros((e, self.config.max_ticks + 1), np.int32)
+        self.relief = np.zeros((e, n), np.int8)
         self.order_reward = np.zeros(e)
         self.chaos_reward = np.zeros(e)
         self.chaos_slot = np.zeros(e, np.int64)
         self.chaos_fault = np.zeros(e, np.int64)
+        self.chaos_cost = np.zeros(e)
+        self._no_extra = np.zeros((0, e), np.int64)
+        self.extra_slot = self.extra_fault = self._no_extra
+        self._no_orders = np.zeros(e, np.int64)
+        self._scratch_slot = np.zeros(e, np.int64)
+        self._scratch_repair = np.zeros(e, np.int64)
         self.order_slot = np.zeros(e, np.int64)
         self.order_repair = np.zeros(e, np.int64)
         self.cleared = np.zeros(e, np.bool_)
@@ -104,8 +116,10 @@ class Game:
         self._rewards = {Role.ORDER: self.order_reward, Role.CHAOS: self.chaos_reward}
         # The kernels' records, over the arrays above (which they update in place), and the
         # kernels compiled once for their types (deeplops.kernels says why).
-        self._books = Books(self.fault_start, self.budget_left, self.stats, self.mttr_hist)
-        self._admitted = Admitted(self.chaos_slot, self.chaos_fault, self.order_slot, self.order_repair)
+        self._books = Books(self.fault_start, self.budget_left, self.stats, self.mttr_hist, self.relief)
+        self._admitted = Admitted(
+            self.chaos_slot, self.chaos_fault, self.order_slot, self.order_repair, self.chaos_cost
+        )
         self._outcome = Outcome(self.order_reward, self.chaos_reward, self._faulted, self._budget_obs)
         cfg = self.config
         self._rules = GameRules(
@@ -136,6 +150,7 @@ class Game:
         self.tick = 0
         self.budget_left[:] = self.config.budget
         self.fault_start[:] = -1
+        self.relief[:] = _QUIET
         self.stats[:] = 0.0
         self.mttr_hist[:] = 0
         self.order_reward[:] = 0.0
@@ -143,14 +158,24 @@ class Game:
         self._faulted[:] = 0.0
         self._budget_obs[:] = 1.0
 
-    def step(self, chaos_actions: np.ndarray, order_actions: np.ndarray) -> bool:
-        """Play one tick; return whether the episode is over (truncated) in every env."""
+    def step(self, chaos_actions: np.ndarray, order_actions: np.ndarray, extra_chaos: np.ndarray | None = None) -> bool:
+        """Play one tick; return whether the episode is over (truncated) in every env.
+
+        ``extra_chaos``, ``(n_envs, k)``: more chaos actions of the same tick (0: none), admitted
+        after ``chaos_actions``, column by column, each as a chaos action is (checked against the
+        open faults, this tick's included, the budget and the concurrency cap; a refused one is
+        counted invalid) and injected in the same tick, before the order side's repair.
+        """
         batch = self._batch
         chaos_actions = checked_array(chaos_actions, _INT64, batch)
         order_actions = checked_array(order_actions, _INT64, batch)
         acts = self._admit(self.tick, chaos_actions, order_actions, self._books, self._rules, self._admitted)
         if acts & _INJECTS:
             self.sandbox.inject(self.chaos_slot, self.chaos_fault)
+        if extra_chaos is None:
+            self.extra_slot = self.extra_fault = self._no_extra
+        else:
+            self._play_extra(extra_chaos)
         if acts & _REPAIRS:
             self.cleared = checked_array(self.sandbox.repair(self.order_slot, self.order_repair), _BOOL, batch)
         else:
@@ -159,6 +184,29 @@ class Game:
         self._account(self.tick, self._measured, self.cleared, self._books, self._rules, self._admitted, self._outcome)
         self.tick += 1
         return self.tick >= self.config.max_ticks
+
+    def _play_extra(self, extra_chaos: np.ndarray) -> None:
+        """Admit and inject ``step``'s ``extra_chaos`` column by column, each as ``_admit`` admits
+        ``chaos_actions``, into ``extra_slot`` and ``extra_fault``, adding their cost to ``chaos_cost``."""
+        shape = np.shape(extra_chaos)
+        if len(shape) != 2 or shape[0] != self.n_envs:
+            raise ValueError(f"extra_chaos: expected an array of shape ({self.n_envs}, k), got shape {shape}")
+        columns = np.ascontiguousarray(checked_array(extra_chaos, _INT64, shape).T)
+        self.extra_slot = np.zeros(columns.shape, np.int64)
+        self.extra_fault = np.zeros(columns.shape, np.int64)
+        cost = np.zeros(self.n_envs)
+        for actions, slots, faults in zip(columns, self.extra_slot, self.extra_fault, strict=True):
+            # The order side's part of the record is scratch: its repair was admitted already.
+            admitted = Admitted(slots, faults, self._scratch_slot, self._scratch_repair, cost)
+            if self._admit(self.tick, actions, self._no_orders, self._books, self._rules, admitted) & _INJECTS:
+                self.sandbox.inject(slots, faults)
+            self.chaos_cost += cost
+
+    def injected(self, env: int) -> list[tuple[int, Fault]]:
+        """``(slot, fault)`` of every fault injected in env ``env`` in the last tick, in the order played."""
+        played = [(self.chaos_slot[env], self.chaos_fault[env])]
+        played += zip(self.extra_slot[:, env], self.extra_fault[:, env], strict=True)
+        return [(int(s), Fault(int(f))) for s, f in played if f]
 
     def play(self, role: Role, actions: np.ndarray, opponent_actions: np.ndarray) -> bool:
         """``step`` with ``role`` playing ``actions`` and its opponent ``opponent_actions``."""
@@ -230,6 +278,7 @@ class Game:
             "mttr_sum": st[:, MTTR_SUM].copy(),
             "repairs": st[:, REPAIRS_TAKEN].astype(np.int64),
             "wasted_repairs": st[:, WASTED].astype(np.int64),
+            "relapses": st[:, RELAPSES].astype(np.int64),
         }
 
     def episode_stats(self) -> list[EpisodeStats]:
@@ -245,6 +294,7 @@ class Game:
                     faults_injected=int(row[INJECTED]),
                     faults_recovered=int(row[RECOVERED]),
                     unrecovered=int((self.fault_start[e] >= 0).sum()),
+                    relapses=int(row[RELAPSES]),
                     mttrs=tuple(int(m) for m in np.repeat(np.arange(hist.size), hist)),
                     repairs=int(row[REPAIRS_TAKEN]),
                     wasted_repairs=int(row[WASTED]),
@@ -272,6 +322,8 @@ class Books(NamedTuple):
     """``(n_envs, _N_STATS)`` float64: the episode's counts, in the columns TICKS .. INVALID."""
     mttr_hist: np.ndarray
     """``(n_envs, max_ticks + 1)`` int32: faults recovered, by their time to recover in ticks."""
+    relief: np.ndarray
+    """``(n_envs, n_services)`` int8: each open fault's way through relief and relapse (_QUIET ..)."""
 
 
 class GameRules(NamedTuple):
@@ -310,6 +362,8 @@ class Admitted(NamedTuple):
     """``(n_envs,)`` int64: the slot order repairs."""
     order_repair: np.ndarray
     """``(n_envs,)`` int64: the Repair code applied."""
+    chaos_cost: np.ndarray
+    """``(n_envs,)`` float64: the cost points of every fault injected (``step``'s extra ones included)."""
 
 
 class Outcome(NamedTuple):
@@ -367,12 +421,13 @@ def _admit(
     n, has_disk, fault_cost, max_concurrent = rules.n_services, rules.has_disk, rules.fault_cost, rules.max_concurrent
     needs_disk = rules.fault_needs_disk
     valid_orders = rules.valid_orders
-    c_slot, c_fault = admitted.chaos_slot, admitted.chaos_fault
+    c_slot, c_fault, c_cost = admitted.chaos_slot, admitted.chaos_fault, admitted.chaos_cost
     o_slot, o_repair = admitted.order_slot, admitted.order_repair
     acts = 0
     for e in range(chaos_actions.shape[0]):
         c_slot[e] = 0
         c_fault[e] = 0
+        c_cost[e] = 0.0
         a = chaos_actions[e]
         if a != 0:
             s, f = (a - 1) // FAULTS_PER_SLOT, 1 + (a - 1) % FAULTS_PER_SLOT
@@ -390,6 +445,7 @@ def _admit(
                 )
             if ok:
                 c_slot[e], c_fault[e] = s, f
+                c_cost[e] = fault_cost[f]
                 acts |= _INJECTS
                 fault_start[e, s] = tick
                 budget_left[e] -= fault_cost[f]
@@ -413,14 +469,20 @@ def _admit(
 def _account(
     tick: int, measured: Measured, cleared: np.ndarray, books: Books, rules: GameRules, admitted: Admitted, out: Outcome
 ) -> None:
-    """After a tick: close recovered faults (MTTR), count repairs, pay rewards, update the
-    chaos agent's view of its open faults and remaining budget. ``cleared[e]``: the repair ended a fault."""
+    """After a tick: close recovered faults (MTTR), count relapses and repairs, pay rewards, update
+    the chaos agent's view of its open faults and remaining budget. ``cleared[e]``: the repair ended a fault.
+
+    A fault is recovered only when its cause is gone and its service and the SLO are well again. A
+    repair that leaves the cause may still end the symptoms (a restart of a leaking release): when
+    they come back with the cause still there, that is a relapse.
+    """
     faults, health, slo = measured.faults, measured.health, measured.slo
     fault_start, budget_left, stats, mttr_hist = books.fault_start, books.budget_left, books.stats, books.mttr_hist
-    has_disk, fault_cost, repair_cost = rules.has_disk, rules.fault_cost, rules.repair_cost
+    relief = books.relief
+    has_disk, repair_cost = rules.has_disk, rules.repair_cost
     health_weight, fault_cost_weight = rules.health_weight, rules.fault_cost_weight
     budget, max_concurrent = rules.budget, rules.max_concurrent
-    c_fault, o_slot, o_repair = admitted.chaos_fault, admitted.order_slot, admitted.order_repair
+    chaos_cost, o_slot, o_repair = admitted.chaos_cost, admitted.order_slot, admitted.order_repair
     order_reward, chaos_reward, faulted, budget_obs = out.order_reward, out.chaos_reward, out.faulted, out.budget_obs
     n_envs, n = faults.shape
     top = mttr_hist.shape[1] - 1
@@ -430,12 +492,33 @@ def _account(
             if health[e, s]:
                 healthy += 1
             start = fault_start[e, s]
-            if start >= 0 and faults[e, s] == 0 and health[e, s] and slo[e]:
+            if start < 0:
+                continue
+            if faults[e, s] == 0 and health[e, s] and slo[e]:
                 mttr = tick - start
                 stats[e, RECOVERED] += 1
                 stats[e, MTTR_SUM] += mttr
                 mttr_hist[e, min(mttr, top)] += 1
                 fault_start[e, s] = -1
+                relief[e, s] = _QUIET
+                continue
+            # Relief is what a repair that ended no fault may bring (a restart of a leaking release,
+            # or of the database a leaking client exhausts); a repair that ended one (another fault's,
+            # whose symptoms this service shared) relieves nothing here. Read on the service's own
+            # health, not the SLO, which another fault may hold down; this tick's health is read
+            # after its repair, so a repair relieves from the tick it is taken.
+            state = relief[e, s]
+            if o_repair[e] != 0 and not cleared[e] and state == _SYMPTOMS:
+                state = _REPAIRED
+            if health[e, s]:
+                if state == _REPAIRED:
+                    state = _RELIEVED
+            elif state == _RELIEVED:
+                stats[e, RELAPSES] += 1
+                state = _SYMPTOMS
+            elif state == _QUIET:
+                state = _SYMPTOMS
+            relief[e, s] = state
         stats[e, TICKS] += 1
         if slo[e]:
             stats[e, SLO_TICKS] += 1
@@ -449,7 +532,7 @@ def _account(
         reward = (1.0 - health_weight) * (1.0 if slo[e] else 0.0) + health_weight * healthy / n
         reward -= repair_cost[r]
         order_reward[e] = reward
-        chaos_reward[e] = -reward - fault_cost_weight * fault_cost[c_fault[e]]
+        chaos_reward[e] = -reward - fault_cost_weight * chaos_cost[e]
         open_faults = 0
         for s in range(n):
             is_open = fault_start[e, s] >= 0
@@ -467,8 +550,8 @@ def _chaos_mask(books: Books, rules: GameRules, mask: np.ndarray) -> None:
     has_disk, fault_cost, max_concurrent = rules.has_disk, rules.fault_cost, rules.max_concurrent
     needs_disk = rules.fault_needs_disk
     n_envs, n = fault_start.shape
+    mask[:, :] = False  # one fill: a row at a time was a small memset call per env
     for e in range(n_envs):
-        mask[e, :] = False
         mask[e, 0] = True
         open_faults = 0
         for s in range(n):

@@ -22,6 +22,8 @@ class EpisodeStats:
     """Faults whose target and the SLO were healthy again before the episode ended."""
     unrecovered: int
     """Faults still open (active, or ended but not yet recovered) at the end."""
+    relapses: int
+    """Times a fault's symptoms came back after a repair had ended them with its cause still there."""
     mttrs: tuple[int, ...]
     """Ticks from injection to recovery, one per recovered fault."""
     repairs: int
@@ -55,6 +57,9 @@ class Summary:
     """Faults whose target and the SLO were healthy again before their episode ended."""
     unrecovered: int
     """Faults still open at the end of their episode."""
+    relapses: int
+    """Times a fault's symptoms came back after a repair had ended them with its cause still there
+    (docs/design.md §4.2, durability)."""
     repairs: int
     """Repairs taken (no-ops excluded)."""
     wasted_repairs: int
@@ -87,6 +92,7 @@ def summarize(episodes: Sequence[EpisodeStats]) -> Summary:
         faults_injected=sum(ep.faults_injected for ep in episodes),
         faults_recovered=sum(ep.faults_recovered for ep in episodes),
         unrecovered=sum(ep.unrecovered for ep in episodes),
+        relapses=sum(ep.relapses for ep in episodes),
         repairs=sum(ep.repairs for ep in episodes),
         wasted_repairs=sum(ep.wasted_repairs for ep in episodes),
         data_loss=sum(ep.data_loss for ep in episodes),

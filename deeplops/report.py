@@ -45,7 +45,8 @@ HELD_OUT_SEEDS = range(TRAIN_SEEDS, TRAIN_SEEDS + 10)
 VS_FINAL_CHAOS = "shop vs the final chaos agent"
 """The section where the bar is the arms race's: beat every baseline but the oracle."""
 FINAL_FIGURES = (
-    "availability", "mttr_mean", "unrecovered", "repairs", "faults_injected", "wasted_repairs", "data_loss", "episodes",
+    "availability", "mttr_mean", "unrecovered", "relapses", "repairs", "faults_injected", "wasted_repairs", "data_loss",
+    "episodes",
 )  # fmt: skip
 STORM_REPAIRS_PER_FAULT = 2.0
 """More repairs than this per injected fault is a storm: a defect whatever the availability."""
@@ -417,11 +418,13 @@ def _markdown(r: Report) -> str:
     lines += ["", "## The final order agent against the baselines", ""]
     bar = r.bar
     for section, rows in r.final.items():
-        header = "| policy | availability | MTTR mean | unrecovered | repairs per fault | wasted repairs | data lost |"
-        lines += [f"### {section}", "", header, "|---|---:|---:|---:|---:|---:|---:|"]
+        header = ("| policy | availability | MTTR mean | unrecovered | relapses | repairs per fault | wasted repairs "
+                  "| data lost |")  # fmt: skip
+        lines += [f"### {section}", "", header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name, m in rows.items():
             per_fault = m.repairs / m.faults_injected if m.faults_injected else None
-            figures_ = (f"{_fmt(m.availability)} | {_fmt(m.mttr_mean)} | {m.unrecovered} | {_fmt(per_fault)} | "
+            figures_ = (f"{_fmt(m.availability)} | {_fmt(m.mttr_mean)} | {m.unrecovered} | {m.relapses} | "
+                        f"{_fmt(per_fault)} | "
                         f"{m.wasted_repairs} | {m.data_loss}")  # fmt: skip
             lines.append(f"| {name} | {figures_} |")
         checks = bar[section]

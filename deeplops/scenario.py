@@ -28,7 +28,8 @@ class ScheduledFault:
     """One fault of a drill."""
 
     at: int
-    """Tick at which the chaos side injects it (0-based)."""
+    """Tick at which the chaos side injects it (0-based); faults on several services may share one
+    (a correlated failure), injected together before the order side acts."""
     fault: Fault
     """What to inject."""
     target: str
@@ -85,7 +86,7 @@ class Scenario:
     seed: int
     """Seed of the system's randomness (probe noise, jitter)."""
     faults: tuple[ScheduledFault, ...]
-    """The faults, in tick order."""
+    """The faults, in tick order (those of one tick in the order given)."""
     expect: Expectation = Expectation()
     """Steady-state hypothesis, checked on replay."""
     description: str = ""
@@ -151,7 +152,7 @@ def _faults(raw: Any, topology: Topology | None, ticks: int | None, problems: li
         problems.append(f"'faults' must be a list of {{at, fault, target}}, got {shown(raw)}")
         return ()
     out: list[ScheduledFault] = []
-    seen_ticks: set[int] = set()
+    seen: dict[tuple[int, str], str] = {}  # (tick, target): the first fault there, as named in problems
     for i, item in enumerate(raw):
         where = f"faults[{i}]"
         if not isinstance(item, dict):
@@ -166,9 +167,6 @@ def _faults(raw: Any, topology: Topology | None, ticks: int | None, problems: li
                 f"{where}: 'at' must be a tick in [0, {ticks if ticks is not None else 'ticks'}), got {shown(at)}"
             )
             continue
-        if at in seen_ticks:
-            problems.append(f"{where}: a second fault at tick {at}: the chaos side acts once per tick")
-        seen_ticks.add(at)
         try:
             fault = Fault.parse(item.get("fault"), ScenarioError)
         except ScenarioError as exc:
@@ -187,6 +185,14 @@ def _faults(raw: Any, topology: Topology | None, ticks: int | None, problems: li
                 need = f"{fault.label} needs a service with a data volume (disk_mb)"
                 problems.append(f"{where}: {need}, {target!r} has none")
                 continue
+        first = seen.get((at, target))
+        if first is not None:
+            problems.append(
+                f"{first} and {where} ({fault.label}) both hit {target!r} at tick {at}: expected at most one "
+                "fault per service and tick"
+            )
+            continue
+        seen[at, target] = f"{where} ({fault.label})"
         out.append(ScheduledFault(at=at, fault=fault, target=str(target)))
     return tuple(sorted(out, key=lambda f: f.at))
 
@@ -224,7 +230,10 @@ def _expect(raw: Any, topology: Topology | None, problems: list[str]) -> Expecta
 
 
 class ScriptedChaos:
-    """The chaos side of a drill: injects each scheduled fault at its tick, in every env."""
+    """The chaos side of a drill: injects each scheduled fault at its tick, in every env.
+
+    ``act`` plays the first fault of a tick, as any chaos policy acts; ``extra_actions`` gives the
+    others scheduled at that tick, for ``Game.step``'s ``extra_chaos``."""
 
     role = Role.CHAOS
     privileged = False
@@ -233,15 +242,29 @@ class ScriptedChaos:
         self.scenario = scenario
         self.name = f"scenario:{scenario.name}"
         index = scenario.topology.index
-        self._script = {f.at: chaos_action(index[f.target], f.fault) for f in scenario.faults}
+        by_tick: dict[int, list[int]] = {}
+        for f in scenario.faults:
+            by_tick.setdefault(f.at, []).append(chaos_action(index[f.target], f.fault))
+        self._script = {at: actions[0] for at, actions in by_tick.items()}
+        self._more = {at: np.array(actions[1:], np.int64) for at, actions in by_tick.items() if len(actions) > 1}
         self._tick = 0
+        self._extra: np.ndarray | None = None
 
     def reset(self, n_envs: int, seed: int | None = None) -> None:
         """Back to tick 0."""
         self._tick = 0
+        self._extra = None
 
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
-        """The fault scheduled for this tick, or noop."""
+        """The (first) fault scheduled for this tick, or noop."""
+        n_envs = mask.shape[0]
+        more = self._more.get(self._tick)
+        self._extra = None if more is None else np.tile(more, (n_envs, 1))
         action = self._script.get(self._tick, 0)
         self._tick += 1
-        return np.full(mask.shape[0], action, np.int64)
+        return np.full(n_envs, action, np.int64)
+
+    def extra_actions(self) -> np.ndarray | None:
+        """The other faults scheduled for the tick ``act`` last played, as ``(n_envs, k)`` chaos
+        actions (``Game.step``'s ``extra_chaos``); None when it has none."""
+        return self._extra

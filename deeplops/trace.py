@@ -1,6 +1,7 @@
 """Per-tick records of an episode: what was injected and repaired, health, observations and the SLO.
 
 A trace is JSON Lines (docs/design.md §8): a header object ``{"header": {...}}``, then one object per tick.
+A tick's ``faults`` are every fault injected in it, at most one per service (several in a correlated failure).
 ``TraceRecorder`` writes them; ``read_trace`` reads one back, checking every line.
 """
 
@@ -39,9 +40,7 @@ class TraceRecorder:
     def __call__(self, game: Game) -> None:
         """Record the tick ``game`` just played."""
         e, names = self.env, game.topology.names
-        faults = []
-        if game.chaos_fault[e]:
-            faults.append({"fault": Fault(int(game.chaos_fault[e])).label, "target": names[game.chaos_slot[e]]})
+        faults = [{"fault": fault.label, "target": names[slot]} for slot, fault in game.injected(e)]
         repairs = []
         if game.order_repair[e]:
             repairs.append({
@@ -155,10 +154,9 @@ def _check_row(path: Path, line: int, tick: int, row: Any, services: set[str]) -
         raise ScenarioError(f"{where}: expected an object with {', '.join(_ROW_KEYS)}, got {given}")
     if row["tick"] != tick or isinstance(row["tick"], bool):
         raise ScenarioError(f"{where}: expected tick {tick} (ticks count up from 0), got {shown(row['tick'])}")
-    if not isinstance(row["faults"], list) or len(row["faults"]) > 1:
-        raise ScenarioError(
-            f"{where}: 'faults' must be a list of at most one {{fault, target}}, got {shown(row['faults'])}"
-        )
+    if not isinstance(row["faults"], list):
+        raise ScenarioError(f"{where}: 'faults' must be a list of {{fault, target}}, got {shown(row['faults'])}")
+    hit: dict[str, str] = {}
     for f in row["faults"]:
         target = f.get("target") if isinstance(f, dict) else None
         if not isinstance(target, str) or target not in services:
@@ -166,9 +164,15 @@ def _check_row(path: Path, line: int, tick: int, row: Any, services: set[str]) -
                 f"{where}: a fault must name a target among {', '.join(sorted(services))}, got {shown(target)}"
             )
         try:
-            Fault.parse(f.get("fault"), ScenarioError)
+            fault = Fault.parse(f.get("fault"), ScenarioError)
         except ScenarioError as exc:
             raise ScenarioError(f"{where}: {exc}") from None
+        if target in hit:
+            raise ScenarioError(
+                f"{where}: two faults on {target!r} in one tick ({hit[target]} and {fault.label}): expected at "
+                "most one per service"
+            )
+        hit[target] = fault.label
     if not isinstance(row["repairs"], list):
         raise ScenarioError(f"{where}: 'repairs' must be a list, got {shown(row['repairs'])}")
     health = row["health"]

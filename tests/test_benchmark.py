@@ -17,6 +17,7 @@ from deeplops import benchmark as bm
 from deeplops.cli import main
 from deeplops.metrics import Summary
 from deeplops.policies import load_policy
+from deeplops.scenario import shipped_scenarios
 from deeplops.sim import SimParams
 
 SUITE_IDS = [
@@ -25,7 +26,7 @@ SUITE_IDS = [
 ]  # fmt: skip
 CONTRACT_FIELDS = {
     "availability", "mttr_mean", "mttr_p95", "faults_injected", "faults_recovered",
-    "unrecovered", "repairs", "wasted_repairs", "episodes",
+    "unrecovered", "relapses", "repairs", "wasted_repairs", "episodes",
 }  # fmt: skip
 """What every ``--json`` object of metrics carries (docs/design.md §9)."""
 FAST = ("--order", "noop", "--order", "runbook", "--episodes", "2")
@@ -42,7 +43,7 @@ def board() -> bm.Leaderboard:
 def summary(availability: float, faults: int = 10, repairs: int = 10) -> Summary:
     """A hand-made summary: only availability, faults and repairs matter to the flags."""
     return Summary(availability=availability, mttr_mean=2.0, mttr_p95=3.0, faults_injected=faults,
-                   faults_recovered=faults, unrecovered=0, repairs=repairs, wasted_repairs=0, data_loss=0,
+                   faults_recovered=faults, unrecovered=0, relapses=0, repairs=repairs, wasted_repairs=0, data_loss=0,
                    invalid_actions=0, episodes=4, ticks=800)  # fmt: skip
 
 
@@ -79,7 +80,7 @@ def test_episodes_are_split_over_a_suites_systems_with_at_least_one_each():
     assert played["random-topologies"] == [1] * 8
     assert played["bank"] == [5]
     assert played["real-software"] == [3, 3]
-    assert played["scenarios"] == [1] * 19
+    assert played["scenarios"] == [1] * len(shipped_scenarios())  # more drills than episodes: one each
     assert played["slow-restarts"] == [3, 3]
     assert played["trained-chaos"] == [5]
 
@@ -236,14 +237,37 @@ def test_the_same_arguments_give_the_same_json_whatever_is_printed(markdown_run,
     assert markdown_run.doc == text_run.doc
 
 
+def _markdown_tables(text: str) -> list[list[str]]:
+    """Each Markdown table in ``text``: its rows, in order."""
+    tables: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.startswith("|"):
+            tables[-1].append(line)
+        elif tables[-1]:
+            tables.append([])
+    return [t for t in tables if t]
+
+
 def test_markdown_is_a_table_with_a_row_per_policy_and_a_column_per_suite(markdown_run):
-    rows = [line for line in markdown_run.out.splitlines() if line.startswith("|")]
+    rows = _markdown_tables(markdown_run.out)[0]
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert header == ["#", "policy", *SUITE_IDS, "mean"]
     assert set(rows[1]) <= set("|-: ")
     assert sorted(row.split("|")[2].strip() for row in rows[2:]) == ["noop", "runbook"]
     assert all(len(row.strip("|").split("|")) == len(header) for row in rows)
     assert "wrote" not in markdown_run.out  # the table can be pasted as it is
+
+
+def test_markdown_gives_each_policys_repairs_per_fault_and_relapses_over_every_suite(markdown_run):
+    rows = _markdown_tables(markdown_run.out)[1]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert header[:3] == ["policy", "repairs per fault", "relapses"]
+    cells = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")] for row in rows[2:]}
+    assert set(cells) == {"noop", "runbook"}
+    assert cells["noop"][1:3] == ["0.00", "0"]  # no repair: nothing relieved, nothing relapsed
+    runbook = markdown_run.doc["policies"]["runbook"]["suites"].values()
+    assert cells["runbook"][2] == str(sum(suite["relapses"] for suite in runbook))
+    assert float(cells["runbook"][1]) > 0
 
 
 def test_the_text_table_names_every_suite_and_policy(text_run):

@@ -9,7 +9,7 @@ import pytest
 
 CONTRACT_FIELDS = {
     "availability", "mttr_mean", "mttr_p95", "faults_injected", "faults_recovered",
-    "unrecovered", "repairs", "wasted_repairs", "episodes",
+    "unrecovered", "relapses", "repairs", "wasted_repairs", "episodes",
 }  # fmt: skip
 SHIPPED = Path(__file__).resolve().parent.parent / "scenarios"
 

@@ -57,6 +57,39 @@ def test_a_trace_replayed_with_another_policy_keeps_the_fault_timeline(tmp_path)
     assert [r["repairs"] for r in replayed] != [r["repairs"] for r in rows(path)]  # another policy did play
 
 
+HOST_FAILURE = (
+    "name: host\nenv: shop\nticks: 20\nseed: 4\nfaults:\n  - {at: 3, fault: kill, target: db}\n"
+    "  - {at: 3, fault: pause, target: cache}\n  - {at: 3, fault: kill, target: worker}\n"
+    "  - {at: 9, fault: kill, target: queue}\n"
+)
+
+
+def test_a_trace_of_a_correlated_failure_replays_tick_for_tick(tmp_path):
+    (tmp_path / "host.yaml").write_text(HOST_FAILURE)
+    scenario = load_scenario(tmp_path / "host.yaml")
+    played = run_drill(scenario, "runbook", load_policy("runbook", Role.ORDER))
+    played.trace.write(tmp_path / "host.jsonl")
+    recorded = rows(tmp_path / "host.jsonl")
+    assert recorded[3]["faults"] == [
+        {"fault": "kill", "target": "db"}, {"fault": "pause", "target": "cache"}, {"fault": "kill", "target": "worker"}
+    ]  # fmt: skip
+    drill = load_drill(tmp_path / "host.jsonl")
+    assert drill.faults == (
+        ScheduledFault(3, Fault.KILL, "db"), ScheduledFault(3, Fault.PAUSE, "cache"),
+        ScheduledFault(3, Fault.KILL, "worker"), ScheduledFault(9, Fault.KILL, "queue"),
+    )  # fmt: skip
+    assert run_drill(drill, "runbook", load_policy("runbook", Role.ORDER)).trace.rows == recorded
+
+
+def test_a_trace_row_with_two_faults_on_one_service_is_rejected_naming_both(tmp_path):
+    good = record(tmp_path, episodes=1)[0].read_text().splitlines()
+    row = json.loads(good[1])
+    row["faults"] = [{"fault": "kill", "target": "db"}, {"fault": "pause", "target": "api"},
+                     {"fault": "cpu_hog", "target": "db"}]  # fmt: skip
+    with pytest.raises(ScenarioError, match=r"line 2: two faults on 'db' in one tick \(kill and cpu_hog\)"):
+        load_drill(write_lines(tmp_path, [good[0], json.dumps(row), *good[2:]]))
+
+
 def test_a_trace_carries_its_observations(tmp_path):
     first = rows(record(tmp_path, episodes=1)[0])[0]
     assert set(first["obs"]) == set(SHOP.names)
@@ -131,7 +164,7 @@ def test_an_experiment_maps_injections_and_pauses_to_ticks_and_leaves_repairs_to
         action("inject_fault", {"before": 5}, fault="kill", target="db", sandbox="s"),
         action("repair", {"after": 3}, repair="restart", target="db", sandbox="s"),
         action("inject_fault", {"after": 10}, fault="pause", target="queue", sandbox="s"),
-        action("inject_fault", {}, fault="cpu_hog", target="api", sandbox="s"),  # same instant: next tick
+        action("inject_fault", {}, fault="cpu_hog", target="api", sandbox="s"),  # after the 10 s pause above
     ], **{"steady-state-hypothesis": {"title": "t", "probes": [
         {"type": "probe", "name": "slo", "tolerance": True,
          "provider": {"type": "python", "module": "deeplops.chaostoolkit.probes", "func": "slo_ok",
@@ -143,6 +176,39 @@ def test_an_experiment_maps_injections_and_pauses_to_ticks_and_leaves_repairs_to
     )  # fmt: skip
     assert drill.expect.slo_at_end is True
     assert drill.ticks == 18 + 30  # no length given: the last fault plus a tail
+
+
+def test_a_scenario_with_faults_at_one_tick_exports_them_with_no_pause_between(tmp_path):
+    (tmp_path / "host.yaml").write_text(HOST_FAILURE)
+    scenario = load_scenario(tmp_path / "host.yaml")
+    method = to_experiment(scenario)["method"]
+    assert [(a["provider"]["arguments"]["target"], a["pauses"].get("before", 0)) for a in method] == [
+        ("db", 3), ("cache", 0), ("worker", 0), ("queue", 6)
+    ]  # fmt: skip
+    (tmp_path / "host.json").write_text(json.dumps(to_experiment(scenario)))
+    assert read_experiment(tmp_path / "host.json").faults == scenario.faults
+
+
+def test_injections_with_no_pause_between_are_one_tick(tmp_path):
+    path = experiment(tmp_path, [
+        action("inject_fault", {"before": 4}, fault="kill", target="db", sandbox="s"),
+        action("inject_fault", {}, fault="kill", target="cache", sandbox="s"),
+        action("inject_fault", {"before": 0.2}, fault="pause", target="queue", sandbox="s"),  # rounds to tick 4
+        action("inject_fault", {"before": 1}, fault="kill", target="api", sandbox="s"),
+    ])  # fmt: skip
+    assert read_experiment(path).faults == (
+        ScheduledFault(4, Fault.KILL, "db"), ScheduledFault(4, Fault.KILL, "cache"),
+        ScheduledFault(4, Fault.PAUSE, "queue"), ScheduledFault(5, Fault.KILL, "api"),
+    )  # fmt: skip
+
+
+def test_two_injections_on_one_service_with_no_pause_between_are_rejected(tmp_path):
+    path = experiment(tmp_path, [
+        action("inject_fault", {"before": 4}, fault="kill", target="db", sandbox="s"),
+        action("inject_fault", {}, fault="pause", target="db", sandbox="s"),
+    ])  # fmt: skip
+    with pytest.raises(ScenarioError, match=r"method\[1\].*pause on 'db' at tick 4, where kill already hits it"):
+        read_experiment(path)
 
 
 def test_an_experiment_with_an_action_deeplops_cannot_map_is_rejected(tmp_path):

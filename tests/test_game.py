@@ -129,6 +129,86 @@ def test_second_fault_on_an_open_slot_is_refused(shop: Topology) -> None:
     assert stats(game).invalid_actions == 1
 
 
+# --- several faults in one tick (a correlated failure) ----------------------------------------------
+
+
+def play_several(game: Game, chaos: int, extra: list[int], order: int = 0) -> bool:
+    return game.step(np.array([chaos]), np.array([order]), np.array([extra]))
+
+
+def test_extra_chaos_injects_every_fault_in_the_same_tick(shop: Topology) -> None:
+    game = make(shop, GameConfig(max_concurrent=5))
+    play_several(game, kill(game, "db"), [kill(game, "cache"), chaos_action(slot(game, "queue"), Fault.PAUSE)])
+    faults = dict(zip(shop.names, game.sandbox.faults[0], strict=True))
+    assert faults == {"gateway": 0, "api": 0, "db": Fault.KILL, "cache": Fault.KILL, "queue": Fault.PAUSE, "worker": 0}
+    assert game.injected(0) == [
+        (slot(game, "db"), Fault.KILL), (slot(game, "cache"), Fault.KILL), (slot(game, "queue"), Fault.PAUSE)
+    ]  # fmt: skip
+    assert stats(game).faults_injected == 3 and stats(game).invalid_actions == 0
+
+
+def test_extra_chaos_the_budget_cannot_pay_for_is_refused_and_counted_invalid(shop: Topology) -> None:
+    game = make(shop, GameConfig(budget=1.0, max_concurrent=5))
+    play_several(game, kill(game, "db"), [kill(game, "cache")])  # 1 point each: the first spends it all
+    assert game.sandbox.faults[0, slot(game, "db")] == Fault.KILL
+    assert game.sandbox.faults[0, slot(game, "cache")] == 0
+    assert game.injected(0) == [(slot(game, "db"), Fault.KILL)]
+    assert stats(game).faults_injected == 1 and stats(game).invalid_actions == 1
+
+
+def test_max_concurrent_counts_the_faults_of_the_same_tick(shop: Topology) -> None:
+    game = make(shop, GameConfig(max_concurrent=2))
+    play_several(game, kill(game, "db"), [kill(game, "cache"), kill(game, "queue")])
+    assert game.sandbox.faults[0, slot(game, "cache")] == Fault.KILL
+    assert game.sandbox.faults[0, slot(game, "queue")] == 0
+    assert stats(game).faults_injected == 2 and stats(game).invalid_actions == 1
+
+
+def test_extra_chaos_on_a_service_hit_in_the_same_tick_is_refused(shop: Topology) -> None:
+    game = make(shop, GameConfig(max_concurrent=5))
+    play_several(game, kill(game, "db"), [chaos_action(slot(game, "db"), Fault.PAUSE)])
+    assert game.sandbox.faults[0, slot(game, "db")] == Fault.KILL
+    assert stats(game).faults_injected == 1 and stats(game).invalid_actions == 1
+
+
+def test_extra_noops_are_nothing(shop: Topology) -> None:
+    game = make(shop)
+    play_several(game, 0, [0, 0])
+    assert game.injected(0) == [] and (game.sandbox.faults == 0).all()
+    assert stats(game).faults_injected == 0 and stats(game).invalid_actions == 0
+
+
+def test_the_faults_of_a_tick_are_injected_before_the_order_side_repairs(shop: Topology) -> None:
+    game = make(shop, GameConfig(max_concurrent=5))
+    play_several(game, kill(game, "db"), [kill(game, "cache")], order=order_action(slot(game, "cache"), Repair.RESTART))
+    assert game.cleared[0]  # the restart ended the kill injected in the same tick
+    assert game.sandbox.faults[0, slot(game, "cache")] == 0
+    assert game.sandbox.faults[0, slot(game, "db")] == Fault.KILL
+    assert stats(game).wasted_repairs == 0
+
+
+def test_chaos_reward_charges_every_fault_of_the_tick(shop: Topology) -> None:
+    game = make(shop, GameConfig(fault_cost_weight=0.5, max_concurrent=5))
+    play_several(game, chaos_action(slot(game, "db"), Fault.DISK_FULL), [kill(game, "cache")])
+    assert FAULT_COST[Fault.DISK_FULL] == 2.0 and FAULT_COST[Fault.KILL] == 1.0
+    assert game.chaos_reward[0] == pytest.approx(-game.order_reward[0] - 0.5 * 3.0)
+    play(game)  # a tick without faults charges none, and records none
+    assert game.chaos_reward[0] == pytest.approx(-game.order_reward[0])
+    assert game.injected(0) == []
+
+
+def test_a_refused_extra_fault_is_not_charged(shop: Topology) -> None:
+    game = make(shop, GameConfig(fault_cost_weight=0.5, budget=1.0, max_concurrent=5))
+    play_several(game, kill(game, "db"), [kill(game, "cache")])
+    assert game.chaos_reward[0] == pytest.approx(-game.order_reward[0] - 0.5 * 1.0)
+
+
+def test_extra_chaos_must_be_one_row_per_env(shop: Topology) -> None:
+    game = make(shop)
+    with pytest.raises(ValueError, match=r"\(1, k\)"):
+        game.step(np.array([0]), np.array([0]), np.array([0, 0]))
+
+
 # --- masks ----------------------------------------------------------------------------------------
 
 
@@ -390,6 +470,7 @@ def test_summarize_aggregates_over_episodes() -> None:
             faults_injected=len(mttrs) + unrecovered,
             faults_recovered=len(mttrs),
             unrecovered=unrecovered,
+            relapses=unrecovered + 1,
             mttrs=mttrs,
             repairs=3,
             wasted_repairs=1,
@@ -404,6 +485,7 @@ def test_summarize_aggregates_over_episodes() -> None:
     assert summary.faults_injected == 4
     assert summary.faults_recovered == 3
     assert summary.unrecovered == 1
+    assert summary.relapses == 3
     assert summary.repairs == 6
     assert summary.wasted_repairs == 2
     assert summary.episodes == 2
@@ -411,7 +493,7 @@ def test_summarize_aggregates_over_episodes() -> None:
 
 def test_summarize_without_recoveries_has_no_mttr() -> None:
     stats_ = EpisodeStats(
-        ticks=10, slo_ticks=5, faults_injected=1, faults_recovered=0, unrecovered=1,
+        ticks=10, slo_ticks=5, faults_injected=1, faults_recovered=0, unrecovered=1, relapses=0,
         mttrs=(), repairs=0, wasted_repairs=0, data_loss=0, invalid_actions=0,
     )  # fmt: skip
     summary = summarize([stats_])

@@ -17,6 +17,7 @@ JSON_KEYS = [
     "faults_injected",
     "faults_recovered",
     "unrecovered",
+    "relapses",
     "repairs",
     "wasted_repairs",
     "data_loss",
@@ -33,6 +34,7 @@ def episode(ticks: int, slo_ticks: int, mttrs: tuple[int, ...]) -> EpisodeStats:
         faults_injected=len(mttrs),
         faults_recovered=len(mttrs),
         unrecovered=0,
+        relapses=1,
         mttrs=mttrs,
         repairs=2,
         wasted_repairs=1,
@@ -51,8 +53,8 @@ def test_a_summary_json_keeps_the_values_types():
     data = summarize([episode(10, 10, ())]).to_json()
     assert json.dumps(data) == (
         '{"availability": 1.0, "mttr_mean": null, "mttr_p95": null, "faults_injected": 0, "faults_recovered": 0, '
-        '"unrecovered": 0, "repairs": 2, "wasted_repairs": 1, "data_loss": 0, "invalid_actions": 0, "episodes": 1, '
-        '"ticks": 10}'
+        '"unrecovered": 0, "relapses": 1, "repairs": 2, "wasted_repairs": 1, "data_loss": 0, "invalid_actions": 0, '
+        '"episodes": 1, "ticks": 10}'
     )
 
 

@@ -77,10 +77,38 @@ def test_fault_after_the_end_is_rejected(tmp_path):
         load_scenario(write(tmp_path, "name: s\nticks: 10\nfaults: [{at: 10, fault: kill, target: db}]\n"))
 
 
-def test_two_faults_in_one_tick_are_rejected(tmp_path):
-    text = "name: s\nticks: 10\nfaults:\n  - {at: 3, fault: kill, target: db}\n  - {at: 3, fault: pause, target: api}\n"
-    with pytest.raises(ScenarioError, match="once per tick"):
+def test_two_faults_on_one_service_in_one_tick_are_rejected_naming_both(tmp_path):
+    text = (
+        "name: s\nticks: 10\nfaults:\n  - {at: 3, fault: kill, target: db}\n  - {at: 3, fault: pause, target: api}\n"
+        "  - {at: 3, fault: pause, target: db}\n"
+    )
+    with pytest.raises(ScenarioError) as err:
         load_scenario(write(tmp_path, text))
+    message = str(err.value)
+    assert "faults[0] (kill)" in message and "faults[2] (pause)" in message
+    assert "'db'" in message and "tick 3" in message and "api" not in message
+    assert "\n" not in message
+
+
+def test_the_same_service_may_be_hit_again_at_another_tick(tmp_path):
+    text = "name: s\nticks: 10\nfaults:\n  - {at: 3, fault: kill, target: db}\n  - {at: 4, fault: pause, target: db}\n"
+    assert len(load_scenario(write(tmp_path, text)).faults) == 2
+
+
+TWO_AT_TICK_3 = (
+    "name: s\nticks: 12\nseed: 1\nfaults:\n  - {at: 3, fault: kill, target: db}\n"
+    "  - {at: 3, fault: pause, target: cache}\n  - {at: 7, fault: kill, target: queue}\n"
+)
+
+
+def test_faults_on_several_services_at_one_tick_are_injected_together(tmp_path):
+    run = run_drill(load_scenario(write(tmp_path, TWO_AT_TICK_3)), "noop", load_policy("noop", Role.ORDER))
+    rows = run.trace.rows
+    assert rows[3]["faults"] == [{"fault": "kill", "target": "db"}, {"fault": "pause", "target": "cache"}]
+    assert not rows[3]["health"]["db"] and not rows[3]["health"]["cache"]
+    assert rows[2]["health"]["db"] and rows[2]["health"]["cache"]
+    assert [r["tick"] for r in rows if r["faults"]] == [3, 7]
+    assert run.metrics.faults_injected == 3 and run.skipped_faults == 0
 
 
 def test_disk_full_on_a_service_without_a_volume_is_rejected(tmp_path):
@@ -113,3 +141,19 @@ def test_scripted_chaos_injects_each_fault_at_its_tick(tmp_path):
     expected[2] = chaos_action(index["db"], Fault.KILL)
     expected[5] = chaos_action(index["queue"], Fault.DISK_FULL)
     assert actions == expected
+
+
+def test_scripted_chaos_gives_the_other_faults_of_a_tick_as_extra_actions(tmp_path):
+    scenario = load_scenario(write(tmp_path, TWO_AT_TICK_3))
+    script = ScriptedChaos(scenario)
+    script.reset(2)
+    mask = np.ones((2, 97), bool)
+    index = scenario.topology.index
+    extras = []
+    for _ in range(8):
+        actions = script.act({}, mask)
+        extras.append(script.extra_actions())
+        if len(extras) == 4:
+            assert (actions == chaos_action(index["db"], Fault.KILL)).all()
+    assert [e is None for e in extras] == [True, True, True, False, True, True, True, True]
+    np.testing.assert_array_equal(extras[3], [[chaos_action(index["cache"], Fault.PAUSE)]] * 2)

@@ -283,8 +283,8 @@ def _summary(availability: float, repairs: int = 10, faults: int = 10, data_loss
     from deeplops.metrics import Summary
 
     return Summary(availability=availability, mttr_mean=mttr, mttr_p95=mttr, faults_injected=faults,
-                   faults_recovered=faults, unrecovered=0, repairs=repairs, wasted_repairs=0, data_loss=data_loss,
-                   invalid_actions=0, episodes=4, ticks=800)  # fmt: skip
+                   faults_recovered=faults, unrecovered=0, relapses=0, repairs=repairs, wasted_repairs=0,
+                   data_loss=data_loss, invalid_actions=0, episodes=4, ticks=800)  # fmt: skip
 
 
 def _section(learned):

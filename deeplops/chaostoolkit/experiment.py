@@ -1,10 +1,12 @@
 """Chaos Toolkit experiments as deeplops drills, and back.
 
 Reading: the method's ``inject_fault`` actions, at the time its pauses have reached (one tick a
-second), become the fault timeline; its ``repair`` actions are left to the policy under test; the
-steady-state hypothesis's ``slo_ok`` and ``service_healthy`` probes become what must hold at the
-end. A ``deeplops`` extension may carry the env, ticks, seed and an availability expectation.
-Anything else is an activity deeplops cannot map, and an error.
+second, rounded), become the fault timeline, so injections with no pause between them are one
+tick's correlated failure (on distinct services; ``to_experiment`` writes a tick's faults so);
+its ``repair`` actions are left to the policy under test; the steady-state hypothesis's
+``slo_ok`` and ``service_healthy`` probes become what must hold at the end. A ``deeplops``
+extension may carry the env, ticks, seed and an availability expectation. Anything else is an
+activity deeplops cannot map, and an error.
 """
 
 from __future__ import annotations
@@ -71,7 +73,13 @@ def read_experiment(path: str | Path, env: str | Path | None = None) -> Scenario
             if not isinstance(args["target"], str) or args["target"] not in topology.index:
                 raise ScenarioError(f"{where}: unknown service {shown(args['target'])}: expected one of "
                                     f"{', '.join(topology.names)}")  # fmt: skip
-            at = max(round(clock), faults[-1].at + 1 if faults else 0)  # the chaos side acts once per tick
+            at = round(clock)
+            same = next((f for f in faults if f.at == at and f.target == args["target"]), None)
+            if same is not None:
+                raise ScenarioError(
+                    f"{where}: {fault.label} on {args['target']!r} at tick {at}, where {same.fault.label} already "
+                    "hits it (no pause between them): expected at most one fault per service and tick"
+                )
             faults.append(ScheduledFault(at, fault, args["target"]))
         elif func != f"{ACTIONS}.repair" and not func.startswith(f"{PROBES}."):
             raise ScenarioError(
@@ -192,7 +200,7 @@ def to_experiment(scenario: Scenario, env: str | None = None) -> dict[str, Any]:
             "name": f"inject-{f.fault.label}-{f.target}-{k}",
             "provider": {"type": "python", "module": ACTIONS, "func": "inject_fault",
                          "arguments": {"fault": f.fault.label, "target": f.target, "sandbox": sandbox}},
-            "pauses": {"before": f.at - last},
+            "pauses": {"before": f.at - last} if f.at > last else {},  # a tick's faults: no pause between
         })  # fmt: skip
         last = f.at
     if method:

@@ -91,7 +91,7 @@ def _table(board: Leaderboard) -> Table:
     table = Table(title=f"deeplops benchmark: {board.episodes} episodes per suite")
     table.add_column("suite", no_wrap=True)
     table.add_column("policy", no_wrap=True)
-    for column in ("avail", "MTTR", "unrec", "repairs/fault", "data loss"):
+    for column in ("avail", "MTTR", "unrec", "relapses", "repairs/fault", "data loss"):
         table.add_column(column, justify="right")
     above = {(a.policy, a.suite) for a in board.above_oracle()}
     for suite in board.suites:
@@ -104,6 +104,7 @@ def _table(board: Leaderboard) -> Table:
                 f"{m.availability:.3f}" + (" †" if (policy, suite.id) in above else ""),
                 "-" if m.mttr_mean is None else f"{m.mttr_mean:.1f}",
                 str(m.unrecovered),
+                str(m.relapses),
                 ("-" if per_fault is None else f"{per_fault:.2f}") + (" ⚠" if score.storm else ""),
                 str(m.data_loss),
                 end_section=i == len(board.policies) - 1,
