@@ -235,28 +235,23 @@ _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(
 
 
 @njit(cache=True, inline="always")
-def uniform(rng: np.ndarray, e: int) -> float:
-    """Next float in [0, 1) of env e's splitmix64 stream."""
-    z = rng[e] + _GOLDEN
-    rng[e] = z
-    z = (z ^ (z >> _S30)) * _MIX1
-    z = (z ^ (z >> _S27)) * _MIX2
-    z = z ^ (z >> _S31)
-    return float(z >> _S11) * (1.0 / 9007199254740992.0)
-
-
-@njit(cache=True, inline="always")
 def _next(z: np.uint64) -> tuple[np.uint64, float]:
-    """``uniform`` on a stream's state held in a local: the next state and its float in [0, 1).
-
-    The same numbers as ``uniform``; the tick keeps each env's state in a register for its draws
-    and stores it once, rather than storing and reloading the array at every draw.
-    """
+    """One step of a splitmix64 stream whose state is held in a local: the next state and its float
+    in [0, 1). The tick keeps each env's state in a register for its draws and stores it once,
+    rather than storing and reloading the array at every draw."""
     z = z + _GOLDEN
     x = (z ^ (z >> _S30)) * _MIX1
     x = (x ^ (x >> _S27)) * _MIX2
     x = x ^ (x >> _S31)
     return z, float(x >> _S11) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, inline="always")
+def uniform(rng: np.ndarray, e: int) -> float:
+    """Next float in [0, 1) of env e's splitmix64 stream (``_next`` on its stored state)."""
+    z, u = _next(rng[e])
+    rng[e] = z
+    return u
 
 
 @njit(cache=True, inline="always")

@@ -29,7 +29,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 REAL = "real"
 """The xdist group of every test on real containers or a real Ray cluster: one worker runs them one
-after another, so no two of them share the host's cores; the other worker takes the rest."""
+after another, so no two of them share the host's cores; the other worker takes the rest. Every
+test marked ``docker`` is in it, and every test of ``REAL_MODULES``."""
+REAL_MODULES = ("test_ray.py", "test_selfplay.py", "test_sidecar.py")
+"""Modules wholly in the group: one Ray cluster and one tiny self-play run are made per module
+(module-scoped fixtures, on one worker), and the sidecar's bench and soak flood real links."""
 FIRST_REAL = ("test_ray.py", "test_selfplay.py")
 """Real tests that only need CPU, not the time it takes (training on a Ray cluster, self-play): the
 real worker runs them first, while the other worker's unit tests hold the second core. A flood on
@@ -49,8 +53,8 @@ def _real_order(item: pytest.Item) -> int:
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "docker" in item.keywords or item.path.name == "test_ray.py":
-            item.add_marker(pytest.mark.xdist_group(REAL), append=False)
+        if "docker" in item.keywords or item.path.name in REAL_MODULES:
+            item.add_marker(pytest.mark.xdist_group(REAL))
     items.sort(key=_real_order)
     # A known gap is an expected failure of half a minute of real containers: kept, and run on
     # request, but not in every run of the suite.

@@ -12,10 +12,6 @@ from deeplops.catalog import data_dir
 from deeplops.scenario import load_scenario, shipped_scenarios
 from deeplops.sim import SimParams
 
-# Real seconds against calibrated expectations, floods included: the xdist group of the tests on
-# real containers (tests/conftest.py, REAL), run last in it.
-pytestmark = pytest.mark.xdist_group("real")
-
 
 def agreement(avail=(0.9, 0.9), mttr=(2.0, 2.0), unrecovered=(0, 0)) -> Agreement:
     return Agreement("s", avail, mttr, unrecovered)

@@ -15,8 +15,7 @@ from deeplops.chaostoolkit import actions, probes
 from deeplops.dockerbox import stack
 from deeplops.errors import SandboxError
 
-# The xdist group of the tests on real containers (tests/conftest.py, REAL).
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("real")]
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 EXAMPLE = Path(__file__).parent.parent / "examples" / "chaostoolkit-db-kill.json"
 
 

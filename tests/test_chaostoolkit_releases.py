@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 
 import pytest
+from test_service import wait_for  # a real container takes its time to serve
 
 from deeplops.chaostoolkit import actions, probes
 from deeplops.chaostoolkit.experiment import read_experiment, to_experiment
@@ -41,19 +41,8 @@ def running_release(sandbox: str) -> releases.Release:
     return releases.from_label(container.labels.get(releases.LABEL)).current
 
 
-def until(check: Callable[[], bool], seconds: float) -> bool:
-    """Whether ``check`` came true within ``seconds`` (a real container takes its time to serve)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.25)
-    return check()
-
-
 @pytest.mark.docker
 @pytest.mark.slow
-@pytest.mark.xdist_group("real")
 def test_a_bad_release_survives_a_restart_and_a_rollback_ends_it(live):
     before = running_release(live)
     assert probes.slo_ok(live)
@@ -61,11 +50,11 @@ def test_a_bad_release_survives_a_restart_and_a_rollback_ends_it(live):
     assert done == {"fault": "bad_deploy", "target": "api", "sandbox": live}
     bad = running_release(live)
     assert bad.broken and not before.broken
-    assert until(lambda: not probes.slo_ok(live), 5)  # users fail through the broken api
+    assert wait_for(lambda: not probes.slo_ok(live), 5)  # users fail through the broken api
     actions.repair("restart", "api", live)
     assert running_release(live) == bad  # the same broken release again
     time.sleep(2)  # two ticks: long enough for a restart to have served, had it helped
     assert not probes.slo_ok(live)
     assert actions.repair("rollback", "api", live)["repair"] == "rollback"
     assert running_release(live) == before
-    assert until(lambda: probes.slo_ok(live) and probes.service_healthy("api", live), 10)
+    assert wait_for(lambda: probes.slo_ok(live) and probes.service_healthy("api", live), 10)

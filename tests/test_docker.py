@@ -20,8 +20,7 @@ from deeplops.faults import Fault, Repair
 from deeplops.observation import Feature
 from deeplops.topology import Topology, load_topology
 
-# The xdist group of the tests on real containers (tests/conftest.py, REAL).
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("real")]
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
 
 @pytest.fixture(scope="module")

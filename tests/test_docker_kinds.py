@@ -18,8 +18,7 @@ from deeplops.faults import PROPER_REPAIR, Fault, Repair
 from deeplops.observation import Feature
 from deeplops.topology import load_topology
 
-# The xdist group of the tests on real containers (tests/conftest.py, REAL).
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("real")]
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
 
 def psql(container, sql: str) -> str:

@@ -17,7 +17,7 @@ from deeplops.faults import Fault, Repair
 from deeplops.observation import Feature
 from deeplops.topology import load_topology, topology_from_dict, topology_to_dict
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("real")]
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
 KIND_SERVICES = {"service": "audit", "postgres": "db", "redis": "queue", "nginx": "gateway", "app": "app",
                  "worker": "worker"}  # fmt: skip

@@ -14,8 +14,7 @@ from deeplops.faults import Repair
 from deeplops.observation import Feature
 from deeplops.topology import Topology, topology_from_dict
 
-# The xdist group of the tests on real containers (tests/conftest.py, REAL).
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine"), pytest.mark.xdist_group("real")]
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
 RESTART_S = 3
 

@@ -38,8 +38,6 @@ from deeplops.report import Report, build_report
 from deeplops.selfplay import GameMaker, Progress, SelfPlay, SelfPlayConfig, make_model, pool_sampler, ppo_settings
 from deeplops.topology import load_topology
 
-pytestmark = pytest.mark.xdist_group("real")  # one cluster, made once, on the real tests' worker
-
 TINY = AgentConfig(n_steps=16, batch_size=64, n_epochs=1, hidden=8, rounds=1, n_games=2, envs_per_game=4)
 PER_ROLLOUT = TINY.n_steps * TINY.n_games * TINY.envs_per_game
 

@@ -22,9 +22,6 @@ from deeplops.selfplay import Progress, SelfPlay, SelfPlayConfig
 from deeplops.sim import SimSandbox
 from deeplops.topology import load_topology
 
-# One worker, the real tests' (tests/conftest.py): the module's tiny self-play run is made once.
-pytestmark = pytest.mark.xdist_group("real")
-
 TINY = AgentConfig(n_steps=32, batch_size=64, n_epochs=1, hidden=8, rounds=1, n_games=2, envs_per_game=4)
 TINY_ORDER = AgentConfig(**{**TINY.__dict__, "imitate": "runbook", "imitation_steps": 512, "imitation_epochs": 1})
 

@@ -21,9 +21,6 @@ from deeplops.errors import ConfigError
 from deeplops.faults import Repair
 from deeplops.sidecar.guards import GuardConfig, Guards
 
-# The real tests' worker, one test at a time (tests/conftest.py): the bench and the soak flood real links.
-pytestmark = pytest.mark.xdist_group("real")
-
 
 def guards(**settings: object) -> Guards:
     return Guards(GuardConfig(**settings))  # type: ignore[arg-type]

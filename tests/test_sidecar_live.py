@@ -23,7 +23,7 @@ from deeplops.faults import Repair
 from deeplops.sidecar.lock import LOCK_DIR
 from deeplops.sidecar.telemetry import read_audit, rotated
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("real")]
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def events(records: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
