@@ -29,8 +29,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 REAL = "real"
 """The xdist group of every test on real containers or a real Ray cluster: one worker runs them one
-after another, so no two of them share the host's cores; the other worker takes the rest. Every
-test marked ``docker`` is in it, and every test of ``REAL_MODULES``."""
+after another, so no two of them share the host's cores. Every test marked ``docker`` is in it,
+and every test of ``REAL_MODULES``, but the ``SECOND`` group's drills."""
 REAL_MODULES = ("test_ray.py", "test_selfplay.py", "test_sidecar.py")
 """Modules wholly in the group: one Ray cluster and one tiny self-play run are made per module
 (module-scoped fixtures, on one worker), and the sidecar's bench and soak flood real links."""
@@ -38,24 +38,47 @@ FIRST_REAL = ("test_ray.py", "test_selfplay.py")
 """Real tests that only need CPU, not the time it takes (training on a Ray cluster, self-play): the
 real worker runs them first, while the other worker's unit tests hold the second core. A flood on
 Docker beside those unit tests fell short of its link (0.49 of it against the 0.5 the test needs)."""
+SECOND = "second"
+"""The other worker's group in a run of the whole suite: every test on neither real containers nor
+a cluster, then the drills of ``SECOND_DRILLS``. A drill is 30 s of one-second ticks spent mostly
+waiting, so it can share the host with the real worker's Docker tests once the unit tests are done,
+but not with the CPU-bound tests the real worker starts with."""
+SECOND_DRILLS = ("test_the_shipped_agent_agrees_with_the_simulator_on_real_software",)
 
 
-def _real_order(item: pytest.Item) -> int:
-    """Where ``item`` runs among the real tests: CPU-bound modules first (whole, for their
-    module-scoped fixtures), then the Docker tests, the sim-vs-real drills last."""
-    if item.path.name in FIRST_REAL:
+def _order(item: pytest.Item) -> int:
+    """Where ``item`` runs in its group: CPU-bound modules first (whole, for their module-scoped
+    fixtures), then the Docker tests, the sim-vs-real drills last; the second group's drills after
+    every unit test."""
+    if item.path.name in FIRST_REAL or "docker" not in item.keywords:
         return 0
-    if "docker" not in item.keywords:
-        return 0
-    return 2 if item.path.name == "test_agreement.py" else 1
+    if item.path.name != "test_agreement.py":
+        return 1
+    return 3 if getattr(item, "originalname", "") in SECOND_DRILLS else 2
+
+
+def _group(item: pytest.Item, whole_suite: bool) -> str | None:
+    if getattr(item, "originalname", "") in SECOND_DRILLS:
+        return SECOND
+    if "docker" in item.keywords or item.path.name in REAL_MODULES:
+        return REAL
+    # Grouped only in a run of the whole suite: a run of part of it (``-m "not docker"``, one
+    # module) spreads its unit tests over both workers.
+    return SECOND if whole_suite else None
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    whole_suite = (
+        not config.option.markexpr
+        and not config.option.keyword
+        and any(_group(item, whole_suite=False) == REAL for item in items)
+    )
     for item in items:
-        if "docker" in item.keywords or item.path.name in REAL_MODULES:
-            item.add_marker(pytest.mark.xdist_group(REAL))
-    items.sort(key=_real_order)
+        group = _group(item, whole_suite)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=_order)
     # A known gap is an expected failure of half a minute of real containers: kept, and run on
     # request, but not in every run of the suite.
     if not config.getoption("--known-gaps"):

@@ -653,3 +653,42 @@ def test_the_broken_nginx_release_proxies_to_a_port_nothing_listens_on(programs)
     bad = programs.launcher.nginx_config("gw", 8080, ("app", 8080), 0.5, "127.0.0.11", "r2", broken=True)
     assert "set $upstream app:8080;" in good and "set $upstream app:8081;" in bad
     assert '"release": "r2", "broken": true' in bad
+
+
+class _JustDied(FakeContainer):
+    """A container whose process has just died: the engine still reads it as running, so its first
+    forced removal fails as the engine's does ("Could not kill running container ... is not
+    running"); the engine records the exit by the next inspection."""
+
+    lagging: bool = False
+
+    def remove(self, force: bool = False) -> None:
+        if self.status == "running":
+            self.lagging = True
+            explanation = (
+                f"Could not kill running container {self.id}, cannot remove - Container {self.id} is not running"
+            )
+            raise APIError("500 Server Error", response=FakeResponse(500), explanation=explanation)
+        self.removed = True
+
+    def reload(self) -> None:
+        super().reload()
+        if self.lagging:
+            self.status = "exited"
+
+
+def test_a_container_whose_exit_the_engine_has_not_recorded_yet_is_still_removed():
+    container = _JustDied("demo-api")
+    stack.remove_container(container)
+    assert container.removed and container.status == "exited"
+
+
+def test_any_other_refusal_to_remove_a_container_is_raised():
+    class Refusing(FakeContainer):
+        def remove(self, force: bool = False) -> None:
+            raise APIError("500 Server Error", response=FakeResponse(500), explanation="driver failed")
+
+    container = Refusing("demo-api")
+    with pytest.raises(APIError, match="driver failed"):
+        stack.remove_container(container)
+    assert not container.removed

@@ -257,7 +257,7 @@ def recreate(handle: StackHandle, service: str) -> None:
     old = handle.containers.get(service)
     if old is not None:
         try:
-            old.remove(force=True)
+            stack.remove_container(old)
         except APIError as exc:
             if not isinstance(exc, NotFound):  # already gone: nothing to remove
                 raise SandboxError(f"recreate of {service}: {exc.explanation or exc}") from None
@@ -316,7 +316,7 @@ def switch(handle: StackHandle, service: str, to: releases.History) -> releases.
         try:
             old.reload()
             _stop(old)
-            old.remove(force=True)
+            stack.remove_container(old)
         except NotFound:
             pass  # gone already: nothing to stop
         except (APIError, ProcessLookupError) as exc:

@@ -477,7 +477,7 @@ def down(sandbox: str, client: docker.DockerClient | None = None) -> list[str]:
     removed = []
     listed = client.containers.list(all=True, ignore_removed=True, filters={"label": f"{LABEL_SANDBOX}={sandbox}"})
     for container in listed:
-        if _removed(container.remove, force=True):
+        if _removed(lambda container=container: remove_container(container)):
             removed.append(f"container {container.name}")
     for network in client.networks.list(filters={"label": f"{LABEL_SANDBOX}={sandbox}"}):
         if _removed(lambda network=network: _remove_network(network)):
@@ -501,6 +501,21 @@ def _remove_network(network: Any, timeout_s: float = 10.0) -> None:
             if "active endpoints" not in str(exc.explanation) or time.monotonic() > deadline:
                 raise
         time.sleep(0.2)
+
+
+def remove_container(container: Any, timeout_s: float = 5.0) -> None:
+    """Remove the container, killing it if it runs. A process that has just died (stopped by us, or
+    crashed) can still read as running to the engine, whose kill then fails with "is not running":
+    wait for the engine to record the exit, then remove it again."""
+    try:
+        container.remove(force=True)
+    except APIError as exc:
+        if isinstance(exc, NotFound) or "is not running" not in str(exc.explanation or exc):
+            raise
+        deadline = time.monotonic() + timeout_s
+        while (container.reload() or container.status) == "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        container.remove(force=True)
 
 
 def _removed(remove: Callable[..., None], **options: bool) -> bool:
