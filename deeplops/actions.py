@@ -21,7 +21,15 @@ from typing import Protocol
 import numpy as np
 from gymnasium import spaces
 
-from deeplops.faults import FAULTS, REPAIRS, REPAIRS_NEEDING_DISK, Fault, Repair
+from deeplops.faults import (
+    FAULTS,
+    FAULTS_NEEDING_DISK,
+    FAULTS_NEEDING_OWN_CODE,
+    REPAIRS,
+    REPAIRS_NEEDING_DISK,
+    Fault,
+    Repair,
+)
 from deeplops.observation import MAX_SLOTS, chaos_observation_space, order_observation_space
 from deeplops.topology import Topology
 
@@ -109,6 +117,20 @@ def order_mask(topology: Topology, n_envs: int = 1, repairs: Iterable[Repair] = 
                 mask[order_action(slot, repair)] = True
     mask.setflags(write=False)
     return np.broadcast_to(mask, (n_envs, N_ORDER_ACTIONS))
+
+
+def fault_targets(topology: Topology) -> np.ndarray:
+    """``(n_services, len(Fault) + 1)`` bool: ``[s, f]`` when service s can take fault f (code 0,
+    no fault, never): disk_full only where there is a volume, memory_leak only where our own
+    program runs (``faults.FAULTS_NEEDING_OWN_CODE``)."""
+    takes = np.zeros((topology.n_services, len(Fault) + 1), np.bool_)
+    for fault in Fault:
+        takes[:, fault] = True
+        if fault in FAULTS_NEEDING_DISK:
+            takes[:, fault] &= topology.has_disk
+        if fault in FAULTS_NEEDING_OWN_CODE:
+            takes[:, fault] &= topology.own_code
+    return takes
 
 
 def padded_adjacency(topology: Topology, n_envs: int = 1) -> np.ndarray:

@@ -47,13 +47,19 @@ class World:
 
 ROUND_1 = World(features=12, per_slot={Role.ORDER: 4, Role.CHAOS: 5})
 """Five faults, four repairs, twelve features: the agents trained before bad deploys."""
-EARLIER: tuple[World, ...] = (ROUND_1,)
+RELEASES = World(features=15, per_slot={Role.ORDER: 5, Role.CHAOS: 6})
+"""Six faults, five repairs, fifteen features: the agents trained with bad deploys, before memory
+leaks (whose order agents are today's: nothing they read or do has changed)."""
+EARLIER: tuple[World, ...] = (ROUND_1, RELEASES)
 """Every earlier world whose agents load here."""
 NOW = World(features=N_FEATURES, per_slot={Role.ORDER: REPAIRS_PER_SLOT, Role.CHAOS: FAULTS_PER_SLOT})
 
 
 def world_of(role: Role, actions: int) -> World | None:
-    """The earlier world whose ``role`` agents have ``actions`` actions; None if none has."""
+    """The earlier world whose ``role`` agents have ``actions`` actions; None if none has, or if
+    today's have as many (an agent of a world that changed nothing of its role is today's)."""
+    if actions == NOW.actions(role):
+        return None
     return next((w for w in EARLIER if w.actions(role) == actions), None)
 
 

@@ -47,6 +47,7 @@ class _Symptoms:
         self.disk = s[..., Feature.DISK_USED]
         self.cpu = s[..., Feature.CPU]
         self.net = s[..., Feature.NET_RX]
+        self.memory = s[..., Feature.MEMORY]
         self.failing = s[..., Feature.ERROR_RATE] >= 0.5
         self.since_repair = np.rint(s[..., Feature.SINCE_REPAIR] * SINCE_REPAIR_SCALE)
         self.since_deploy = np.rint(s[..., Feature.SINCE_DEPLOY] * SINCE_REPAIR_SCALE)
@@ -254,11 +255,17 @@ class KubernetesPolicy:
 class RunbookPolicy:
     """An expert's symptom rules, in priority order, one repair per tick.
 
-    1. a service that exited: restart it;
+    1. a service that exited: restart it; but one that died with its memory at ``oom_seen`` or
+       more of its allowance (the kernel killed it for it) and was deployed in the last
+       ``deploy_window`` ticks: roll it back (a restart would start the same leaking release);
     2. a disk at least 95% full: clean_disk;
     3. a receive rate at least 80% of the link (a flood): rate_limit;
     4. a service burning a full core: restart it;
-    5. otherwise repair only the deepest unhealthy service: one unhealthy for ``streak``
+    5. a service whose memory grew by ``growth`` or more of its allowance in each of its last
+       ``leaking`` readings (a leak: a working set does not grow every tick, whatever its size),
+       roll it back if it was deployed in the last ``deploy_window`` ticks, restart it otherwise
+       (it frees the memory for a while);
+    6. otherwise repair only the deepest unhealthy service: one unhealthy for ``streak``
        ticks running while each of its direct dependencies has been healthy for ``settle``
        ticks, so a cascade is fixed at its root and dependents get time to recover. Unhealthy
        means its probe fails *and* most of its requests fail: a flaky or late probe alone
@@ -278,10 +285,18 @@ class RunbookPolicy:
     privileged = False
 
     def __init__(
-        self, streak: int = 2, settle: int = 3, grace: int = 3, patience: int = 20, deploy_window: int = 30
+        self,
+        streak: int = 2,
+        settle: int = 3,
+        grace: int = 3,
+        patience: int = 20,
+        deploy_window: int = 30,
+        growth: float = 0.05,
+        leaking: int = 3,
+        oom_seen: float = 0.5,
     ) -> None:
         self.streak, self.settle, self.grace, self.patience = streak, settle, grace, patience
-        self.deploy_window = deploy_window
+        self.deploy_window, self.growth, self.leaking, self.oom_seen = deploy_window, growth, leaking, oom_seen
         self.reset(1)
 
     def reset(self, n_envs: int, seed: int | None = None) -> None:
@@ -290,6 +305,8 @@ class RunbookPolicy:
         self._good = np.zeros((n_envs, MAX_SLOTS), np.int64)
         self._since = np.full((n_envs, MAX_SLOTS), np.inf)
         self._back = np.ones((n_envs, MAX_SLOTS), np.bool_)
+        self._memory = np.zeros((n_envs, MAX_SLOTS), np.float32)
+        self._growing = np.zeros((n_envs, MAX_SLOTS), np.int64)
 
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
         """The first rule that fires, on the deepest service it fires for."""
@@ -312,11 +329,23 @@ class RunbookPolicy:
         broken = settled & (self._bad >= self.streak) & deps_settled
         # Deployed by someone else since its last repair (a rollback of its own resets both).
         deployed = (s.since_deploy <= self.deploy_window) & (s.since_deploy < s.since_repair)
+        # Readings in a row its memory grew by ``growth``, and its memory when last seen running
+        # (what it died with, once it exited). A leak is the release's, however often it was
+        # restarted since: a recent deploy will do.
+        grew = s.running & (s.memory - self._memory >= self.growth)
+        self._growing = np.where(grew, self._growing + 1, 0)
+        self._memory = np.where(s.running, s.memory, self._memory)
+        leaking = up & (self._growing >= self.leaking)
+        exited = s.present & ~s.running & (since >= 2) & free
+        recent = s.since_deploy <= self.deploy_window
         rules = [
-            (s.present & ~s.running & (since >= 2) & free, Repair.RESTART),
+            (exited & (self._memory >= self.oom_seen) & recent, Repair.ROLLBACK),
+            (exited, Repair.RESTART),
             (s.present & (s.disk >= 0.95), Repair.CLEAN_DISK),
             (s.present & (s.net >= 0.8), Repair.RATE_LIMIT),
             (settled & (s.cpu >= 0.9), Repair.RESTART),
+            (leaking & recent, Repair.ROLLBACK),
+            (leaking, Repair.RESTART),
             (broken & deployed, Repair.ROLLBACK),
             (broken, Repair.RESTART),
         ]

@@ -24,6 +24,7 @@ class Fault(IntEnum):
     DISK_FULL = 4
     NET_SATURATION = 5
     BAD_DEPLOY = 6
+    MEMORY_LEAK = 7
 
     @property
     def label(self) -> str:
@@ -79,8 +80,9 @@ CLEARS: dict[Repair, frozenset[Fault]] = {
     # A fresh container and volume end everything but a flood, which comes from outside.
     # A recreate deploys the same release again: a broken one stays broken.
     Repair.RECREATE: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.DISK_FULL}),
-    # The previous release, started anew: it ends what a restart ends too, where there is one.
-    Repair.ROLLBACK: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.BAD_DEPLOY}),
+    # The previous release, started anew: it ends what a restart ends too, where there is one. A
+    # restart or a recreate starts the leaking release again: its memory is freed, for a while.
+    Repair.ROLLBACK: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.BAD_DEPLOY, Fault.MEMORY_LEAK}),
 }
 """Which faults each repair ends on the service it is applied to."""
 
@@ -91,6 +93,7 @@ PROPER_REPAIR: dict[Fault, Repair] = {
     Fault.DISK_FULL: Repair.CLEAN_DISK,
     Fault.NET_SATURATION: Repair.RATE_LIMIT,
     Fault.BAD_DEPLOY: Repair.ROLLBACK,
+    Fault.MEMORY_LEAK: Repair.ROLLBACK,
 }
 """The cheapest repair that ends each fault: what the oracle does."""
 
@@ -101,6 +104,7 @@ FAULT_COST: dict[Fault, float] = {
     Fault.DISK_FULL: 2.0,
     Fault.NET_SATURATION: 2.0,
     Fault.BAD_DEPLOY: 2.0,
+    Fault.MEMORY_LEAK: 2.0,
 }
 """Budget points a fault costs the chaos agent."""
 
@@ -118,6 +122,9 @@ REPAIR_COST: dict[Repair, float] = {
 
 FAULTS_NEEDING_DISK: frozenset[Fault] = frozenset({Fault.DISK_FULL})
 """Faults that only make sense on a service with a data volume."""
+FAULTS_NEEDING_OWN_CODE: frozenset[Fault] = frozenset({Fault.MEMORY_LEAK})
+"""Faults that only a service running our own program takes (``topology.CODE_KINDS``): a leak is
+in a release's code, and real server software (PostgreSQL, Redis, nginx) is not ours to release."""
 REPAIRS_NEEDING_DISK: frozenset[Repair] = frozenset({Repair.CLEAN_DISK})
 """Repairs that only make sense on a service with a data volume. (Two sets, not one: Fault and
 Repair codes are both small ints, and a mixed set would hold ``Repair.RECREATE`` as ``DISK_FULL``.)"""
@@ -131,3 +138,4 @@ FAULT_COST_TABLE = np.array([0.0] + [FAULT_COST[f] for f in Fault], dtype=np.flo
 REPAIR_COST_TABLE = np.array([REPAIR_COST[r] for r in Repair], dtype=np.float64)
 PROPER_REPAIR_TABLE = np.array([0] + [PROPER_REPAIR[f] for f in Fault], dtype=np.int64)
 FAULT_NEEDS_DISK_TABLE = np.array([False] + [f in FAULTS_NEEDING_DISK for f in Fault], dtype=np.bool_)
+FAULT_NEEDS_CODE_TABLE = np.array([False] + [f in FAULTS_NEEDING_OWN_CODE for f in Fault], dtype=np.bool_)

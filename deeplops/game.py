@@ -27,11 +27,12 @@ from deeplops.actions import (
     Observation,
     Policy,
     Role,
+    fault_targets,
     order_mask,
     padded_adjacency,
 )
 from deeplops.errors import ConfigError
-from deeplops.faults import FAULT_COST_TABLE, FAULT_NEEDS_DISK_TABLE, REPAIR_COST_TABLE, Fault, Repair
+from deeplops.faults import FAULT_COST_TABLE, REPAIR_COST_TABLE, Fault, Repair
 from deeplops.kernels import checked_array, compiled_for
 from deeplops.metrics import EpisodeStats
 from deeplops.observation import MAX_SLOTS
@@ -127,7 +128,7 @@ class Game:
             has_disk=self._has_disk,
             valid_orders=self._order_mask[0],
             fault_cost=FAULT_COST_TABLE,
-            fault_needs_disk=FAULT_NEEDS_DISK_TABLE,
+            takes=fault_targets(self.topology),
             repair_cost=REPAIR_COST_TABLE,
             max_concurrent=cfg.max_concurrent,
             budget=float(cfg.budget),
@@ -337,8 +338,8 @@ class GameRules(NamedTuple):
     """``(N_ORDER_ACTIONS,)`` bool: the order actions the topology allows (the static order mask)."""
     fault_cost: np.ndarray
     """``(len(Fault) + 1,)`` float64: budget points of each fault code (0 for none)."""
-    fault_needs_disk: np.ndarray
-    """``(len(Fault) + 1,)`` bool: fault codes that only a service with a volume takes."""
+    takes: np.ndarray
+    """``(n_services, len(Fault) + 1)`` bool: the faults each service can take (``fault_targets``)."""
     repair_cost: np.ndarray
     """``(len(Repair),)`` float64: what each repair costs the order reward."""
     max_concurrent: int
@@ -418,9 +419,8 @@ def _admit(
     sandbox is not called for nothing.
     """
     fault_start, budget_left, stats = books.fault_start, books.budget_left, books.stats
-    n, has_disk, fault_cost, max_concurrent = rules.n_services, rules.has_disk, rules.fault_cost, rules.max_concurrent
-    needs_disk = rules.fault_needs_disk
-    valid_orders = rules.valid_orders
+    n, fault_cost, max_concurrent = rules.n_services, rules.fault_cost, rules.max_concurrent
+    takes, valid_orders = rules.takes, rules.valid_orders
     c_slot, c_fault, c_cost = admitted.chaos_slot, admitted.chaos_fault, admitted.chaos_cost
     o_slot, o_repair = admitted.order_slot, admitted.order_repair
     acts = 0
@@ -439,7 +439,7 @@ def _admit(
                         open_faults += 1
                 ok = (
                     fault_start[e, s] < 0
-                    and (not needs_disk[f] or has_disk[s])
+                    and takes[s, f]
                     and fault_cost[f] <= budget_left[e] + 1e-9
                     and open_faults < max_concurrent
                 )
@@ -547,8 +547,7 @@ def _account(
 def _chaos_mask(books: Books, rules: GameRules, mask: np.ndarray) -> None:
     """Fill ``mask`` (``(n_envs, N_CHAOS_ACTIONS)``) with the chaos actions allowed now."""
     fault_start, budget_left = books.fault_start, books.budget_left
-    has_disk, fault_cost, max_concurrent = rules.has_disk, rules.fault_cost, rules.max_concurrent
-    needs_disk = rules.fault_needs_disk
+    takes, fault_cost, max_concurrent = rules.takes, rules.fault_cost, rules.max_concurrent
     n_envs, n = fault_start.shape
     mask[:, :] = False  # one fill: a row at a time was a small memset call per env
     for e in range(n_envs):
@@ -563,5 +562,5 @@ def _chaos_mask(books: Books, rules: GameRules, mask: np.ndarray) -> None:
             if fault_start[e, s] >= 0:
                 continue
             for f in range(1, FAULTS_PER_SLOT + 1):
-                if fault_cost[f] <= budget_left[e] + 1e-9 and (not needs_disk[f] or has_disk[s]):
+                if fault_cost[f] <= budget_left[e] + 1e-9 and takes[s, f]:
                     mask[e, 1 + s * FAULTS_PER_SLOT + f - 1] = True

@@ -13,10 +13,10 @@ from deeplops.actions import Observation, Role, chaos_action
 from deeplops.bounds import shown, shown_keys
 from deeplops.catalog import data_dir, read_yaml, resolve_env
 from deeplops.errors import ConfigError, ScenarioError
-from deeplops.faults import FAULTS_NEEDING_DISK, Fault
+from deeplops.faults import FAULTS_NEEDING_DISK, FAULTS_NEEDING_OWN_CODE, Fault
 from deeplops.game import GameConfig
 from deeplops.observation import MAX_SLOTS
-from deeplops.topology import Topology, load_topology
+from deeplops.topology import CODE_KINDS, Topology, load_topology
 
 _KEYS = {"name", "description", "env", "ticks", "seed", "faults", "expect"}
 _FAULT_KEYS = {"at", "fault", "target"}
@@ -181,9 +181,14 @@ def _faults(raw: Any, topology: Topology | None, ticks: int | None, problems: li
                 names = ", ".join(topology.names)
                 problems.append(f"{where}: unknown service {shown(target)}: expected one of {names}")
                 continue
-            if fault in FAULTS_NEEDING_DISK and not topology.has_disk[topology.index[target]]:
+            slot = topology.index[target]
+            if fault in FAULTS_NEEDING_DISK and not topology.has_disk[slot]:
                 need = f"{fault.label} needs a service with a data volume (disk_mb)"
                 problems.append(f"{where}: {need}, {target!r} has none")
+                continue
+            if fault in FAULTS_NEEDING_OWN_CODE and not topology.own_code[slot]:
+                need = f"{fault.label} needs a service running our own program ({', '.join(CODE_KINDS)})"
+                problems.append(f"{where}: {need}, {target!r} runs {topology.kinds[slot]}")
                 continue
         first = seen.get((at, target))
         if first is not None:

@@ -24,6 +24,8 @@ from deeplops.system import (
     APP_DB_WAIT_S,
     COUNTS_AS_RESTART,
     DATA_FRACTION,
+    LEAK_MB_PER_TICK,
+    MEMORY_MB,
     NEVER_REPAIRED,
     PROBE_TIMEOUT_S,
     RESTART_HALF_LIFE_TICKS,
@@ -118,6 +120,9 @@ class Symptoms:
 KIND_FIELDS = ("restart_ticks", "recreate_ticks", "clean_disk_ticks")
 """A kind profile's downtimes, named as the ``SimParams`` fields of the generic service."""
 OWN_SYMPTOMS = {Fault.CPU_HOG: "cpu_hog", Fault.BAD_DEPLOY: "bad_release"}
+SAME_SYMPTOMS = {Fault.MEMORY_LEAK: 0}
+"""Faults with no symptom row of their own, and the code whose row they read: a leaking release
+serves as a good one until the kernel kills it (then it reads as down), and only its memory shows."""
 """The faults a kind may show its own way: the profile field with its symptom table for each."""
 PROFILE_FIELDS = (
     *KIND_FIELDS,
@@ -423,6 +428,13 @@ class SimParams:
     both backends; ``randomise.deploy_rate`` sets the range training and the benchmark draw from."""
     memory: float = 0.091
     """The memory the generic program holds at work, as a fraction of its allowance."""
+    leak_per_tick: float = LEAK_MB_PER_TICK / MEMORY_MB
+    """Memory a leaking release takes each tick it runs, as a fraction of the allowance (the
+    leaking release's rate on Docker, ``system.LEAK_MB_PER_TICK``)."""
+    leak_first_tick: float = 0.6
+    """Share of a tick's leak a new leaking process has taken by its first reading: it starts
+    part-way through the tick, once its deploy or restart is done (on Docker the first reading
+    after a leaking deploy holds 0.075 of the allowance, 0.6 of a tick's 0.125, sandbox/README.md)."""
     randomise: Randomisation | None = None
     """Ranges to draw the restart, recreate and probe dynamics and the symptoms from at every
     reset (training); None keeps the fields above for every episode."""
@@ -472,6 +484,8 @@ class SimParams:
         _check_range("start_cpu", self.start_cpu, 1.0)
         _check_chance("deploy_rate", self.deploy_rate)
         _check_chance("memory", self.memory)
+        _check_chance("leak_per_tick", self.leak_per_tick)
+        _check_chance("leak_first_tick", self.leak_first_tick)
         if not 0.0 <= self.probe_noise <= MAX_PROBE_NOISE:
             raise ConfigError(f"sim parameter probe_noise must be in [0, {MAX_PROBE_NOISE}], got {self.probe_noise!r}")
         if self.randomise is not None and not isinstance(self.randomise, Randomisation):
@@ -600,6 +614,8 @@ class SimParams:
             disk_full_at=float(self.disk_full_at),
             start_wait=round(APP_DB_WAIT_S / TICK_S),
             restart_decay=0.5 ** (1.0 / self.restart_half_life) if self.restart_half_life else 0.0,
+            leak=float(self.leak_per_tick),
+            leak_first=float(self.leak_first_tick),
             data_lo=float(lo),
             data_hi=float(hi),
         )
@@ -656,11 +672,11 @@ class SimParams:
     def symptoms(self, kinds: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
         """The symptom table, and which of its rows each service of ``kinds`` reads per fault code.
 
-        The table has one row per fault code, plus one for a service that is not running
-        (``simkernel.DOWN_ROW``), then one per kind and fault it shows its own way (``OWN_SYMPTOMS``);
-        ``rows[s, code]`` is the row service ``s`` reads under fault ``code``."""
+        The table has one row per fault code but those of ``SAME_SYMPTOMS``, plus one for a service
+        that is not running (``simkernel.DOWN_ROW``), then one per kind and fault it shows its own
+        way (``OWN_SYMPTOMS``); ``rows[s, code]`` is the row service ``s`` reads under fault ``code``."""
         down = Symptoms(latency_s=(0.0, 0.0), cpu=(0.0, 0.0), net_rx=(0.0, 0.0), probe_fail=1.0, serve_fail=1.0)
-        rows = {
+        rows: dict[int, Symptoms] = {
             0: self.healthy,
             Fault.KILL: down,  # connection refused at once, nothing running
             Fault.PAUSE: self.paused,
@@ -678,13 +694,15 @@ class SimParams:
             if getattr(p, name) is not None
         }
         table = np.zeros((len(rows) + len(own), simkernel.N_SYMPTOMS))
+        at = {code: i for i, code in enumerate(rows)}
+        at.update({int(code): at[like] for code, like in SAME_SYMPTOMS.items()})
         for code, symptoms in rows.items():
-            table[code] = symptoms.row()
+            table[at[code]] = symptoms.row()
         extra = {}
         for i, (key, symptoms) in enumerate(own.items()):
             extra[key] = len(rows) + i
             table[extra[key]] = symptoms.row()
-        lookup = np.repeat(np.arange(len(rows), dtype=np.int64)[None, :], len(kinds), axis=0)
+        lookup = np.repeat(np.array([at[c] for c in range(simkernel.DOWN_ROW + 1)], np.int64)[None, :], len(kinds), 0)
         for s, kind in enumerate(kinds):
             for fault in OWN_SYMPTOMS:
                 if (kind, fault) in extra:
@@ -749,6 +767,7 @@ class SimSandbox(ArrayState):
             rows=self.params.symptoms(topology.kinds)[1],
             memory=np.array([self.params.memory_of(k) for k in topology.kinds], np.float64),
             connections=np.array([self.params.connections_of(k) for k in topology.kinds], np.float64),
+            volume_room=np.array([s.disk_mb / MEMORY_MB for s in topology.services], np.float64),
         )
         self._state = simkernel.SystemState(
             fault=np.zeros((e, n), np.int8),
@@ -767,6 +786,7 @@ class SimSandbox(ArrayState):
             rng=np.zeros(e, np.uint64),
             deployed=np.zeros((e, n), np.int32),
             behind=np.zeros((e, n), np.int32),
+            held=np.zeros((e, n), np.float64),
         )
         self._draws = self.params.draws(topology)
         self._dyn = simkernel.Dynamics(
@@ -807,6 +827,7 @@ class SimSandbox(ArrayState):
         state.since[:] = NEVER_REPAIRED
         state.deployed[:] = NEVER_REPAIRED
         state.behind[:] = 0
+        state.held[:] = 0.0
         state.junk[:] = 0.0
         state.restarts[:] = 0.0
         state.restore[:] = 0

@@ -21,9 +21,12 @@ from deeplops.observation import RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
 
 KILL, PAUSE = int(Fault.KILL), int(Fault.PAUSE)
 DISK_FULL, NET_SATURATION, BAD_DEPLOY = int(Fault.DISK_FULL), int(Fault.NET_SATURATION), int(Fault.BAD_DEPLOY)
+MEMORY_LEAK = int(Fault.MEMORY_LEAK)
 RESTART, RATE_LIMIT, ROLLBACK = int(Repair.RESTART), int(Repair.RATE_LIMIT), int(Repair.ROLLBACK)
 N_FAULT_CODES = len(Fault) + 1
 """Fault codes, 0 (none) included."""
+OOM_KILLED = np.inf
+"""``SystemState.held`` of a process the kernel killed for its leak: down until a repair starts it."""
 DEAD_START_SAVES = 1
 """Ticks a restart of a killed generic service is quicker: there is nothing to stop, only to
 start. On Docker the generic program comes back the same tick when restarted after a kill, and a
@@ -93,6 +96,9 @@ class SystemState(NamedTuple):
     behind: np.ndarray
     """``(n_envs, n_services)`` int32: releases each service has before its current one, what a
     rollback can go back to (0: none, a rollback does nothing)."""
+    held: np.ndarray
+    """``(n_envs, n_services)`` float64: memory a leaking release has taken since its process
+    started, as a share of the allowance; ``OOM_KILLED`` once the kernel killed it for that."""
 
 
 class Layout(NamedTuple):
@@ -135,6 +141,11 @@ class Layout(NamedTuple):
     connections: np.ndarray
     """``(n_services,)`` float64: the share of its connection limit each service has in use while
     it runs (a database's served connections, a client's pool; 0 for the rest)."""
+    volume_room: np.ndarray
+    """``(n_services,)`` float64: each volume's size as a share of the memory allowance. The volume
+    is tmpfs, and the container's limit is the allowance plus its size; the data in it was written
+    by the host (not charged to the container), so a leaking process is killed only once its
+    memory reaches ``1 + volume_room``."""
 
 
 class Rules(NamedTuple):
@@ -152,6 +163,11 @@ class Rules(NamedTuple):
     """Ticks a starting process waits for the stores it needs (``Layout.start_needs``) before it exits."""
     restart_decay: float
     """Per-tick factor of the recent-restarts count."""
+    leak: float
+    """Memory a leaking release takes per tick of running, as a share of the allowance."""
+    leak_first: float
+    """Share of a tick's leak a new leaking process has taken by its first reading: it starts
+    part-way through the tick, once its deploy or restart is done."""
     data_lo: float
     """Least initial usage of a volume by real data."""
     data_hi: float
@@ -165,7 +181,8 @@ class Dynamics(NamedTuple):
     down: np.ndarray
     """``(n_envs, n_services, len(Repair))`` int32: ticks each repair keeps each service down."""
     symptoms: np.ndarray
-    """``(n_envs, DOWN_ROW + 1, N_SYMPTOMS)`` float64: symptom ranges per fault code, and when down;
+    """``(n_envs, rows, N_SYMPTOMS)`` float64: the symptom table (``Layout.rows`` says which row each
+    service reads per fault code, and when down);
     ``(1, ...)`` when every env shares the calibrated table (less memory to stream each tick)."""
     probe_noise: np.ndarray
     """``(n_envs,)`` float64: chance that a reported health result is flipped."""
@@ -186,7 +203,7 @@ class Draws(NamedTuple):
     down_hi: np.ndarray
     """``(n_services, len(Repair))`` int64: most downtime (inclusive)."""
     symptoms: np.ndarray
-    """``(DOWN_ROW + 1, N_SYMPTOMS)`` float64: the calibrated symptom table."""
+    """``(rows, N_SYMPTOMS)`` float64: the calibrated symptom table (``SimParams.symptoms``)."""
     jitter: float
     """Each symptom number strictly inside (0, 1) is scaled by a factor drawn from [1 - jitter, 1 + jitter]."""
     noise_lo: float
@@ -266,7 +283,7 @@ def _first_invalid(slots: np.ndarray, codes: np.ndarray, n_services: int, n_code
 @njit(cache=True)
 def inject(state: SystemState, dyn: Dynamics, slots: np.ndarray, codes: np.ndarray) -> int:
     """Start fault ``codes[e]`` on ``slots[e]`` (code 0: nothing). Effects unfold in ``advance``,
-    but for a bad deploy's own: the broken release is deployed now (a restart onto it).
+    but for a bad release's own: a broken or leaking release is deployed now (a restart onto it).
 
     Returns the first env whose slot or code is out of range (nothing is applied), or -1.
     """
@@ -277,7 +294,7 @@ def inject(state: SystemState, dyn: Dynamics, slots: np.ndarray, codes: np.ndarr
     for e in range(fault.shape[0]):
         if codes[e] > 0:
             fault[e, slots[e]] = codes[e]
-            if codes[e] == BAD_DEPLOY:
+            if codes[e] == BAD_DEPLOY or codes[e] == MEMORY_LEAK:  # a release: deployed now
                 _deploy(state, dyn, e, slots[e])
     return -1
 
@@ -293,6 +310,7 @@ def _deploy(state: SystemState, dyn: Dynamics, e: int, s: int) -> None:
     state.restarts[e, s] += 1.0
     state.waited[e, s] = 0
     state.started[e, s] = 2
+    state.held[e, s] = 0.0
 
 
 @njit(cache=True)
@@ -342,6 +360,7 @@ def repair(
         if effect[R_COUNTS_RESTART]:
             state.waited[e, s] = 0  # a new process: it starts once what it needs answers
             state.started[e, s] = 2
+            state.held[e, s] = 0.0  # with none of the old one's leaked memory
     return -1
 
 
@@ -358,11 +377,14 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     path cannot serve, as errors where one failed them and as late answers where one was only slow.
     A service restoring its data runs but serves nothing until done; a store with a full disk
     serves until the page it is filling is full; a new app process listens only once its
-    PostgreSQL answers, and exits if it waited ``Rules.start_wait`` ticks in vain.
+    PostgreSQL answers, and exits if it waited ``Rules.start_wait`` ticks in vain. A leaking
+    release takes ``Rules.leak`` more memory each tick it runs, and is killed once the memory
+    limit is reached (the allowance, plus the room its tmpfs volume leaves): down until repaired.
     """
     fault, down, since, junk, data = state.fault, state.down, state.since, state.junk, state.data
     restarts, health, history, rng, restore = state.restarts, state.health, state.history, state.rng, state.restore
     drain, page, started, waited, deployed = state.drain, state.page, state.started, state.waited, state.deployed
+    held, volume_room, leak, leak_first = state.held, layout.volume_room, rules.leak, rules.leak_first
     rows, page_ticks, direct, needs = layout.rows, layout.page_ticks, layout.direct, layout.start_needs
     deps, n_deps = layout.deps, layout.n_deps
     has_disk, entries, check_in_page = layout.has_disk, layout.entries, layout.check_in_page
@@ -401,6 +423,12 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
         for s in range(n):
             f = fault[e, s]
             running = f != KILL and down[e, s] == 0
+            if f == MEMORY_LEAK and running:
+                if held[e, s] != OOM_KILLED:
+                    held[e, s] += leak * (leak_first if held[e, s] == 0.0 else 1.0)
+                    if memory[s] + held[e, s] >= 1.0 + volume_room[s]:
+                        held[e, s] = OOM_KILLED
+                running = held[e, s] != OOM_KILLED
             listening = running
             if running and waited[e, s] >= 0:  # a new process: it listens once what it needs answers
                 ready = True
@@ -504,7 +532,7 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             restarts[e, s] *= restart_decay
             feats[e, s, F_RESTARTS] = min(1.0, restarts[e, s] / RESTARTS_SCALE)
             feats[e, s, F_SINCE] = min(1.0, since[e, s] / SINCE_REPAIR_SCALE)
-            feats[e, s, F_MEMORY] = memory[s] if running else 0.0
+            feats[e, s, F_MEMORY] = min(1.0, memory[s] + held[e, s]) if running else 0.0
             feats[e, s, F_CONNECTIONS] = connections[s] if running else 0.0
             feats[e, s, F_DEPLOY] = min(1.0, deployed[e, s] / SINCE_REPAIR_SCALE)
             since[e, s] += 1

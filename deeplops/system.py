@@ -26,6 +26,15 @@ NEVER_REPAIRED = 10 * int(SINCE_REPAIR_SCALE)
 DATA_FRACTION: tuple[float, float] = (0.2, 0.5)
 """Range of a volume's initial usage by real data, drawn per service when a system starts."""
 
+MEMORY_MB = 128
+"""Memory of every service, in MiB, besides its volume: what a service writes into its volume (a
+restore of its data, a PostgreSQL cluster) is tmpfs, charged to its memory, so the volume's size
+is added to it. Enough for every kind: under traffic PostgreSQL peaks at 75 MiB (35 of them its
+cluster in the volume and its shared buffers), the others at 22 (sandbox/README.md)."""
+LEAK_MB_PER_TICK = 16
+"""Memory a leaking release takes and never frees, in MiB per tick of running: from a working
+set of about 20 MiB it reaches ``MEMORY_MB`` in about seven ticks, and the kernel kills it."""
+
 APP_DB_WAIT_S = 10.0
 """Seconds an app's new process waits for every PostgreSQL it uses to answer before it listens;
 past them it exits (its connection pool's start fails), and stays down until restarted again."""

@@ -32,6 +32,8 @@ HTTP_KINDS = ("service", "app", "nginx")
 """Kinds that answer HTTP: what an nginx may proxy to."""
 CLIENT_KINDS = ("app", "worker")
 """The kinds that reach PostgreSQL and Redis with those servers' own clients."""
+CODE_KINDS = ("service", "app", "worker")
+"""The kinds that run our own programs: the code a release can bring a memory leak into."""
 STORE_KINDS = ("postgres", "redis")
 """The kinds that are data stores, spoken to with their own protocol by CLIENT_KINDS."""
 
@@ -110,6 +112,11 @@ class Topology:
     def has_disk(self) -> np.ndarray:
         """``(S,)`` bool: services with a data volume."""
         return np.array([s.disk_mb > 0 for s in self.services], dtype=np.bool_)
+
+    @cached_property
+    def own_code(self) -> np.ndarray:
+        """``(S,)`` bool: services running our own program (``CODE_KINDS``), not server software."""
+        return np.isin(np.array(self.kinds), CODE_KINDS)
 
     @cached_property
     def kinds(self) -> tuple[str, ...]:

@@ -14,7 +14,8 @@ Its broken release (``DEEPLOPS_RELEASE_BROKEN=1``) is a build whose orders carry
 ``customer``, that a migration it needs was to add and never did: PostgreSQL refuses each
 INSERT (``column "customer" of relation "orders" does not exist``), and its health check, which
 checks its schema, fails too. An app without PostgreSQL has the generic broken build
-(``service.py``). ``/info`` adds its pools' connections.
+(``service.py``). ``/info`` adds its pools' connections. A leaking release
+(``DEEPLOPS_RELEASE_LEAKS=1``) leaks as ``service.py``'s does: the code that leaks is its own alike.
 
 It crashes at start while its database is down, as an app that migrates or fills its
 connection pool at start does: it listens only once every PostgreSQL server answers, waiting

@@ -24,6 +24,9 @@ write fails; a plain SELECT works), Redis with ``maxmemory 512`` (bytes: its tem
 its upstream's port plus one (nothing listens there: every request fails). ``/info`` says the release, and for
 PostgreSQL and Redis the server's client connections of its limit (``ready`` once it answers).
 
+A leaking release (``DEEPLOPS_RELEASE_LEAKS``) is our own code's bug, never a server's: the sandbox
+gives it to none of these kinds, and they would ignore it (``service.Service.OWN_CODE``).
+
 Bad configuration prints one line to stderr and exits 2; SIGTERM exits 0.
 """
 
@@ -62,6 +65,7 @@ class Daemon(service.Service):
     """A real server as this program's child, behind the service's HTTP contract."""
 
     PROGRAM = "launcher.py"
+    OWN_CODE = False  # server software is not ours to release: a leaking release is never given to it
     NAME = ""
     """The server, as its messages name it."""
     USER = "root"

@@ -2,8 +2,8 @@
 
 It is configured by environment variables (``DEEPLOPS_SERVICE``, ``DEEPLOPS_HOST``, ``DEEPLOPS_PORT``,
 ``DEEPLOPS_DEPENDS``, ``DEEPLOPS_DATA``, ``DEEPLOPS_TIMEOUT``, ``DEEPLOPS_HEALTH_INTERVAL``, and optionally
-``DEEPLOPS_START_S``, ``DEEPLOPS_RESTORE_PLAN``, ``DEEPLOPS_RELEASE`` and ``DEEPLOPS_RELEASE_BROKEN``)
-and answers JSON:
+``DEEPLOPS_START_S``, ``DEEPLOPS_RESTORE_PLAN``, ``DEEPLOPS_RELEASE``, ``DEEPLOPS_RELEASE_BROKEN``,
+``DEEPLOPS_RELEASE_LEAKS`` and ``DEEPLOPS_LEAK_MB_PER_S``) and answers JSON:
 
 - ``GET /ping``: shallow; 200 if the last cached health result was healthy, else 503. Calls nothing.
 - ``GET /health``: checks now and caches the result: a 4 KiB write probe of the data volume, and a
@@ -18,6 +18,10 @@ The release (``DEEPLOPS_RELEASE``, ``r1`` unless set) is what a deploy switched 
 release (``DEEPLOPS_RELEASE_BROKEN=1``) is a build whose new code reads a setting its deploy did not
 bring (``NEW_SETTING``): every ``/work`` and ``/health`` fails with 500, and its cached health with
 them, while the process runs. The other kinds' broken releases are their own (their docstrings).
+A leaking release (``DEEPLOPS_RELEASE_LEAKS=1``) serves as a good one does, and from the moment it
+listens takes ``DEEPLOPS_LEAK_MB_PER_S`` MiB a second that it never frees, until the container's
+memory limit has the kernel kill it. The app and the worker leak the same way; the real servers
+(``launcher.py``) never do.
 
 A background thread refreshes the cached health every interval, so a failure climbs the dependency
 graph one hop per interval. SIGTERM and SIGINT stop the server promptly and exit 0. Bad configuration
@@ -65,6 +69,8 @@ NEW_SETTING = "DEEPLOPS_RECORD_SCHEMA"
 """The setting the broken release's code needs and its deploy never sets."""
 RELEASE_MAX = 64
 """Longest release name."""
+LEAK_STEP_S = 0.1
+"""A leaking release takes its memory in a slice every this many seconds, so it grows steadily."""
 
 
 class ConfigError(Exception):
@@ -97,6 +103,10 @@ class Config:
     """The release it runs."""
     broken: bool = False
     """Whether that release is the broken one: it runs, and fails its requests."""
+    leaks: bool = False
+    """Whether that release leaks memory: it serves, and grows until the kernel kills it."""
+    leak_mb_per_s: float = 0.0
+    """How fast a leaking release takes memory, in MiB a second (0: not told)."""
 
 
 @dataclass(frozen=True)
@@ -119,13 +129,13 @@ def _port(text: str, what: str) -> int:
     return int(text)
 
 
-def positive(text: str, what: str) -> float:
+def positive(text: str, what: str, unit: str = "seconds") -> float:
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0:  # also rejects NaN
-        raise ConfigError(f"{what} must be a positive number of seconds, got {text!r}")
+    if not (value > 0 and math.isfinite(value)):  # also rejects NaN and infinity
+        raise ConfigError(f"{what} must be a positive number of {unit}, got {text!r:.80}")
     return value
 
 
@@ -169,6 +179,11 @@ def load_config(env: Mapping[str, str]) -> Config:
     service = env.get("DEEPLOPS_SERVICE", "").strip()
     if not service:
         raise ConfigError("DEEPLOPS_SERVICE must name the service, got nothing")
+    leaks = flag(env.get("DEEPLOPS_RELEASE_LEAKS", "0"), "DEEPLOPS_RELEASE_LEAKS")
+    # The rate is the sandbox's to tell (deeplops.system): no default here to drift from it.
+    rate = env.get("DEEPLOPS_LEAK_MB_PER_S")
+    if leaks and rate is None:
+        raise ConfigError("DEEPLOPS_LEAK_MB_PER_S must be set for a leaking release (DEEPLOPS_RELEASE_LEAKS=1)")
     return Config(
         service=service,
         host=env.get("DEEPLOPS_HOST", "0.0.0.0"),
@@ -181,6 +196,8 @@ def load_config(env: Mapping[str, str]) -> Config:
         restore_plan=env.get("DEEPLOPS_RESTORE_PLAN") or None,
         release=release_name(env.get("DEEPLOPS_RELEASE", "r1")),
         broken=flag(env.get("DEEPLOPS_RELEASE_BROKEN", "0"), "DEEPLOPS_RELEASE_BROKEN"),
+        leaks=leaks,
+        leak_mb_per_s=positive(rate, "DEEPLOPS_LEAK_MB_PER_S", "MiB a second") if rate is not None else 0.0,
     )
 
 
@@ -293,6 +310,8 @@ class Service:
 
     PROGRAM = "service.py"
     """The program's name, as its one-line errors start."""
+    OWN_CODE = True
+    """Whether it is our own code, which a leaking release makes leak; a real server is not."""
 
     def __init__(self, config: Config, plan: RestorePlan | None = None) -> None:
         self.config = config
@@ -307,6 +326,8 @@ class Service:
         self.exit_code = 0
         self._lock = threading.Lock()
         self._log_lock = threading.Lock()  # appends and rotation one at a time, so no record is lost or torn
+        self.leaked: list[bytes] = []
+        """What a leaking release took and holds: never freed."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Service:
@@ -365,6 +386,19 @@ class Service:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.restore_plan)
         self.restoring = None
+
+    def leak(self) -> None:
+        """A leaking release's bug: ``leak_mb_per_s`` MiB a second taken and held, a slice every
+        LEAK_STEP_S, until the kernel kills the process. Each slice is written, not merely
+        allocated: pages never touched are not resident, and would never count against the
+        container's memory. A slice late (the CPU cap) is made up, so the rate is per second of
+        wall time, as the sandbox's ticks are."""
+        step = max(1, round(self.config.leak_mb_per_s * 2**20 * LEAK_STEP_S))
+        due = time.monotonic()
+        while not self.done.is_set():
+            self.leaked.append(b"\x01" * step)
+            due += LEAK_STEP_S
+            self.done.wait(max(0.0, due - time.monotonic()))
 
     def check_health(self) -> list[str]:
         """Run the dependency-aware check now, cache its result and return the reasons it failed."""
@@ -537,6 +571,8 @@ def main(kind: type[Service] = Service) -> int:
         return 1
     threading.Thread(target=service.run, daemon=True).start()
     threading.Thread(target=service.health_loop, daemon=True).start()
+    if service.config.leaks and kind.OWN_CODE:  # from the moment it serves: the leak is in its running code
+        threading.Thread(target=service.leak, daemon=True).start()
     # The poll interval bounds how long a shutdown takes.
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     service.done.wait()

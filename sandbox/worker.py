@@ -17,7 +17,8 @@ Its broken release (``DEEPLOPS_RELEASE_BROKEN=1``) writes each job with a column
 that ``jobs_done`` does not have (a migration never run): PostgreSQL refuses every write, so no job
 is done (each is pushed back), ``/work`` fails, and its health check, which checks its schema,
 fails too. A worker without PostgreSQL has the generic broken build (``service.py``). ``/info``
-adds its pools' connections, the blocking consumers' included.
+adds its pools' connections, the blocking consumers' included. A leaking release
+(``DEEPLOPS_RELEASE_LEAKS=1``) leaks as ``service.py``'s does: the code that leaks is theirs alike.
 """
 
 from __future__ import annotations

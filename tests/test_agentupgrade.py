@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from deeplops import agentfile
-from deeplops.actions import N_ACTIONS, REPAIRS_PER_SLOT, Role
+from deeplops.actions import FAULTS_PER_SLOT, N_ACTIONS, REPAIRS_PER_SLOT, Role
 from deeplops.agent_net import SlotPolicy
 from deeplops.agentupgrade import EMBED, SLOT_BIAS, SLOT_WEIGHT
+from deeplops.faults import Fault
 from deeplops.game import Game
 from deeplops.observation import MAX_SLOTS, Feature
 from deeplops.sim import SimSandbox
@@ -110,3 +111,27 @@ def test_an_earlier_agent_to_train_on_tries_the_new_actions_as_a_quieter_first_a
     policy = agent.build()
     out = logits(policy, store_observation(Role.ORDER))[0][1:].reshape(MAX_SLOTS, REPAIRS_PER_SLOT)
     assert np.allclose(out[:, 4], out[:, 0] - 2.0, atol=1e-5)
+
+
+RELEASES_CHAOS = Path(__file__).parent / "data" / "releases" / "chaos.zip"
+"""The chaos agent shipped with bad deploys, before memory leaks (six faults a slot;
+``agents/pretrained`` at commit f599dd4)."""
+
+
+def test_a_chaos_agent_of_the_releases_world_keeps_its_faults_and_never_leaks_memory() -> None:
+    assert saved_actions(RELEASES_CHAOS) == 1 + MAX_SLOTS * 6
+    raw = raw_weights(RELEASES_CHAOS)
+    agent = agentfile.load(RELEASES_CHAOS)
+    assert np.array_equal(agent.weights[SLOT_WEIGHT][:6], raw[SLOT_WEIGHT])
+    assert np.array_equal(agent.weights[EMBED], raw[EMBED])  # the same features: nothing new to read
+    out = logits(agent.build(), store_observation(Role.CHAOS))[0]
+    per_slot = out[1:].reshape(MAX_SLOTS, FAULTS_PER_SLOT)
+    assert (per_slot[:, Fault.MEMORY_LEAK - 1] <= out.max() - 15).all()
+
+
+def test_an_order_agent_of_the_releases_world_is_todays_and_loads_unchanged() -> None:
+    path = Path(__file__).parent.parent / "agents" / "pretrained" / "order.zip"
+    assert saved_actions(path) == N_ACTIONS[Role.ORDER]
+    raw = raw_weights(path)
+    agent = agentfile.load(path)
+    assert all(np.array_equal(agent.weights[k], v) for k, v in raw.items())

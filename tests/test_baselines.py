@@ -37,6 +37,7 @@ PROPER_REPAIR = {
     Fault.DISK_FULL: Repair.CLEAN_DISK,
     Fault.NET_SATURATION: Repair.RATE_LIMIT,
     Fault.BAD_DEPLOY: Repair.ROLLBACK,
+    Fault.MEMORY_LEAK: Repair.ROLLBACK,
 }
 
 # envs/shop.yaml: gateway -> api -> {cache, db, queue}; worker -> {queue, db}.

@@ -17,7 +17,7 @@ import pytest
 from deeplops.dockerbox import host, mechanisms, restore, stack
 from deeplops.dockerbox.handle import StackHandle
 from deeplops.errors import SandboxError
-from deeplops.system import RESTORE_TICKS_PER_VOLUME
+from deeplops.system import MEMORY_MB, RESTORE_TICKS_PER_VOLUME
 from deeplops.topology import Service, topology_from_dict
 
 DB = Service("db", disk_mb=16)
@@ -155,7 +155,7 @@ def test_a_service_with_restart_s_is_told_to_start_that_slowly() -> None:
 def test_a_service_without_restart_s_or_a_volume_is_started_as_before() -> None:
     asked = started_with(Service("api"))
     assert not {"DEEPLOPS_START_S", "DEEPLOPS_RESTORE_PLAN"} & set(asked["environment"])
-    assert asked["mem_limit"] == f"{stack.MEMORY_MB}m"
+    assert asked["mem_limit"] == f"{MEMORY_MB}m"
 
 
 def test_a_service_with_a_volume_is_told_where_a_restore_plan_would_be_and_has_memory_for_its_volume(
@@ -163,7 +163,7 @@ def test_a_service_with_a_volume_is_told_where_a_restore_plan_would_be_and_has_m
 ) -> None:
     asked = started_with(DB)
     assert asked["environment"]["DEEPLOPS_RESTORE_PLAN"] == f"/data/{restore.PLAN_NAME}"
-    assert asked["mem_limit"] == f"{stack.MEMORY_MB + 16}m"  # what it restores into its tmpfs is charged to it
+    assert asked["mem_limit"] == f"{MEMORY_MB + 16}m"  # what it restores into its tmpfs is charged to it
 
 
 def test_a_service_whose_volume_is_missing_holds_no_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -567,7 +567,39 @@ def test_a_release_history_round_trips_through_its_label_and_a_bad_label_is_one_
         with pytest.raises(SandboxError, match="is not a release history") as err:
             releases.from_label(bad, "db")
         assert "\n" not in str(err.value)
-    assert releases.environment(history) == {"DEEPLOPS_RELEASE": "r2", "DEEPLOPS_RELEASE_BROKEN": "1"}
+    told = {"DEEPLOPS_RELEASE": "r2", "DEEPLOPS_RELEASE_BROKEN": "1", "DEEPLOPS_RELEASE_LEAKS": "0"}
+    assert releases.environment(history) == told | {"DEEPLOPS_LEAK_MB_PER_S": "16.0"}
+
+
+def test_a_label_written_before_leaks_reads_as_releases_that_do_not_leak_and_is_written_back_with_them():
+    from deeplops.dockerbox import releases
+
+    old = releases.from_label('{"releases": [["r1", false], ["r2", true]], "made": 2}')
+    assert old == releases.History((releases.Release("r1"), releases.Release("r2", broken=True)), 2)
+    assert not any(r.leaks for r in old.releases)
+    leaking = old.deploy(leaks=True)
+    assert leaking.current == releases.Release("r3", broken=False, leaks=True)
+    label = releases.to_label(leaking)
+    assert '[["r1", false, false], ["r2", true, false], ["r3", false, true]]' in label
+    assert releases.from_label(label) == leaking
+    assert releases.environment(leaking)["DEEPLOPS_RELEASE_LEAKS"] == "1"
+    assert releases.from_label('{"releases": [["r1", false], ["r2", false, true]], "made": 2}').current.leaks
+    for bad in ('{"releases": [["r1", false, 1]], "made": 1}', '{"releases": [["r1", false, true, true]], "made": 1}',
+                '{"releases": [["r1"]], "made": 1}', '{"releases": [["r1", false, null]], "made": 1}'):  # fmt: skip
+        with pytest.raises(SandboxError, match="is not a release history"):
+            releases.from_label(bad, "db")
+
+
+def test_a_memory_leak_on_server_software_is_refused_in_one_line_before_anything_is_touched():
+    from deeplops.dockerbox import mechanisms
+    from deeplops.faults import Fault
+
+    handle = SimpleNamespace(topology=load_topology("store"), containers={}, releases={})
+    for service, kind in (("db", "postgres"), ("cache", "redis"), ("gateway", "nginx")):
+        with pytest.raises(SandboxError, match=f"memory_leak on {service}: it is a {kind}") as err:
+            mechanisms.INJECT[Fault.MEMORY_LEAK](handle, service)  # type: ignore[arg-type]
+        assert "\n" not in str(err.value)
+    assert handle.releases == {}
 
 
 def test_a_container_starts_on_its_release_and_carries_its_history():
@@ -646,6 +678,45 @@ def test_a_program_reads_its_release_and_refuses_a_bad_one_in_one_line(programs)
                       ({"DEEPLOPS_RELEASE_BROKEN": "yes"}, "DEEPLOPS_RELEASE_BROKEN")):  # fmt: skip
         with pytest.raises(programs.service.ConfigError, match=word):
             load({"DEEPLOPS_SERVICE": "a", **env})
+
+
+def test_a_program_reads_a_leaking_release_and_its_rate_and_refuses_bad_ones_in_one_line(programs):
+    load = programs.service.load_config
+    assert (load({"DEEPLOPS_SERVICE": "a"}).leaks, load({"DEEPLOPS_SERVICE": "a"}).leak_mb_per_s) == (False, 0.0)
+    got = load({"DEEPLOPS_SERVICE": "a", "DEEPLOPS_RELEASE_LEAKS": "1", "DEEPLOPS_LEAK_MB_PER_S": "16.0"})
+    assert (got.leaks, got.leak_mb_per_s) == (True, 16.0)
+    for env, word in (({"DEEPLOPS_RELEASE_LEAKS": "true", "DEEPLOPS_LEAK_MB_PER_S": "16"}, "DEEPLOPS_RELEASE_LEAKS"),
+                      ({"DEEPLOPS_RELEASE_LEAKS": "1"}, "DEEPLOPS_LEAK_MB_PER_S must be set"),
+                      ({"DEEPLOPS_LEAK_MB_PER_S": "0"}, "DEEPLOPS_LEAK_MB_PER_S must be a positive number of MiB"),
+                      ({"DEEPLOPS_LEAK_MB_PER_S": "inf"}, "DEEPLOPS_LEAK_MB_PER_S"),
+                      ({"DEEPLOPS_LEAK_MB_PER_S": "x"}, "DEEPLOPS_LEAK_MB_PER_S")):  # fmt: skip
+        with pytest.raises(programs.service.ConfigError, match=word) as err:
+            load({"DEEPLOPS_SERVICE": "a", **env})
+        assert "\n" not in str(err.value)
+
+
+def test_a_leaking_program_takes_its_rate_of_written_memory_and_holds_it(programs):
+    import threading
+    import time
+
+    config = programs.service.load_config(
+        {"DEEPLOPS_SERVICE": "a", "DEEPLOPS_RELEASE_LEAKS": "1", "DEEPLOPS_LEAK_MB_PER_S": "40"}
+    )
+    leaking = programs.service.Service(config)
+    thread = threading.Thread(target=leaking.leak, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    time.sleep(0.55)
+    leaking.end()
+    thread.join(1.0)
+    elapsed = time.monotonic() - start
+    assert not thread.is_alive()  # it stops with the program
+    slice_bytes = 4 * 2**20  # 40 MiB a second, a slice every 0.1 s
+    # Every page written: resident, not merely reserved.
+    assert all(len(piece) == slice_bytes and piece[::4096] == b"\x01" * (slice_bytes // 4096)
+               for piece in leaking.leaked)  # fmt: skip
+    assert 5 <= len(leaking.leaked) <= elapsed / 0.1 + 1
+    assert programs.service.Service.OWN_CODE and not programs.launcher.Daemon.OWN_CODE  # servers never leak
 
 
 def test_the_broken_nginx_release_proxies_to_a_port_nothing_listens_on(programs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deeplops.actions import Role, chaos_action
+from deeplops.actions import N_CHAOS_ACTIONS, Role, chaos_action
 from deeplops.drill import run_drill
 from deeplops.errors import ScenarioError
 from deeplops.faults import Fault
@@ -147,7 +147,7 @@ def test_scripted_chaos_gives_the_other_faults_of_a_tick_as_extra_actions(tmp_pa
     scenario = load_scenario(write(tmp_path, TWO_AT_TICK_3))
     script = ScriptedChaos(scenario)
     script.reset(2)
-    mask = np.ones((2, 97), bool)
+    mask = np.ones((2, N_CHAOS_ACTIONS), bool)
     index = scenario.topology.index
     extras = []
     for _ in range(8):

@@ -49,6 +49,9 @@ TARGETS = {
     Fault.NET_SATURATION: "api",
     Fault.BAD_DEPLOY: "api",
 }
+"""Where each fault is measured on ``shop``. Not a memory leak: its course (the kill, ticks after the
+deploy) follows from ``system.LEAK_MB_PER_TICK`` and the service's memory at work, which the baseline
+measures, rules of the world checked by tests/test_docker_leaks.py, not parameters to fit."""
 
 
 KIND_TARGETS = {"postgres": "db", "redis": "queue", "nginx": "gateway", "app": "app", "worker": "worker"}
@@ -76,7 +79,7 @@ RESTARTED_BY = (Fault.KILL, Fault.PAUSE, Fault.CPU_HOG)
 """The faults a restart ends, each measured on every kind."""
 EVERY_KIND = (*RESTARTED_BY, Fault.BAD_DEPLOY)
 """The faults measured on every kind: a bad deploy too (its broken release's symptoms, and the
-rollback's downtime; about 20 s a kind)."""
+rollback's downtime; about 20 s a kind). Not a memory leak, for the reason TARGETS gives."""
 LIVE_RESTARTS = ("pause", "cpu_hog")
 """The faults whose restart stops a live process first: a restart's downtime is the mean over
 them. One of a killed process has nothing to stop: what that saves is the kill's own figure

@@ -24,7 +24,8 @@ from deeplops.dockerbox import host, releases, restore, stack
 from deeplops.dockerbox.handle import StackHandle
 from deeplops.errors import SandboxError
 from deeplops.faults import Fault, Repair
-from deeplops.system import PROBE_TIMEOUT_S
+from deeplops.system import LEAK_MB_PER_TICK, PROBE_TIMEOUT_S, TICK_S
+from deeplops.topology import CODE_KINDS
 
 HOG_PROCESSES = 8
 """Busy processes a cpu_hog starts: many, so the service gets a small share of its CPU allowance."""
@@ -40,6 +41,11 @@ _JUNK_NAMES = 10_000
 """Most junk names disk_full tries: each is a whole file until ENOSPC, so one or two are used."""
 DEPLOY_VERIFY_S = 5.0
 """How long a bad deploy waits for the broken release to serve, and fail, besides a slow start."""
+LEAK_VERIFY_S = 2.0
+"""How long a memory leak's growth is waited for once its release serves."""
+LEAK_SEEN_BYTES = int(LEAK_MB_PER_TICK / TICK_S * LEAK_VERIFY_S / 4 * 2**20)
+"""Growth that shows the leak (8 MiB): a quarter of what it takes within LEAK_VERIFY_S, far more than
+a good release's memory moves in that time at work (a generic service holds ~12 MiB, an app ~19)."""
 
 
 def _until(check: Callable[[], bool], what: str, timeout_s: float = _VERIFY_S) -> None:
@@ -241,8 +247,8 @@ def rate_limit(handle: StackHandle, service: str) -> None:
 
 
 def recreate(handle: StackHandle, service: str) -> None:
-    """A new container with a fresh, empty volume: everything but a flood and a bad deploy ends (it
-    runs the current release again), and the data is lost.
+    """A new container with a fresh, empty volume: everything but a flood, a bad deploy and a memory
+    leak ends (it runs the current release again: a leaking one leaks anew), and the data is lost.
 
     Lost data is an incident, not a shortcut: a service whose volume held data restores it from
     backup when it starts, failing its users until the data is back (``restore``; checked by
@@ -295,6 +301,34 @@ def bad_deploy(handle: StackHandle, service: str) -> None:
     spec = handle.topology.services[handle.topology.index[service]]
     wait_s = DEPLOY_VERIFY_S + (spec.restart_s or 0.0)
     _until(lambda: _fails_on(handle, service, new), f"bad_deploy of {new.name} on {service}", wait_s)
+
+
+def memory_leak(handle: StackHandle, service: str) -> None:
+    """Deploy a release of the service's own code that leaks memory; checked to serve that release
+    and its container's resident memory to grow. Server software (PostgreSQL, Redis, nginx) is not
+    ours to release: a leak on one is refused. The container keeps its memory limit and has no
+    restart policy, so once the kernel kills the process it stays down until a repair."""
+    spec = handle.topology.services[handle.topology.index[service]]
+    if spec.kind not in CODE_KINDS:
+        raise SandboxError(f"memory_leak on {service}: it is a {spec.kind}, server software, not our own code "
+                           f"(only {', '.join(CODE_KINDS)} services run a release that can leak)")  # fmt: skip
+    new = switch(handle, service, history(handle, service).deploy(leaks=True)).current
+    what = f"memory_leak of {new.name} on {service}"
+    _until(lambda: _serves(handle, service, new), what, DEPLOY_VERIFY_S + (spec.restart_s or 0.0))
+    container_id = handle.containers[service].id
+    start = host.memory_bytes(container_id)  # now that it serves: its start-up's own growth is over
+    if start is None:
+        raise SandboxError(f"{what}: its container's memory cannot be read here, so the leak cannot be checked")
+    _until(lambda: (host.memory_bytes(container_id) or 0) >= start + LEAK_SEEN_BYTES, what, LEAK_VERIFY_S)
+
+
+def _serves(handle: StackHandle, service: str, release: releases.Release) -> bool:
+    """Whether the service's program says it runs ``release`` and is ready."""
+    ip = handle.ips.get(service)
+    if ip is None:
+        return False
+    _, stats = stack.http_json(ip, "/info", PROBE_TIMEOUT_S)
+    return stats.get("release") == release.name and stats.get("ready") is True
 
 
 def rollback(handle: StackHandle, service: str) -> None:
@@ -404,6 +438,7 @@ INJECT: dict[Fault, Callable[[StackHandle, str], None]] = {
     Fault.DISK_FULL: disk_full,
     Fault.NET_SATURATION: net_saturation,
     Fault.BAD_DEPLOY: bad_deploy,
+    Fault.MEMORY_LEAK: memory_leak,
 }
 REPAIR: dict[Repair, Callable[[StackHandle, str], None]] = {
     Repair.NOOP: noop,

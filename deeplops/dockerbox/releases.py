@@ -1,11 +1,12 @@
 """A service's releases: the one it runs and those before it, as a deploy tool keeps them.
 
-A release is a name (``r1``, ``r2``, ...) and whether it is its kind's broken build or
-configuration (sandbox/README.md, releases). A deploy pushes a new release and a rollback pops
-back to the one before, as ``helm rollback`` goes back one. The history travels with the
-container, in its label ``LABEL`` (so a process attaching to a live sandbox finds it), and the
-program is told its release in its environment (``environment``). Pure bookkeeping: switching a
-container to a release is ``mechanisms.deploy`` and ``mechanisms.rollback``.
+A release is a name (``r1``, ``r2``, ...), whether it is its kind's broken build or
+configuration, and whether its code leaks memory (sandbox/README.md, releases). A deploy pushes a
+new release and a rollback pops back to the one before, as ``helm rollback`` goes back one. The
+history travels with the container, in its label ``LABEL`` (so a process attaching to a live
+sandbox finds it), and the program is told its release in its environment (``environment``).
+Pure bookkeeping: switching a container to a release is ``mechanisms.deploy`` and
+``mechanisms.rollback`` (and ``mechanisms.memory_leak``, a deploy of a leaking one).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 
 from deeplops.errors import SandboxError
+from deeplops.system import LEAK_MB_PER_TICK, TICK_S
 
 LABEL = "deeplops.releases"
 """On each service's container: its release history (``to_label``)."""
@@ -32,6 +34,9 @@ class Release:
     name: str
     broken: bool = False
     """Whether it is the kind's broken build or configuration: it runs, and fails its requests."""
+    leaks: bool = False
+    """Whether its code leaks memory: it serves, and grows until the kernel kills it (our own
+    programs only, ``topology.CODE_KINDS``)."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,9 @@ class History:
     def current(self) -> Release:
         return self.releases[-1]
 
-    def deploy(self, broken: bool = False) -> History:
+    def deploy(self, broken: bool = False, leaks: bool = False) -> History:
         """The history after a deploy of a new release."""
-        new = Release(f"r{self.made + 1}", broken)
+        new = Release(f"r{self.made + 1}", broken, leaks)
         return History((*self.releases, new)[-HISTORY_MAX:], self.made + 1)
 
     def rollback(self) -> History | None:
@@ -59,18 +64,26 @@ class History:
 
 
 def environment(history: History) -> dict[str, str]:
-    """What the service's program is told of the release it runs (``sandbox/service.py``)."""
-    return {"DEEPLOPS_RELEASE": history.current.name, "DEEPLOPS_RELEASE_BROKEN": "1" if history.current.broken else "0"}
+    """What the service's program is told of the release it runs (``sandbox/service.py``): the leak's
+    rate too, so the image's programs need not import deeplops to know it."""
+    current = history.current
+    return {
+        "DEEPLOPS_RELEASE": current.name,
+        "DEEPLOPS_RELEASE_BROKEN": "1" if current.broken else "0",
+        "DEEPLOPS_RELEASE_LEAKS": "1" if current.leaks else "0",
+        "DEEPLOPS_LEAK_MB_PER_S": repr(LEAK_MB_PER_TICK / TICK_S),
+    }
 
 
 def to_label(history: History) -> str:
-    """The history as the container's label holds it (JSON)."""
-    return json.dumps({"releases": [[r.name, r.broken] for r in history.releases], "made": history.made})
+    """The history as the container's label holds it (JSON): ``[name, broken, leaks]`` each."""
+    return json.dumps({"releases": [[r.name, r.broken, r.leaks] for r in history.releases], "made": history.made})
 
 
 def from_label(text: str | None, where: str = "a container") -> History:
     """The history a label holds; a fresh one when there is none (a container made before releases,
-    or by Compose); SandboxError, in one line, when the label is not one ``to_label`` writes."""
+    or by Compose); SandboxError, in one line, when the label is not one ``to_label`` writes. A label
+    written before leaks holds ``[name, broken]`` pairs: those releases do not leak."""
     if text is None:
         return History()
     try:
@@ -78,16 +91,18 @@ def from_label(text: str | None, where: str = "a container") -> History:
     except ValueError:
         doc = None
     if isinstance(doc, dict) and _valid(doc.get("releases"), doc.get("made")):
-        return History(tuple(Release(name, broken) for name, broken in doc["releases"]), doc["made"])
+        return History(tuple(Release(*entry) for entry in doc["releases"]), doc["made"])
     raise SandboxError(f"label {LABEL} of {where} is not a release history: {text[:100]!r}")
 
 
 def _valid(entries: object, made: object) -> bool:
-    """Whether a label's fields are a history: 1 to HISTORY_MAX [name, broken] pairs, and a count."""
+    """Whether a label's fields are a history: 1 to HISTORY_MAX entries, each ``[name, broken]`` or
+    ``[name, broken, leaks]``, and a count."""
     if not isinstance(entries, list) or not 0 < len(entries) <= HISTORY_MAX:
         return False
-    pairs = all(
-        isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and e[0] and isinstance(e[1], bool)
+    releases = all(
+        isinstance(e, list) and len(e) in (2, 3) and isinstance(e[0], str) and e[0]
+        and all(isinstance(flag, bool) for flag in e[1:])
         for e in entries
-    )
-    return pairs and isinstance(made, int) and not isinstance(made, bool) and made >= len(entries)
+    )  # fmt: skip
+    return releases and isinstance(made, int) and not isinstance(made, bool) and made >= len(entries)

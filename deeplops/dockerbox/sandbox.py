@@ -37,7 +37,15 @@ from deeplops.errors import SandboxError
 from deeplops.faults import CLEARS_TABLE, Fault, Repair
 from deeplops.observation import MAX_SLOTS, N_FEATURES, RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
 from deeplops.sandbox import ArrayState
-from deeplops.system import COUNTS_AS_RESTART, NEVER_REPAIRED, PROBE_TIMEOUT_S, RESTART_DECAY, SLO_LATENCY_S, TICK_S
+from deeplops.system import (
+    COUNTS_AS_RESTART,
+    MEMORY_MB,
+    NEVER_REPAIRED,
+    PROBE_TIMEOUT_S,
+    RESTART_DECAY,
+    SLO_LATENCY_S,
+    TICK_S,
+)
 from deeplops.topology import Topology
 
 REQUEST_TIMEOUT_S = 0.9
@@ -46,6 +54,8 @@ REQUESTS_PER_TICK = 2
 """User requests sent to every service each tick (the error rate's denominator)."""
 DEPLOY_STREAM = 0xDE9
 """Mixed into reset's seed for the stream of routine deploys: independent of the volumes' data."""
+DEPLOYED_FAULTS = frozenset({Fault.BAD_DEPLOY, Fault.MEMORY_LEAK})
+"""Faults injected by a deploy of a bad release: a new process, counted as a restart is."""
 
 
 @dataclass
@@ -188,7 +198,7 @@ class DockerSandbox(ArrayState):
         slot = self._slot(int(slots[0]))
         mechanisms.INJECT[Fault(code)](self.handle, self.topology.names[slot])
         self._fault[0, slot] = code
-        self._restarts[slot] += code == Fault.BAD_DEPLOY  # a new container on the broken release
+        self._restarts[slot] += code in DEPLOYED_FAULTS  # a new container on the bad release
 
     @edge
     def repair(self, slots: np.ndarray, repairs: np.ndarray) -> np.ndarray:
@@ -381,7 +391,7 @@ class DockerSandbox(ArrayState):
         """Its cgroup's resident anonymous memory (not its tmpfs volume's files) over its allowance."""
         container = self.containers.get(service)
         used = host.memory_bytes(container.id) if container is not None and state in ("running", "paused") else None
-        return min(1.0, (used or 0) / (stack.MEMORY_MB * 2**20))
+        return min(1.0, (used or 0) / (MEMORY_MB * 2**20))
 
     @staticmethod
     def _reading(state: str, probes: list[Future[tuple[bool | None, float]]]) -> _Reading:

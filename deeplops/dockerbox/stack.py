@@ -40,7 +40,7 @@ from deeplops.dockerbox import host, releases, restore
 from deeplops.dockerbox.engine import ENGINE_ERRORS, edge
 from deeplops.dockerbox.owner import owner_gone, owner_pid
 from deeplops.errors import EngineError, SandboxError
-from deeplops.system import APP_DB_WAIT_S, DATA_FRACTION, PROBE_TIMEOUT_S, TICK_S
+from deeplops.system import APP_DB_WAIT_S, DATA_FRACTION, MEMORY_MB, PROBE_TIMEOUT_S, TICK_S
 from deeplops.topology import CLIENT_KINDS, Service, Topology, topology_from_dict, topology_to_dict
 
 LABEL_SANDBOX = "deeplops.sandbox"
@@ -67,11 +67,6 @@ PROGRAMS: dict[str, list[str]] = {
 """Each kind's command in the service image (docs/design.md §4.1; the programs are ``sandbox/``'s)."""
 CPU_LIMIT = 0.25
 """CPU allowance of every service, in cores: small, so a CPU hog inside really starves it."""
-MEMORY_MB = 128
-"""Memory of every service, in MiB, besides its volume: what a service writes into its volume (a
-restore of its data, a PostgreSQL cluster) is tmpfs, charged to its memory, so the volume's size
-is added to it. Enough for every kind: under traffic PostgreSQL peaks at 75 MiB (35 of them its
-cluster in the volume and its shared buffers), the others at 22 (sandbox/README.md)."""
 UP_TIMEOUT_S = 30.0
 """How long ``up`` waits for every service to pass /health, besides the slowest ``restart_s``."""
 SHOWN_HOST_WIDTH = 200
@@ -188,6 +183,8 @@ def start_service(
             volumes=volumes,
             nano_cpus=int(CPU_LIMIT * 1e9),
             mem_limit=f"{MEMORY_MB + service.disk_mb}m",
+            # No swap beyond it: a process over its limit (a leaking release) is killed, not swapped out.
+            memswap_limit=f"{MEMORY_MB + service.disk_mb}m",
             stop_signal="SIGTERM",
         )
     except APIError as exc:

@@ -31,9 +31,10 @@ from typing import Any
 import psutil
 
 from deeplops import bounds
+from deeplops.actions import fault_targets
 from deeplops.dockerbox import attached, image, stack
 from deeplops.errors import SandboxError
-from deeplops.faults import FAULTS_NEEDING_DISK, PROPER_REPAIR, Fault
+from deeplops.faults import PROPER_REPAIR, Fault
 from deeplops.policies import load_policy
 from deeplops.sidecar.daemon import Sidecar, SidecarConfig
 from deeplops.sidecar.telemetry import read_audit
@@ -185,10 +186,9 @@ def soak(policy: str, seconds: float, gap_s: tuple[float, float] = (10.0, 30.0),
     load_policy(policy, "order")  # a bad name fails here, not in the child
     rng = random.Random(seed)
     shop = load_topology("shop")
-    # Every fault on any service, but a full disk only where there is a volume.
-    chances = [
-        (f, s) for f in Fault for i, s in enumerate(shop.names) if f not in FAULTS_NEEDING_DISK or shop.has_disk[i]
-    ]
+    # Every fault on any service that can take it (a full disk only where there is a volume).
+    takes = fault_targets(shop)
+    chances = [(f, s) for f in Fault for i, s in enumerate(shop.names) if takes[i, f]]
     with _sandbox(f"dlsoak-{os.getpid()}") as project, tempfile.TemporaryDirectory() as tmp:
         audit, errors, port = Path(tmp) / "audit.jsonl", Path(tmp) / "stderr.log", _free_port()
         proc = subprocess.Popen(
