@@ -106,6 +106,9 @@ class Game:
         self._nothing_cleared = np.zeros(e, np.bool_)
         self._has_disk = self.topology.has_disk.copy()
         self._chaos_mask = np.zeros((e, N_CHAOS_ACTIONS), np.bool_)
+        # What each row of the chaos mask was last filled from (NaN: never filled).
+        self._mask_open = np.zeros((e, n), np.bool_)
+        self._mask_budget = np.full(e, np.nan)
         self._order_mask = order_mask(self.topology, e)
         self._adjacency = padded_adjacency(self.topology, e)
         self._faulted = np.zeros((e, MAX_SLOTS), np.float32)
@@ -141,7 +144,9 @@ class Game:
         self._account = compiled_for(
             _account, 0, self._measured, self.cleared, self._books, self._rules, self._admitted, self._outcome
         )
-        self._fill_chaos_mask = compiled_for(_chaos_mask, self._books, self._rules, self._chaos_mask)
+        self._fill_chaos_mask = compiled_for(
+            _chaos_mask, self._books, self._rules, self._chaos_mask, self._mask_open, self._mask_budget
+        )
 
     def reset(self, seeds: Sequence[int]) -> None:
         """Start a new episode in every env."""
@@ -236,7 +241,7 @@ class Game:
     def chaos_mask(self) -> np.ndarray:
         """``(n_envs, N_CHAOS_ACTIONS)`` bool: padded or already-faulted slots, disk_full without a
         volume, and faults over the budget or the concurrency cap are masked."""
-        self._fill_chaos_mask(self._books, self._rules, self._chaos_mask)
+        self._fill_chaos_mask(self._books, self._rules, self._chaos_mask, self._mask_open, self._mask_budget)
         return self._chaos_mask
 
     def order_obs(self) -> dict[str, np.ndarray]:
@@ -544,22 +549,38 @@ def _account(
 
 
 @njit(cache=True)
-def _chaos_mask(books: Books, rules: GameRules, mask: np.ndarray) -> None:
-    """Fill ``mask`` (``(n_envs, N_CHAOS_ACTIONS)``) with the chaos actions allowed now."""
+def _chaos_mask(
+    books: Books, rules: GameRules, mask: np.ndarray, seen_open: np.ndarray, seen_budget: np.ndarray
+) -> None:
+    """Fill ``mask`` (``(n_envs, N_CHAOS_ACTIONS)``) with the chaos actions allowed now.
+
+    A row depends only on which of its env's services have a fault open and on its budget left,
+    which change a few times an episode while the mask is read every tick: only the rows whose
+    inputs differ from those they were last filled from (``seen_open``, ``seen_budget``) are
+    filled again.
+    """
     fault_start, budget_left = books.fault_start, books.budget_left
     takes, fault_cost, max_concurrent = rules.takes, rules.fault_cost, rules.max_concurrent
     n_envs, n = fault_start.shape
-    mask[:, :] = False  # one fill: a row at a time was a small memset call per env
     for e in range(n_envs):
-        mask[e, 0] = True
+        same = seen_budget[e] == budget_left[e]  # never for NaN: a row not filled yet
+        s = 0
+        while same and s < n:
+            same = seen_open[e, s] == (fault_start[e, s] >= 0)
+            s += 1
+        if same:
+            continue
+        seen_budget[e] = budget_left[e]
         open_faults = 0
         for s in range(n):
-            if fault_start[e, s] >= 0:
-                open_faults += 1
+            seen_open[e, s] = fault_start[e, s] >= 0
+            open_faults += seen_open[e, s]
+        mask[e, :] = False
+        mask[e, 0] = True
         if open_faults >= max_concurrent:
             continue
         for s in range(n):
-            if fault_start[e, s] >= 0:
+            if seen_open[e, s]:
                 continue
             for f in range(1, FAULTS_PER_SLOT + 1):
                 if fault_cost[f] <= budget_left[e] + 1e-9 and takes[s, f]:

@@ -10,6 +10,7 @@ from deeplops.faults import FAULT_COST, REPAIR_COST, Fault, Repair
 from deeplops.game import Game, GameConfig
 from deeplops.metrics import EpisodeStats, summarize
 from deeplops.observation import MAX_SLOTS
+from deeplops.policies import load_policy
 from deeplops.sim import SimParams, SimSandbox
 from deeplops.topology import Topology, load_topology
 
@@ -251,6 +252,44 @@ def test_chaos_mask_allows_only_noop_at_the_concurrency_cap(shop: Topology) -> N
     mask = game.chaos_mask()[0]
     assert mask[0]
     assert mask.sum() == 1
+
+
+def expected_chaos_mask(game: Game, e: int) -> np.ndarray:
+    """docs/design.md §4.5, from the game's books: noop always; at the cap nothing else; else every
+    fault a service can take, on a service with none open, that the budget left pays for."""
+    topology, mask = game.topology, np.zeros(N_CHAOS_ACTIONS, bool)
+    mask[0] = True
+    open_ = game.fault_start[e] >= 0
+    if open_.sum() >= game.config.max_concurrent:
+        return mask
+    for slot in range(topology.n_services):
+        for fault in Fault:
+            fits = FAULT_COST[fault] <= game.budget_left[e] + 1e-9
+            where = (fault != Fault.DISK_FULL or topology.has_disk[slot]) and (
+                fault != Fault.MEMORY_LEAK or topology.own_code[slot]
+            )
+            mask[chaos_action(slot, fault)] = not open_[slot] and fits and where
+    return mask
+
+
+def test_the_chaos_mask_follows_the_faults_and_the_budget_tick_after_tick_and_across_episodes() -> None:
+    store = load_topology("store")
+    game = Game(SimSandbox(store, 16, SimParams()), GameConfig(max_ticks=40))
+    chaos, order = load_policy("random", Role.CHAOS), load_policy("runbook", Role.ORDER)
+    changes = 0
+    for episode in range(3):
+        game.reset(list(range(episode * 16, episode * 16 + 16)))
+        chaos.reset(16, seed=episode)
+        order.reset(16)
+        before = game.chaos_mask().copy()
+        for _ in range(40):
+            game.step(game.decide(chaos), game.decide(order))
+            mask = game.chaos_mask()
+            for e in range(16):
+                np.testing.assert_array_equal(mask[e], expected_chaos_mask(game, e))
+            changes += int((mask != before).any(axis=1).sum())
+            before = mask.copy()
+    assert changes > 50  # faults opened and ended, budgets spent: the rows did change
 
 
 def test_order_mask_excludes_padded_slots(shop: Topology) -> None:

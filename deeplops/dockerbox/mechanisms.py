@@ -361,7 +361,12 @@ def switch(handle: StackHandle, service: str, to: releases.History) -> releases.
     handle.releases[service] = to
     handle.deploys[service] = handle.deploys.get(service, 0) + 1
     handle.rewire(service, resume_flood=flooded)
-    runs = running_release(handle.containers[service])
+    # Just started, the container's process may still be the runtime's own, before it execs the
+    # program: its environment holds no release yet. Wait for the program's.
+    container = handle.containers[service]
+    what = f"start of {to.current.name} on {service}"
+    _until(lambda: running_release(container) is not None, what, DEPLOY_VERIFY_S + (spec.restart_s or 0.0))
+    runs = running_release(container)
     if runs != to.current.name:
         raise SandboxError(f"deploy of {to.current.name} on {service}: its process runs {runs or 'no release'}")
     return to
