@@ -61,9 +61,16 @@ only with ``--known-gaps`` (tests/conftest.py)."""
     ids=lambda p: p.stem,
 )  # fmt: skip
 def test_every_shipped_scenario_holds_on_docker_and_agrees_with_the_simulator(docker_engine, path):
-    [result] = compare([load_scenario(path)], order="runbook")
-    assert result.hypothesis == (True, True), result
-    assert result.agrees, result
+    # As for the agent (below): a real restart or deploy that ends a tick later than the simulator's
+    # moves the play by a tick or two (store-bad-gateway-then-app-release in one CI run: 0.800
+    # against 0.867, MTTR 3.0 against 2.0, where the run before and a replay after agreed exactly).
+    # A second play is made only when the first fails; a real gap fails both.
+    scenario = load_scenario(path)
+    [first] = compare([scenario], order="runbook")
+    if first.hypothesis != (True, True) or not first.agrees:
+        [second] = compare([scenario], order="runbook")
+        assert second.hypothesis == (True, True), (first, second)
+        assert second.agrees, (first, second)
 
 
 REAL_SOFTWARE = [p for p in shipped_scenarios() if set(load_scenario(p).topology.kinds) != {"service"}]
