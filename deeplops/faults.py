@@ -137,5 +137,3 @@ for _repair, _faults in CLEARS.items():
 FAULT_COST_TABLE = np.array([0.0] + [FAULT_COST[f] for f in Fault], dtype=np.float64)
 REPAIR_COST_TABLE = np.array([REPAIR_COST[r] for r in Repair], dtype=np.float64)
 PROPER_REPAIR_TABLE = np.array([0] + [PROPER_REPAIR[f] for f in Fault], dtype=np.int64)
-FAULT_NEEDS_DISK_TABLE = np.array([False] + [f in FAULTS_NEEDING_DISK for f in Fault], dtype=np.bool_)
-FAULT_NEEDS_CODE_TABLE = np.array([False] + [f in FAULTS_NEEDING_OWN_CODE for f in Fault], dtype=np.bool_)
