@@ -23,6 +23,7 @@ from gymnasium import spaces
 
 from deeplops.faults import (
     FAULTS,
+    FAULTS_NEEDING_DATABASE,
     FAULTS_NEEDING_DISK,
     FAULTS_NEEDING_OWN_CODE,
     REPAIRS,
@@ -122,7 +123,8 @@ def order_mask(topology: Topology, n_envs: int = 1, repairs: Iterable[Repair] = 
 def fault_targets(topology: Topology) -> np.ndarray:
     """``(n_services, len(Fault) + 1)`` bool: ``[s, f]`` when service s can take fault f (code 0,
     no fault, never): disk_full only where there is a volume, memory_leak only where our own
-    program runs (``faults.FAULTS_NEEDING_OWN_CODE``)."""
+    program runs (``faults.FAULTS_NEEDING_OWN_CODE``), conn_leak only at a client of a PostgreSQL
+    server (``faults.FAULTS_NEEDING_DATABASE``)."""
     takes = np.zeros((topology.n_services, len(Fault) + 1), np.bool_)
     for fault in Fault:
         takes[:, fault] = True
@@ -130,6 +132,8 @@ def fault_targets(topology: Topology) -> np.ndarray:
             takes[:, fault] &= topology.has_disk
         if fault in FAULTS_NEEDING_OWN_CODE:
             takes[:, fault] &= topology.own_code
+        if fault in FAULTS_NEEDING_DATABASE:
+            takes[:, fault] &= topology.leaks_at >= 0
     return takes
 
 

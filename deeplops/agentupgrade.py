@@ -27,8 +27,8 @@ SLOT_WEIGHT, SLOT_BIAS = "action_net.slot.weight", "action_net.slot.bias"
 NEVER_LOGIT = -20.0
 """Logit bias of an action an earlier agent did not have: e^-20 of the odds of any it knows."""
 EXPLORE_GAP = 2.0
-"""To train on, a new action starts as a copy of the slot's first action (restart; kill) this much
-lower in logit: tried about e^-2 as often, then told apart from it by what training rewards."""
+"""To train on, a new action starts as a copy of an action the agent knows (``explore_from``) this
+much lower in logit: tried about e^-2 as often, then told apart from it by what training rewards."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,10 @@ ROUND_1 = World(features=12, per_slot={Role.ORDER: 4, Role.CHAOS: 5})
 RELEASES = World(features=15, per_slot={Role.ORDER: 5, Role.CHAOS: 6})
 """Six faults, five repairs, fifteen features: the agents trained with bad deploys, before memory
 leaks (whose order agents are today's: nothing they read or do has changed)."""
-EARLIER: tuple[World, ...] = (ROUND_1, RELEASES)
+LEAKS = World(features=15, per_slot={Role.ORDER: 5, Role.CHAOS: 7})
+"""Seven faults: the agents trained with memory leaks, before connection leaks (whose order agents
+are today's: nothing they read or do has changed)."""
+EARLIER: tuple[World, ...] = (ROUND_1, RELEASES, LEAKS)
 """Every earlier world whose agents load here."""
 NOW = World(features=N_FEATURES, per_slot={Role.ORDER: REPAIRS_PER_SLOT, Role.CHAOS: FAULTS_PER_SLOT})
 
@@ -74,13 +77,21 @@ def shapes_in(world: World, role: Role, shapes: Mapping[str, tuple[int, ...]]) -
     return old
 
 
+def explore_from(role: Role, bias: np.ndarray) -> int:
+    """The action a new one starts as a copy of, to train on: an order agent's restart (a new
+    repair is, like it, something done to a service), a chaos agent's likeliest fault (largest
+    bias). A chaos agent settles on few faults; a copy of one it stopped using (its kill, say)
+    would never be tried, however much the new fault would hurt its opponent."""
+    return 0 if role is Role.ORDER else int(np.argmax(bias))
+
+
 def upgrade(
     world: World, role: Role, arrays: Mapping[str, np.ndarray], moments: bool = False, explore: bool = False
 ) -> dict[str, np.ndarray]:
     """``arrays`` (weights, or Adam's moments when ``moments``) of a ``world`` network in today's
     shapes: zeros for the new inputs, and for the new actions zero weights and a ``NEVER_LOGIT``
-    bias, or with ``explore`` the first action's weights and its bias less ``EXPLORE_GAP`` (the
-    moments of new actions are 0)."""
+    bias, or with ``explore`` the weights of the action ``explore_from`` picks and its bias less
+    ``EXPLORE_GAP`` (the moments of new actions are 0)."""
     out = dict(arrays)
     embed = arrays[EMBED]
     grown = world.features
@@ -90,8 +101,9 @@ def upgrade(
     added = NOW.per_slot[role] - world.per_slot[role]
     weight, bias = arrays[SLOT_WEIGHT], arrays[SLOT_BIAS]
     if explore and not moments:
-        new_weight = np.repeat(weight[:1], added, axis=0)
-        new_bias = np.full(added, bias[0] - EXPLORE_GAP, bias.dtype)
+        source = explore_from(role, bias)
+        new_weight = np.repeat(weight[source : source + 1], added, axis=0)
+        new_bias = np.full(added, bias[source] - EXPLORE_GAP, bias.dtype)
     else:
         new_weight = np.zeros((added, weight.shape[1]), weight.dtype)
         new_bias = np.full(added, 0.0 if moments else NEVER_LOGIT, bias.dtype)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from numba import njit
 
 from deeplops.actions import FAULTS_PER_SLOT, Observation, Role, order_actions, order_slots
 from deeplops.faults import CLEARS_TABLE, PROPER_REPAIR_TABLE, REPAIR_COST_TABLE, Repair
@@ -48,6 +49,7 @@ class _Symptoms:
         self.cpu = s[..., Feature.CPU]
         self.net = s[..., Feature.NET_RX]
         self.memory = s[..., Feature.MEMORY]
+        self.connections = s[..., Feature.CONNECTIONS]
         self.failing = s[..., Feature.ERROR_RATE] >= 0.5
         self.since_repair = np.rint(s[..., Feature.SINCE_REPAIR] * SINCE_REPAIR_SCALE)
         self.since_deploy = np.rint(s[..., Feature.SINCE_DEPLOY] * SINCE_REPAIR_SCALE)
@@ -88,19 +90,37 @@ class _RandomActor:
 
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
         """Mostly noops; sometimes a random valid action."""
-        n = mask.shape[0]
-        actions = np.zeros(n, np.int64)
-        u = np.asarray(self._rng.random(n))
-        if n == 1 and u[0] >= self.rate:  # the common single-env case, without array calls
-            return actions
-        pick = np.flatnonzero(u < self.rate)
-        if pick.size:
-            valid = mask[pick, 1:]
-            scores = self._rng.random(valid.shape) + valid  # valid actions score >= 1
-            choice = scores.argmax(axis=1) + 1
-            choice[~valid.any(axis=1)] = 0
-            actions[pick] = choice
-        return actions
+        rate = self.rate
+        if mask.shape[0] == 1:  # the common single-env case: mostly a noop, without array calls
+            if self._rng.random() >= rate:
+                return np.zeros(1, np.int64)
+            rate = 1.0  # drawn already
+        return random_valid(self._rng, rate, np.ascontiguousarray(mask))
+
+
+@njit(cache=True)
+def random_valid(rng: np.random.Generator, rate: float, mask: np.ndarray) -> np.ndarray:
+    """Per row of ``mask``: with probability ``rate`` a uniformly drawn allowed action other than
+    0, else (or with none allowed) 0. Compiled: random chaos is the order agent's opponent in
+    every training tick, and this is a loop over a few thousand rows."""
+    n, width = mask.shape
+    actions = np.zeros(n, np.int64)
+    for e in range(n):
+        if rng.random() >= rate:
+            continue
+        allowed = 0
+        for a in range(1, width):
+            allowed += mask[e, a]
+        if allowed == 0:
+            continue
+        k = int(rng.random() * allowed)
+        for a in range(1, width):
+            if mask[e, a]:
+                if k == 0:
+                    actions[e] = a
+                    break
+                k -= 1
+    return actions
 
 
 class RandomOrder(_RandomActor):
@@ -265,7 +285,13 @@ class RunbookPolicy:
        ``leaking`` readings (a leak: a working set does not grow every tick, whatever its size),
        roll it back if it was deployed in the last ``deploy_window`` ticks, restart it otherwise
        (it frees the memory for a while);
-    6. otherwise repair only the deepest unhealthy service: one unhealthy for ``streak``
+    6. a client holding all the connections its pools allow (``held`` or more of them) while a
+       server it uses is full (its connections at ``held`` or more of its limit): restart the
+       client, whose leaked connections close with its process (a restart of the server frees
+       them only until the client has leaked as many again). Not sooner, on a climb: pools that
+       recycle their connections make a server's count swing by a third of its limit from one
+       reading to the next, so a climb is no sign on a real one;
+    7. otherwise repair only the deepest unhealthy service: one unhealthy for ``streak``
        ticks running while each of its direct dependencies has been healthy for ``settle``
        ticks, so a cascade is fixed at its root and dependents get time to recover. Unhealthy
        means its probe fails *and* most of its requests fail: a flaky or late probe alone
@@ -294,9 +320,11 @@ class RunbookPolicy:
         growth: float = 0.05,
         leaking: int = 3,
         oom_seen: float = 0.5,
+        held: float = 0.95,
     ) -> None:
         self.streak, self.settle, self.grace, self.patience = streak, settle, grace, patience
         self.deploy_window, self.growth, self.leaking, self.oom_seen = deploy_window, growth, leaking, oom_seen
+        self.held = held
         self.reset(1)
 
     def reset(self, n_envs: int, seed: int | None = None) -> None:
@@ -336,6 +364,9 @@ class RunbookPolicy:
         self._growing = np.where(grew, self._growing + 1, 0)
         self._memory = np.where(s.running, s.memory, self._memory)
         leaking = up & (self._growing >= self.leaking)
+        full = (up & (s.connections >= self.held)).astype(np.int8)
+        uses_full = np.matmul(obs["adjacency"], full[..., None])[..., 0] > 0
+        holding = settled & (s.connections >= self.held) & uses_full
         exited = s.present & ~s.running & (since >= 2) & free
         recent = s.since_deploy <= self.deploy_window
         rules = [
@@ -346,6 +377,7 @@ class RunbookPolicy:
             (settled & (s.cpu >= 0.9), Repair.RESTART),
             (leaking & recent, Repair.ROLLBACK),
             (leaking, Repair.RESTART),
+            (holding, Repair.RESTART),
             (broken & deployed, Repair.ROLLBACK),
             (broken, Repair.RESTART),
         ]

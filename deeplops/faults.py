@@ -25,6 +25,7 @@ class Fault(IntEnum):
     NET_SATURATION = 5
     BAD_DEPLOY = 6
     MEMORY_LEAK = 7
+    CONN_LEAK = 8
 
     @property
     def label(self) -> str:
@@ -74,15 +75,18 @@ REPAIRS: tuple[Repair, ...] = tuple(r for r in Repair if r is not Repair.NOOP)
 
 CLEARS: dict[Repair, frozenset[Fault]] = {
     Repair.NOOP: frozenset(),
-    Repair.RESTART: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG}),
+    # A leaking client's connections close with its process: a new one holds only its pool.
+    Repair.RESTART: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.CONN_LEAK}),
     Repair.CLEAN_DISK: frozenset({Fault.DISK_FULL}),
     Repair.RATE_LIMIT: frozenset({Fault.NET_SATURATION}),
     # A fresh container and volume end everything but a flood, which comes from outside.
     # A recreate deploys the same release again: a broken one stays broken.
-    Repair.RECREATE: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.DISK_FULL}),
+    Repair.RECREATE: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.DISK_FULL, Fault.CONN_LEAK}),
     # The previous release, started anew: it ends what a restart ends too, where there is one. A
     # restart or a recreate starts the leaking release again: its memory is freed, for a while.
-    Repair.ROLLBACK: frozenset({Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.BAD_DEPLOY, Fault.MEMORY_LEAK}),
+    Repair.ROLLBACK: frozenset(
+        {Fault.KILL, Fault.PAUSE, Fault.CPU_HOG, Fault.BAD_DEPLOY, Fault.MEMORY_LEAK, Fault.CONN_LEAK}
+    ),
 }
 """Which faults each repair ends on the service it is applied to."""
 
@@ -94,6 +98,7 @@ PROPER_REPAIR: dict[Fault, Repair] = {
     Fault.NET_SATURATION: Repair.RATE_LIMIT,
     Fault.BAD_DEPLOY: Repair.ROLLBACK,
     Fault.MEMORY_LEAK: Repair.ROLLBACK,
+    Fault.CONN_LEAK: Repair.RESTART,
 }
 """The cheapest repair that ends each fault: what the oracle does."""
 
@@ -105,6 +110,7 @@ FAULT_COST: dict[Fault, float] = {
     Fault.NET_SATURATION: 2.0,
     Fault.BAD_DEPLOY: 2.0,
     Fault.MEMORY_LEAK: 2.0,
+    Fault.CONN_LEAK: 2.0,
 }
 """Budget points a fault costs the chaos agent."""
 
@@ -125,6 +131,9 @@ FAULTS_NEEDING_DISK: frozenset[Fault] = frozenset({Fault.DISK_FULL})
 FAULTS_NEEDING_OWN_CODE: frozenset[Fault] = frozenset({Fault.MEMORY_LEAK})
 """Faults that only a service running our own program takes (``topology.CODE_KINDS``): a leak is
 in a release's code, and real server software (PostgreSQL, Redis, nginx) is not ours to release."""
+FAULTS_NEEDING_DATABASE: frozenset[Fault] = frozenset({Fault.CONN_LEAK})
+"""Faults that only a client of a PostgreSQL server takes (``Topology.leaks_at``): the leak is of
+connections to its database."""
 REPAIRS_NEEDING_DISK: frozenset[Repair] = frozenset({Repair.CLEAN_DISK})
 """Repairs that only make sense on a service with a data volume. (Two sets, not one: Fault and
 Repair codes are both small ints, and a mixed set would hold ``Repair.RECREATE`` as ``DISK_FULL``.)"""

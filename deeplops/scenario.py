@@ -13,7 +13,7 @@ from deeplops.actions import Observation, Role, chaos_action
 from deeplops.bounds import shown, shown_keys
 from deeplops.catalog import data_dir, read_yaml, resolve_env
 from deeplops.errors import ConfigError, ScenarioError
-from deeplops.faults import FAULTS_NEEDING_DISK, FAULTS_NEEDING_OWN_CODE, Fault
+from deeplops.faults import FAULTS_NEEDING_DATABASE, FAULTS_NEEDING_DISK, FAULTS_NEEDING_OWN_CODE, Fault
 from deeplops.game import GameConfig
 from deeplops.observation import MAX_SLOTS
 from deeplops.topology import CODE_KINDS, Topology, load_topology
@@ -189,6 +189,10 @@ def _faults(raw: Any, topology: Topology | None, ticks: int | None, problems: li
             if fault in FAULTS_NEEDING_OWN_CODE and not topology.own_code[slot]:
                 need = f"{fault.label} needs a service running our own program ({', '.join(CODE_KINDS)})"
                 problems.append(f"{where}: {need}, {target!r} runs {topology.kinds[slot]}")
+                continue
+            if fault in FAULTS_NEEDING_DATABASE and topology.leaks_at[slot] < 0:
+                need = f"{fault.label} needs a client of a PostgreSQL server (an app or a worker that uses one)"
+                problems.append(f"{where}: {need}, {target!r} is a {topology.kinds[slot]} that uses none")
                 continue
         first = seen.get((at, target))
         if first is not None:

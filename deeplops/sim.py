@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 
 from deeplops import bounds, simkernel
@@ -22,11 +23,13 @@ from deeplops.observation import MAX_SLOTS, N_FEATURES, Feature
 from deeplops.sandbox import ArrayState
 from deeplops.system import (
     APP_DB_WAIT_S,
+    CONN_LEAK_PER_TICK,
     COUNTS_AS_RESTART,
     DATA_FRACTION,
     LEAK_MB_PER_TICK,
     MEMORY_MB,
     NEVER_REPAIRED,
+    PG_CLIENT_CONNECTIONS,
     PROBE_TIMEOUT_S,
     RESTART_HALF_LIFE_TICKS,
     RESTORE_TICKS_PER_VOLUME,
@@ -35,6 +38,9 @@ from deeplops.system import (
 )
 from deeplops.topology import KINDS, Topology
 
+PARALLEL_ENVS = 512
+"""Envs per thread from which a batch's tick runs on numba's threads (``simkernel.advance_parallel``):
+below it, starting the threads costs more than they save."""
 MAX_DOWN_TICKS = 3600
 """Most ticks a restart, recreate or clean_disk may keep a service down (an hour of ticks)."""
 MAX_PROBE_DELAY = 60
@@ -120,9 +126,10 @@ class Symptoms:
 KIND_FIELDS = ("restart_ticks", "recreate_ticks", "clean_disk_ticks")
 """A kind profile's downtimes, named as the ``SimParams`` fields of the generic service."""
 OWN_SYMPTOMS = {Fault.CPU_HOG: "cpu_hog", Fault.BAD_DEPLOY: "bad_release"}
-SAME_SYMPTOMS = {Fault.MEMORY_LEAK: 0}
+SAME_SYMPTOMS = {Fault.MEMORY_LEAK: 0, Fault.CONN_LEAK: 0}
 """Faults with no symptom row of their own, and the code whose row they read: a leaking release
-serves as a good one until the kernel kills it (then it reads as down), and only its memory shows."""
+serves as a good one until the kernel kills it (then it reads as down), and only its memory shows;
+a client leaking connections is well itself, until its server refuses it and every other client."""
 """The faults a kind may show its own way: the profile field with its symptom table for each."""
 PROFILE_FIELDS = (
     *KIND_FIELDS,
@@ -332,7 +339,7 @@ class SimParams:
             recreate_ticks=0,
             deploy_ticks=0,
             memory=0.146,
-            connections=0.833,
+            connections=0.667,
             cpu_hog=Symptoms(
                 latency_s=(0.1186, 0.3784),
                 cpu=(0.979, 1.0),
@@ -353,7 +360,7 @@ class SimParams:
             recreate_ticks=0,
             deploy_ticks=0,
             memory=0.145,
-            connections=0.778,
+            connections=0.556,
             cpu_hog=Symptoms(
                 latency_s=(0.1718, 0.3699), cpu=(0.969, 1.0), net_rx=(0.0034, 0.0059), probe_fail=0.25, serve_fail=0.0
             ),
@@ -371,7 +378,7 @@ class SimParams:
             page_ticks=30,
             deploy_ticks=0,
             memory=0.241,
-            connections=0.333,
+            connections=0.185,
             cpu_hog=Symptoms(
                 latency_s=(0.0183, 0.1516), cpu=(0.971, 1.0), net_rx=(0.005, 0.0064), probe_fail=0.0, serve_fail=0.0
             ),
@@ -435,6 +442,20 @@ class SimParams:
     """Share of a tick's leak a new leaking process has taken by its first reading: it starts
     part-way through the tick, once its deploy or restart is done (on Docker the first reading
     after a leaking deploy holds 0.075 of the allowance, 0.6 of a tick's 0.125, sandbox/README.md)."""
+    conn_leak_per_tick: float = CONN_LEAK_PER_TICK / PG_CLIENT_CONNECTIONS
+    """Connections a client with a connection leak opens and keeps each tick, as a share of its
+    PostgreSQL server's limit (the leak's rate on Docker, ``system.CONN_LEAK_PER_TICK``)."""
+    conn_leak_first_tick: float = 1.0
+    """Ticks of connection leak the first reading after the leak starts holds. On Docker the first
+    reading after the injection shows 0.15-0.3 above the server's level at work (the leak ran the
+    two seconds the injection takes to check it), and then it climbs more slowly than 3 a second,
+    the pools taking slots too: in six runs the server read full at the 6th to 10th reading, the
+    7th on average, where one tick's worth at the first reading puts it (sandbox/README.md)."""
+    conn_full_at: float = 0.95
+    """Share of its connection limit in use (the feature) at and above which a PostgreSQL server
+    with leaked connections refuses its clients: their pools close a connection twice a second
+    and open a new one, and the leak, trying three times a second, takes the slot. On Docker the
+    users' requests start to fail as the server reads 0.85-1.0 (sandbox/README.md)."""
     randomise: Randomisation | None = None
     """Ranges to draw the restart, recreate and probe dynamics and the symptoms from at every
     reset (training); None keeps the fields above for every episode."""
@@ -486,6 +507,12 @@ class SimParams:
         _check_chance("memory", self.memory)
         _check_chance("leak_per_tick", self.leak_per_tick)
         _check_chance("leak_first_tick", self.leak_first_tick)
+        _check_chance("conn_leak_per_tick", self.conn_leak_per_tick)
+        _check_chance("conn_full_at", self.conn_full_at)
+        if not 0.0 <= self.conn_leak_first_tick <= 10.0:
+            raise ConfigError(
+                f"sim parameter conn_leak_first_tick must be in [0, 10] ticks, got {self.conn_leak_first_tick!r}"
+            )
         if not 0.0 <= self.probe_noise <= MAX_PROBE_NOISE:
             raise ConfigError(f"sim parameter probe_noise must be in [0, {MAX_PROBE_NOISE}], got {self.probe_noise!r}")
         if self.randomise is not None and not isinstance(self.randomise, Randomisation):
@@ -616,6 +643,9 @@ class SimParams:
             restart_decay=0.5 ** (1.0 / self.restart_half_life) if self.restart_half_life else 0.0,
             leak=float(self.leak_per_tick),
             leak_first=float(self.leak_first_tick),
+            conn_leak=float(self.conn_leak_per_tick),
+            conn_leak_first=float(self.conn_leak_first_tick),
+            conn_full_at=float(self.conn_full_at),
             data_lo=float(lo),
             data_hi=float(hi),
         )
@@ -768,6 +798,7 @@ class SimSandbox(ArrayState):
             memory=np.array([self.params.memory_of(k) for k in topology.kinds], np.float64),
             connections=np.array([self.params.connections_of(k) for k in topology.kinds], np.float64),
             volume_room=np.array([s.disk_mb / MEMORY_MB for s in topology.services], np.float64),
+            leaks_at=topology.leaks_at.copy(),
         )
         self._state = simkernel.SystemState(
             fault=np.zeros((e, n), np.int8),
@@ -787,6 +818,7 @@ class SimSandbox(ArrayState):
             deployed=np.zeros((e, n), np.int32),
             behind=np.zeros((e, n), np.int32),
             held=np.zeros((e, n), np.float64),
+            conns=np.zeros((e, n), np.float64),
         )
         self._draws = self.params.draws(topology)
         self._dyn = simkernel.Dynamics(
@@ -810,7 +842,11 @@ class SimSandbox(ArrayState):
         # types and called without numba's per-call typing (deeplops.kernels says why).
         per_env = np.zeros(e, np.int64)
         state, layout, rules, dyn = self._state, self._layout, self._rules, self._dyn
-        self._advance = compiled_for(simkernel.advance, state, layout, rules, dyn, 0, self._readings)
+        self._chunks = min(numba.get_num_threads(), n_envs // PARALLEL_ENVS)
+        if self._chunks > 1:
+            self._advance = compiled_for(simkernel.advance_parallel, state, layout, rules, dyn, 0, self._readings, 2)
+        else:
+            self._advance = compiled_for(simkernel.advance, state, layout, rules, dyn, 0, self._readings)
         self._repair = compiled_for(simkernel.repair, state, self._repair_rules, dyn, per_env, per_env, self._cleared)
         self._start = compiled_for(simkernel.start, state, layout, rules, self._draws, per_env, dyn)
         self._inject = compiled_for(simkernel.inject, state, dyn, per_env, per_env)
@@ -828,6 +864,7 @@ class SimSandbox(ArrayState):
         state.deployed[:] = NEVER_REPAIRED
         state.behind[:] = 0
         state.held[:] = 0.0
+        state.conns[:] = 0.0
         state.junk[:] = 0.0
         state.restarts[:] = 0.0
         state.restore[:] = 0
@@ -869,7 +906,10 @@ class SimSandbox(ArrayState):
 
     def advance(self) -> None:
         """One tick for every env."""
-        self._advance(self._state, self._layout, self._rules, self._dyn, self._tick, self._readings)
+        if self._chunks > 1:
+            self._advance(self._state, self._layout, self._rules, self._dyn, self._tick, self._readings, self._chunks)
+        else:
+            self._advance(self._state, self._layout, self._rules, self._dyn, self._tick, self._readings)
         self._tick += 1
 
     def downtime(self) -> np.ndarray:

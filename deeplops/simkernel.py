@@ -14,14 +14,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from deeplops.faults import Fault, Repair
 from deeplops.observation import RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
 
 KILL, PAUSE = int(Fault.KILL), int(Fault.PAUSE)
 DISK_FULL, NET_SATURATION, BAD_DEPLOY = int(Fault.DISK_FULL), int(Fault.NET_SATURATION), int(Fault.BAD_DEPLOY)
-MEMORY_LEAK = int(Fault.MEMORY_LEAK)
+MEMORY_LEAK, CONN_LEAK = int(Fault.MEMORY_LEAK), int(Fault.CONN_LEAK)
 RESTART, RATE_LIMIT, ROLLBACK = int(Repair.RESTART), int(Repair.RATE_LIMIT), int(Repair.ROLLBACK)
 N_FAULT_CODES = len(Fault) + 1
 """Fault codes, 0 (none) included."""
@@ -99,6 +99,9 @@ class SystemState(NamedTuple):
     held: np.ndarray
     """``(n_envs, n_services)`` float64: memory a leaking release has taken since its process
     started, as a share of the allowance; ``OOM_KILLED`` once the kernel killed it for that."""
+    conns: np.ndarray
+    """``(n_envs, n_services)`` float64: connections a client with a connection leak holds open at
+    its PostgreSQL server (``Layout.leaks_at``), as a share of the server's connection limit."""
 
 
 class Layout(NamedTuple):
@@ -146,6 +149,9 @@ class Layout(NamedTuple):
     is tmpfs, and the container's limit is the allowance plus its size; the data in it was written
     by the host (not charged to the container), so a leaking process is killed only once its
     memory reaches ``1 + volume_room``."""
+    leaks_at: np.ndarray
+    """``(n_services,)`` int64: the PostgreSQL server (a lower slot) each service's connections leak
+    into when it has a connection leak, or -1 (``Topology.leaks_at``)."""
 
 
 class Rules(NamedTuple):
@@ -168,6 +174,14 @@ class Rules(NamedTuple):
     leak_first: float
     """Share of a tick's leak a new leaking process has taken by its first reading: it starts
     part-way through the tick, once its deploy or restart is done."""
+    conn_leak: float
+    """Connections a leaking client opens and keeps per tick, as a share of its server's limit."""
+    conn_leak_first: float
+    """Ticks of connection leak taken by the first reading after the leak starts (after the
+    injection, or once its server is back from a restart)."""
+    conn_full_at: float
+    """Share of its connection limit in use at and above which a server has none left for its
+    clients' pools: they take a slot back as often as they close one, and lose it to the leak."""
     data_lo: float
     """Least initial usage of a volume by real data."""
     data_hi: float
@@ -311,6 +325,7 @@ def _deploy(state: SystemState, dyn: Dynamics, e: int, s: int) -> None:
     state.waited[e, s] = 0
     state.started[e, s] = 2
     state.held[e, s] = 0.0
+    state.conns[e, s] = 0.0
 
 
 @njit(cache=True)
@@ -361,12 +376,62 @@ def repair(
             state.waited[e, s] = 0  # a new process: it starts once what it needs answers
             state.started[e, s] = 2
             state.held[e, s] = 0.0  # with none of the old one's leaked memory
+            state.conns[e, s] = 0.0  # and its connections closed with it
     return -1
+
+
+@njit(cache=True, inline="always")
+def _leak_connections(state: SystemState, layout: Layout, rules: Rules, e: int, taken: np.ndarray) -> None:
+    """Env e's connection leaks, at the start of its tick: each leaking client that listens opens
+    ``Rules.conn_leak`` more connections to its server while the server has room for them, and a
+    server whose processes died (down, killed) holds none of them any more. ``taken[d]`` is the
+    share of server d's connection limit the leaks now hold."""
+    fault, down, waited, conns = state.fault, state.down, state.waited, state.conns
+    leaks_at, base = layout.leaks_at, layout.connections
+    n = fault.shape[1]
+    for d in range(n):
+        taken[d] = 0.0
+    for s in range(n):
+        d = leaks_at[s]
+        if d >= 0:
+            if down[e, d] > 0 or fault[e, d] == KILL:
+                conns[e, s] = 0.0
+            taken[d] += conns[e, s]
+    for s in range(n):
+        d = leaks_at[s]
+        if d < 0 or fault[e, s] != CONN_LEAK or down[e, s] > 0 or waited[e, s] >= 0:
+            continue
+        if down[e, d] > 0 or fault[e, d] == KILL or fault[e, d] == PAUSE:
+            continue  # nothing accepts its connections: its attempts fail
+        step = rules.conn_leak * (rules.conn_leak_first if conns[e, s] == 0.0 else 1.0)
+        step = max(0.0, min(step, 1.0 - base[d] - taken[d]))
+        conns[e, s] += step
+        taken[d] += step
 
 
 @njit(cache=True)
 def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tick: int, readings: Readings) -> None:
-    """One tick of every env: faults act, health and the SLO are measured, symptoms written.
+    """One tick of every env (``advance_envs`` of them all)."""
+    advance_envs(state, layout, rules, dyn, tick, readings, 0, state.fault.shape[0])
+
+
+@njit(cache=True, parallel=True)
+def advance_parallel(
+    state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tick: int, readings: Readings, chunks: int
+) -> None:
+    """One tick of every env, the batch cut into ``chunks`` runs of envs ticked on numba's threads.
+    Envs share nothing (each has its own random stream), so the result is ``advance``'s."""
+    n_envs = state.fault.shape[0]
+    for c in prange(chunks):
+        advance_envs(state, layout, rules, dyn, tick, readings, c * n_envs // chunks, (c + 1) * n_envs // chunks)
+
+
+@njit(cache=True)
+def advance_envs(
+    state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tick: int, readings: Readings, first: int, end: int
+) -> None:
+    """One tick of envs ``first`` to ``end`` (excluded): faults act, health and the SLO are measured,
+    symptoms written.
 
     Health is dependency-aware as a real service's /health is: its own process answers, its
     disk takes a write, and every direct dependency answers a shallow ping. A ping returns the
@@ -380,6 +445,10 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     PostgreSQL answers, and exits if it waited ``Rules.start_wait`` ticks in vain. A leaking
     release takes ``Rules.leak`` more memory each tick it runs, and is killed once the memory
     limit is reached (the allowance, plus the room its tmpfs volume leaves): down until repaired.
+    A client with a connection leak fills its PostgreSQL server's connection limit; once it is full
+    the server, healthy itself, refuses every client's new connections: each of its clients (whose
+    pools need new ones every tick) fails its check and its requests there, and a new one cannot
+    start.
     """
     fault, down, since, junk, data = state.fault, state.down, state.since, state.junk, state.data
     restarts, health, history, rng, restore = state.restarts, state.health, state.history, state.rng, state.restore
@@ -389,10 +458,11 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     deps, n_deps = layout.deps, layout.n_deps
     has_disk, entries, check_in_page = layout.has_disk, layout.entries, layout.check_in_page
     start_cpu, memory, connections = layout.start_cpu, layout.memory, layout.connections
+    leaks_at, conns = layout.leaks_at, state.conns
     probe_timeout, slo_latency, disk_fill = rules.probe_timeout, rules.slo_latency, rules.disk_fill
     disk_full_at, start_wait, restart_decay = rules.disk_full_at, rules.start_wait, rules.restart_decay
     feats, slo = readings.features, readings.slo
-    n_envs, n = fault.shape
+    n = fault.shape[1]
     depth = history.shape[1]
     write = tick % depth
     latency = np.empty(n)
@@ -401,8 +471,13 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
     path_ok = np.empty(n, dtype=np.bool_)
     path_failed = np.empty(n, dtype=np.bool_)
     previous = np.empty(n, dtype=np.bool_)
+    taken = np.zeros(n)
+    full = np.zeros(n, dtype=np.bool_)
+    leaky = False  # a topology with a client that can leak connections
+    for s in range(n):
+        leaky = leaky or leaks_at[s] >= 0
     table, shared = dyn.symptoms, dyn.symptoms.shape[0] == 1
-    for e in range(n_envs):
+    for e in range(first, end):
         se = 0 if shared else e
         rate = dyn.deploy_rate[e]
         z = rng[e]  # the env's stream, in a local for the tick (see _next)
@@ -416,6 +491,10 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
                     z, u = _next(z)
                     if u < rate:
                         _deploy(state, dyn, e, s)
+        if leaky:
+            _leak_connections(state, layout, rules, e, taken)
+            for d in range(n):
+                full[d] = taken[d] > 0.0 and connections[d] + taken[d] >= rules.conn_full_at
         # Health as it was probe_delay ticks ago (no division where the ring holds one tick).
         read = 0 if depth == 1 else (tick - dyn.probe_delay[e]) % depth
         noise = dyn.probe_noise[e]
@@ -433,7 +512,7 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             if running and waited[e, s] >= 0:  # a new process: it listens once what it needs answers
                 ready = True
                 for d in range(s):
-                    if needs[s, d] and not (responsive[d] and answers[d]):
+                    if needs[s, d] and not (responsive[d] and answers[d] and not full[d]):
                         ready = False
                 if ready:
                     waited[e, s] = -1
@@ -490,6 +569,10 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
                 seen = answers[d] if direct[s, d] else previous[d]
                 if not (responsive[d] and latency[d] < probe_timeout and seen):
                     ok = False
+                if full[d] and direct[s, d]:  # its pool's new connection is refused
+                    ok = False
+                    serves = False
+                    failed = True
                 if not path_ok[d]:
                     serves = False  # a late answer below is late here; a failure fails here
                     failed = failed or path_failed[d]
@@ -533,7 +616,10 @@ def advance(state: SystemState, layout: Layout, rules: Rules, dyn: Dynamics, tic
             feats[e, s, F_RESTARTS] = min(1.0, restarts[e, s] / RESTARTS_SCALE)
             feats[e, s, F_SINCE] = min(1.0, since[e, s] / SINCE_REPAIR_SCALE)
             feats[e, s, F_MEMORY] = min(1.0, memory[s] + held[e, s]) if running else 0.0
-            feats[e, s, F_CONNECTIONS] = connections[s] if running else 0.0
+            con = connections[s]
+            if leaky:  # a server's share the leaks hold; a leaking client holds more than its pools
+                con = 1.0 if conns[e, s] > 0.0 else min(1.0, con + taken[s])
+            feats[e, s, F_CONNECTIONS] = con if running else 0.0
             feats[e, s, F_DEPLOY] = min(1.0, deployed[e, s] / SINCE_REPAIR_SCALE)
             since[e, s] += 1
             deployed[e, s] += 1

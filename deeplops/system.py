@@ -43,3 +43,12 @@ RESTORE_TICKS_PER_VOLUME = 40.0
 """Ticks to restore a full data volume from backup after a ``recreate`` destroyed it. The service
 fails its users until the restore completes, in time proportional to its data (docs/design.md
 §4.2): destroying data is an incident, never a shortcut."""
+
+PG_CLIENT_CONNECTIONS = 27
+"""The connections PostgreSQL in the sandbox gives its clients: ``max_connections`` 30, less the 3
+``superuser_reserved_connections`` its own health check and counters use (the apps and workers
+connect as an ordinary role). What a connection leak exhausts, and what the feature is a share of."""
+CONN_LEAK_PER_TICK = 3
+"""Connections a client with a connection leak opens to its PostgreSQL server and never closes,
+per tick of running: from about a fifth of them in use at work, the server has none left for a
+new client connection after six or seven ticks (sandbox/README.md)."""

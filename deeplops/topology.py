@@ -119,6 +119,15 @@ class Topology:
         return np.isin(np.array(self.kinds), CODE_KINDS)
 
     @cached_property
+    def leaks_at(self) -> np.ndarray:
+        """``(S,)`` int64: the slot of the PostgreSQL server each service's connections leak into
+        when it has a connection leak (its first, in slot order), or -1: only an app or a worker
+        that uses a PostgreSQL server can leak its connections (``faults.FAULTS_NEEDING_DATABASE``)."""
+        kinds = np.array(self.kinds)
+        uses = self.direct_checks & (kinds == "postgres")[None, :]
+        return np.where(uses.any(axis=1), uses.argmax(axis=1), -1).astype(np.int64)
+
+    @cached_property
     def kinds(self) -> tuple[str, ...]:
         """Each service's kind in slot order."""
         return tuple(s.kind for s in self.services)

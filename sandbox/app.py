@@ -14,8 +14,11 @@ Its broken release (``DEEPLOPS_RELEASE_BROKEN=1``) is a build whose orders carry
 ``customer``, that a migration it needs was to add and never did: PostgreSQL refuses each
 INSERT (``column "customer" of relation "orders" does not exist``), and its health check, which
 checks its schema, fails too. An app without PostgreSQL has the generic broken build
-(``service.py``). ``/info`` adds its pools' connections. A leaking release
+(``service.py``). ``/info`` adds its pools' connections, and those a connection leak holds. A leaking release
 (``DEEPLOPS_RELEASE_LEAKS=1``) leaks as ``service.py``'s does: the code that leaks is its own alike.
+A connection leak (``service.CONN_LEAK_SIGNAL``) opens ``DEEPLOPS_CONN_LEAK_PER_S`` connections a
+second to its first PostgreSQL server and never closes them (``clients.ConnectionLeak``). It
+connects as ``clients.CLIENT_ROLE`` and recycles its pooled connections (``clients.MAX_AGE_S``).
 
 It crashes at start while its database is down, as an app that migrates or fills its
 connection pool at start does: it listens only once every PostgreSQL server answers, waiting
@@ -57,6 +60,8 @@ class App(service.Service):
         super().__init__(config, plan)
         self.postgres = [clients.Postgres(host, port, config.timeout) for host, port in postgres]
         self.redis = [clients.Redis(host, port, config.timeout) for host, port in redis]
+        # A connection leak (set off by a signal) would go into its first PostgreSQL server.
+        self.conn_leak = clients.ConnectionLeak(self.postgres[0], config.conn_leak_per_s) if self.postgres else None
         self.db_wait_s = db_wait_s
         self._ids = itertools.count(1)  # next() on a count is atomic: ids stay unique across threads
         self._run = os.urandom(3).hex()  # and across restarts: in a container this process is always PID 1
@@ -90,7 +95,14 @@ class App(service.Service):
         return db.attempt(f"SELECT {NEW_COLUMN} FROM orders LIMIT 0") if self.config.broken else db.check()
 
     def connections(self) -> tuple[int, int] | None:
-        return clients.pooled([*self.postgres, *self.redis])
+        leaked = [self.conn_leak] if self.conn_leak is not None else []  # held beyond its pools' sizes
+        return clients.pooled([*self.postgres, *self.redis, *leaked])
+
+    def leak_connections(self) -> None:
+        if self.conn_leak is None:  # no PostgreSQL server
+            super().leak_connections()
+        else:
+            self.conn_leak.set_off(self.done, self.PROGRAM)
 
     def dependency_checks(self) -> list[str]:
         checks: list[Callable[[], str | None]] = [functools.partial(self.schema_check, db) for db in self.postgres]

@@ -6,6 +6,11 @@ first use, so a program checks its configuration (and is unit-tested) where they
 
 Each call returns None when it succeeded, else one line saying why not, as ``service.call`` does
 for HTTP. What the programs write is capped (``KEPT``), so traffic never fills a disk.
+
+The app and the worker connect to PostgreSQL as ``CLIENT_ROLE``, an ordinary role (schema.sql),
+and recycle their pooled connections after ``MAX_AGE_S``; the launcher's own checks connect as
+the superuser, for whom PostgreSQL keeps its last slots (``superuser_reserved_connections``).
+``ConnectionLeak`` is a client's connection leak (``service.CONN_LEAK_SIGNAL`` sets it off).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import select
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -28,6 +34,25 @@ JOBS = "jobs"
 """The Redis list the app pushes jobs onto and the worker pops them from."""
 POOL_SIZE = 4
 """Connections a program holds to each server at most (PostgreSQL allows 30 in all)."""
+CLIENT_ROLE = "deeplops"
+"""The role the app and the worker (and a leak of theirs) connect to PostgreSQL as: an ordinary one,
+granted what they need (schema.sql), so the server's last ``superuser_reserved_connections`` slots
+stay for its own checks and counters (``launcher.py``) when its clients have taken all the others."""
+SUPERUSER = "postgres"
+"""The role the launcher's own checks connect as, as a server's monitoring does."""
+MAX_AGE_S = 0.5
+"""Longest a client uses one pooled PostgreSQL connection: an older one is closed when it comes back
+to the pool, or by the pool's housekeeping while it is idle, and a new one opened when needed, as
+every mature pool recycles its connections (HikariCP's ``maxLifetime``, SQLAlchemy's
+``pool_recycle``), scaled to the sandbox's one-second tick: half of it, so the connections one
+tick's requests open are gone before the next tick's come. So a client needs new connections every
+tick, and one whose server refuses them (every slot taken) fails within about a tick, as a real one
+does within its lifetime setting. (With a whole tick, the connections came of age just as the next
+tick's requests came, and were replaced at once: a connection leak, attempting a third of a second
+apart, seldom got their slots, and clients went on being served for up to 8 ticks past a full
+server; sandbox/README.md, connection leaks.)"""
+HOUSEKEEPING_S = 0.1
+"""How often a pool closes its idle connections past their age, as HikariCP's housekeeper does."""
 
 _deadline = threading.local()
 
@@ -42,8 +67,8 @@ def stores(env: Mapping[str, str]) -> tuple[tuple[tuple[str, int], ...], tuple[t
 
 
 def pooled(pools: list[Any]) -> tuple[int, int] | None:
-    """Connections held by ``pools`` (each a Postgres or Redis here) and their sizes, summed; None
-    without any."""
+    """Connections held by ``pools`` (each a Postgres, Redis or ConnectionLeak here) and their sizes,
+    summed; None without any."""
     if not pools:
         return None
     held = [pool.connections() for pool in pools]
@@ -104,48 +129,105 @@ def _psycopg2() -> Any:
 
 
 class Postgres:
-    """A small pool of autocommit connections to one PostgreSQL server, as user and database ``postgres``."""
+    """A small pool of autocommit connections to one PostgreSQL server, to database ``postgres`` as
+    ``user``; each connection is used for ``max_age_s`` at most (None: kept while it works)."""
 
-    def __init__(self, host: str, port: int, timeout: float, size: int = POOL_SIZE) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        size: int = POOL_SIZE,
+        user: str = CLIENT_ROLE,
+        max_age_s: float | None = MAX_AGE_S,
+    ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.name = f"postgres {host}:{port}"
         self.size = size
+        self.user = user
+        self.max_age_s = max_age_s
         self.open = 0
         """Connections it holds now, idle or busy (each takes one of the server's slots)."""
-        self._idle: list[Any] = []
+        self._idle: list[tuple[Any, float]] = []
+        """Idle connections, each with when it was opened (``time.monotonic``)."""
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
+        self._housekeeper: threading.Thread | None = None
+
+    def connect(self) -> Any:
+        """A new autocommit connection, within the thread's deadline (``deadline``); raises on failure."""
+        conn = _psycopg2().connect(host=self.host, port=self.port, user=self.user, dbname="postgres")
+        conn.autocommit = True
+        return conn
 
     def query(self, sql: str, args: tuple[object, ...] = (), timeout: float | None = None) -> list[tuple[Any, ...]]:
         """Run one statement (or several, in one transaction) and return its rows; raises on any
         failure, a timeout included, and drops the connection it used."""
-        psycopg2 = _psycopg2()
         timeout = self.timeout if timeout is None else timeout
         if not self._slots.acquire(timeout=timeout):
-            raise TimeoutError(f"all {POOL_SIZE} connections busy")
+            raise TimeoutError(f"all {self.size} connections busy")
         try:
             with deadline(timeout):
-                with self._lock:
-                    conn = self._idle.pop() if self._idle else None
-                if conn is None:
-                    conn = psycopg2.connect(host=self.host, port=self.port, user="postgres", dbname="postgres")
+                taken = self._take()
+                if taken is None:
+                    conn, opened = self.connect(), time.monotonic()
                     with self._lock:
                         self.open += 1
-                    conn.autocommit = True
+                    self._keep_house()
+                else:
+                    conn, opened = taken
                 try:
                     with conn.cursor() as cur:
                         cur.execute(sql, args)
                         rows = cur.fetchall() if cur.description else []
                 except BaseException:
-                    conn.close()  # its state is unknown (a timeout mid-query): never reused
-                    with self._lock:
-                        self.open -= 1
+                    self._retire(conn)  # its state is unknown (a timeout mid-query): never reused
                     raise
-            with self._lock:
-                self._idle.append(conn)
+            if self._expired(opened):
+                self._retire(conn)
+            else:
+                with self._lock:
+                    self._idle.append((conn, opened))
             return rows
         finally:
             self._slots.release()
+
+    def _expired(self, opened: float) -> bool:
+        return self.max_age_s is not None and time.monotonic() - opened >= self.max_age_s
+
+    def _take(self) -> tuple[Any, float] | None:
+        """The newest idle connection young enough to use, if any; the expired ones are closed."""
+        self._sweep()
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
+    def _sweep(self) -> None:
+        """Close the idle connections past their age (a pool's housekeeping)."""
+        with self._lock:
+            expired = [conn for conn, opened in self._idle if self._expired(opened)]
+            self._idle = [(conn, opened) for conn, opened in self._idle if not self._expired(opened)]
+        for conn in expired:
+            self._retire(conn)
+
+    def _keep_house(self) -> None:
+        """Start the housekeeper (once, with its first connection, where connections age)."""
+        with self._lock:
+            if self._housekeeper is not None or self.max_age_s is None:
+                return
+            self._housekeeper = threading.Thread(target=self._housekeeping, daemon=True)
+        self._housekeeper.start()
+
+    def _housekeeping(self) -> None:
+        while True:
+            time.sleep(HOUSEKEEPING_S)
+            self._sweep()
+
+    def _retire(self, conn: Any) -> None:
+        """Close one of its connections for good."""
+        with contextlib.suppress(Exception):  # a broken one may fail to say goodbye
+            conn.close()
+        with self._lock:
+            self.open -= 1
 
     def attempt(self, sql: str, args: tuple[object, ...] = (), timeout: float | None = None) -> str | None:
         """``query``, as None or why it failed."""
@@ -160,14 +242,18 @@ class Postgres:
         return self.attempt("SELECT 1")
 
     def connections(self) -> tuple[int, int]:
-        """Connections the pool holds, and its size."""
+        """Connections the pool holds (the expired idle ones closed first), and its size."""
+        self._sweep()
         return self.open, self.size
 
     def server_connections(self) -> tuple[int, int] | None:
-        """The server's client connections in use (idle ones hold their slot too) and its
-        ``max_connections``, by one query; None when it does not answer."""
+        """The server's client connections in use (idle ones hold their slot too, the superuser's
+        included) and the slots its clients may take: ``max_connections`` less the
+        ``superuser_reserved_connections`` kept for the superuser; by one query, None when it does
+        not answer. Full, it reads that limit (or a few over it: the superuser's own)."""
         sql = ("SELECT count(*) FILTER (WHERE backend_type = 'client backend'), "
-               "current_setting('max_connections')::int FROM pg_stat_activity")  # fmt: skip
+               "current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int "
+               "FROM pg_stat_activity")  # fmt: skip
         try:
             ((used, limit),) = self.query(sql)
         except Exception:  # down, frozen, refusing: no counters
@@ -186,6 +272,102 @@ class Postgres:
         except Exception as exc:
             return f"{self.name}: {first_line(exc)}"
         return None
+
+
+class ConnectionLeak:
+    """A client's connection leak, a bug of its running code (a path that opens a connection and
+    never closes it): once started, it opens a new connection to ``db``'s server ``per_s`` times a
+    second, as ``db``'s own user, and holds every one. An attempt that fails (the server full, or
+    down) is just made again at the same rate. Connections the server has closed (it restarted)
+    are noticed and dropped. It ends with the process: a restart of the client ends it."""
+
+    def __init__(self, db: Postgres, per_s: float) -> None:
+        self.db = db
+        self.per_s = per_s
+        """Connections it tries to open a second (0: not told, it cannot start)."""
+        self.held: list[Any] = []
+        """The connections it opened and holds, the server's still as far as it knows."""
+        self.failed = 0
+        """Attempts that failed."""
+        self.why: str | None = None
+        """Why the last failed one did."""
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self, done: threading.Event) -> bool:
+        """Start leaking, until ``done`` is set; whether it started now (it runs at most once, and
+        never without a rate)."""
+        with self._lock:
+            if self._thread is not None or not self.per_s > 0:
+                return False
+            self._thread = threading.Thread(target=self.run, args=(done,), daemon=True)
+        self._thread.start()
+        return True
+
+    def set_off(self, done: threading.Event, program: str) -> None:
+        """``start``, or one line on stderr saying why it cannot (no rate told)."""
+        if not self.per_s > 0:
+            print(f"{program}: cannot leak connections: DEEPLOPS_CONN_LEAK_PER_S is not set", file=sys.stderr)
+            return
+        self.start(done)
+
+    def run(self, done: threading.Event) -> None:
+        """An attempt every ``1 / per_s`` seconds, the dropped connections counted out before each.
+        One late (a slow attempt, the CPU cap) is not made up for beyond the step it missed."""
+        step = 1.0 / self.per_s
+        due = time.monotonic()
+        while not done.is_set():
+            self.drop_closed()
+            self.attempt()
+            due = max(due + step, time.monotonic() - step)
+            done.wait(max(0.0, due - time.monotonic()))
+
+    def attempt(self) -> str | None:
+        """Open one more connection and keep it; None, or why it failed."""
+        try:
+            with deadline(self.db.timeout):
+                conn = self.db.connect()
+        except Exception as exc:  # the server full, down, frozen: the next attempt comes all the same
+            self.failed += 1
+            self.why = f"{self.db.name}: {first_line(exc)}"
+            return self.why
+        with self._lock:
+            self.held.append(conn)
+        return None
+
+    def drop_closed(self) -> int:
+        """Close and forget the held connections the server has closed (a restart of it ends every
+        one); how many. A connection nobody uses receives nothing, so one whose socket reads is
+        the server's goodbye (its FATAL message, then the end of the stream): libpq reads it
+        (``poll``), and fails once the stream has ended."""
+        with self._lock:
+            held = list(self.held)
+        gone = [conn for conn in held if conn.closed]
+        live = [conn for conn in held if not conn.closed]
+        readable = select.select(live, [], [], 0)[0] if live else []
+        for conn in readable:
+            try:
+                conn.poll()
+            except Exception:  # the server has closed it (psycopg2's OperationalError)
+                gone.append(conn)
+                continue
+            if conn.closed:
+                gone.append(conn)
+        for conn in gone:
+            with contextlib.suppress(Exception):
+                conn.close()
+        with self._lock:
+            self.held = [conn for conn in self.held if conn not in gone]
+        return len(gone)
+
+    def connections(self) -> tuple[int, int]:
+        """The connections it holds, and no limit of its own (``pooled`` adds them to its program's)."""
+        with self._lock:
+            return len(self.held), 0
 
 
 class Redis:

@@ -22,10 +22,14 @@ change shipped as a release is: PostgreSQL with ``default_transaction_read_only 
 write fails; a plain SELECT works), Redis with ``maxmemory 512`` (bytes: its template lost the
 ``mb``) and ``noeviction`` (every write fails with OOM; PING and reads work), nginx proxying to
 its upstream's port plus one (nothing listens there: every request fails). ``/info`` says the release, and for
-PostgreSQL and Redis the server's client connections of its limit (``ready`` once it answers).
+PostgreSQL and Redis the server's client connections of its limit (``ready`` once it answers):
+PostgreSQL's over the slots its clients may take, ``max_connections`` less the
+``superuser_reserved_connections`` its own checks connect into (as the superuser, with connections
+they hold), so they and the count work when its clients have taken every other slot.
 
 A leaking release (``DEEPLOPS_RELEASE_LEAKS``) is our own code's bug, never a server's: the sandbox
-gives it to none of these kinds, and they would ignore it (``service.Service.OWN_CODE``).
+gives it to none of these kinds, and they would ignore it (``service.Service.OWN_CODE``). So is a
+connection leak: its signal only has the launcher say it has no database to leak into.
 
 Bad configuration prints one line to stderr and exits 2; SIGTERM exits 0.
 """
@@ -165,7 +169,10 @@ class Postgres(Daemon):
 
     def __init__(self, config: service.Config, plan: service.RestorePlan | None = None) -> None:
         super().__init__(config, plan)
-        self.db = clients.Postgres("127.0.0.1", clients.POSTGRES_PORT, config.timeout)
+        # Its checks and counters connect as the superuser, for whom the server keeps its last
+        # slots, and hold their connections: they work while the clients have taken every other slot.
+        self.db = clients.Postgres("127.0.0.1", clients.POSTGRES_PORT, config.timeout, user=clients.SUPERUSER,
+                                   max_age_s=None)  # fmt: skip
 
     def command(self) -> list[str]:
         return [f"{PG_BIN}/postgres", "-D", self.home, *(BROKEN_PG if self.config.broken else [])]

@@ -3,7 +3,7 @@
 It is configured by environment variables (``DEEPLOPS_SERVICE``, ``DEEPLOPS_HOST``, ``DEEPLOPS_PORT``,
 ``DEEPLOPS_DEPENDS``, ``DEEPLOPS_DATA``, ``DEEPLOPS_TIMEOUT``, ``DEEPLOPS_HEALTH_INTERVAL``, and optionally
 ``DEEPLOPS_START_S``, ``DEEPLOPS_RESTORE_PLAN``, ``DEEPLOPS_RELEASE``, ``DEEPLOPS_RELEASE_BROKEN``,
-``DEEPLOPS_RELEASE_LEAKS`` and ``DEEPLOPS_LEAK_MB_PER_S``) and answers JSON:
+``DEEPLOPS_RELEASE_LEAKS``, ``DEEPLOPS_LEAK_MB_PER_S`` and ``DEEPLOPS_CONN_LEAK_PER_S``) and answers JSON:
 
 - ``GET /ping``: shallow; 200 if the last cached health result was healthy, else 503. Calls nothing.
 - ``GET /health``: checks now and caches the result: a 4 KiB write probe of the data volume, and a
@@ -22,6 +22,11 @@ A leaking release (``DEEPLOPS_RELEASE_LEAKS=1``) serves as a good one does, and 
 listens takes ``DEEPLOPS_LEAK_MB_PER_S`` MiB a second that it never frees, until the container's
 memory limit has the kernel kill it. The app and the worker leak the same way; the real servers
 (``launcher.py``) never do.
+
+A connection leak is a bug of the running code, not of a release: ``CONN_LEAK_SIGNAL`` (SIGUSR2) sets
+it off in the running process, and a new process (a restart) is rid of it. The app and the worker
+then open ``DEEPLOPS_CONN_LEAK_PER_S`` connections a second to their first PostgreSQL server and
+never close them (``clients.ConnectionLeak``); this service, with no database, says so and goes on.
 
 A background thread refreshes the cached health every interval, so a failure climbs the dependency
 graph one hop per interval. SIGTERM and SIGINT stop the server promptly and exit 0. Bad configuration
@@ -71,6 +76,8 @@ RELEASE_MAX = 64
 """Longest release name."""
 LEAK_STEP_S = 0.1
 """A leaking release takes its memory in a slice every this many seconds, so it grows steadily."""
+CONN_LEAK_SIGNAL = signal.SIGUSR2
+"""What sets a connection leak off in a running program (``Service.leak_connections``)."""
 
 
 class ConfigError(Exception):
@@ -107,6 +114,8 @@ class Config:
     """Whether that release leaks memory: it serves, and grows until the kernel kills it."""
     leak_mb_per_s: float = 0.0
     """How fast a leaking release takes memory, in MiB a second (0: not told)."""
+    conn_leak_per_s: float = 0.0
+    """How fast a connection leak opens connections, a second (0: not told: it cannot start)."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,7 @@ def load_config(env: Mapping[str, str]) -> Config:
     rate = env.get("DEEPLOPS_LEAK_MB_PER_S")
     if leaks and rate is None:
         raise ConfigError("DEEPLOPS_LEAK_MB_PER_S must be set for a leaking release (DEEPLOPS_RELEASE_LEAKS=1)")
+    conn_rate = env.get("DEEPLOPS_CONN_LEAK_PER_S")  # the sandbox's to tell too; needed only once set off
     return Config(
         service=service,
         host=env.get("DEEPLOPS_HOST", "0.0.0.0"),
@@ -198,6 +208,9 @@ def load_config(env: Mapping[str, str]) -> Config:
         broken=flag(env.get("DEEPLOPS_RELEASE_BROKEN", "0"), "DEEPLOPS_RELEASE_BROKEN"),
         leaks=leaks,
         leak_mb_per_s=positive(rate, "DEEPLOPS_LEAK_MB_PER_S", "MiB a second") if rate is not None else 0.0,
+        conn_leak_per_s=(
+            positive(conn_rate, "DEEPLOPS_CONN_LEAK_PER_S", "connections a second") if conn_rate is not None else 0.0
+        ),
     )
 
 
@@ -400,6 +413,11 @@ class Service:
             due += LEAK_STEP_S
             self.done.wait(max(0.0, due - time.monotonic()))
 
+    def leak_connections(self) -> None:
+        """The connection leak's bug, set off by CONN_LEAK_SIGNAL: nothing here, with no database to
+        leak connections to (the app and the worker have one: ``clients.ConnectionLeak``)."""
+        print(f"{self.PROGRAM}: {CONN_LEAK_SIGNAL.name}: no PostgreSQL server to leak connections to", file=sys.stderr)
+
     def check_health(self) -> list[str]:
         """Run the dependency-aware check now, cache its result and return the reasons it failed."""
         restoring = self.restoring
@@ -558,6 +576,9 @@ def main(kind: type[Service] = Service) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # A runtime bug set off in the running process (from a thread, as stop is).
+    signal.signal(CONN_LEAK_SIGNAL, lambda signum, frame: threading.Thread(target=service.leak_connections,
+                                                                           daemon=True).start())  # fmt: skip
     # A slow start: nothing listens yet, so every request is refused until it is over.
     if service.done.wait(max(0.0, service.config.start_s - process_age())):
         return 0

@@ -17,8 +17,9 @@ Its broken release (``DEEPLOPS_RELEASE_BROKEN=1``) writes each job with a column
 that ``jobs_done`` does not have (a migration never run): PostgreSQL refuses every write, so no job
 is done (each is pushed back), ``/work`` fails, and its health check, which checks its schema,
 fails too. A worker without PostgreSQL has the generic broken build (``service.py``). ``/info``
-adds its pools' connections, the blocking consumers' included. A leaking release
-(``DEEPLOPS_RELEASE_LEAKS=1``) leaks as ``service.py``'s does: the code that leaks is theirs alike.
+adds its pools' connections, the blocking consumers' included, and those a connection leak holds. A
+leaking release (``DEEPLOPS_RELEASE_LEAKS=1``) leaks as ``service.py``'s does: the code that leaks is
+theirs alike. A connection leak leaks as the app's does (``clients.ConnectionLeak``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Worker(service.Service):
         super().__init__(config, plan)
         self.postgres = [clients.Postgres(host, port, config.timeout) for host, port in postgres]
         self.redis = [clients.Redis(host, port, config.timeout) for host, port in redis]
+        # A connection leak (set off by a signal) would go into its first PostgreSQL server.
+        self.conn_leak = clients.ConnectionLeak(self.postgres[0], config.conn_leak_per_s) if self.postgres else None
         # Blocking pops get connections of their own, whose reads wait BLOCK_S longer.
         self.queues = [clients.Redis(host, port, config.timeout, size=1, block_s=BLOCK_S) for host, port in redis]
         self.jobs = 0
@@ -105,7 +108,14 @@ class Worker(service.Service):
         return db.attempt(f"SELECT {NEW_COLUMN} FROM jobs_done LIMIT 0") if self.config.broken else db.check()
 
     def connections(self) -> tuple[int, int] | None:
-        return clients.pooled([*self.postgres, *self.redis, *self.queues])
+        leaked = [self.conn_leak] if self.conn_leak is not None else []  # held beyond its pools' sizes
+        return clients.pooled([*self.postgres, *self.redis, *self.queues, *leaked])
+
+    def leak_connections(self) -> None:
+        if self.conn_leak is None:  # no PostgreSQL server
+            super().leak_connections()
+        else:
+            self.conn_leak.set_off(self.done, self.PROGRAM)
 
     def dependency_checks(self) -> list[str]:
         checks: list[Callable[[], str | None]] = [functools.partial(self.schema_check, db) for db in self.postgres]

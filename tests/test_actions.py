@@ -37,11 +37,11 @@ def shop() -> Topology:
 # --- encoding -------------------------------------------------------------------------------------
 
 
-def test_chaos_action_is_one_plus_slot_times_seven_plus_fault_offset() -> None:
+def test_chaos_action_is_one_plus_slot_times_eight_plus_fault_offset() -> None:
     assert chaos_action(0, Fault.KILL) == 1
-    assert chaos_action(0, Fault.MEMORY_LEAK) == 7
-    assert chaos_action(2, Fault.DISK_FULL) == 18
-    assert chaos_action(MAX_SLOTS - 1, Fault.MEMORY_LEAK) == N_CHAOS_ACTIONS - 1 == 112
+    assert chaos_action(0, Fault.CONN_LEAK) == 8
+    assert chaos_action(2, Fault.DISK_FULL) == 20
+    assert chaos_action(MAX_SLOTS - 1, Fault.CONN_LEAK) == N_CHAOS_ACTIONS - 1 == 128
 
 
 def test_order_action_is_one_plus_slot_times_five_plus_repair_offset() -> None:

@@ -129,6 +129,34 @@ def test_a_chaos_agent_of_the_releases_world_keeps_its_faults_and_never_leaks_me
     assert (per_slot[:, Fault.MEMORY_LEAK - 1] <= out.max() - 15).all()
 
 
+LEAKS_CHAOS = Path(__file__).parent / "data" / "leaks" / "chaos.zip"
+"""The chaos agent shipped with memory leaks, before connection leaks (seven faults a slot;
+``agents/pretrained`` at commit f96a651)."""
+
+
+def test_a_chaos_agent_of_the_memory_leak_world_keeps_its_faults_and_never_leaks_connections() -> None:
+    assert saved_actions(LEAKS_CHAOS) == 1 + MAX_SLOTS * 7
+    raw = raw_weights(LEAKS_CHAOS)
+    agent = agentfile.load(LEAKS_CHAOS)
+    assert np.array_equal(agent.weights[SLOT_WEIGHT][:7], raw[SLOT_WEIGHT])
+    assert np.array_equal(agent.weights[SLOT_BIAS][:7], raw[SLOT_BIAS])
+    assert np.array_equal(agent.weights[EMBED], raw[EMBED])
+    out = logits(agent.build(), store_observation(Role.CHAOS))[0]
+    per_slot = out[1:].reshape(MAX_SLOTS, FAULTS_PER_SLOT)
+    assert (per_slot[:, Fault.CONN_LEAK - 1] <= out.max() - 15).all()
+
+
+def test_a_chaos_agent_to_train_on_tries_a_new_fault_as_a_quieter_copy_of_its_likeliest_one() -> None:
+    # The chaos agent of the memory-leak world has settled on pauses (the largest bias of its
+    # slot head); a copy of its kill, which it dropped, would never be tried.
+    raw = raw_weights(LEAKS_CHAOS)
+    assert int(np.argmax(raw[SLOT_BIAS])) == Fault.PAUSE - 1
+    agent = agentfile.load(LEAKS_CHAOS, explore=True)
+    weight, bias = agent.weights[SLOT_WEIGHT], agent.weights[SLOT_BIAS]
+    assert np.array_equal(weight[Fault.CONN_LEAK - 1], raw[SLOT_WEIGHT][Fault.PAUSE - 1])
+    assert bias[Fault.CONN_LEAK - 1] == pytest.approx(raw[SLOT_BIAS][Fault.PAUSE - 1] - 2.0)
+
+
 def test_an_order_agent_of_the_releases_world_is_todays_and_loads_unchanged() -> None:
     path = Path(__file__).parent.parent / "agents" / "pretrained" / "order.zip"
     assert saved_actions(path) == N_ACTIONS[Role.ORDER]

@@ -44,6 +44,12 @@ def test_the_sim_defaults_are_the_shipped_calibration():
 
 
 SPEED_GAPS = {
+    "store-worker-connection-leak": "the worker's leak fills PostgreSQL later and less steadily on Docker: "
+    "the database's count swings as the pools recycle their connections (full at the 6th to 10th "
+    "reading in three runs), and the "
+    "restart of the worker, made once the database reads full, comes 2 to 5 ticks later than in the "
+    "simulator: 0.900 against 0.975, MTTR 11.0 and 12.0 against 7.0 in two runs (0.950 and 9.0 in a "
+    "third)",
     "gateway-flood": "as the flood drains every container's CPU reads a burst (the api's 0.93) in some runs, "
     "and the runbook's CPU rule restarts the api: 0.800 against 0.867 in one run of three",
 }
@@ -84,6 +90,11 @@ def test_at_least_four_shipped_drills_run_on_real_software():
 
 
 KNOWN_GAPS = {
+    "store-worker-connection-leak": "the worker's leak fills PostgreSQL later and less steadily on Docker: "
+    "the database's count swings as the pools recycle their connections (full at the 6th to 10th "
+    "reading in three runs), and the "
+    "agent's restart of the worker, made once the database reads full, comes 2 to 5 ticks later than in "
+    "the simulator: 0.900 against 0.975, MTTR 11.0 against 7.0 in one run",
     "store-wal-disk-full": "on Docker the worker's writes into their own table fail about 12 ticks into the "
     "database's full disk, long before the app's orders, and the agent's cleaning of the database comes at "
     "another time than the simulator's (MTTR 10.5 and 17.0 against 14.5): the simulator keeps one page per store",

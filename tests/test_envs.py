@@ -25,7 +25,7 @@ from deeplops.errors import ConfigError, PolicyError, SandboxError
 
 ORDER_ID, CHAOS_ID = "deeplops/Order-v0", "deeplops/Chaos-v0"
 ENV_IDS = [ORDER_ID, CHAOS_ID]
-N_ACTIONS = {ORDER_ID: 81, CHAOS_ID: 113}  # 1 + 16 slots * 5 repairs, 1 + 16 slots * 7 faults
+N_ACTIONS = {ORDER_ID: 81, CHAOS_ID: 129}  # 1 + 16 slots * 5 repairs, 1 + 16 slots * 8 faults
 MAX_TICKS = 200  # GameConfig.max_ticks default
 TOPOLOGIES = ["shop", "chain", "bank"]
 
@@ -273,7 +273,7 @@ def test_action_masks_allow_noop(env_id: str) -> None:
 def test_action_masks_forbid_every_padded_slot(env_id: str, topology: str) -> None:
     env = gym.make(env_id, env=topology)
     env.reset(seed=0)
-    per_slot = 5 if env_id == ORDER_ID else 7
+    per_slot = 5 if env_id == ORDER_ID else 8
     first_padded_action = 1 + len(SERVICE_NAMES[topology]) * per_slot
     mask = env.unwrapped.action_masks()
     assert not mask[first_padded_action:].any()
@@ -291,12 +291,12 @@ def test_order_mask_allows_clean_disk_only_on_services_with_a_volume() -> None:
 def test_chaos_mask_forbids_a_second_fault_on_a_faulted_service() -> None:
     env = gym.make(CHAOS_ID, opponent="noop")  # shop: slot 0 is cache, slot 1 is db (with a volume)
     env.reset(seed=0)
-    db_faults = slice(1 + 1 * 7, 1 + 2 * 7)
+    db_faults = slice(1 + 1 * 8, 1 + 1 * 8 + 7)  # all but conn_leak: shop has no PostgreSQL
     assert env.unwrapped.action_masks()[db_faults].all()
-    env.step(1 + 1 * 7 + 2)  # cpu_hog on db
+    env.step(1 + 1 * 8 + 2)  # cpu_hog on db
     mask = env.unwrapped.action_masks()
     assert not mask[db_faults].any()
-    assert mask[1 : 1 + 7].any()
+    assert mask[1 : 1 + 8].any()
 
 
 def test_sb3_contrib_reads_the_masks_through_a_dummy_vec_env() -> None:

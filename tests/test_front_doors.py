@@ -17,7 +17,7 @@ import pytest
 import deeplops
 
 ORDER_ID, CHAOS_ID = "deeplops/Order-v0", "deeplops/Chaos-v0"
-N_ACTIONS = {ORDER_ID: 81, CHAOS_ID: 113}  # 1 + 16 slots * 5 repairs, 1 + 16 slots * 7 faults
+N_ACTIONS = {ORDER_ID: 81, CHAOS_ID: 129}  # 1 + 16 slots * 5 repairs, 1 + 16 slots * 8 faults
 MAX_TICKS = 200  # GameConfig.max_ticks default
 
 

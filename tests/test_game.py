@@ -265,8 +265,10 @@ def expected_chaos_mask(game: Game, e: int) -> np.ndarray:
     for slot in range(topology.n_services):
         for fault in Fault:
             fits = FAULT_COST[fault] <= game.budget_left[e] + 1e-9
-            where = (fault != Fault.DISK_FULL or topology.has_disk[slot]) and (
-                fault != Fault.MEMORY_LEAK or topology.own_code[slot]
+            where = (
+                (fault != Fault.DISK_FULL or topology.has_disk[slot])
+                and (fault != Fault.MEMORY_LEAK or topology.own_code[slot])
+                and (fault != Fault.CONN_LEAK or topology.kinds[slot] in ("app", "worker"))
             )
             mask[chaos_action(slot, fault)] = not open_[slot] and fits and where
     return mask

@@ -240,3 +240,273 @@ def test_each_service_is_started_with_its_kinds_program_and_its_dependencies_kin
     assert asked["box-cache"]["command"][-1] == "redis"
     assert asked["box-app"]["command"][-1] == "/app/app.py"
     assert asked["box-worker"]["environment"]["DEEPLOPS_REDIS"] == "queue:6379"
+
+
+# -- connection pools and a client's connection leak (sandbox/clients.py), with fake connections ----------
+
+
+@pytest.fixture
+def clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """sandbox/clients.py as a module (it imports service.py beside it)."""
+    monkeypatch.syspath_prepend(str(SANDBOX))
+    import clients as module
+
+    yield module
+    for name in ("clients", "service"):  # top-level names of the image's /app, not of deeplops
+        sys.modules.pop(name, None)
+
+
+class FakeConnection:
+    """A psycopg2 connection as far as the pool and the leak use one: its server end is a socket of
+    a pair, which the "server" closes (``hang_up``) as PostgreSQL ends its connections when it stops."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.mine, self.servers = socket.socketpair()
+        self.closed = 0
+        self.autocommit = False
+        self.ran: list[str] = []
+
+    def fileno(self) -> int:
+        return self.mine.fileno()
+
+    def cursor(self) -> FakeConnection:
+        return self
+
+    def __enter__(self) -> FakeConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def execute(self, sql: str, args: tuple[object, ...]) -> None:
+        self.ran.append(sql)
+
+    description = None
+
+    def poll(self) -> int:
+        """What libpq does with a readable idle connection: reads what came, and fails at the end."""
+        import socket
+
+        if self.mine.recv(1024, socket.MSG_DONTWAIT) == b"":
+            self.closed = 2
+            raise OSError("server closed the connection unexpectedly")
+        return 0
+
+    def close(self) -> None:
+        self.closed = 1
+        self.mine.close()
+
+    def hang_up(self, goodbye: bytes = b"") -> None:
+        if goodbye:
+            self.servers.sendall(goodbye)
+        self.servers.close()
+
+
+def fake_server(db: object, refuse: list[bool] | None = None) -> list[FakeConnection]:
+    """Make ``db`` (a clients.Postgres) connect to a fake server; the connections it made, in order.
+    While ``refuse[0]`` is true, connecting fails as a full PostgreSQL refuses."""
+    made: list[FakeConnection] = []
+
+    def connect() -> FakeConnection:
+        if refuse and refuse[0]:
+            raise OSError("FATAL:  remaining connection slots are reserved for non-replication superuser connections")
+        made.append(FakeConnection())
+        return made[-1]
+
+    db.connect = connect  # type: ignore[attr-defined]
+    return made
+
+
+def test_a_clients_pool_recycles_a_connection_past_its_age_and_the_launchers_keeps_its_own(
+    clients: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    now = [100.0]
+    # The module's clock only; the housekeeper sleeps long, so what is swept here is swept by hand.
+    monkeypatch.setattr(clients, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=lambda s: time.sleep(3600)))
+    db = clients.Postgres("db", 5432, 0.5)
+    made = fake_server(db)
+    assert (db.user, db.max_age_s) == (clients.CLIENT_ROLE, clients.MAX_AGE_S) and clients.CLIENT_ROLE != "postgres"
+    db.query("SELECT 1")
+    now[0] += clients.MAX_AGE_S / 2
+    db.query("SELECT 1")  # young enough: the same connection again
+    assert len(made) == 1 and made[0].ran == ["SELECT 1", "SELECT 1"] and db.connections() == (1, 4)
+    now[0] += clients.MAX_AGE_S / 2
+    db.query("SELECT 1")  # past its age: closed, and a new one opened
+    assert len(made) == 2 and made[0].closed and not made[1].closed and db.connections() == (1, 4)
+    now[0] += clients.MAX_AGE_S
+    assert db.connections() == (0, 4) and made[1].closed  # idle past its age: closed by the housekeeping
+
+    # One taken young and handed back past its age (a long query) is closed as it comes back.
+    def run_long(sql: str, args: tuple[object, ...]) -> None:
+        now[0] += clients.MAX_AGE_S
+
+    slow = FakeConnection()
+    slow.execute = run_long  # type: ignore[method-assign]
+    db.connect = lambda: slow  # type: ignore[method-assign]
+    db.query("SELECT pg_sleep(1)")
+    assert slow.closed and db.connections() == (0, 4)
+
+    # The launcher's checks and counters keep their connections (and connect as the superuser).
+    monitor = clients.Postgres("127.0.0.1", 5432, 0.5, user=clients.SUPERUSER, max_age_s=None)
+    held = fake_server(monitor)
+    for _ in range(3):
+        monitor.query("SELECT 1")
+        now[0] += 10 * clients.MAX_AGE_S
+    assert len(held) == 1 and not held[0].closed and monitor.connections() == (1, 4)
+
+
+def test_a_pools_housekeeper_closes_idle_connections_past_their_age(clients: ModuleType) -> None:
+    db = clients.Postgres("db", 5432, 0.5, max_age_s=0.2)
+    made = fake_server(db)
+    db.query("SELECT 1")
+    assert db.connections() == (1, 4)
+    deadline = time.monotonic() + 2.0
+    while not made[0].closed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert made[0].closed and db.open == 0  # nobody used the pool meanwhile
+
+
+def test_a_failed_query_drops_its_connection(clients: ModuleType) -> None:
+    db = clients.Postgres("db", 5432, 0.5)
+    made = fake_server(db)
+
+    def fail(sql: str, args: tuple[object, ...]) -> None:
+        raise OSError("server closed the connection unexpectedly")
+
+    db.query("SELECT 1")
+    made[0].execute = fail  # type: ignore[method-assign]
+    assert db.attempt("SELECT 1") == "postgres db:5432: server closed the connection unexpectedly"
+    assert made[0].closed and db.connections() == (0, 4)
+
+
+def test_a_connection_leak_holds_every_connection_it_opens_at_its_rate(clients: ModuleType) -> None:
+    import threading
+
+    db = clients.Postgres("db", 5432, 0.5)
+    made = fake_server(db)
+    leak = clients.ConnectionLeak(db, per_s=20.0)
+    done = threading.Event()
+    start = time.monotonic()
+    assert leak.start(done) and not leak.start(done)  # once: a second signal changes nothing
+    time.sleep(0.5)
+    held, elapsed = leak.connections()[0], time.monotonic() - start
+    assert 6 <= held <= 20 * elapsed + 1 and leak.connections()[1] == 0  # its rate, and no limit of its own
+    assert all(not conn.closed for conn in made)  # never closed
+    done.set()
+    time.sleep(0.1)
+    assert leak.connections()[0] == len(made)
+    # The program counts them with its pools: beyond their sizes.
+    assert clients.pooled([db, leak]) == (len(made), 4)
+
+
+def test_a_connection_leak_retries_at_its_rate_while_refused_and_drops_what_the_server_closed(
+    clients: ModuleType,
+) -> None:
+    db = clients.Postgres("db", 5432, 0.5)
+    refuse = [False]
+    made = fake_server(db, refuse)
+    leak = clients.ConnectionLeak(db, per_s=10.0)
+    for _ in range(4):
+        assert leak.attempt() is None
+    refuse[0] = True  # the server is full: nothing more is held, every attempt counted
+    assert "remaining connection slots are reserved" in (leak.attempt() or "")
+    assert leak.connections()[0] == 4 and leak.failed == 1
+    # The server restarts: it says goodbye on one, and just closes another; the rest stay idle.
+    made[0].hang_up(b"E FATAL: terminating connection due to administrator command")
+    made[1].hang_up()
+    dropped = leak.drop_closed()
+    dropped += leak.drop_closed()  # the goodbye is read first, then the end of the stream
+    assert dropped == 2 and leak.connections()[0] == 2 and made[0].closed and made[1].closed
+    assert leak.drop_closed() == 0 and leak.connections()[0] == 2
+
+
+def test_a_connection_leak_without_a_rate_does_not_start_and_says_why(
+    clients: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    leak = clients.ConnectionLeak(clients.Postgres("db", 5432, 0.5), per_s=0.0)
+    leak.set_off(threading.Event(), "app.py")
+    assert not leak.started
+    assert capsys.readouterr().err == "app.py: cannot leak connections: DEEPLOPS_CONN_LEAK_PER_S is not set\n"
+
+
+def test_a_program_reads_the_connection_leaks_rate_and_refuses_a_bad_one_in_one_line(clients: ModuleType) -> None:
+    import service
+
+    load = service.load_config
+    assert load({"DEEPLOPS_SERVICE": "a"}).conn_leak_per_s == 0.0
+    assert load({"DEEPLOPS_SERVICE": "a", "DEEPLOPS_CONN_LEAK_PER_S": "3.0"}).conn_leak_per_s == 3.0
+    for value in ("0", "-3", "inf", "nan", "x", ""):
+        with pytest.raises(service.ConfigError, match="DEEPLOPS_CONN_LEAK_PER_S must be a positive number") as err:
+            load({"DEEPLOPS_SERVICE": "a", "DEEPLOPS_CONN_LEAK_PER_S": value})
+        assert "\n" not in str(err.value)
+
+
+def test_every_service_is_told_the_connection_leaks_rate_and_its_postgres_servers_in_slot_order() -> None:
+    from deeplops.system import CONN_LEAK_PER_TICK, TICK_S
+    from deeplops.topology import topology_from_dict
+
+    for env in environments("store").values():
+        assert float(env["DEEPLOPS_CONN_LEAK_PER_S"]) == CONN_LEAK_PER_TICK / TICK_S
+    doc = {"name": "two-dbs", "services": {
+        "api": {"kind": "app", "depends_on": ["cache", "orders", "ledger"], "entry": True},
+        "ledger": {"kind": "postgres", "disk_mb": 64}, "orders": {"kind": "postgres", "disk_mb": 64},
+        "cache": {"kind": "redis"}}}  # fmt: skip
+    topology = topology_from_dict(doc)
+    kinds = dict(zip(topology.names, topology.kinds, strict=True))
+    told = stack.environment(topology.services[topology.index["api"]], kinds)
+    first = told["DEEPLOPS_POSTGRES"].split(",")[0].split(":")[0]
+    assert topology.index[first] == topology.leaks_at[topology.index["api"]]
+    assert sorted(told["DEEPLOPS_POSTGRES"].split(",")) == ["ledger:5432", "orders:5432"]
+
+
+def test_the_connection_leaks_signal_is_the_one_the_sandbox_sends_and_leaves_a_program_without_a_database_serving(
+    tmp_path: Path,
+) -> None:
+    import socket
+    import urllib.request
+
+    from deeplops.dockerbox import mechanisms
+
+    sys.path.insert(0, str(SANDBOX))
+    try:
+        import clients as program_clients
+        import service
+    finally:
+        sys.path.remove(str(SANDBOX))
+        for name in ("clients", "service"):
+            sys.modules.pop(name, None)
+    assert service.CONN_LEAK_SIGNAL == mechanisms.CONN_LEAK_SIGNAL
+    assert program_clients.POOL_SIZE == mechanisms.CLIENT_POOL_SIZE
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DEEPLOPS_SERVICE": "api", "DEEPLOPS_HOST": "127.0.0.1", "DEEPLOPS_PORT": str(port),
+           "DEEPLOPS_CONN_LEAK_PER_S": "3.0"}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(SANDBOX / "app.py")], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/work", timeout=1) as resp:
+                    assert resp.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the app never answered"
+                time.sleep(0.05)
+        proc.send_signal(mechanisms.CONN_LEAK_SIGNAL)  # handled: not the signal's default, an exit
+        time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/work", timeout=1) as resp:
+            assert resp.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=3) == 0
+        assert proc.stderr is not None
+        assert proc.stderr.read() == "app.py: SIGUSR2: no PostgreSQL server to leak connections to\n"
+    finally:
+        proc.kill()
+        proc.wait()

@@ -516,6 +516,39 @@ def test_env_in_a_batch_follows_its_own_seed(shop: Topology) -> None:
         np.testing.assert_array_equal(x, y)
 
 
+def test_a_large_batch_on_several_threads_plays_each_env_as_a_single_sandbox(monkeypatch) -> None:
+    """Past ``PARALLEL_ENVS`` envs per thread the tick runs on numba's threads; the last env of each
+    thread's run plays exactly as a single sandbox of its seed (store: every kind, a connection leak)."""
+    import numba
+
+    from deeplops import sim
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("numba has one thread here")
+    monkeypatch.setattr(sim, "PARALLEL_ENVS", 4)
+    store = load_topology("store")
+    params = SimParams()
+    seeds = tuple(range(100, 112))
+    batch = make(store, params, seeds=seeds)
+    assert batch._chunks >= 2
+    singles = {e: make(store, params, seeds=(seeds[e],)) for e in (0, 5, 6, 11)}
+    worker, db = store.index["worker"], store.index["db"]
+    for t in range(30):
+        if t == 2:
+            batch.inject(np.full(12, worker), np.full(12, int(Fault.CONN_LEAK)))
+            for single in singles.values():
+                single.inject(np.array([worker]), np.array([int(Fault.CONN_LEAK)]))
+        if t == 15:
+            batch.repair(np.full(12, db), np.full(12, int(Repair.RESTART)))
+            for single in singles.values():
+                single.repair(np.array([db]), np.array([int(Repair.RESTART)]))
+        batch.advance()
+        for e, single in singles.items():
+            single.advance()
+            np.testing.assert_array_equal(batch.observe()[e], single.observe()[0])
+            assert batch.slo[e] == single.slo[0]
+
+
 def test_env_in_a_batch_is_unaffected_by_other_envs_actions(shop: Topology) -> None:
     batch, single = make(shop, seeds=(5, 6, 7)), make(shop, seeds=(6,))
     db, cache = shop.index["db"], shop.index["cache"]

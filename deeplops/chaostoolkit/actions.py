@@ -16,8 +16,8 @@ __all__ = ["inject_fault", "repair"]
 
 
 def inject_fault(fault: str, target: str, sandbox: str) -> dict[str, Any]:
-    """Inject ``fault`` (kill, pause, cpu_hog, disk_full, net_saturation, bad_deploy, memory_leak) into
-    service ``target`` of the live sandbox ``sandbox``."""
+    """Inject ``fault`` (kill, pause, cpu_hog, disk_full, net_saturation, bad_deploy, memory_leak,
+    conn_leak) into service ``target`` of the live sandbox ``sandbox``."""
     code = Fault.parse(fault, SandboxError)
     attached.inject(sandbox, code, target)
     return {"fault": code.label, "target": target, "sandbox": sandbox}

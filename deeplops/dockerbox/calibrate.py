@@ -51,7 +51,10 @@ TARGETS = {
 }
 """Where each fault is measured on ``shop``. Not a memory leak: its course (the kill, ticks after the
 deploy) follows from ``system.LEAK_MB_PER_TICK`` and the service's memory at work, which the baseline
-measures, rules of the world checked by tests/test_docker_leaks.py, not parameters to fit."""
+measures, rules of the world checked by tests/test_docker_leaks.py, not parameters to fit. Nor a
+connection leak, for the same reason: its course (the database full, every client of it failing)
+follows from ``system.CONN_LEAK_PER_TICK`` and the connections at work, checked by
+tests/test_docker_conn_leak.py (and it needs an app or a worker on PostgreSQL, which ``shop`` has not)."""
 
 
 KIND_TARGETS = {"postgres": "db", "redis": "queue", "nginx": "gateway", "app": "app", "worker": "worker"}
@@ -79,7 +82,8 @@ RESTARTED_BY = (Fault.KILL, Fault.PAUSE, Fault.CPU_HOG)
 """The faults a restart ends, each measured on every kind."""
 EVERY_KIND = (*RESTARTED_BY, Fault.BAD_DEPLOY)
 """The faults measured on every kind: a bad deploy too (its broken release's symptoms, and the
-rollback's downtime; about 20 s a kind). Not a memory leak, for the reason TARGETS gives."""
+rollback's downtime; about 20 s a kind). Not a memory leak nor a connection leak, for the reason
+TARGETS gives."""
 LIVE_RESTARTS = ("pause", "cpu_hog")
 """The faults whose restart stops a live process first: a restart's downtime is the mean over
 them. One of a killed process has nothing to stop: what that saves is the kill's own figure

@@ -56,13 +56,15 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 # The cluster template is its own layer, before the programs: a change to a program rebuilds only
 # the last layer. initdb runs here, once, not in every container under a quarter of a CPU; the
 # tables every kind writes are made here too (schema.sql), in single-user mode. Small settings:
-# 1 MiB WAL segments, 16 MB of shared buffers, 30 connections; fsync stays on.
+# 1 MiB WAL segments, 16 MB of shared buffers, 30 connections, 3 of them kept for the superuser (the
+# launcher's checks; the clients connect as an ordinary role), as PostgreSQL's default; fsync stays on.
 _DOCKERFILE = """FROM {base}
 COPY schema.sql /app/schema.sql
 RUN set -e; install -d -o postgres -g postgres {template}; \\
     setpriv --reuid=postgres --regid=postgres --init-groups {bin}/initdb -D {template} --wal-segsize=1 \\
         -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-instructions >/dev/null; \\
-    printf '%s\\n' "listen_addresses = '*'" "port = 5432" "max_connections = 30" "shared_buffers = 16MB" \\
+    printf '%s\\n' "listen_addresses = '*'" "port = 5432" "max_connections = 30" "superuser_reserved_connections = 3" \\
+        "shared_buffers = 16MB" \\
         "min_wal_size = 4MB" "max_wal_size = 16MB" "jit = off" "unix_socket_directories = '/tmp'" \\
         >> {template}/postgresql.conf; \\
     echo "host all all all trust" >> {template}/pg_hba.conf; \\

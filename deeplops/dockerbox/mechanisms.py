@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import ipaddress
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from deeplops.dockerbox.handle import StackHandle
 from deeplops.errors import SandboxError
 from deeplops.faults import Fault, Repair
 from deeplops.system import LEAK_MB_PER_TICK, PROBE_TIMEOUT_S, TICK_S
-from deeplops.topology import CODE_KINDS
+from deeplops.topology import CLIENT_KINDS, CODE_KINDS
 
 HOG_PROCESSES = 8
 """Busy processes a cpu_hog starts: many, so the service gets a small share of its CPU allowance."""
@@ -46,15 +47,27 @@ LEAK_VERIFY_S = 2.0
 LEAK_SEEN_BYTES = int(LEAK_MB_PER_TICK / TICK_S * LEAK_VERIFY_S / 4 * 2**20)
 """Growth that shows the leak (8 MiB): a quarter of what it takes within LEAK_VERIFY_S, far more than
 a good release's memory moves in that time at work (a generic service holds ~12 MiB, an app ~19)."""
+CONN_LEAK_SIGNAL = signal.SIGUSR2
+"""What sets a connection leak off in a client's running program (``sandbox/service.py``'s
+``CONN_LEAK_SIGNAL``)."""
+CONN_LEAK_VERIFY_S = 4.0
+"""How long a connection leak's connections are waited for at its database."""
+CLIENT_POOL_SIZE = 4
+"""The most connections a client's pool holds to one PostgreSQL server (``sandbox/clients.py``'s
+``POOL_SIZE``): one holding more is leaking them."""
+CONN_LEAK_SEEN = CLIENT_POOL_SIZE + 2
+"""Connections from the leaking client that show the leak at its database: beyond what its pool may
+hold, with room for one being replaced as it is recycled (its new one may come before the old one's
+backend has gone). At the leak's 3 a second: 0.7 to 2 s, as the pool held 4 to none."""
 
 
-def _until(check: Callable[[], bool], what: str, timeout_s: float = _VERIFY_S) -> None:
-    """Poll ``check`` until true; a SandboxError naming ``what`` if it never is."""
+def _until(check: Callable[[], bool], what: str, timeout_s: float = _VERIFY_S, every_s: float = 0.01) -> None:
+    """Poll ``check`` every ``every_s`` until true; a SandboxError naming ``what`` if it never is."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
             raise SandboxError(f"{what} did not take effect within {timeout_s:.1f} s")
-        time.sleep(0.01)
+        time.sleep(every_s)
 
 
 def kill(handle: StackHandle, service: str) -> None:
@@ -322,6 +335,61 @@ def memory_leak(handle: StackHandle, service: str) -> None:
     _until(lambda: (host.memory_bytes(container_id) or 0) >= start + LEAK_SEEN_BYTES, what, LEAK_VERIFY_S)
 
 
+def conn_leak(handle: StackHandle, service: str) -> None:
+    """Set off a connection leak in a client's running program: a signal, as the leak is a bug of
+    its running code, not a release (a restart, a new process, is rid of it). Only an app or a
+    worker that uses a PostgreSQL server takes one; its connections go into its first one
+    (``Topology.leaks_at``), which is checked (by a query of ``pg_stat_activity``) to hold more
+    connections from it than its pool can (CONN_LEAK_SEEN), or to be full."""
+    spec = handle.topology.services[handle.topology.index[service]]
+    into = int(handle.topology.leaks_at[handle.topology.index[service]])
+    if into < 0:
+        article = "an" if spec.kind[0] in "aeiou" else "a"
+        why = (f"{article} {spec.kind} that uses no PostgreSQL server" if spec.kind in CLIENT_KINDS else
+               f"{article} {spec.kind}, not a client of a database (only an app or a worker that uses a PostgreSQL "
+               "server leaks connections into it)")  # fmt: skip
+        raise SandboxError(f"conn_leak on {service}: it is {why}")
+    db = handle.topology.names[into]
+    what = f"conn_leak of {service} into {db}"
+    container = handle.containers[service]
+    container.reload()
+    pid = container.attrs["State"]["Pid"]
+    if container.status != "running" or not pid or service not in handle.ips:
+        raise SandboxError(f"{what}: {service} is not running")
+    client = ipaddress.ip_address(handle.ips[service])  # an address, safe to write into a query
+    # Its connections, all the clients', and the slots they may take (psql's own not counted).
+    count = (f"SELECT count(*) FILTER (WHERE host(client_addr) = '{client}'), count(*), "
+             "current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int "
+             "FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")  # fmt: skip
+    _connections_of(handle, db, count, what)  # it answers: the leak can be seen there
+    try:
+        if _in_container(pid, container.id):
+            os.kill(pid, CONN_LEAK_SIGNAL)
+        else:  # not visible here (from inside a sidecar's container): through the engine
+            container.kill(signal=CONN_LEAK_SIGNAL.name)
+    except (APIError, ProcessLookupError) as exc:
+        raise SandboxError(f"{what}: {exc}") from None
+
+    def leaking() -> bool:
+        theirs, used, limit = _connections_of(handle, db, count, what)
+        return theirs >= CONN_LEAK_SEEN or used >= limit  # full: the leak has what it could get
+
+    _until(leaking, what, CONN_LEAK_VERIFY_S, every_s=0.05)
+
+
+def _connections_of(handle: StackHandle, db: str, count: str, what: str) -> tuple[int, ...]:
+    """The numbers a query of the PostgreSQL server ``db`` counts, by psql inside its container, as
+    the superuser (whose reserved slots let it in when the clients have taken the others)."""
+    try:
+        code, out = handle.containers[db].exec_run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", count])
+    except APIError as exc:
+        raise SandboxError(f"{what}: cannot query {db}: {exc.explanation or exc}") from None
+    text = out.decode(errors="replace").strip()
+    if code != 0 or not all(part.isdigit() for part in text.split("|")):
+        raise SandboxError(f"{what}: cannot query {db}: {text.splitlines()[-1] if text else f'status {code}'}")
+    return tuple(int(part) for part in text.split("|"))
+
+
 def _serves(handle: StackHandle, service: str, release: releases.Release) -> bool:
     """Whether the service's program says it runs ``release`` and is ready."""
     ip = handle.ips.get(service)
@@ -444,6 +512,7 @@ INJECT: dict[Fault, Callable[[StackHandle, str], None]] = {
     Fault.NET_SATURATION: net_saturation,
     Fault.BAD_DEPLOY: bad_deploy,
     Fault.MEMORY_LEAK: memory_leak,
+    Fault.CONN_LEAK: conn_leak,
 }
 REPAIR: dict[Repair, Callable[[StackHandle, str], None]] = {
     Repair.NOOP: noop,

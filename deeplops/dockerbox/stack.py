@@ -40,7 +40,7 @@ from deeplops.dockerbox import host, releases, restore
 from deeplops.dockerbox.engine import ENGINE_ERRORS, edge
 from deeplops.dockerbox.owner import owner_gone, owner_pid
 from deeplops.errors import EngineError, SandboxError
-from deeplops.system import APP_DB_WAIT_S, DATA_FRACTION, MEMORY_MB, PROBE_TIMEOUT_S, TICK_S
+from deeplops.system import APP_DB_WAIT_S, CONN_LEAK_PER_TICK, DATA_FRACTION, MEMORY_MB, PROBE_TIMEOUT_S, TICK_S
 from deeplops.topology import CLIENT_KINDS, Service, Topology, topology_from_dict, topology_to_dict
 
 LABEL_SANDBOX = "deeplops.sandbox"
@@ -120,15 +120,21 @@ def block_tag(sandbox: str, service: str = "") -> str:
 
 def environment(service: Service, kinds: Mapping[str, str]) -> dict[str, str]:
     """The environment a service's program reads (``sandbox/service.py`` and the kinds' programs);
-    ``kinds`` holds its dependencies' kinds (one missing is taken for a generic service).
+    ``kinds`` holds its dependencies' kinds (one missing is taken for a generic service), in slot
+    order where it is a topology's.
 
     An app or a worker reaches a PostgreSQL or Redis dependency at its own port with its own
-    client (``DEEPLOPS_POSTGRES``, ``DEEPLOPS_REDIS``); every other dependency, and every
-    dependency of the other kinds, over HTTP at PORT (``DEEPLOPS_DEPENDS``). A service with
-    ``restart_s`` is told to listen only that long after its process starts; one with a volume,
-    where a recreate leaves a restore plan (``restore.PLAN_NAME``)."""
+    client (``DEEPLOPS_POSTGRES``, ``DEEPLOPS_REDIS``; its PostgreSQL servers in slot order, so its
+    first is the one a connection leak of it goes into, ``Topology.leaks_at``); every other
+    dependency, and every dependency of the other kinds, over HTTP at PORT (``DEEPLOPS_DEPENDS``).
+    A service with ``restart_s`` is told to listen only that long after its process starts; one
+    with a volume, where a recreate leaves a restore plan (``restore.PLAN_NAME``). Every one is told
+    the rate of a connection leak (``DEEPLOPS_CONN_LEAK_PER_S``), which only an app's or a worker's
+    running process takes, when it is set off (``mechanisms.conn_leak``)."""
     by_port: dict[str, list[str]] = {"DEEPLOPS_DEPENDS": [], "DEEPLOPS_POSTGRES": [], "DEEPLOPS_REDIS": []}
-    for dep in service.depends_on:
+    slot = {name: i for i, name in enumerate(kinds)}
+    postgres = sorted((dep for dep in service.depends_on if kinds.get(dep) == "postgres"), key=slot.__getitem__)
+    for dep in [*postgres, *(dep for dep in service.depends_on if dep not in postgres)]:
         kind = kinds.get(dep, "service")
         if service.kind in CLIENT_KINDS and kind in NATIVE_PORTS:
             by_port[f"DEEPLOPS_{kind.upper()}"].append(f"{dep}:{NATIVE_PORTS[kind]}")
@@ -140,6 +146,7 @@ def environment(service: Service, kinds: Mapping[str, str]) -> dict[str, str]:
         "DEEPLOPS_DATA": "/data" if service.disk_mb else "",
         "DEEPLOPS_TIMEOUT": str(PROBE_TIMEOUT_S),
         "DEEPLOPS_HEALTH_INTERVAL": str(HEALTH_INTERVAL_S),
+        "DEEPLOPS_CONN_LEAK_PER_S": repr(CONN_LEAK_PER_TICK / TICK_S),
     }
     if service.kind in CLIENT_KINDS:
         env |= {name: ",".join(by_port[name]) for name in ("DEEPLOPS_POSTGRES", "DEEPLOPS_REDIS")}
