@@ -364,9 +364,10 @@ class RunbookPolicy:
         self._growing = np.where(grew, self._growing + 1, 0)
         self._memory = np.where(s.running, s.memory, self._memory)
         leaking = up & (self._growing >= self.leaking)
-        full = (up & (s.connections >= self.held)).astype(np.int8)
+        at_limit = s.connections >= self.held  # a server full, or a client at its pools' size and more
+        full = (up & at_limit).astype(np.int8)
         uses_full = np.matmul(obs["adjacency"], full[..., None])[..., 0] > 0
-        holding = settled & (s.connections >= self.held) & uses_full
+        holding = settled & at_limit & uses_full
         exited = s.present & ~s.running & (since >= 2) & free
         recent = s.since_deploy <= self.deploy_window
         rules = [

@@ -126,11 +126,11 @@ class Symptoms:
 KIND_FIELDS = ("restart_ticks", "recreate_ticks", "clean_disk_ticks")
 """A kind profile's downtimes, named as the ``SimParams`` fields of the generic service."""
 OWN_SYMPTOMS = {Fault.CPU_HOG: "cpu_hog", Fault.BAD_DEPLOY: "bad_release"}
+"""The faults a kind may show its own way: the profile field with its symptom table for each."""
 SAME_SYMPTOMS = {Fault.MEMORY_LEAK: 0, Fault.CONN_LEAK: 0}
 """Faults with no symptom row of their own, and the code whose row they read: a leaking release
 serves as a good one until the kernel kills it (then it reads as down), and only its memory shows;
 a client leaking connections is well itself, until its server refuses it and every other client."""
-"""The faults a kind may show its own way: the profile field with its symptom table for each."""
 PROFILE_FIELDS = (
     *KIND_FIELDS,
     "deploy_ticks",

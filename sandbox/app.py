@@ -60,8 +60,8 @@ class App(service.Service):
         super().__init__(config, plan)
         self.postgres = [clients.Postgres(host, port, config.timeout) for host, port in postgres]
         self.redis = [clients.Redis(host, port, config.timeout) for host, port in redis]
-        # A connection leak (set off by a signal) would go into its first PostgreSQL server.
-        self.conn_leak = clients.ConnectionLeak(self.postgres[0], config.conn_leak_per_s) if self.postgres else None
+        if self.postgres:  # a connection leak (set off by a signal) would go into its first server
+            self.conn_leak = clients.ConnectionLeak(self.postgres[0], config.conn_leak_per_s)
         self.db_wait_s = db_wait_s
         self._ids = itertools.count(1)  # next() on a count is atomic: ids stay unique across threads
         self._run = os.urandom(3).hex()  # and across restarts: in a container this process is always PID 1
@@ -97,12 +97,6 @@ class App(service.Service):
     def connections(self) -> tuple[int, int] | None:
         leaked = [self.conn_leak] if self.conn_leak is not None else []  # held beyond its pools' sizes
         return clients.pooled([*self.postgres, *self.redis, *leaked])
-
-    def leak_connections(self) -> None:
-        if self.conn_leak is None:  # no PostgreSQL server
-            super().leak_connections()
-        else:
-            self.conn_leak.set_off(self.done, self.PROGRAM)
 
     def dependency_checks(self) -> list[str]:
         checks: list[Callable[[], str | None]] = [functools.partial(self.schema_check, db) for db in self.postgres]

@@ -61,6 +61,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 PROBE_BYTES = 4096
 RECORD_BYTES = 256
@@ -341,6 +342,9 @@ class Service:
         self._log_lock = threading.Lock()  # appends and rotation one at a time, so no record is lost or torn
         self.leaked: list[bytes] = []
         """What a leaking release took and holds: never freed."""
+        self.conn_leak: Any = None
+        """The connection leak its running code would start (``clients.ConnectionLeak``, which the
+        app and the worker set, into their first PostgreSQL server); None without a database."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Service:
@@ -414,9 +418,13 @@ class Service:
             self.done.wait(max(0.0, due - time.monotonic()))
 
     def leak_connections(self) -> None:
-        """The connection leak's bug, set off by CONN_LEAK_SIGNAL: nothing here, with no database to
-        leak connections to (the app and the worker have one: ``clients.ConnectionLeak``)."""
-        print(f"{self.PROGRAM}: {CONN_LEAK_SIGNAL.name}: no PostgreSQL server to leak connections to", file=sys.stderr)
+        """The connection leak's bug, set off by CONN_LEAK_SIGNAL (``conn_leak``); with no database
+        to leak connections to, one line saying so."""
+        if self.conn_leak is None:
+            why = "no PostgreSQL server to leak connections to"
+            print(f"{self.PROGRAM}: {CONN_LEAK_SIGNAL.name}: {why}", file=sys.stderr)
+        else:
+            self.conn_leak.set_off(self.done, self.PROGRAM)
 
     def check_health(self) -> list[str]:
         """Run the dependency-aware check now, cache its result and return the reasons it failed."""

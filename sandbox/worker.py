@@ -56,8 +56,8 @@ class Worker(service.Service):
         super().__init__(config, plan)
         self.postgres = [clients.Postgres(host, port, config.timeout) for host, port in postgres]
         self.redis = [clients.Redis(host, port, config.timeout) for host, port in redis]
-        # A connection leak (set off by a signal) would go into its first PostgreSQL server.
-        self.conn_leak = clients.ConnectionLeak(self.postgres[0], config.conn_leak_per_s) if self.postgres else None
+        if self.postgres:  # a connection leak (set off by a signal) would go into its first server
+            self.conn_leak = clients.ConnectionLeak(self.postgres[0], config.conn_leak_per_s)
         # Blocking pops get connections of their own, whose reads wait BLOCK_S longer.
         self.queues = [clients.Redis(host, port, config.timeout, size=1, block_s=BLOCK_S) for host, port in redis]
         self.jobs = 0
@@ -110,12 +110,6 @@ class Worker(service.Service):
     def connections(self) -> tuple[int, int] | None:
         leaked = [self.conn_leak] if self.conn_leak is not None else []  # held beyond its pools' sizes
         return clients.pooled([*self.postgres, *self.redis, *self.queues, *leaked])
-
-    def leak_connections(self) -> None:
-        if self.conn_leak is None:  # no PostgreSQL server
-            super().leak_connections()
-        else:
-            self.conn_leak.set_off(self.done, self.PROGRAM)
 
     def dependency_checks(self) -> list[str]:
         checks: list[Callable[[], str | None]] = [functools.partial(self.schema_check, db) for db in self.postgres]

@@ -116,34 +116,28 @@ def test_an_earlier_agent_to_train_on_tries_the_new_actions_as_a_quieter_first_a
 RELEASES_CHAOS = Path(__file__).parent / "data" / "releases" / "chaos.zip"
 """The chaos agent shipped with bad deploys, before memory leaks (six faults a slot;
 ``agents/pretrained`` at commit f599dd4)."""
-
-
-def test_a_chaos_agent_of_the_releases_world_keeps_its_faults_and_never_leaks_memory() -> None:
-    assert saved_actions(RELEASES_CHAOS) == 1 + MAX_SLOTS * 6
-    raw = raw_weights(RELEASES_CHAOS)
-    agent = agentfile.load(RELEASES_CHAOS)
-    assert np.array_equal(agent.weights[SLOT_WEIGHT][:6], raw[SLOT_WEIGHT])
-    assert np.array_equal(agent.weights[EMBED], raw[EMBED])  # the same features: nothing new to read
-    out = logits(agent.build(), store_observation(Role.CHAOS))[0]
-    per_slot = out[1:].reshape(MAX_SLOTS, FAULTS_PER_SLOT)
-    assert (per_slot[:, Fault.MEMORY_LEAK - 1] <= out.max() - 15).all()
-
-
 LEAKS_CHAOS = Path(__file__).parent / "data" / "leaks" / "chaos.zip"
 """The chaos agent shipped with memory leaks, before connection leaks (seven faults a slot;
 ``agents/pretrained`` at commit f96a651)."""
 
 
-def test_a_chaos_agent_of_the_memory_leak_world_keeps_its_faults_and_never_leaks_connections() -> None:
-    assert saved_actions(LEAKS_CHAOS) == 1 + MAX_SLOTS * 7
-    raw = raw_weights(LEAKS_CHAOS)
-    agent = agentfile.load(LEAKS_CHAOS)
-    assert np.array_equal(agent.weights[SLOT_WEIGHT][:7], raw[SLOT_WEIGHT])
-    assert np.array_equal(agent.weights[SLOT_BIAS][:7], raw[SLOT_BIAS])
-    assert np.array_equal(agent.weights[EMBED], raw[EMBED])
+@pytest.mark.parametrize(
+    ("path", "faults", "never"),
+    [(RELEASES_CHAOS, 6, Fault.MEMORY_LEAK), (LEAKS_CHAOS, 7, Fault.CONN_LEAK)],
+    ids=["releases", "memory-leaks"],
+)
+def test_a_chaos_agent_of_an_earlier_world_keeps_its_faults_and_never_takes_the_new_ones(
+    path: Path, faults: int, never: Fault
+) -> None:
+    assert saved_actions(path) == 1 + MAX_SLOTS * faults
+    raw = raw_weights(path)
+    agent = agentfile.load(path)
+    assert np.array_equal(agent.weights[SLOT_WEIGHT][:faults], raw[SLOT_WEIGHT])
+    assert np.array_equal(agent.weights[SLOT_BIAS][:faults], raw[SLOT_BIAS])
+    assert np.array_equal(agent.weights[EMBED], raw[EMBED])  # the same features: nothing new to read
     out = logits(agent.build(), store_observation(Role.CHAOS))[0]
     per_slot = out[1:].reshape(MAX_SLOTS, FAULTS_PER_SLOT)
-    assert (per_slot[:, Fault.CONN_LEAK - 1] <= out.max() - 15).all()
+    assert (per_slot[:, never - 1 :] <= out.max() - 15).all()
 
 
 def test_a_chaos_agent_to_train_on_tries_a_new_fault_as_a_quieter_copy_of_its_likeliest_one() -> None:

@@ -86,26 +86,37 @@ def test_the_launcher_checks_the_services_configuration_too(kind: str) -> None:
     assert "DEEPLOPS_TIMEOUT" in done.stderr
 
 
-def test_an_app_with_only_http_dependencies_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
-    """No database to wait for: it listens at once (the client libraries are not needed here)."""
+def serving_app(**env: str) -> tuple[subprocess.Popen[str], int]:
+    """``app.py`` with only HTTP dependencies (none), on a free port, once it has answered a
+    ``/work`` (it fails the test if it never does within 5 s); its stderr piped."""
     import socket
     import urllib.request
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "DEEPLOPS_SERVICE": "api", "DEEPLOPS_HOST": "127.0.0.1", "DEEPLOPS_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, str(SANDBOX / "app.py")], env=env)
+    environment = {**os.environ, "DEEPLOPS_SERVICE": "api", "DEEPLOPS_HOST": "127.0.0.1", "DEEPLOPS_PORT": str(port),
+                   **env}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(SANDBOX / "app.py")], env=environment, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/work", timeout=1) as resp:
+                assert resp.status == 200
+                return proc, port
+        except OSError:
+            if time.monotonic() >= deadline:
+                proc.kill()
+                proc.wait()
+                raise AssertionError("the app never answered") from None
+            time.sleep(0.05)
+
+
+def test_an_app_with_only_http_dependencies_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    """No database to wait for: it listens at once (the client libraries are not needed here)."""
+    proc, _ = serving_app()
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/work", timeout=1) as resp:
-                    assert resp.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the app never answered"
-                time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=3) == 0
     finally:
@@ -468,7 +479,6 @@ def test_every_service_is_told_the_connection_leaks_rate_and_its_postgres_server
 def test_the_connection_leaks_signal_is_the_one_the_sandbox_sends_and_leaves_a_program_without_a_database_serving(
     tmp_path: Path,
 ) -> None:
-    import socket
     import urllib.request
 
     from deeplops.dockerbox import mechanisms
@@ -483,22 +493,8 @@ def test_the_connection_leaks_signal_is_the_one_the_sandbox_sends_and_leaves_a_p
             sys.modules.pop(name, None)
     assert service.CONN_LEAK_SIGNAL == mechanisms.CONN_LEAK_SIGNAL
     assert program_clients.POOL_SIZE == mechanisms.CLIENT_POOL_SIZE
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "DEEPLOPS_SERVICE": "api", "DEEPLOPS_HOST": "127.0.0.1", "DEEPLOPS_PORT": str(port),
-           "DEEPLOPS_CONN_LEAK_PER_S": "3.0"}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(SANDBOX / "app.py")], env=env, stderr=subprocess.PIPE, text=True)
+    proc, port = serving_app(DEEPLOPS_CONN_LEAK_PER_S="3.0")
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/work", timeout=1) as resp:
-                    assert resp.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the app never answered"
-                time.sleep(0.05)
         proc.send_signal(mechanisms.CONN_LEAK_SIGNAL)  # handled: not the signal's default, an exit
         time.sleep(0.3)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/work", timeout=1) as resp:
