@@ -90,30 +90,36 @@ class _RandomActor:
 
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
         """Mostly noops; sometimes a random valid action."""
-        rate = self.rate
         if mask.shape[0] == 1:  # the common single-env case: mostly a noop, without array calls
-            if self._rng.random() >= rate:
+            draw = self._rng.random()
+            if draw >= self.rate:
                 return np.zeros(1, np.int64)
-            rate = 1.0  # drawn already
-        return random_valid(self._rng, rate, np.ascontiguousarray(mask))
+            return random_valid(np.array([draw]), self.rate, np.ascontiguousarray(mask))
+        draws = self._rng.random(len(mask))
+        return random_valid(draws, self.rate, np.ascontiguousarray(mask))
 
 
 @njit(cache=True)
-def random_valid(rng: np.random.Generator, rate: float, mask: np.ndarray) -> np.ndarray:
-    """Per row of ``mask``: with probability ``rate`` a uniformly drawn allowed action other than
-    0, else (or with none allowed) 0. Compiled: random chaos is the order agent's opponent in
-    every training tick, and this is a loop over a few thousand rows."""
+def random_valid(draws: np.ndarray, rate: float, mask: np.ndarray) -> np.ndarray:
+    """Per row of ``mask``: where its uniform draw in ``draws`` is below ``rate``, an allowed action
+    other than 0, uniformly chosen by where the draw falls below ``rate``; else (or with none
+    allowed) 0. Compiled: random chaos is the order agent's opponent in every training tick, and
+    this is a loop over a few thousand rows.
+
+    The draws are made outside: numba's unboxing of a numpy Generator ignores a failure in its
+    Python calls, and a Ctrl-C landing in one of them crashed the process with a segfault."""
     n, width = mask.shape
     actions = np.zeros(n, np.int64)
     for e in range(n):
-        if rng.random() >= rate:
+        if draws[e] >= rate:
             continue
         allowed = 0
         for a in range(1, width):
             allowed += mask[e, a]
         if allowed == 0:
             continue
-        k = int(rng.random() * allowed)
+        # Below the rate, draw/rate is itself uniform on [0, 1): one draw picks both.
+        k = min(int(draws[e] / rate * allowed), allowed - 1)
         for a in range(1, width):
             if mask[e, a]:
                 if k == 0:

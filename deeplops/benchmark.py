@@ -1,5 +1,5 @@
-"""``deeplops benchmark``: a fixed protocol that ranks order policies on systems, faults and dynamics
-they were never trained on, like a challenge's leaderboard.
+"""``deeplops benchmark``: a fixed protocol that ranks order policies on systems, faults and dynamics,
+most of them never trained on, like a challenge's leaderboard.
 
 Each policy plays every suite, in this order (the ids are stable; ``SUITES`` holds them):
 
@@ -7,7 +7,7 @@ Each policy plays every suite, in this order (the ids are stable; ``SUITES`` hol
 |---|---|---|---|
 | ``random-topologies`` | 8 random topologies never trained on (topogen seeds 10000-10007) | random | calibrated |
 | ``bank`` | ``bank`` (never trained on) | random | calibrated |
-| ``real-software`` | ``store`` and ``payments`` (real-software kinds; never trained on) | random | calibrated |
+| ``real-software`` | ``store`` and ``payments`` (real-software kinds; trained on) | random | calibrated |
 | ``scenarios`` | every shipped scenario (``scenarios/*.yaml``) | its scripted faults | calibrated |
 | ``slow-restarts`` | ``shop`` and ``bank`` | random | restarts and recreates take 3 ticks |
 | ``very-slow-restarts`` | ``shop`` and ``bank`` | random | restarts and recreates take 8 ticks |
@@ -46,7 +46,7 @@ from deeplops.topology import Topology, load_topology
 SUITES: dict[str, str] = {
     "random-topologies": "8 random topologies never trained on (topogen seeds 10000-10007), random chaos",
     "bank": "the bank topology (never trained on), random chaos",
-    "real-software": "store and payments, on PostgreSQL, Redis and nginx kinds (never trained on), random chaos",
+    "real-software": "store and payments, on PostgreSQL, Redis and nginx kinds (trained on), random chaos",
     "scenarios": "every shipped scenario, its scripted faults",
     "slow-restarts": "shop and bank, random chaos; restarts and recreates take 3 ticks",
     "very-slow-restarts": "shop and bank, random chaos; restarts and recreates take 8 ticks",

@@ -307,3 +307,23 @@ def test_availability_ranks_oracle_runbook_autoheal_noop_against_random_chaos(sh
     assert oracle >= runbook
     assert runbook >= autoheal + 0.03
     assert autoheal > noop
+
+
+def test_random_chaos_picks_each_allowed_action_about_equally_and_noops_where_none_is_allowed() -> None:
+    from deeplops.baselines import RandomChaos
+
+    mask = np.zeros((4000, 6), bool)
+    mask[:, 0] = True
+    mask[:2000, [2, 3, 5]] = True  # half the envs may play 2, 3 or 5; the other half only noop
+    chaos = RandomChaos(rate=0.5, seed=3)
+    actions = np.concatenate([chaos.act({}, mask) for _ in range(10)])
+    allowed = np.tile(np.arange(4000) < 2000, 10)
+    assert set(np.unique(actions[~allowed])) == {0}
+    counts = np.bincount(actions[allowed], minlength=6)
+    assert counts[[1, 4]].tolist() == [0, 0]
+    # 20,000 envs at rate 0.5: about 10,000 noops and 3,333 of each allowed action.
+    assert 9600 < counts[0] < 10400
+    assert all(3100 < c < 3570 for c in counts[[2, 3, 5]]), counts
+    single = RandomChaos(rate=0.5, seed=3)
+    one = np.concatenate([single.act({}, mask[:1]) for _ in range(2000)])
+    assert set(np.unique(one)) == {0, 2, 3, 5} and 900 < (one == 0).sum() < 1100

@@ -298,16 +298,32 @@ ON_DOCKER = ("selfplay", "--backend", "docker", "--generations", "1", "--steps",
 two engines per role."""
 
 
+def _sandboxes_but_the_other_workers() -> set[str]:
+    """The sandboxes on this machine's engine, less those of the test run's other pytest-xdist
+    workers: a worker's drills may play beside these tests (a sandbox is ``deeplops-PID``)."""
+    from deeplops.dockerbox import stack
+
+    me, parent = os.getpid(), os.getppid()
+    siblings = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # "PID (COMM) STATE PPID ..."
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == parent and int(stat.parent.name) != me:
+            siblings.add(f"deeplops-{stat.parent.name}")
+    return set(stack.sandboxes(stack.connect())) - siblings
+
+
 @pytest.fixture
 def fine_tuned(cluster, cli, docker_engine, monkeypatch, tmp_path) -> Callable[[], tuple[Any, set[str]]]:
     """Runs ``ON_DOCKER`` on the cluster into tmp_path/run: its result, and the sandboxes on this
     machine's engine before it."""
-    from deeplops.dockerbox import stack
 
     monkeypatch.setattr("deeplops.selfplay.load_agent_config", lambda role, path=None: TINY)
 
     def run() -> tuple[Any, set[str]]:
-        before = set(stack.sandboxes(stack.connect()))
+        before = _sandboxes_but_the_other_workers()
         return cli(*ON_DOCKER, "--out", str(tmp_path / "run"), "--ray", cluster[0]), before
 
     return run
@@ -316,7 +332,6 @@ def fine_tuned(cluster, cli, docker_engine, monkeypatch, tmp_path) -> Callable[[
 @pytest.mark.docker
 @pytest.mark.slow
 def test_selfplay_on_docker_plays_each_actors_games_on_its_own_nodes_engine(cluster, fine_tuned, tmp_path):
-    from deeplops.dockerbox import stack
 
     address, _, engine = cluster
     seen = len(engine.sent)
@@ -332,13 +347,12 @@ def test_selfplay_on_docker_plays_each_actors_games_on_its_own_nodes_engine(clus
     # The second node's actor made its sandboxes through its own DOCKER_HOST: an actor's, not this process's.
     made = set(re.findall(rb"/containers/create\?name=deeplops-(\d+)-", bytes(engine.sent[seen:])))
     assert made and str(os.getpid()).encode() not in made
-    assert set(stack.sandboxes(stack.connect())) == before  # every actor's containers gone
+    assert _sandboxes_but_the_other_workers() == before  # every actor's containers gone
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_selfplay_on_docker_with_a_node_without_its_engine_exits_2_naming_the_node(cluster, fine_tuned):
-    from deeplops.dockerbox import stack
 
     engine = cluster[2]
     engine.cut()
@@ -350,7 +364,7 @@ def test_selfplay_on_docker_with_a_node_without_its_engine_exits_2_naming_the_no
     [line] = result.err.strip().splitlines()
     assert re.fullmatch(rf"deeplops: error: on the Ray node at [0-9.]+: Docker engine at 'unix://{engine.path}' "
                         r"not reachable \(\w+\): start dockerd and retry", line), line  # fmt: skip
-    assert set(stack.sandboxes(stack.connect())) == before  # the other node's game was taken down
+    assert _sandboxes_but_the_other_workers() == before  # the other node's game was taken down
 
 
 def test_workers_without_ray_is_refused(cli, tmp_path):
