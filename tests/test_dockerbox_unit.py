@@ -763,3 +763,34 @@ def test_any_other_refusal_to_remove_a_container_is_raised():
     with pytest.raises(APIError, match="driver failed"):
         stack.remove_container(container)
     assert not container.removed
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", (0, {})),  # killed before its body
+        (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 12\r\n\r\n{", (503, {})),  # an error's, cut off
+        (b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{"ok": true}', (200, {"ok": True})),
+        (b"", (0, {})),  # closed without a word
+    ],
+)
+def test_a_probe_answered_partly_by_a_process_killed_mid_answer_reads_as_no_answer(monkeypatch, answer, expected):
+    """An OOM-killed service cut a probe's answer short: http.client raised IncompleteRead, which is
+    no OSError, and the tick failed instead of reading the service down."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setattr(stack, "PORT", listener.getsockname()[1])
+    try:
+        assert stack.http_json("127.0.0.1", "/health", 5.0) == expected
+    finally:
+        listener.close()

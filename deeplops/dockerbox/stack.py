@@ -15,6 +15,7 @@ Every public function here is an edge of the backend: engine errors leave it as 
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import os
@@ -305,16 +306,17 @@ def ip_of(container: Container, sandbox: str) -> str | None:
 
 
 def http_json(ip: str, path: str, timeout: float) -> tuple[int, dict[str, Any]]:
-    """GET http://ip:PORT/path; (status, body) with status 0 on a refused or timed-out request."""
+    """GET http://ip:PORT/path; (status, body) with status 0 on a refused or timed-out request, or
+    one cut off mid-answer (a process killed while it answered: HTTPException, not an OSError)."""
     try:
         with urllib.request.urlopen(f"http://{ip}:{PORT}{path}", timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
             return exc.code, json.loads(exc.read() or b"{}")
-        except ValueError:
+        except (OSError, ValueError, http.client.HTTPException):
             return exc.code, {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
         return 0, {}
 
 
