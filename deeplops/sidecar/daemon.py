@@ -23,8 +23,10 @@ from deeplops.errors import ConfigError, SandboxError
 from deeplops.faults import Repair
 from deeplops.observation import Feature
 from deeplops.sidecar import live as live_mod
+from deeplops.sidecar.approvals import APPROVAL_TIMEOUT_S, Approvals, Request, remove_token, write_token
 from deeplops.sidecar.guards import GuardConfig, Guards
 from deeplops.sidecar.lock import ProjectLock, check_project
+from deeplops.sidecar.notify import Notifier, check_url, symptoms
 from deeplops.sidecar.telemetry import AUDIT_KEEP, METRICS_ADDRESS, Audit, Metrics, Server, check_address
 
 TRANSIENT = (SandboxError, OSError)
@@ -79,6 +81,12 @@ class SidecarConfig:
     """Size in MiB past which the audit log is rotated."""
     audit_keep: int = AUDIT_KEEP
     """Rotated audit files kept (``PATH.1`` newest)."""
+    notify: tuple[str, ...] = ()
+    """Webhook URLs every applied, failed, or breaker-held repair and its outcome is POSTed to."""
+    approve: tuple[Repair, ...] = ()
+    """Repairs that wait for a human's approval (``deeplops.sidecar.approvals``)."""
+    approval_timeout_s: float = APPROVAL_TIMEOUT_S
+    """Seconds a request waits for an answer, and an answer holds."""
 
     def __post_init__(self) -> None:
         check_project(self.project)
@@ -89,6 +97,11 @@ class SidecarConfig:
         check_address(self.metrics_address)
         bounds.number(self.audit_max_mb, "--audit-max-mb", 0.01, MAX_AUDIT_MB)
         bounds.whole(self.audit_keep, "--audit-keep", 1, 100)
+        for url in self.notify:
+            check_url(url)
+        bounds.number(self.approval_timeout_s, "--approval-timeout (seconds)", 1.0, bounds.MAX_SECONDS)
+        if self.approve and self.metrics_port is None:
+            raise ConfigError("--approve takes its answers on the HTTP port: give a --metrics-port other than 0")
 
 
 @dataclass
@@ -121,6 +134,10 @@ class Sidecar:
         self._ids = itertools.count(1)
         self.ticks = 0
         self._closed = False
+        self._saw_now: dict[str, dict[str, Any]] = {}
+        self._breaker_told: set[tuple[str, Repair]] = set()
+        self.notifier: Notifier | None = None
+        self.approvals: Approvals | None = None
         # Whatever can fail, before anything is written: a second sidecar, a stack it cannot
         # watch, a port in use, a log it may not write. Each is undone if a later one fails.
         self.lock = ProjectLock(config.project)
@@ -130,15 +147,23 @@ class Sidecar:
         try:
             stack = live_mod.attach(config.project)
             fingerprint = stack.built_from
+            if config.approve:
+                token = write_token(config.project)
+                self.approvals = Approvals(config.approve, config.approval_timeout_s, token)
             if config.metrics_port is not None:
-                server = Server(self.metrics, config.metrics_port, self.alive, config.metrics_address)
+                server = Server(self.metrics, config.metrics_port, self.alive, config.metrics_address,
+                                self.approvals, self._answered)  # fmt: skip
             self.server = server
             self.audit = audit = Audit(config.audit_log, int(config.audit_max_mb * 2**20), config.audit_keep)
             self._use(stack, fingerprint)
+            if config.notify:
+                self.notifier = Notifier(config.notify, config.project, self.metrics.notifications, log)
         except BaseException:
             for opened in (audit, server, stack):
                 if opened is not None:
                     opened.close()
+            if self.approvals is not None:
+                remove_token(config.project)
             self.lock.release()
             raise
 
@@ -175,11 +200,16 @@ class Sidecar:
         self._closed = True
         try:
             self._drop_stack()
-            self.audit.write({"event": "stopped", "ticks": self.ticks, "counted": self.metrics.totals(),
-                              "audit_rotations": self.audit.rotations})  # fmt: skip
+            stopped = {"event": "stopped", "ticks": self.ticks, "counted": self.metrics.totals(),
+                       "audit_rotations": self.audit.rotations}  # fmt: skip
+            if self.notifier is not None:
+                stopped["notifications_undelivered"] = self.notifier.close()
+            self.audit.write(stopped)
         finally:
             if self.server is not None:
                 self.server.close()
+            if self.approvals is not None:
+                remove_token(self.config.project)
             self.audit.close()
             self.lock.release()
 
@@ -193,14 +223,22 @@ class Sidecar:
         self.ticks += 1
         names = stack.topology.names
         health = {s: bool(h) for s, h in zip(names, stack.health[0], strict=True)}
+        self._saw_now = self._saw(stack)
         self._track(health, now)
         self._judge(health, now)
+        if self.approvals is not None:
+            for request in self.approvals.lapse(now):
+                self.audit.write({"event": "approval_lapsed", **request.shown(now)})
+                self._notify("lapsed", request.service, request.repair, f"approval request {request.id} lapsed "
+                             f"({request.state})", approval_id=request.id)  # fmt: skip
         record: dict[str, Any] = {"event": "decision", "tick": self.ticks, "slo": bool(stack.slo[0]),
-                                  "saw": self._saw(stack), "chose": None, "did": "nothing"}  # fmt: skip
+                                  "saw": self._saw_now, "chose": None, "did": "nothing"}  # fmt: skip
         self.metrics.decisions.inc()
         self.metrics.slo.set(float(stack.slo[0]))
         self.metrics.unhealthy.set(sum(not h for h in health.values()))
         self.metrics.breaker.set(float(self.guards.breaker_open(now)))
+        if not self.guards.breaker_open(now):
+            self._breaker_told.clear()
         why = unsettled(span, self.config.interval_s)
         if why is not None:  # the policy is not asked: it would answer the noise
             self.metrics.held.labels("settling").inc()
@@ -221,9 +259,15 @@ class Sidecar:
         reason = "dry_run" if self.config.dry_run else self.guards.verdict(service, repair, now)
         if reason is None and repair not in stack.repairs:
             reason = "unsupported"
+        approval: dict[str, Any] = {}
+        if reason is None and self.approvals is not None and repair in self.approvals.repairs:
+            reason, approval = self._ask(service, repair, now)
         if reason is not None:
             self.metrics.suppressed.labels(repair.label, service, reason).inc()
-            return {"did": "suppressed", "reason": reason}
+            if reason == "circuit_open" and (service, repair) not in self._breaker_told:
+                self._breaker_told.add((service, repair))  # once per opening: the policy asks every tick
+                self._notify("suppressed", service, repair, "held back by the open circuit breaker")
+            return {"did": "suppressed", "reason": reason, **approval}
         if service in self._down_since and service not in self._detected:
             self._detected.add(service)
             self.metrics.detection.observe(now - self._down_since[service])
@@ -233,6 +277,7 @@ class Sidecar:
         except TRANSIENT as exc:
             self.metrics.repairs.labels(repair.label, service, "failed").inc()
             failed = {"did": "failed", "error": f"{exc.__class__.__name__}: {str(exc)[:200]}"}
+            self._notify("failed", service, repair, f"failed ({failed['error']})")
             if self._changed(stack):
                 # Not the repair's failure but the stack's change (a container removed under it):
                 # no strike for the breaker, and the next decision attaches to the stack as it is.
@@ -243,7 +288,9 @@ class Sidecar:
             return failed
         pending = _Pending(next(self._ids), repair, now)
         self._pending[service] = pending
-        return {"did": "applied", "repair_id": pending.id}
+        self._notify("applied", service, repair, f"applied (repair {pending.id}); checking it heals within "
+                     f"{self.config.verify_s:g} s", repair_id=pending.id, **approval)  # fmt: skip
+        return {"did": "applied", "repair_id": pending.id, **approval}
 
     def _judge(self, health: dict[str, bool], now: float) -> None:
         """Close the book on repairs whose service is healthy again, or that had their time."""
@@ -255,6 +302,9 @@ class Sidecar:
             self.metrics.repairs.labels(p.repair.label, service, "healed" if healed else "not_healed").inc()
             self.audit.write({"event": "outcome", "repair_id": p.id, "target": service, "repair": p.repair.label,
                               "healed": healed, "after_s": round(now - p.at, 2)})  # fmt: skip
+            came = f"healed it in {now - p.at:.1f} s" if healed else f"did not heal it in {now - p.at:.1f} s"
+            self._notify("healed" if healed else "not_healed", service, p.repair, f"repair {p.id} {came}",
+                         repair_id=p.id)  # fmt: skip
             if healed:
                 self.guards.outcome(service, True, now)
             else:
@@ -268,6 +318,39 @@ class Sidecar:
             self.audit.write({"event": "circuit_open", "failures": self.config.guards.breaker_failures,
                               "closed_for_s": until})  # fmt: skip
             self.metrics.breaker.set(1.0)
+
+    def _ask(self, service: str, repair: Repair, now: float) -> tuple[str | None, dict[str, Any]]:
+        """The approval book's say on a repair the guards allow: None (approved: apply it), or why it
+        is held back; and the request's id. A new request is logged, told, and notified."""
+        assert self.approvals is not None
+        verdict, request = self.approvals.gate(service, repair, symptoms(self._saw_now, service), now)
+        if verdict == "apply":
+            return None, {"approval_id": request.id}
+        if verdict == "requested":
+            self.audit.write({"event": "approval_requested", **request.shown(now)})
+            how = f"deeplops sidecar approve {request.id} --project {self.config.project}"
+            lapse = f"it lapses in {self.approvals.timeout_s:g} s"
+            self.log(f"sidecar: {repair.label} {service} awaits approval: {how} (or --deny); {lapse}")
+            self._notify("awaiting_approval", service, repair, f"awaits approval ({how}, or POST "
+                         f"/approvals/{request.id}/approve); {lapse}", approval_id=request.id)  # fmt: skip
+        return ("denied" if verdict == "denied" else "awaiting_approval"), {"approval_id": request.id}
+
+    def _answered(self, request: Request, by: str) -> None:
+        """A human's answer, from the HTTP server's thread: logged and notified at once."""
+        approved = request.state == "approved"
+        self.audit.write({"event": "approval_granted" if approved else "approval_denied", "approval_id": request.id,
+                          "target": request.service, "repair": request.repair.label, "by": by})  # fmt: skip
+        what = "approved: applied when the policy next chooses it" if approved else "denied: held back"
+        self._notify("approved" if approved else "denied", request.service, request.repair,
+                     f"approval request {request.id} {what}", approval_id=request.id)  # fmt: skip
+
+    def _notify(self, event: str, service: str, repair: Repair, what: str, **fields: Any) -> None:
+        """Tell the webhooks, if any: what was done to which service, why, and what came of it."""
+        if self.notifier is None:
+            return
+        why = symptoms(self._saw_now, service)
+        self.notifier.send(event, f"{repair.label} {service}: {what}. It saw: {why}.", service=service,
+                           repair=repair.label, symptoms=why, **fields)  # fmt: skip
 
     def _track(self, health: dict[str, bool], now: float) -> None:
         """Detection and recovery times, per service episode of ill health."""

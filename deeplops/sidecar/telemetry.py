@@ -8,11 +8,13 @@ import errno
 import ipaddress
 import json
 import os
+import re
 import socket
 import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from deeplops import bounds
 from deeplops.errors import ConfigError
+from deeplops.sidecar.approvals import Approvals, Request
+from deeplops.sidecar.approvals import now as approval_clock
 
 AUDIT_MAX_BYTES = 100 * 2**20
 """Size past which the audit log is rotated (``--audit-max-mb``)."""
@@ -48,6 +52,7 @@ class Audit:
         self.rotations = 0
         """Times the file was rotated; more than ``keep`` means the oldest records were dropped."""
         self._size = 0
+        self._lock = threading.Lock()  # the loop and the approval endpoint both write
         self._fd = -1 if path is None else self._open(path)
 
     def _open(self, path: Path) -> int:
@@ -78,6 +83,10 @@ class Audit:
         """Append one record; a ConfigError when it cannot be written: a sidecar that cannot record
         what it does stops (it is not retried like a failed tick)."""
         line = json.dumps({"time": round(time.time(), 3), **record}) + "\n"
+        with self._lock:
+            self._write(line)
+
+    def _write(self, line: str) -> None:
         try:
             if self.path is None:
                 sys.stdout.write(line)
@@ -144,6 +153,8 @@ class Metrics:
         self.held = Counter("deeplops_sidecar_held", "Decisions held back before asking the policy", ["reason"],
                             registry=r)  # fmt: skip
         self.errors = Counter("deeplops_sidecar_errors", "Failed ticks (Docker API errors), retried", registry=r)
+        self.notifications = Counter("deeplops_sidecar_notifications", "Webhook notifications (--notify) by outcome",
+                                     ["outcome"], registry=r)  # fmt: skip
         self.slo = Gauge("deeplops_sidecar_slo_ok", "1 when the stack's users are served", registry=r)
         self.unhealthy = Gauge("deeplops_sidecar_unhealthy_services", "Services failing their health check",
                                registry=r)  # fmt: skip
@@ -177,30 +188,71 @@ def check_address(address: object) -> str:
         ) from None
 
 
+_ANSWER = re.compile(r"/approvals/([0-9a-f]{1,16})/(approve|deny)")
+
+
 class _Server6(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
 class Server:
-    """``/metrics`` (Prometheus text) and ``/healthz`` (200 while the loop runs) on ``address:port``.
+    """``/metrics`` (Prometheus text) and ``/healthz`` (200 while the loop runs) on ``address:port``;
+    with ``approvals``, also ``GET /approvals`` and ``POST /approvals/ID/approve`` or ``/deny``,
+    for a bearer of the approval token (``on_answer`` is told of each answer and who gave it).
 
     Loopback unless told otherwise: the metrics name every service and repair of the stack, and
     a sidecar runs as root, so reaching it from elsewhere is a choice to make, not a default.
     """
 
-    def __init__(self, metrics: Metrics, port: int, alive: threading.Event, address: str = METRICS_ADDRESS) -> None:
+    def __init__(self, metrics: Metrics, port: int, alive: threading.Event, address: str = METRICS_ADDRESS,
+                 approvals: Approvals | None = None,
+                 on_answer: Callable[[Request, str], None] = lambda request, by: None) -> None:  # fmt: skip
         registry = metrics.registry
         address = check_address(address)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path == "/metrics":
-                    body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif self.path == "/healthz":
                     ok = alive.is_set()
-                    body, ctype, code = (b"ok\n" if ok else b"stopped\n"), "text/plain", 200 if ok else 503
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"stopped\n")
+                elif self.path == "/approvals" and approvals is not None:
+                    if self._authorized(approvals):
+                        self._json(200, approvals.listed(approval_clock()))
                 else:
-                    body, ctype, code = b"not found: try /metrics or /healthz\n", "text/plain", 404
+                    self._send(404, b"not found: try /metrics or /healthz\n")
+
+            def do_POST(self) -> None:
+                self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 65536))
+                found = _ANSWER.fullmatch(self.path)
+                if approvals is None or found is None:
+                    self._send(404, b"not found: POST /approvals/ID/approve or /approvals/ID/deny\n")
+                    return
+                if not self._authorized(approvals):
+                    return
+                request_id, verb = found.groups()
+                try:
+                    request = approvals.answer(request_id, verb == "approve", approval_clock())
+                except KeyError:
+                    self._json(404, {"error": f"no approval request {request_id} (it lapsed, or never was)"})
+                    return
+                except ValueError as exc:
+                    self._json(409, {"error": f"approval request {request_id} is {exc} already"})
+                    return
+                on_answer(request, self.client_address[0])
+                self._json(200, request.shown(approval_clock()))
+
+            def _authorized(self, approvals: Approvals) -> bool:
+                if approvals.authorized(self.headers.get("Authorization")):
+                    return True
+                self._json(401, {"error": "expected 'Authorization: Bearer TOKEN' with the project's approval token"})
+                return False
+
+            def _json(self, code: int, value: Any) -> None:
+                self._send(code, json.dumps(value).encode() + b"\n", "application/json")
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
