@@ -55,6 +55,15 @@ def test_an_unanswered_request_lapses_and_cannot_be_answered_after():
     assert [r["id"] for r in book.listed(now=62)] == [other.id]
 
 
+def test_a_request_lapsed_while_someone_looked_is_still_reported_to_the_loop():
+    book = Approvals((Repair.RESTART,), timeout_s=60, token="t")
+    _, request = book.gate("db", Repair.RESTART, "", now=0)
+    assert book.listed(now=61) == []
+    with pytest.raises(KeyError):
+        book.answer(request.id, approve=True, now=62)
+    assert book.lapse(now=63) == [request]  # the loop still audits its lapse
+
+
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer wrong", "Basic dDpzZWNyZXQ=", "secret"])
 def test_only_the_bearer_of_the_token_is_authorized(header):
     assert not Approvals((), 60, "secret").authorized(header)

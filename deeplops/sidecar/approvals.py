@@ -80,8 +80,7 @@ class Approvals:
         """Approve or deny a pending request: KeyError when there is no such live request,
         ValueError (saying its state) when it was answered already."""
         with self._lock:
-            self._lapse(now)
-            request = next((r for r in self._live.values() if r.id == request_id), None)
+            request = next((r for r in self._live.values() if r.id == request_id and now < r.expires), None)
             if request is None:
                 raise KeyError(request_id)
             if request.state != PENDING:
@@ -91,18 +90,15 @@ class Approvals:
             return request
 
     def lapse(self, now: float) -> list[Request]:
-        """Drop the requests past their time; those pending or approved (a denial just ends)."""
+        """Drop the requests past their time; those pending or approved (a denial just ends). Only
+        the loop drops them, so each lapse it reports is audited, whoever looked at the book since."""
         with self._lock:
-            return [r for r in self._lapse(now) if r.state != DENIED]
-
-    def _lapse(self, now: float) -> list[Request]:
-        gone = [key for key, r in self._live.items() if now >= r.expires]
-        return [self._live.pop(key) for key in gone]
+            gone = [key for key, r in self._live.items() if now >= r.expires]
+            return [r for r in (self._live.pop(key) for key in gone) if r.state != DENIED]
 
     def listed(self, now: float) -> list[dict[str, Any]]:
         with self._lock:
-            self._lapse(now)
-            return [r.shown(now) for r in self._live.values()]
+            return [r.shown(now) for r in self._live.values() if now < r.expires]
 
     def authorized(self, header: str | None) -> bool:
         """Whether an Authorization header carries the token (compared in constant time)."""

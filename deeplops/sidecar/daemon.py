@@ -236,8 +236,9 @@ class Sidecar:
         self.metrics.decisions.inc()
         self.metrics.slo.set(float(stack.slo[0]))
         self.metrics.unhealthy.set(sum(not h for h in health.values()))
-        self.metrics.breaker.set(float(self.guards.breaker_open(now)))
-        if not self.guards.breaker_open(now):
+        breaker_open = self.guards.breaker_open(now)
+        self.metrics.breaker.set(float(breaker_open))
+        if not breaker_open:
             self._breaker_told.clear()
         why = unsettled(span, self.config.interval_s)
         if why is not None:  # the policy is not asked: it would answer the noise
