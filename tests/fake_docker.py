@@ -59,12 +59,21 @@ class FakeContainer:
     """Signals sent through the engine (``kill``), in order."""
     starts: int = 0
 
+    image: str = "sha256:" + "1" * 64
+    """The image ID it runs."""
+    env: list[str] = field(default_factory=list)
+    created: str = "2026-12-04T00:00:00Z"
+    """When the engine made it (ISO 8601, UTC)."""
+
     @property
     def attrs(self) -> dict[str, Any]:
         state: dict[str, Any] = {"Status": self.status, "Pid": 0}  # Pid 0: not a process of this host
+        state["StartedAt"] = f"2026-12-04T00:00:{self.starts:02d}Z"
         if self.health is not None:
             state["Health"] = {"Status": self.health}
-        return {"State": state, "Image": "sha256:" + "1" * 64}
+        return {"Id": self.id, "Name": f"/{self.name}", "State": state, "Image": self.image,
+                "Created": self.created, "Config": {"Labels": self.labels, "Env": self.env},
+                "HostConfig": {"Memory": 0}, "Mounts": [], "NetworkSettings": {"Networks": {}}}  # fmt: skip
 
     def reload(self) -> None:
         if self.removed:
@@ -136,6 +145,17 @@ class FakeClient:
         self.containers = FakeContainers(list(containers))
         self.networks = FakeNetworks(list(networks))
         self.api = FakeAPI(self)
+        self.happened: list[dict[str, Any]] = []
+        """Events, as the engine streams them: each read once, by the next ``events`` call."""
 
     def ping(self) -> bool:
         return True
+
+    def events(self, **_: Any) -> list[dict[str, Any]]:
+        found, self.happened = self.happened, []
+        return found
+
+    def event(self, container: FakeContainer, action: str, at: float, **attributes: str) -> None:
+        """Something the engine did to ``container`` at ``at`` (seconds since the epoch)."""
+        actor = {"ID": container.id, "Attributes": {**container.labels, **attributes}}
+        self.happened.append({"Action": action, "timeNano": int(at * 1e9), "Actor": actor})

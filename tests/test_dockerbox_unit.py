@@ -7,9 +7,11 @@ tests marked ``docker``.
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
 import sys
+import time
 from types import SimpleNamespace
 
 import docker
@@ -26,9 +28,10 @@ from deeplops.dockerbox.owner import owner_id
 from deeplops.dockerbox.sandbox import counter_rate
 from deeplops.errors import DeeplopsError, EngineError, SandboxError
 from deeplops.faults import Repair
-from deeplops.observation import Feature
+from deeplops.observation import RESTARTS_SCALE, Feature
 from deeplops.sidecar import daemon
 from deeplops.sidecar.live import ComposeStack, SandboxStack, StackChangedError, _strangers, project_containers
+from deeplops.system import RESTART_DECAY
 from deeplops.topology import load_topology
 
 PROJECT = "com.docker.compose.project"
@@ -240,6 +243,12 @@ def test_a_live_sandboxs_topology_is_read_from_its_networks_label():
 # -- a Compose stack measured and restarted through its handle --------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _deploy_books_in_tmp(tmp_path, monkeypatch):
+    """A Compose stack's deploy book goes beside the sidecar locks: here, a test's own folder."""
+    monkeypatch.setattr(host, "STATE_DIR", tmp_path / "state")
+
+
 def two_services() -> tuple[FakeClient, list[FakeContainer]]:
     containers = [compose("web", **{"deeplops.depends_on": "db"}), compose("db")]
     return FakeClient(containers), containers
@@ -287,11 +296,62 @@ def test_a_compose_restart_of_a_removed_container_is_a_changed_stack():
         box.apply("db", Repair.RESTART)
 
 
-def test_a_compose_stack_refuses_every_repair_but_restart():
-    client, containers = two_services()
-    box = ComposeStack(client, "web", containers)
-    with pytest.raises(SandboxError, match="clean_disk does not apply to a Compose project"):
-        box.apply("db", Repair.CLEAN_DISK)
+def test_a_compose_service_gets_only_restart_and_what_its_labels_declare():
+    web = compose("web", **{"deeplops.depends_on": "db", "deeplops.rollback": "true"})
+    db = compose("db", **{"deeplops.clean": "/data/tmp/*.log", "deeplops.recreate": "yes please"})
+    box = ComposeStack(FakeClient([web, db]), "web", [web, db])
+    assert box.repairs_of("web") == (Repair.RESTART, Repair.ROLLBACK)
+    assert box.repairs_of("db") == (Repair.RESTART, Repair.CLEAN_DISK)
+    assert box.refused == ("db: deeplops.recreate='yes please': expected true or false",)
+    declares = r"recreate of db: its labels do not declare it \(it may: restart, clean_disk\)"
+    with pytest.raises(SandboxError, match=declares):
+        box.apply("db", Repair.RECREATE)
+    with pytest.raises(SandboxError, match="clean_disk of web: its labels do not declare it"):
+        box.apply("web", Repair.CLEAN_DISK)
+    assert db.starts == 0 and db.signals == []
+    slots = box.topology.index
+    seen = box.observe()[0]
+    assert seen[slots["db"], Feature.HAS_DISK] == 1.0 and seen[slots["web"], Feature.HAS_DISK] == 0.0
+
+
+def test_a_compose_start_by_anyone_counts_as_a_restart_and_ours_once():
+    client, (web, db) = two_services()
+    box = ComposeStack(client, "web", [web, db])
+    box.measure()
+    slot = box.topology.index["db"]
+    db.start()  # its restart policy, or a person: not the sidecar
+    box.measure()
+    once = box.observe()[0, slot, Feature.RESTARTS]
+    assert once == pytest.approx(RESTART_DECAY / RESTARTS_SCALE)
+    assert box.observe()[0, box.topology.index["web"], Feature.RESTARTS] == 0.0
+    box.apply("db", Repair.RESTART)
+    box.measure()
+    assert box.observe()[0, slot, Feature.RESTARTS] == pytest.approx(
+        (once * RESTARTS_SCALE + 1) * RESTART_DECAY / RESTARTS_SCALE, rel=1e-3)  # fmt: skip
+
+
+def test_a_compose_service_first_seen_reads_no_deploy_and_a_new_image_reads_one_just_now():
+    client, (web, db) = two_services()
+    box = ComposeStack(client, "web", [web, db])
+    box.measure()
+    slot = box.topology.index["db"]
+    assert box.observe()[0, slot, Feature.SINCE_DEPLOY] == 1.0
+    new = compose("db")
+    new.image = "sha256:" + "2" * 64
+    new.created = datetime.datetime.fromtimestamp(time.time() - 5, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    again = ComposeStack(FakeClient([web, new]), "web", [web, new])  # attached afresh after the change
+    again.measure()
+    assert 0.04 <= again.observe()[0, slot, Feature.SINCE_DEPLOY] <= 0.08  # made ~5 s ago, of 100
+    assert again.book.previous("db")["Image"] == db.image
+    assert again.observe()[0, again.topology.index["web"], Feature.SINCE_DEPLOY] == 1.0
+
+
+def test_a_compose_rollback_with_no_earlier_deploy_seen_is_refused():
+    web, db = compose("web", **{"deeplops.rollback": "true"}), compose("db")
+    box = ComposeStack(FakeClient([web, db]), "web", [web, db])
+    box.measure()
+    with pytest.raises(SandboxError, match="rollback of web: no earlier deploy of it was seen"):
+        box.apply("web", Repair.ROLLBACK)
 
 
 def test_a_sandbox_repair_whose_container_is_gone_is_a_changed_stack():
@@ -794,3 +854,35 @@ def test_a_probe_answered_partly_by_a_process_killed_mid_answer_reads_as_no_answ
         assert stack.http_json("127.0.0.1", "/health", 5.0) == expected
     finally:
         listener.close()
+
+
+def test_a_compose_service_someone_stopped_is_theirs_until_it_starts_again():
+    client, (web, db) = two_services()
+    box = ComposeStack(client, "web", [web, db])
+    client.event(db, "kill", time.time(), signal="15")  # docker stop, or docker-compose up replacing it
+    db.status = "exited"
+    box.measure()
+    assert box.stopped_by_owner("db") and not box.stopped_by_owner("web")
+    client.event(db, "start", time.time())
+    box.measure()
+    assert not box.stopped_by_owner("db")
+
+
+def test_a_compose_stop_of_the_sidecars_own_making_or_a_kill_is_no_owners_stop():
+    client, (web, db) = two_services()
+    box = ComposeStack(client, "web", [web, db])
+    box.apply("db", Repair.RESTART)
+    client.event(db, "kill", sum(box._ours["db"]) / 2, signal="15")  # its own SIGTERM, through the engine
+    client.event(web, "kill", time.time(), signal="9")  # a crash or a chaos kill: to be repaired
+    box.measure()
+    assert not box.stopped_by_owner("db") and not box.stopped_by_owner("web")
+
+
+def test_a_compose_service_starting_is_unhealthy_with_no_failures_yet():
+    client, (web, db) = two_services()
+    box = ComposeStack(client, "web", [web, db])
+    web.health, db.health = "starting", "unhealthy"
+    box.measure()
+    slots, seen = box.topology.index, box.observe()[0]
+    assert seen[slots["web"], Feature.HEALTHY] == 0.0 and seen[slots["web"], Feature.ERROR_RATE] == 0.0
+    assert seen[slots["db"], Feature.HEALTHY] == 0.0 and seen[slots["db"], Feature.ERROR_RATE] == 1.0

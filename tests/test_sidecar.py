@@ -386,39 +386,11 @@ COMPOSE_EXAMPLE = Path(__file__).parent.parent / "sandbox" / "compose" / "docker
 def compose_example(docker_engine, tmp_path) -> Iterator[tuple[str, int, Callable[..., str]]]:
     """sandbox/compose brought up with docker-compose under a project of its own: (project,
     metrics port, a docker-compose runner). Taken down with its volumes afterwards."""
-    import shutil
-    import socket
+    from compose_up import compose_up
 
-    from deeplops.dockerbox import image, stack
-
-    if shutil.which("docker-compose") is None:
-        if os.environ.get("DEEPLOPS_REQUIRE_DOCKER"):
-            pytest.fail("DEEPLOPS_REQUIRE_DOCKER is set but docker-compose is missing (apt-get install docker-compose)")
-        pytest.skip("docker-compose is missing")
-    client = stack.connect()
-    image.ensure_image(client)
-    image.ensure_sidecar_image(client)  # .ci/run builds it first: ~2.5 min when missing
     project = f"dlcx{os.getpid()}"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "COMPOSE_PROJECT_NAME": project, "DEEPLOPS_METRICS_PORT": str(port)}
-
-    def compose(*args: str) -> str:
-        done = subprocess.run(["docker-compose", "-f", str(COMPOSE_EXAMPLE), "-p", project, *args],
-                              env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout
-
-    try:
-        compose("up", "-d")
+    with compose_up(COMPOSE_EXAMPLE, project) as (port, compose):
         yield project, port, compose
-    finally:
-        compose("down", "-v", "--timeout", "5")
-        left = client.containers.list(
-            all=True, ignore_removed=True, filters={"label": f"com.docker.compose.project={project}"}
-        )
-        assert left == []
 
 
 @pytest.mark.docker

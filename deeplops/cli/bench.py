@@ -69,6 +69,10 @@ def bench_train(
     write_json(json_path, result.to_json())
 
 
+STACKS = {"sandbox": "a shop sandbox", "compose": "the store Compose example"}
+"""What ``bench sidecar --stack`` runs the trial on."""
+
+
 @bench_app.command("sidecar")
 def bench_sidecar(
     policy: Annotated[
@@ -81,30 +85,42 @@ def bench_sidecar(
         float,
         typer.Option("--cap", help="Seconds a fault may take to recover before it counts as never (at most 3600)."),
     ] = 30.0,
+    stack: Annotated[
+        str,
+        typer.Option(
+            "--stack",
+            help="sandbox: a live shop sandbox, faults through deeplops; compose: the store Compose example "
+            "(sandbox/compose/store), faults through Docker and docker-compose.",
+        ),
+    ] = "sandbox",
     json_path: JsonOpt = None,
 ) -> None:
-    """Detection and recovery per fault type on a live shop sandbox, one fault at a time, per policy (~5 min).
+    """Detection and recovery per fault type on a live stack, one fault at a time, per policy (~5 min).
 
     Detection: injection to the sidecar's first repair. Recovery: injection to every service
-    healthy with the SLO met, as the sidecar measures it. Needs root and a Docker engine.
+    healthy with the SLO met, as the sidecar measures it. Needs root and a Docker engine
+    (--stack compose: docker-compose too).
     """
     from rich.table import Table
     from rich.text import Text
 
-    from deeplops.sidecar import trial
+    from deeplops.sidecar import composetrial, trial
 
+    if stack not in STACKS:
+        raise ConfigError(f"--stack must be one of {', '.join(STACKS)}, got {bounds.shown(stack)}")
+    runner = composetrial if stack == "compose" else trial
     check_json(json_path)
-    found = trial.incidents(policy or ["pretrained", "autoheal", trial.NONE], cap, log=lambda line: err.print(line))
-    table = Table(title="sidecar: seconds from injection to detection / recovery")
+    found = runner.incidents(policy or ["pretrained", "autoheal", trial.NONE], cap, log=lambda line: err.print(line))
+    table = Table(title=f"sidecar on {STACKS[stack]}: seconds from injection to detection / recovery")
     table.add_column("policy")
-    faults = [f"{f.label} {t}" for f, t in trial.INCIDENTS]
+    faults = [f"{f.label} {t}" for f, t in runner.INCIDENTS]
     for column in faults:
         table.add_column(column, justify="right")
     for name in dict.fromkeys(i.policy for i in found):
         cells = {f"{i.fault} {i.target}": i for i in found if i.policy == name}
         table.add_row(Text(name), *(_incident_cell(cells[f], cap) for f in faults))
     out.print(table)
-    write_json(json_path, {"cap_s": cap, "incidents": [vars(i) for i in found]})
+    write_json(json_path, {"stack": stack, "cap_s": cap, "incidents": [vars(i) for i in found]})
 
 
 def _incident_cell(i: Any, cap: float) -> str:

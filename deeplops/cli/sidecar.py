@@ -100,7 +100,10 @@ def sidecar(
     and applies it through the Docker backend unless a guard holds it back: the allowlist, the rate
     limit, the per-service cooldown, or the circuit breaker (which opens, and alerts, when repairs
     stop restoring health). Every decision goes to the JSON audit log. Repairs listed in --approve
-    wait for a human: 'deeplops sidecar approve ID --project NAME' answers them.
+    wait for a human: 'deeplops sidecar approve ID --project NAME' answers them. On a Compose
+    project a service may be restarted, and repaired as its labels declare: deeplops.clean (paths
+    safe to delete), deeplops.rollback=true, deeplops.recreate=true (README, "Repairs declared by
+    labels").
     """
     if ctx.invoked_subcommand is not None:
         return

@@ -214,6 +214,7 @@ def _stop(container: Container) -> None:
     """
     if container.status == "paused":
         container.unpause()
+        container.reload()  # running again: signalled through the engine below when not visible here
     pid = container.attrs["State"]["Pid"]
     if pid and _in_container(pid, container.id):
         _term_then_kill(lambda sig: os.kill(pid, sig), lambda: not _alive(pid))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from deeplops import bounds
-from deeplops.actions import Policy, decode_order, order_mask, padded_adjacency
+from deeplops.actions import N_ORDER_ACTIONS, Policy, decode_order, order_action, padded_adjacency
 from deeplops.errors import ConfigError, SandboxError
 from deeplops.faults import Repair
 from deeplops.observation import Feature
@@ -126,6 +126,8 @@ class Sidecar:
         self.metrics = Metrics()
         self.alive = threading.Event()
         self.stack: live_mod.LiveStack | None = None
+        self._mask_now = np.zeros((1, N_ORDER_ACTIONS), np.bool_)
+        """The action mask of the stack attached to (set by ``_use``)."""
         self._fingerprint: frozenset[str] = frozenset()
         self._measured_at: float | None = None
         self._pending: dict[str, _Pending] = {}
@@ -246,7 +248,7 @@ class Sidecar:
             record.update(did="held", reason="settling", why=why)
             self.audit.write(record)
             return record
-        slot, repair = decode_order(int(self.policy.act(self._observation(stack), self._mask(stack))[0]))
+        slot, repair = decode_order(int(self.policy.act(self._observation(stack), self._mask_now)[0]))
         if repair is not Repair.NOOP and slot < len(names):
             service = names[slot]
             record["chose"] = {"repair": repair.label, "target": service}
@@ -257,8 +259,11 @@ class Sidecar:
     # -- pieces -----------------------------------------------------------------------------
 
     def _act(self, stack: live_mod.LiveStack, service: str, repair: Repair, now: float) -> dict[str, Any]:
-        reason = "dry_run" if self.config.dry_run else self.guards.verdict(service, repair, now)
-        if reason is None and repair not in stack.repairs:
+        if stack.stopped_by_owner(service):  # a deploy replacing it, or a person: theirs to start
+            reason: str | None = "stopped_by_owner"
+        else:
+            reason = "dry_run" if self.config.dry_run else self.guards.verdict(service, repair, now)
+        if reason is None and repair not in stack.repairs_of(service):
             reason = "unsupported"
         approval: dict[str, Any] = {}
         if reason is None and self.approvals is not None and repair in self.approvals.repairs:
@@ -383,6 +388,10 @@ class Sidecar:
                                   "services": list(stack.topology.names)}  # fmt: skip
         if stack.ignored:
             record["ignored"] = list(stack.ignored)
+        record["repairs"] = {s: [r.label for r in stack.repairs_of(s)] for s in stack.topology.names}
+        if stack.refused:
+            record["refused"] = list(stack.refused)
+        self._mask_now = self._mask(stack)
         self.audit.write(record)
         return stack
 
@@ -404,9 +413,15 @@ class Sidecar:
 
     @staticmethod
     def _mask(stack: live_mod.LiveStack) -> np.ndarray:
-        """Noop, and the repairs this kind of stack supports on each present service (clean_disk
-        only where there is a volume)."""
-        return order_mask(stack.topology, repairs=stack.repairs)
+        """Noop, and the repairs that apply to each service of the stack (on a Compose project, those
+        its labels declare; on a sandbox, clean_disk only where there is a volume)."""
+        mask = np.zeros((1, N_ORDER_ACTIONS), np.bool_)
+        mask[0, 0] = True
+        for slot, service in enumerate(stack.topology.names):
+            for repair in stack.repairs_of(service):
+                mask[0, order_action(slot, repair)] = True
+        mask.setflags(write=False)
+        return mask
 
     @staticmethod
     def _saw(stack: live_mod.LiveStack) -> dict[str, dict[str, Any]]:

@@ -4,7 +4,8 @@
 ``incidents``: one fault at a time on a settled shop sandbox, per policy; detection is seconds
 from injection to the first repair applied, recovery to the first decision that sees every
 service healthy with the SLO met. Policy ``none`` is the same watcher never acting (the noop
-policy): what the stack does on its own.
+policy): what the stack does on its own. ``watch`` is that trial on any live stack, given how to
+set off and end each fault (``composetrial``: the store Compose example, through Docker).
 
 ``soak``: the sidecar as a process, as deployed, against random chaos for minutes; its resident
 memory sampled throughout, and its audit log checked against its own Prometheus counters.
@@ -22,7 +23,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,13 @@ from typing import Any
 import psutil
 
 from deeplops import bounds
-from deeplops.actions import fault_targets
+from deeplops.actions import Policy, fault_targets
 from deeplops.dockerbox import attached, image, stack
 from deeplops.errors import SandboxError
 from deeplops.faults import PROPER_REPAIR, Fault
 from deeplops.policies import load_policy
 from deeplops.sidecar.daemon import Sidecar, SidecarConfig
+from deeplops.sidecar.guards import GuardConfig
 from deeplops.sidecar.telemetry import read_audit
 from deeplops.topology import load_topology
 
@@ -56,6 +58,8 @@ MAX_CAP_S = 3_600.0
 MAX_GAP_S = 3_600.0
 """Longest gap between two faults of a soak."""
 Log = Callable[[str], None]
+Injector = Callable[[str, Fault, str], None]
+"""Sets off or ends a fault: (project, fault, target)."""
 
 
 @dataclass(frozen=True)
@@ -79,28 +83,41 @@ def incidents(policies: list[str], cap_s: float = 30.0, log: Log = print) -> lis
     loaded = {p: load_policy("noop" if p == NONE else p, "order") for p in policies}  # bad names fail first
     found: list[Incident] = []
     for name, policy in loaded.items():
-        with _sandbox(f"dlbench-{os.getpid()}") as project, tempfile.TemporaryDirectory() as tmp:
-            audit = Path(tmp) / "audit.jsonl"
-            sidecar = Sidecar(policy, SidecarConfig(project=project, metrics_port=None, audit_log=audit), log)
-            stop = threading.Event()
-            thread = threading.Thread(target=sidecar.run, args=(stop,), daemon=True)
-            thread.start()
-            try:
-                for fault, target in INCIDENTS:
-                    found.append(_incident(name, project, audit, fault, target, cap_s))
-                    log(_describe(found[-1]))
-            finally:
-                stop.set()
-                thread.join()
-                sidecar.close()
+        with _sandbox(f"dlbench-{os.getpid()}") as project:
+            found += watch(name, policy, project, INCIDENTS, cap_s, attached.inject, _proper_repair, log)
     return found
 
 
-def _incident(policy: str, project: str, audit: Path, fault: Fault, target: str, cap_s: float) -> Incident:
+def watch(name: str, policy: Policy, project: str, plan: Sequence[tuple[Fault, str]], cap_s: float,
+          inject: Injector, undo: Injector, log: Log, guards: GuardConfig | None = None) -> list[Incident]:  # fmt: skip
+    """``policy`` (named ``name``) as a sidecar in this process on the live stack ``project``, and
+    each fault of ``plan`` set off by ``inject`` once the stack has settled, one at a time; one
+    not recovered within ``cap_s`` is ended by ``undo``, so the next starts from a healthy stack."""
+    found: list[Incident] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        audit = Path(tmp) / "audit.jsonl"
+        config = SidecarConfig(project=project, metrics_port=None, audit_log=audit, guards=guards or GuardConfig())
+        sidecar = Sidecar(policy, config, log)
+        stop = threading.Event()
+        thread = threading.Thread(target=sidecar.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            for fault, target in plan:
+                found.append(_incident(name, project, audit, fault, target, cap_s, inject, undo))
+                log(_describe(found[-1]))
+        finally:
+            stop.set()
+            thread.join()
+            sidecar.close()
+    return found
+
+
+def _incident(policy: str, project: str, audit: Path, fault: Fault, target: str, cap_s: float, inject: Injector,
+              undo: Injector) -> Incident:  # fmt: skip
     _wait(lambda: _settled(_records(audit)), 60, "the stack to settle before the next fault")
     before = len(_records(audit))
     injected = time.time()
-    attached.inject(project, fault, target)
+    inject(project, fault, target)
     deadline = time.monotonic() + cap_s
     while True:
         time.sleep(0.2)
@@ -108,8 +125,13 @@ def _incident(policy: str, project: str, audit: Path, fault: Fault, target: str,
         if recovery is not None or time.monotonic() > deadline:
             break
     if recovery is None:  # leave the next incident a healthy stack
-        attached.repair(project, PROPER_REPAIR[fault], target)
+        undo(project, fault, target)
     return Incident(policy, fault.label, target, _round(detection), _round(recovery), tuple(repairs))
+
+
+def _proper_repair(project: str, fault: Fault, target: str) -> None:
+    """End a fault on a sandbox with its proper repair, as the oracle would."""
+    attached.repair(project, PROPER_REPAIR[fault], target)
 
 
 def score(records: list[dict[str, Any]], injected: float) -> tuple[float | None, float | None, list[str]]:
