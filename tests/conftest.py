@@ -189,3 +189,6 @@ def compose_project(docker_engine) -> Iterator[str]:
         ):
             c.remove(force=True)
         network.remove()
+        from deeplops.sidecar.deploys import deploys_path
+
+        deploys_path(project).unlink(missing_ok=True)  # the deploy book a sidecar kept of it

@@ -886,3 +886,11 @@ def test_a_compose_service_starting_is_unhealthy_with_no_failures_yet():
     slots, seen = box.topology.index, box.observe()[0]
     assert seen[slots["web"], Feature.HEALTHY] == 0.0 and seen[slots["web"], Feature.ERROR_RATE] == 0.0
     assert seen[slots["db"], Feature.HEALTHY] == 0.0 and seen[slots["db"], Feature.ERROR_RATE] == 1.0
+
+
+def test_a_compose_stop_after_the_last_reading_is_seen_right_before_a_repair():
+    client, (web, db) = two_services()
+    box = ComposeStack(client, "web", [web, db])
+    box.measure()
+    client.event(db, "kill", time.time(), signal="15")  # docker-compose down, stopping db after the reading
+    assert box.stopped_by_owner("db")

@@ -104,7 +104,9 @@ def project_containers(client: docker.DockerClient, project: str) -> tuple[str, 
 
 def _labelled(client: docker.DockerClient, label: str, project: str) -> list[Container]:
     """The containers labelled ``label=project``, less those labelled deeplops.ignore=true."""
-    found = client.containers.list(all=True, filters={"label": f"{label}={project}"})
+    # ignore_removed: a container removed between the engine's listing and its inspection is gone,
+    # not an error (a tick failed on it while a stack was being taken down or grown).
+    found = client.containers.list(all=True, ignore_removed=True, filters={"label": f"{label}={project}"})
     return [c for c in found if c.labels.get(IGNORE, "").lower() != "true"]
 
 
@@ -295,7 +297,7 @@ class ComposeStack(ArrayState):
                                           / SINCE_REPAIR_SCALE)  # fmt: skip
             self._since[slot] += 1
         self._slo[0] = bool(self._health[0, self.topology.entries].all())
-        self._read_stops(wall)  # after the states: a container read as exited has its stop event in
+        self._read_stops(time.time())  # to now, after the states: one read as exited has its stop in
 
     def _read_container(self, slot: int, service: str, container: Container, attrs: dict[str, Any],
                         wall: float) -> None:  # fmt: skip
@@ -319,10 +321,16 @@ class ComposeStack(ArrayState):
             disk = composeops.disk_used(container, dirs)
             f[Feature.DISK_USED] = f[Feature.DISK_USED] if disk is None else disk
 
+    @edge
     def stopped_by_owner(self, service: str) -> bool:
         """Whether someone else stopped ``service``'s container through the engine (``docker stop``,
         ``docker-compose stop``, or ``up`` replacing it) and it has not started since: theirs to
-        start again, as the engine's own restart policies leave a container stopped by hand."""
+        start again, as the engine's own restart policies leave a container stopped by hand.
+
+        Asked right before a repair, it reads the events up to now: a stop since the last
+        measurement (``docker-compose down`` stops one service after another) counts too.
+        """
+        self._read_stops(time.time())
         return self.handle.containers[service].id in self._stopped
 
     def _read_stops(self, until: float) -> None:
