@@ -82,21 +82,33 @@ class _RandomActor:
 
     def __init__(self, rate: float, seed: int | None = None) -> None:
         self.rate = rate
-        self._rng = np.random.default_rng(seed)
+        self.reset(1, seed)
 
     def reset(self, n_envs: int, seed: int | None = None) -> None:
         """Restart the random stream from ``seed``."""
         self._rng = np.random.default_rng(seed)
+        self._drawn: list[float] = []
+        """Draws made ahead for the single-env case, next last: a Generator call costs as much as a
+        tick of the rest of the env. The same stream as one call a tick (a block of n draws is
+        the next n single draws)."""
 
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
         """Mostly noops; sometimes a random valid action."""
         if mask.shape[0] == 1:  # the common single-env case: mostly a noop, without array calls
-            draw = self._rng.random()
+            if not self._drawn:
+                self._drawn = self._rng.random(_DRAWN_AHEAD).tolist()[::-1]
+            draw = self._drawn.pop()
             if draw >= self.rate:
-                return np.zeros(1, np.int64)
+                return _NOOP_ONE
             return random_valid(np.array([draw]), self.rate, np.ascontiguousarray(mask))
         draws = self._rng.random(len(mask))
         return random_valid(draws, self.rate, np.ascontiguousarray(mask))
+
+
+_DRAWN_AHEAD = 256
+"""Draws a single-env random actor makes at once."""
+_NOOP_ONE = np.zeros(1, np.int64)
+_NOOP_ONE.setflags(write=False)  # handed to every caller: read-only, as the game's masks are
 
 
 @njit(cache=True)

@@ -65,6 +65,8 @@ class _GameEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.action_space = spaces.Discrete(N_ACTIONS[self.role])
         self._action = np.zeros(1, np.int64)
         self._reward = self.game.reward(self.role)  # updated in place each tick
+        # The one env's row of each observation array, made once: the game updates them in place.
+        self._rows = [(key, value[0]) for key, value in self.game.observe(self.role).items()]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # type: ignore[override]
         """Start a new episode; the same seed gives the same episode."""
@@ -103,7 +105,7 @@ class _GameEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.game.sandbox.close()
 
     def _get_obs(self) -> dict[str, np.ndarray]:
-        return {key: value[0].copy() for key, value in self.game.observe(self.role).items()}
+        return {key: row.copy() for key, row in self._rows}
 
     def _get_info(self) -> dict[str, Any]:
         return {"slo": bool(self.game.sandbox.slo[0]), "tick": self.game.tick}
