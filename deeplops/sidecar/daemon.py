@@ -202,10 +202,12 @@ class Sidecar:
         self._closed = True
         try:
             self._drop_stack()
+            # The webhooks' queues drained first: a notification sent while they drain is counted.
+            undelivered = self.notifier.close() if self.notifier is not None else None
             stopped = {"event": "stopped", "ticks": self.ticks, "counted": self.metrics.totals(),
                        "audit_rotations": self.audit.rotations}  # fmt: skip
-            if self.notifier is not None:
-                stopped["notifications_undelivered"] = self.notifier.close()
+            if undelivered is not None:
+                stopped["notifications_undelivered"] = undelivered
             self.audit.write(stopped)
         finally:
             if self.server is not None:
