@@ -23,7 +23,7 @@ import pytest
 from docker.errors import NotFound
 
 from deeplops.errors import SandboxError
-from deeplops.sidecar import composeops
+from deeplops.sidecar import composeops, deploys
 
 PREFIX = f"dlcops-{os.getpid()}"
 TEST_LABEL = "deeplops.test"
@@ -129,7 +129,7 @@ class Engine:
 
     def run(self, name: str, **options: Any) -> Any:
         """A container of the module's, sleeping, on its network under the alias ``name``."""
-        labels = {TEST_LABEL: PREFIX, composeops.PROJECT_LABEL: PROJECT, **options.pop("labels", {})}
+        labels = {TEST_LABEL: PREFIX, deploys.COMPOSE_PROJECT: PROJECT, **options.pop("labels", {})}
         return self.client.containers.run(
             self.image, ["sleep", "infinity"], detach=True, name=f"{PREFIX}-{name}", labels=labels,
             network=self.network,
@@ -138,7 +138,7 @@ class Engine:
         )  # fmt: skip
 
     def volume(self, name: str, project: str | None = PROJECT, **options: Any) -> Any:
-        labels = {composeops.PROJECT_LABEL: project} if project else {}
+        labels = {deploys.COMPOSE_PROJECT: project} if project else {}
         return self.client.volumes.create(name=f"{PREFIX}-{name}", labels=labels, **options)
 
 

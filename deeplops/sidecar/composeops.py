@@ -28,9 +28,8 @@ from docker.models.containers import Container
 from deeplops.dockerbox import host, mechanisms, stack
 from deeplops.dockerbox.engine import ENGINE_ERRORS, edge, translate
 from deeplops.errors import SandboxError
+from deeplops.sidecar.deploys import COMPOSE_PROJECT
 
-PROJECT_LABEL = "com.docker.compose.project"
-"""The label naming a container's or a volume's Compose project (``live.COMPOSE_PROJECT``)."""
 NAME = "Name"
 """A creation spec's key for the container's name: not part of the engine's create body."""
 OTHER_NETWORKS = "OtherNetworks"
@@ -215,7 +214,7 @@ def _why(exc: Exception) -> str:
 def recreate(client: docker.DockerClient, container: Container, project: str) -> Container:
     """A fresh container on fresh, empty named volumes: the data is lost.
 
-    Every volume it mounts must be labelled ``PROJECT_LABEL=project`` and mounted by no other
+    Every volume it mounts must be labelled ``COMPOSE_PROJECT=project`` and mounted by no other
     container, checked before anything is touched (a SandboxError names the one that is not);
     the container is removed (killed: its data goes anyway), its volumes removed and made again
     with the same name, driver, options and labels, and a container created from its creation
@@ -248,11 +247,11 @@ def _make_anew(client: docker.DockerClient, volume: Any, what: str) -> None:
 def _own_volume(client: docker.DockerClient, container: Container, name: str, project: str, what: str) -> Any:
     """The volume ``name``, checked to be the project's and mounted by ``container`` alone."""
     volume = client.volumes.get(name)
-    labelled = (volume.attrs.get("Labels") or {}).get(PROJECT_LABEL)
+    labelled = (volume.attrs.get("Labels") or {}).get(COMPOSE_PROJECT)
     if labelled != project:
-        found = f"{PROJECT_LABEL}={labelled}" if labelled else "no project label (an anonymous or outside volume?)"
+        found = f"{COMPOSE_PROJECT}={labelled}" if labelled else "no project label (an anonymous or outside volume?)"
         raise SandboxError(f"{what}: its volume {name} has {found}: expected only volumes labelled "
-                           f"{PROJECT_LABEL}={project}, whose data it may lose")  # fmt: skip
+                           f"{COMPOSE_PROJECT}={project}, whose data it may lose")  # fmt: skip
     others = [c.name for c in client.containers.list(all=True, filters={"volume": name}) if c.id != container.id]
     if others:
         raise SandboxError(f"{what}: its volume {name} is also mounted by {', '.join(sorted(others))}: "

@@ -33,7 +33,7 @@ from deeplops.errors import SandboxError
 from deeplops.faults import Fault, Repair
 from deeplops.policies import load_policy
 from deeplops.sidecar import trial
-from deeplops.sidecar.deploys import deploys_path
+from deeplops.sidecar.deploys import COMPOSE_PROJECT, COMPOSE_SERVICE, deploys_path
 from deeplops.sidecar.guards import SAFE_REPAIRS, GuardConfig
 
 COMPOSE = "docker-compose"
@@ -222,11 +222,11 @@ class Faults:
 
 
 def _containers(client: docker.DockerClient, project: str) -> list[Container]:
-    return list(client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}))
+    return list(client.containers.list(all=True, filters={"label": f"{COMPOSE_PROJECT}={project}"}))
 
 
 def _container(client: docker.DockerClient, project: str, service: str) -> Container:
     for container in _containers(client, project):
-        if container.labels.get("com.docker.compose.service") == service:
+        if container.labels.get(COMPOSE_SERVICE) == service:
             return container
     raise SandboxError(f"no container of service {service!r} in Compose project {project}")

@@ -32,7 +32,9 @@ from deeplops.dockerbox import host
 HISTORY_MAX = 10
 """Deploys kept per service, the newest last (as a deploy tool keeps releases)."""
 COMPOSE_PROJECT = "com.docker.compose.project"
+"""Compose's label naming a container's or a volume's project (read by the sidecar's Compose modules)."""
 COMPOSE_SERVICE = "com.docker.compose.service"
+"""Compose's label naming a container's service."""
 _ANONYMOUS = re.compile(r"^[0-9a-f]{64}:")
 _CONFIG_KEYS = ("Env", "Cmd", "Entrypoint", "User", "WorkingDir", "Labels", "Healthcheck")
 _HOST_KEYS = ("Binds", "Mounts", "Memory", "NanoCpus", "PortBindings", "Privileged", "CapAdd")

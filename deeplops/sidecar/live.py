@@ -39,11 +39,10 @@ from deeplops.faults import REPAIRS_NEEDING_DISK, Repair
 from deeplops.observation import MAX_SLOTS, N_FEATURES, RESTARTS_SCALE, SINCE_REPAIR_SCALE, Feature
 from deeplops.sandbox import ArrayState
 from deeplops.sidecar import composeops, deploys, labels
+from deeplops.sidecar.deploys import COMPOSE_PROJECT, COMPOSE_SERVICE
 from deeplops.system import COUNTS_AS_RESTART, NEVER_REPAIRED, RESTART_DECAY, TICK_S
 from deeplops.topology import Service, Topology, build_topology
 
-COMPOSE_PROJECT = "com.docker.compose.project"
-COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_DEPENDS = "com.docker.compose.depends_on"
 DEPENDS = "deeplops.depends_on"
 ENTRY = "deeplops.entry"
