@@ -310,10 +310,11 @@ class RunbookPolicy:
        recycle their connections make a server's count swing by a third of its limit from one
        reading to the next, so a climb is no sign on a real one;
     7. otherwise repair only the deepest unhealthy service: one unhealthy for ``streak``
-       ticks running while each of its direct dependencies has been healthy for ``settle``
+       ticks running while each of its direct dependencies has been well for ``settle``
        ticks, so a cascade is fixed at its root and dependents get time to recover. Unhealthy
-       means its probe fails *and* most of its requests fail: a flaky or late probe alone
-       does not repair anything. The repair is a rollback when the service was deployed in the
+       means most of its requests fail, as its users see them now; its health probe is not
+       asked: monitoring may report it late or flipped, so a flaky probe alone repairs nothing
+       and a late one delays nothing. The repair is a rollback when the service was deployed in the
        last ``deploy_window`` ticks, after its last repair (a restart would start the same
        release; a service the runbook rolled back itself is not rolled back again), a restart
        otherwise.
@@ -365,9 +366,10 @@ class RunbookPolicy:
         self._back = (self._back & (since > self._since)) | s.running
         self._since = since
         free = self._back | (since >= self.patience)  # not awaited
-        # Bad: its probe fails and its users see errors. A probe alone can lie (flaky, or late).
-        self._bad = np.where(s.healthy | ~s.failing, 0, self._bad + 1) * free
-        self._good = np.where(s.healthy, self._good + 1, 0)
+        # Bad: its users see errors, this tick. Its health report is not asked: it can lie
+        # (flaky) or come late (lagging monitoring), and errors read as the requests fail.
+        self._bad = np.where(s.failing, self._bad + 1, 0) * free
+        self._good = np.where(s.failing, 0, self._good + 1)
         up = s.present & s.running
         settled = up & (s.since_repair >= self.grace) & free  # a deploy is awaited, not given grace
         unsettled = (self._good < self.settle).astype(np.int8)

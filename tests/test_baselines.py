@@ -204,6 +204,24 @@ def test_runbook_rate_limits_a_flood(shop: Topology, target: str) -> None:
     assert d.all_healthy()
 
 
+@pytest.mark.parametrize("fault", [Fault.KILL, Fault.PAUSE], ids=lambda f: f.label)
+def test_runbook_repairs_as_soon_when_health_reports_come_three_ticks_late(shop: Topology, fault: Fault) -> None:
+    # It judges a service by its users' errors, read now, not by a report monitoring may delay.
+    prompt = drill(shop, RunbookPolicy(), fault, "db", ticks=INJECT_AT + 16)
+    late = drill(shop, RunbookPolicy(), fault, "db", ticks=INJECT_AT + 16,
+                 params=SimParams(probe_noise=0.0, probe_delay=3))  # fmt: skip
+    assert prompt.repairs, "runbook never repaired db"
+    assert late.repairs == prompt.repairs
+    assert late.all_healthy()
+
+
+def test_runbook_repairs_nothing_on_flipped_health_reports_alone(shop: Topology) -> None:
+    flipped = SimParams(probe_noise=0.3)  # nearly a third of the reports lie; no fault is injected
+    stats = play(Match(shop, RunbookPolicy(), load_policy("noop", Role.CHAOS), params=flipped), episodes=4, seed=0)
+    assert sum(s.faults_injected for s in stats) == 0
+    assert sum(s.repairs for s in stats) == 0
+
+
 # --- autoheal ----------------------------------------------------------------------------------
 
 
