@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from deeplops import outputs
-from deeplops.actions import Policy, Role
+from deeplops.actions import FAULTS_PER_SLOT, Observation, Policy, Role
 from deeplops.bench import cartpole_ppo_rate
 from deeplops.drill import DrillRun, run_drill
 from deeplops.evaluate import Caller, Games, Match, Runner, call_here, play, play_here
+from deeplops.faults import Fault
 from deeplops.metrics import Summary, summarize
 from deeplops.plot import save_figure
 from deeplops.policies import load_policy
@@ -38,6 +39,9 @@ Maker = Callable[[], Policy]
 """Makes a fresh policy: a baseline by name, a saved agent from its checkpoint (picklable, so the
 games it plays in may be played in another process)."""
 
+REPERTOIRE_DEFENDERS = ("runbook", "autoheal")
+"""Baselines the report plays the final chaos agent against, beside the final order agent, to
+count which faults it starts: a rule set that rolls back, and restart-only healing."""
 BASELINES = ("noop", "autoheal", "k8s", "runbook", "oracle")
 """The order baselines the final agent is measured beside."""
 HELD_OUT_SEEDS = range(TRAIN_SEEDS, TRAIN_SEEDS + 10)
@@ -102,6 +106,9 @@ class ChaosStrength:
     """The runbook's availability against random chaos."""
     learned: float
     """The runbook's availability against the final chaos agent."""
+    faults: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The faults the final chaos agent started on shop, by defender (``REPERTOIRE_DEFENDERS`` and
+    the final order agent) and fault label: which faults it learnt to use, and against whom."""
 
 
 @dataclass(frozen=True)
@@ -282,6 +289,42 @@ def chaos_strength(
     return ChaosStrength(random=against_random.availability, learned=against_learned.availability)
 
 
+def chaos_repertoire(
+    chaos: Maker, defenders: list[tuple[str, Maker]], episodes: int, seed: int, params: SimParams | None = None
+) -> dict[str, dict[str, int]]:
+    """The faults ``chaos`` starts on shop against each defender, by fault label (most used first).
+
+    Played here, not on the runner: the counts come from the chaos agent's own actions."""
+    shop, counts = load_topology("shop"), {}
+    for name, defender in defenders:
+        counting = _CountingChaos(chaos())
+        play(Match(shop, defender(), counting, params=params), episodes, seed=seed)
+        counts[name] = dict(sorted(counting.started.items(), key=lambda kv: (-kv[1], kv[0])))
+    return counts
+
+
+class _CountingChaos:
+    """A chaos policy that counts the faults it starts (allowed actions other than noop), by label."""
+
+    role = Role.CHAOS
+    privileged = False
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner, self.name = inner, inner.name
+        self.started: dict[str, int] = {}
+
+    def reset(self, n_envs: int, seed: int | None = None) -> None:
+        self.inner.reset(n_envs, seed=seed)
+
+    def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
+        actions = self.inner.act(obs, mask)
+        allowed = mask[np.arange(len(actions)), actions] & (actions > 0)
+        for code in (actions[allowed] - 1) % FAULTS_PER_SLOT + 1:
+            label = Fault(int(code)).label
+            self.started[label] = self.started.get(label, 0) + 1
+        return actions
+
+
 def check_bar(name: str, section: dict[str, Summary]) -> dict[str, bool]:
     """The learned agent against the bar. Against the final chaos agent: availability above every
     baseline's but the oracle's. Elsewhere: >= runbook - 0.01, >= autoheal + 0.05, MTTR <= half autoheal's."""
@@ -340,6 +383,9 @@ def build_report(
     )
     # Measured after CartPole's PPO, which reseeds the global random streams, where it has always been.
     strength = chaos_strength(chaos[gens], episodes, seed, cfg.sim, runner)
+    progress.update("report: the chaos agent's faults", 0, 1)
+    defenders = [(name, _maker(name)) for name in REPERTOIRE_DEFENDERS] + [("learned", order[gens])]
+    strength = replace(strength, faults=chaos_repertoire(chaos[gens], defenders, episodes // 2, seed, cfg.sim))
     return Report(cfg, history, cross, final, strength, throughput)
 
 
@@ -450,6 +496,13 @@ def _markdown(r: Report) -> str:
     lines += ["## The chaos agent", "",
               f"Runbook's availability on shop, same budget: {cs.random:.3f} against random chaos, "
               f"{cs.learned:.3f} against the learned chaos agent.", ""]  # fmt: skip
+    if cs.faults:
+        labels = sorted({label for started in cs.faults.values() for label in started})
+        lines += ["Faults it started on shop, by defender:", "", "| defender | " + " | ".join(labels) + " |",
+                  "|---" + "|---:" * len(labels) + "|"]  # fmt: skip
+        lines += [f"| {name} | " + " | ".join(str(started.get(label, 0)) for label in labels) + " |"
+                  for name, started in cs.faults.items()]  # fmt: skip
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -45,6 +45,9 @@ ORDER_NOOP_BIAS = 4.0
 """Starting logit of a fresh order agent's noop (the others start near 0): on a six-service system
 it first picks noop about three times in four."""
 
+CHAOS_OPPONENTS = ("runbook", "autoheal", "k8s")
+"""Order baselines in the chaos agent's pool, beside the run's order generations."""
+
 TRAIN_SEEDS = 10_000
 """Random topologies with seeds below this may be trained on; seeds from here up are held back."""
 
@@ -351,8 +354,11 @@ class SelfPlay:
         return self._agent(Role.ORDER, self.config.generations), self._agent(Role.CHAOS, self.config.generations)
 
     def order_pool(self, upto: int) -> list[Callable[[], Policy]]:
-        """Opponents of the chaos agent: the runbook and every order generation up to ``upto``."""
-        return [lambda: load_policy("runbook", Role.ORDER)] + [self.frozen(Role.ORDER, g) for g in range(1, upto + 1)]
+        """Opponents of the chaos agent: the runbook, the restart-only healers most stacks run
+        (autoheal, k8s: against them a bad deploy or a leak is never ended, so the chaos agent has
+        reason to learn those faults) and every order generation up to ``upto``."""
+        rules = [lambda name=name: load_policy(name, Role.ORDER) for name in CHAOS_OPPONENTS]
+        return rules + [self.frozen(Role.ORDER, g) for g in range(1, upto + 1)]
 
     def chaos_pool(self, upto: int) -> list[Callable[[], Policy]]:
         """Opponents of the order agent: random chaos, flapping chaos (services that fail again right

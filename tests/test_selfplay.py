@@ -72,6 +72,9 @@ def test_the_report_covers_generations_crossplay_and_every_baseline(run):
     assert report["throughput"]["order_steps"] == 2 * 2048
     assert report["throughput"]["cartpole_ppo_steps_per_s"] > 0
     assert "Cross-play" in (out / "report.md").read_text()
+    faults = report["chaos_strength"]["faults"]
+    assert list(faults) == ["runbook", "autoheal", "learned"]
+    assert "Faults it started on shop, by defender:" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -308,3 +311,26 @@ def test_the_reports_bar_fails_a_storm_and_lost_data_whatever_the_availability(l
 
     checks = check_bar("held-out random topologies", _section(learned))
     assert {name for name, ok in checks.items() if not ok} == failed
+
+
+def test_the_chaos_repertoire_counts_each_fault_the_game_started_by_its_label():
+    from functools import partial
+
+    from deeplops.evaluate import Match, play
+    from deeplops.metrics import summarize
+    from deeplops.report import chaos_repertoire
+
+    random_chaos = partial(load_policy, "random", Role.CHAOS)
+    runbook = partial(load_policy, "runbook", Role.ORDER)
+    counts = chaos_repertoire(random_chaos, [("runbook", runbook)], episodes=4, seed=3)
+    injected = summarize(play(Match(load_topology("shop"), runbook(), random_chaos()), 4, seed=3)).faults_injected
+    assert list(counts) == ["runbook"]
+    assert sum(counts["runbook"].values()) == injected > 0
+    assert set(counts["runbook"]) <= {"kill", "pause", "cpu_hog", "disk_full", "net_saturation", "bad_deploy",
+                                      "memory_leak", "conn_leak"}  # fmt: skip
+    assert list(counts["runbook"].values()) == sorted(counts["runbook"].values(), reverse=True)
+
+
+def test_the_chaos_agent_trains_against_restart_only_healers_as_well_as_the_runbook(tmp_path):
+    pool = SelfPlay(tiny(), tmp_path).order_pool(0)
+    assert [make().name for make in pool] == ["runbook", "autoheal", "k8s"]
