@@ -21,11 +21,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from deeplops import outputs
-from deeplops.actions import FAULTS_PER_SLOT, Observation, Policy, Role
+from deeplops.actions import Observation, Policy, Role, decode_chaos
 from deeplops.bench import cartpole_ppo_rate
 from deeplops.drill import DrillRun, run_drill
 from deeplops.evaluate import Caller, Games, Match, Runner, call_here, play, play_here
-from deeplops.faults import Fault
 from deeplops.metrics import Summary, summarize
 from deeplops.plot import save_figure
 from deeplops.policies import load_policy
@@ -319,9 +318,10 @@ class _CountingChaos:
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
         actions = self.inner.act(obs, mask)
         allowed = mask[np.arange(len(actions)), actions] & (actions > 0)
-        for code in (actions[allowed] - 1) % FAULTS_PER_SLOT + 1:
-            label = Fault(int(code)).label
-            self.started[label] = self.started.get(label, 0) + 1
+        for action in actions[allowed]:
+            _, fault = decode_chaos(int(action))
+            if fault is not None:
+                self.started[fault.label] = self.started.get(fault.label, 0) + 1
         return actions
 
 

@@ -14,11 +14,12 @@ import argparse
 
 import numpy as np
 
-from deeplops.actions import FAULTS_PER_SLOT, Observation, Role
+from deeplops.actions import Observation, Role, chaos_action
 from deeplops.baselines import RandomChaos
 from deeplops.evaluate import Match, play
 from deeplops.faults import FAULT_COST, Fault
 from deeplops.metrics import summarize
+from deeplops.observation import MAX_SLOTS
 from deeplops.policies import load_policy
 from deeplops.topology import load_topology
 
@@ -35,7 +36,7 @@ class OneFault(RandomChaos):
         if self.only.shape != mask.shape[1:]:
             self.only = np.zeros(mask.shape[1], np.bool_)
             self.only[0] = True  # noop
-            self.only[int(self.fault) :: FAULTS_PER_SLOT] = True  # 1 + slot * FAULTS_PER_SLOT + fault - 1
+            self.only[[chaos_action(slot, self.fault) for slot in range(MAX_SLOTS)]] = True
         return super().act(obs, mask & self.only)
 
 
