@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from deeplops.actions import Observation, Role, chaos_action
+from deeplops.actions import N_CHAOS_ACTIONS, Observation, Role, chaos_action
 from deeplops.baselines import RandomChaos
 from deeplops.evaluate import Match, play
 from deeplops.faults import FAULT_COST, Fault
@@ -29,14 +29,10 @@ class OneFault(RandomChaos):
 
     def __init__(self, fault: Fault) -> None:
         super().__init__()
-        self.only = np.zeros(1, np.bool_)
-        self.fault = fault
+        self.only = np.zeros(N_CHAOS_ACTIONS, np.bool_)
+        self.only[[0] + [chaos_action(slot, fault) for slot in range(MAX_SLOTS)]] = True  # noop and the fault
 
     def act(self, obs: Observation, mask: np.ndarray) -> np.ndarray:
-        if self.only.shape != mask.shape[1:]:
-            self.only = np.zeros(mask.shape[1], np.bool_)
-            self.only[0] = True  # noop
-            self.only[[chaos_action(slot, self.fault) for slot in range(MAX_SLOTS)]] = True
         return super().act(obs, mask & self.only)
 
 
