@@ -318,6 +318,10 @@ class RunbookPolicy:
        last ``deploy_window`` ticks, after its last repair (a restart would start the same
        release; a service the runbook rolled back itself is not rolled back again), a restart
        otherwise.
+    Without ``rollback`` it is the runbook of a team that has no rollback step: the restart rules
+    after each rollback rule take what it caught, so a bad deploy is restarted again and again and a
+    leak relieved for a while, and every other fault is handled as well as ever (the chaos agent's
+    sparring partner for the faults only a rollback ends).
     A service repaired in the last ``grace`` ticks is left alone, and so is one still coming back
     from a repair or a deploy (not seen running since; a PostgreSQL or JVM restart takes seconds):
     it is judged from when it runs again, and restarted anew only if it has not come back
@@ -340,7 +344,10 @@ class RunbookPolicy:
         leaking: int = 3,
         oom_seen: float = 0.5,
         held: float = 0.95,
+        rollback: bool = True,
     ) -> None:
+        self.name = "runbook" if rollback else "runbook-without-rollback"
+        self.rollback = rollback
         self.streak, self.settle, self.grace, self.patience = streak, settle, grace, patience
         self.deploy_window, self.growth, self.leaking, self.oom_seen = deploy_window, growth, leaking, oom_seen
         self.held = held
@@ -402,6 +409,8 @@ class RunbookPolicy:
             (broken & deployed, Repair.ROLLBACK),
             (broken, Repair.RESTART),
         ]
+        if not self.rollback:
+            rules = [rule for rule in rules if rule[1] is not Repair.ROLLBACK]
         return _first_rule(rules, mask.shape[0])
 
 

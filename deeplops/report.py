@@ -29,7 +29,7 @@ from deeplops.metrics import Summary, summarize
 from deeplops.plot import save_figure
 from deeplops.policies import load_policy
 from deeplops.scenario import Scenario, ScriptedChaos, load_scenario, shipped_scenarios
-from deeplops.selfplay import TRAIN_SEEDS, FrozenAgent, Progress, SelfPlay, SelfPlayConfig
+from deeplops.selfplay import CHAOS_OPPONENTS, TRAIN_SEEDS, FrozenAgent, Progress, SelfPlay, SelfPlayConfig
 from deeplops.sim import SimParams
 from deeplops.topogen import random_topology
 from deeplops.topology import Topology, load_topology
@@ -38,9 +38,10 @@ Maker = Callable[[], Policy]
 """Makes a fresh policy: a baseline by name, a saved agent from its checkpoint (picklable, so the
 games it plays in may be played in another process)."""
 
-REPERTOIRE_DEFENDERS = ("runbook", "autoheal")
+REPERTOIRE_DEFENDERS: tuple[Maker, ...] = (*CHAOS_OPPONENTS, partial(load_policy, "autoheal", Role.ORDER))
 """Baselines the report plays the final chaos agent against, beside the final order agent, to
-count which faults it starts: a rule set that rolls back, and restart-only healing."""
+count which faults it starts: those of its training pool (the runbook with and without its
+rollback step), and restart-only healing."""
 BASELINES = ("noop", "autoheal", "k8s", "runbook", "oracle")
 """The order baselines the final agent is measured beside."""
 HELD_OUT_SEEDS = range(TRAIN_SEEDS, TRAIN_SEEDS + 10)
@@ -383,7 +384,7 @@ def build_report(
     # Measured after CartPole's PPO, which reseeds the global random streams, where it has always been.
     strength = chaos_strength(chaos[gens], episodes, seed, cfg.sim, runner)
     progress.update("report: the chaos agent's faults", 0, 1)
-    defenders = [(name, _maker(name)) for name in REPERTOIRE_DEFENDERS] + [("learned", order[gens])]
+    defenders = [(make().name, make) for make in REPERTOIRE_DEFENDERS] + [("learned", order[gens])]
     strength = replace(strength, faults=chaos_repertoire(chaos[gens], defenders, episodes // 2, seed, cfg.sim))
     return Report(cfg, history, cross, final, strength, throughput)
 

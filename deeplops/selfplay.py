@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,6 +26,7 @@ from deeplops.actions import Policy, Role
 from deeplops.agent_net import SlotPolicy
 from deeplops.agents import AgentConfig, load_agent_config
 from deeplops.backends import BACKENDS
+from deeplops.baselines import RunbookPolicy
 from deeplops.catalog import MAX_DOCUMENT_BYTES, data_dir, parse_json, read_text
 from deeplops.errors import ConfigError
 from deeplops.evaluate import Caller, Runner, call_here, play_here
@@ -45,8 +47,12 @@ ORDER_NOOP_BIAS = 4.0
 """Starting logit of a fresh order agent's noop (the others start near 0): on a six-service system
 it first picks noop about three times in four."""
 
-CHAOS_OPPONENTS = ("runbook", "autoheal", "k8s")
-"""Order baselines in the chaos agent's pool, beside the run's order generations."""
+CHAOS_OPPONENTS: tuple[Callable[[], Policy], ...] = (RunbookPolicy, partial(RunbookPolicy, rollback=False))
+"""Order baselines in the chaos agent's pool, beside the run's order generations: the runbook, and
+the runbook without its rollback step, against which a bad deploy or a leak is never ended while
+every other fault is handled as well as ever, so the chaos agent has reason to learn those faults.
+(Restart-only healers teach it nothing: in the training dynamics autoheal and k8s fall below 0.03
+availability against pauses alone, so every fault wins against them alike.)"""
 
 TRAIN_SEEDS = 10_000
 """Random topologies with seeds below this may be trained on; seeds from here up are held back."""
@@ -354,11 +360,8 @@ class SelfPlay:
         return self._agent(Role.ORDER, self.config.generations), self._agent(Role.CHAOS, self.config.generations)
 
     def order_pool(self, upto: int) -> list[Callable[[], Policy]]:
-        """Opponents of the chaos agent: the runbook, the restart-only healers most stacks run
-        (autoheal, k8s: against them a bad deploy or a leak is never ended, so the chaos agent has
-        reason to learn those faults) and every order generation up to ``upto``."""
-        rules = [lambda name=name: load_policy(name, Role.ORDER) for name in CHAOS_OPPONENTS]
-        return rules + [self.frozen(Role.ORDER, g) for g in range(1, upto + 1)]
+        """Opponents of the chaos agent: ``CHAOS_OPPONENTS`` and every order generation up to ``upto``."""
+        return [*CHAOS_OPPONENTS, *(self.frozen(Role.ORDER, g) for g in range(1, upto + 1))]
 
     def chaos_pool(self, upto: int) -> list[Callable[[], Policy]]:
         """Opponents of the order agent: random chaos, flapping chaos (services that fail again right

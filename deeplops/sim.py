@@ -282,6 +282,11 @@ class Randomisation:
     deploy_rate: tuple[float, float] = (0.0, 0.005)
     """Chance per service and tick of a benign deploy, drawn per episode: a recent deploy is a clue
     to a bad one, never a proof."""
+    data_fraction: tuple[float, float] = (0.1, 0.85)
+    """Range of each volume's initial usage, drawn per service at reset in place of the calibrated
+    one: a disk is as full as its data and its program's own files make it (PostgreSQL's own
+    files fill a third of a 128 MiB volume on Docker, where it reads 0.66 full), and a full-looking
+    disk that is not filling is no fault."""
 
     def __post_init__(self) -> None:
         _check_range("randomise.restart_ticks", self.restart_ticks, MAX_DOWN_TICKS, whole=True)
@@ -289,6 +294,7 @@ class Randomisation:
         _check_range("randomise.probe_delay", self.probe_delay, MAX_PROBE_DELAY, whole=True)
         _check_range("randomise.probe_noise", self.probe_noise, MAX_PROBE_NOISE)
         _check_range("randomise.deploy_rate", self.deploy_rate, 1.0)
+        _check_range("randomise.data_fraction", self.data_fraction, 1.0)
         jitter = self.symptom_jitter
         if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0.0 <= jitter <= 0.5:
             raise ConfigError(f"randomise.symptom_jitter must be a number in [0, 0.5], got {jitter!r}")
@@ -633,7 +639,7 @@ class SimParams:
 
     def rules(self) -> simkernel.Rules:
         """These parameters as the tick's kernels read them (numbers as floats: one compiled kernel for all)."""
-        lo, hi = self.data_fraction
+        lo, hi = self.randomise.data_fraction if self.randomise else self.data_fraction
         return simkernel.Rules(
             probe_timeout=float(self.probe_timeout_s),
             slo_latency=float(self.slo_latency_s),

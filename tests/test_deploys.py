@@ -8,6 +8,7 @@ import pytest
 from test_baselines import INJECT_AT, drill
 
 from deeplops.actions import Role
+from deeplops.baselines import RunbookPolicy
 from deeplops.evaluate import Match, play
 from deeplops.faults import Fault, Repair
 from deeplops.metrics import summarize
@@ -209,6 +210,19 @@ def test_the_runbook_rolls_back_the_deployed_service_and_restarts_a_killed_one(s
     d = drill(shop, load_policy("runbook", Role.ORDER), Fault.BAD_DEPLOY, "cache", INJECT_AT + 30, later=later)
     assert {(name, repair) for _, name, repair in d.repairs} == {("cache", Repair.ROLLBACK), ("api", Repair.RESTART)}
     assert d.game.episode_stats()[0].faults_recovered == 2
+
+
+def test_the_runbook_without_its_rollback_step_restarts_a_bad_deploy_and_never_ends_it(shop: Topology) -> None:
+    d = drill(shop, RunbookPolicy(rollback=False), Fault.BAD_DEPLOY, "api", ticks=INJECT_AT + 60)
+    stats = d.game.episode_stats()[0]
+    assert stats.faults_recovered == 0 and stats.unrecovered == 1
+    assert d.repairs and {(name, repair) for _, name, repair in d.repairs} == {("api", Repair.RESTART)}
+
+
+def test_the_runbook_without_its_rollback_step_still_restarts_a_killed_service(shop: Topology) -> None:
+    d = drill(shop, RunbookPolicy(rollback=False), Fault.KILL, "api", ticks=INJECT_AT + 20)
+    assert {(name, repair) for _, name, repair in d.repairs} == {("api", Repair.RESTART)}
+    assert d.game.episode_stats()[0].faults_recovered == 1
 
 
 @pytest.mark.parametrize("policy", ["autoheal", "k8s"])

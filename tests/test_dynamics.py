@@ -141,6 +141,22 @@ def test_drawn_symptoms_stay_physical(shop: Topology) -> None:
         assert not box.health[:, slot].any()
 
 
+def test_volumes_start_as_full_as_the_drawn_range_allows_and_the_calibrated_one_otherwise() -> None:
+    store = load_topology("store")
+    db = store.names.index("db")
+
+    def disk(params: SimParams) -> np.ndarray:
+        box = SimSandbox(store, 256, params)
+        box.reset(list(range(256)))
+        box.advance()
+        return box.observe()[:, db, Feature.DISK_USED]
+
+    calibrated = disk(SimParams())
+    assert calibrated.min() >= 0.2 and calibrated.max() <= 0.5
+    drawn = disk(replace(SimParams(), randomise=Randomisation(data_fraction=(0.6, 0.8))))
+    assert drawn.min() >= 0.6 and drawn.max() <= 0.8 and np.ptp(drawn) > 0.1
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
@@ -149,6 +165,7 @@ def test_drawn_symptoms_stay_physical(shop: Topology) -> None:
         ("probe_delay", (0.5, 2), "whole numbers"),
         ("probe_noise", (0.0, 0.7), "<= 0.5"),
         ("symptom_jitter", 0.9, "[0, 0.5]"),
+        ("data_fraction", (0.2, 1.5), "<= 1.0"),
     ],
 )
 def test_bad_ranges_are_config_errors_naming_the_field(field: str, value: object, expected: str) -> None:

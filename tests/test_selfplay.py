@@ -73,7 +73,7 @@ def test_the_report_covers_generations_crossplay_and_every_baseline(run):
     assert report["throughput"]["cartpole_ppo_steps_per_s"] > 0
     assert "Cross-play" in (out / "report.md").read_text()
     faults = report["chaos_strength"]["faults"]
-    assert list(faults) == ["runbook", "autoheal", "learned"]
+    assert list(faults) == ["runbook", "runbook-without-rollback", "autoheal", "learned"]
     assert "Faults it started on shop, by defender:" in (out / "report.md").read_text()
 
 
@@ -331,6 +331,6 @@ def test_the_chaos_repertoire_counts_each_fault_the_game_started_by_its_label():
     assert list(counts["runbook"].values()) == sorted(counts["runbook"].values(), reverse=True)
 
 
-def test_the_chaos_agent_trains_against_restart_only_healers_as_well_as_the_runbook(tmp_path):
+def test_the_chaos_agent_trains_against_the_runbook_with_and_without_its_rollback_step(tmp_path):
     pool = SelfPlay(tiny(), tmp_path).order_pool(0)
-    assert [make().name for make in pool] == ["runbook", "autoheal", "k8s"]
+    assert [make().name for make in pool] == ["runbook", "runbook-without-rollback"]
